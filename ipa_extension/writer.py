@@ -1,0 +1,434 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Download a torrent straight into a block device (or a file).
+
+This is the agent side of ironic-bt, usable without ironic-python-agent (the
+``ironic-bt write`` command runs it too). One call of :func:`write`:
+
+1. checks the target can hold the image, before writing anything;
+2. zeroes the all-zero pieces locally (they never cross the wire);
+3. downloads every other piece with libtorrent's POSIX disk backend, which
+   writes with ``pwrite`` at the piece's offset: no temporary copy, and
+   memory bounded by libtorrent's queues rather than by the image size;
+4. fsyncs, drops the target's page cache and reads the region back,
+   checking every piece hash and computing the sha256 of the region: the
+   proof that the disk holds the image;
+5. keeps seeding while other peers are still incomplete, up to
+   ``linger_timeout`` seconds, then closes the session, so that nothing is
+   served once the caller starts writing (config drive, boot loader).
+"""
+
+import ctypes
+import dataclasses
+import errno
+import fcntl
+import hashlib
+import os
+import stat
+import struct
+import time
+
+import libtorrent as lt
+from oslo_log import log
+
+from ironic_bt.i18n import _
+from ironic_bt import swarm
+from ironic_bt import torrent
+
+LOG = log.getLogger(__name__)
+
+_BLKGETSIZE64 = 0x80081272
+_BLKZEROOUT = 0x127f
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+_READ_CHUNK = 4 * 1024 * 1024
+_POLL = 0.25
+
+
+class WriterError(Exception):
+    """Base class of the errors of :func:`write`; the text is for operators.
+    """
+
+
+class TargetError(WriterError):
+    """The target cannot take the image, or writing to it failed."""
+
+
+class DownloadError(WriterError):
+    """The pieces could not be fetched from the swarm."""
+
+
+class VerifyError(WriterError):
+    """What was read back from the target is not the image."""
+
+
+@dataclasses.dataclass
+class WriteResult:
+    target: str
+    size: int
+    info_hash: str
+    downloaded_bytes: int
+    uploaded_bytes: int
+    zero_bytes: int
+    seconds: float
+    download_seconds: float
+    verify_seconds: float
+    linger_seconds: float
+    sha256: str
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+def target_size(path):
+    """Size of a block device, or None for a regular file (it may grow).
+
+    :raises: TargetError if the path is neither.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise TargetError(_('Cannot access target %(t)s: %(e)s')
+                          % {'t': path, 'e': e})
+    if stat.S_ISREG(st.st_mode):
+        return None
+    if not stat.S_ISBLK(st.st_mode):
+        raise TargetError(_('Target %s is neither a block device nor a '
+                            'regular file.') % path)
+    with open(path, 'rb') as f:
+        buf = fcntl.ioctl(f.fileno(), _BLKGETSIZE64, b'\0' * 8)
+    return struct.unpack('Q', buf)[0]
+
+
+def _zero_runs(meta):
+    """Contiguous byte ranges (offset, length) of the all-zero pieces."""
+    runs = []
+    for index in sorted(meta.zero_pieces):
+        offset = index * meta.piece_length
+        length = meta.piece_size(index)
+        if runs and runs[-1][0] + runs[-1][1] == offset:
+            runs[-1] = (runs[-1][0], runs[-1][1] + length)
+        else:
+            runs.append((offset, length))
+    return runs
+
+
+def _punch_hole(fd, offset, length):
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int,
+                               ctypes.c_int64, ctypes.c_int64]
+    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
+    if libc.fallocate(fd, mode, offset, length) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def _write_zeros(fd, offset, length):
+    zeros = bytes(min(length, _READ_CHUNK))
+    end = offset + length
+    while offset < end:
+        offset += os.pwrite(fd, zeros[:end - offset], offset)
+
+
+def zero_regions(path, meta, is_block):
+    """Make the all-zero pieces of ``meta`` read as zeros on the target.
+
+    Block devices get BLKZEROOUT, which thin-provisioned and loop devices turn
+    into unmap, and others into zero writes without a round trip through
+    user space. Files get holes punched. Either falls back to writing zeros.
+    """
+    runs = _zero_runs(meta)
+    flags = os.O_WRONLY | (0 if is_block else os.O_CREAT)
+    fd = os.open(path, flags, 0o600)
+    try:
+        if not is_block and os.fstat(fd).st_size < meta.size:
+            os.ftruncate(fd, meta.size)
+        for offset, length in runs:
+            try:
+                if is_block:
+                    fcntl.ioctl(fd, _BLKZEROOUT,
+                                struct.pack('QQ', offset, length))
+                else:
+                    _punch_hole(fd, offset, length)
+            except OSError as e:
+                if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY,
+                                   errno.EINVAL):
+                    raise
+                _write_zeros(fd, offset, length)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return sum(length for _offset, length in runs)
+
+
+def fsync_target(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def verify(path, meta):
+    """Read the image region back from the target and check it.
+
+    The page cache is dropped first, so the data comes from the device and
+    not from what libtorrent just wrote into memory.
+
+    :raises: VerifyError naming the first piece that does not match.
+    :returns: the hex sha256 of the first ``meta.size`` bytes.
+    """
+    whole = hashlib.sha256()
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
+        for index in range(meta.num_pieces):
+            length = meta.piece_size(index)
+            data = os.pread(fd, length, index * meta.piece_length)
+            if len(data) != length:
+                raise VerifyError(
+                    _('Target %(t)s ends at piece %(i)d of %(n)d: it holds '
+                      'fewer bytes than the %(size)d of the image.')
+                    % {'t': path, 'i': index, 'n': meta.num_pieces,
+                       'size': meta.size})
+            if hashlib.sha1(data).digest() != meta.piece_hash(index):
+                raise VerifyError(
+                    _('Piece %(i)d (bytes %(off)d-%(end)d) read back from '
+                      '%(t)s does not match the image. The device may be '
+                      'failing; check its health and the kernel log.')
+                    % {'i': index, 'off': index * meta.piece_length,
+                       'end': index * meta.piece_length + length - 1,
+                       't': path})
+            whole.update(data)
+    finally:
+        os.close(fd)
+    return whole.hexdigest()
+
+
+def _parse_peer(peer):
+    host, sep, port = peer.rpartition(':')
+    if not sep or not port.isdigit():
+        raise DownloadError(_('Peer "%s" is not HOST:PORT.') % peer)
+    return host.strip('[]'), int(port)
+
+
+class _Download:
+    """One torrent in one session, from add to close."""
+
+    def __init__(self, meta, target, trackers, peers, listen_host,
+                 listen_port, settings):
+        self.meta = meta
+        self.target = target
+        self.session = swarm.make_session(listen_host, listen_port,
+                                          **(settings or {}))
+        params = lt.add_torrent_params()
+        params.ti = meta.torrent_info()
+        params.save_path = os.path.dirname(os.path.abspath(target))
+        params.renamed_files = {0: os.path.basename(target)}
+        # The zero pieces were just zeroed: declare them present and skip
+        # reading the whole target to check it, which on a fresh disk would
+        # find nothing and cost a full read of the device.
+        params.have_pieces = [i in meta.zero_pieces
+                              for i in range(meta.num_pieces)]
+        params.flags |= lt.torrent_flags.no_verify_files
+        params.flags &= ~lt.torrent_flags.auto_managed
+        params.trackers = list(trackers)
+        self.handle = self.session.add_torrent(params)
+        self.peers = [_parse_peer(p) for p in peers]
+        for peer in self.peers:
+            self.handle.connect_peer(peer)
+        self.tracker_error = None
+        self.error = None
+
+    def pump_alerts(self):
+        for alert in self.session.pop_alerts():
+            if isinstance(alert, lt.tracker_error_alert):
+                self.tracker_error = alert.message()
+                LOG.warning('Tracker error for %(ih)s: %(msg)s',
+                            {'ih': self.meta.info_hash,
+                             'msg': alert.message()})
+            elif isinstance(alert, (lt.file_error_alert,
+                                    lt.torrent_error_alert)):
+                self.error = alert.message()
+            elif isinstance(alert, lt.hash_failed_alert):
+                LOG.warning('Piece failed its hash check and will be '
+                            'fetched again: %s', alert.message())
+
+    def status(self):
+        self.pump_alerts()
+        st = self.handle.status()
+        if self.error or st.errc.value():
+            raise TargetError(
+                _('Writing %(ih)s to %(t)s failed: %(err)s. Check the '
+                  'device and the kernel log.')
+                % {'ih': self.meta.info_hash, 't': self.target,
+                   'err': self.error or st.errc.message()})
+        return st
+
+    def reconnect(self):
+        for peer in self.peers:
+            self.handle.connect_peer(peer)
+
+    def incomplete_peers(self, st):
+        connected = sum(1 for p in self.handle.get_peer_info()
+                        if not p.flags & lt.peer_info.seed)
+        return max(connected, st.num_incomplete)
+
+    def close(self):
+        """Stop seeding and release the target before returning.
+
+        Dropping the last reference to the session blocks until libtorrent
+        has aborted every connection and closed its file handles.
+        """
+        if self.session is None:
+            return
+        self.session.remove_torrent(self.handle)
+        self.handle = None
+        self.session = None
+
+
+def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
+          listen_port=6881, linger_timeout=300, progress_interval=10,
+          stall_timeout=300, expected_sha256=None, settings=None):
+    """Download ``meta`` into ``target``, verify it, linger, and stop.
+
+    :param meta: a :class:`ironic_bt.torrent.Metainfo`.
+    :param target: a block device or a regular file path.
+    :param trackers: announce URLs.
+    :param peers: ``HOST:PORT`` strings to connect to directly.
+    :param listen_host: address to accept peer connections on.
+    :param listen_port: port to accept peer connections on.
+    :param linger_timeout: most seconds to keep seeding after verifying.
+    :param progress_interval: seconds between progress log lines.
+    :param stall_timeout: seconds without progress before giving up.
+    :param expected_sha256: hex sha256 of the image, checked if given.
+    :param settings: extra libtorrent settings (see ironic_bt.swarm).
+    :raises: TargetError, DownloadError, VerifyError.
+    :returns: a :class:`WriteResult`.
+    """
+    start = time.monotonic()
+    size = target_size(target)
+    is_block = size is not None
+    if is_block and size < meta.size:
+        raise TargetError(
+            _('Image %(ih)s is %(img)d bytes but target %(t)s holds only '
+              '%(dev)d bytes. Choose a larger disk (root device hints) or a '
+              'smaller image.')
+            % {'ih': meta.info_hash, 'img': meta.size, 't': target,
+               'dev': size})
+    if not trackers and not peers:
+        raise DownloadError(_('No tracker and no peer given for %s: there '
+                              'is no one to download from.')
+                            % meta.info_hash)
+    try:
+        zeroed = zero_regions(target, meta, is_block)
+    except OSError as e:
+        raise TargetError(_('Cannot write to target %(t)s: %(e)s')
+                          % {'t': target, 'e': e})
+    LOG.info('Writing %(ih)s (%(size)d bytes, %(pieces)d pieces of '
+             '%(plen)d) to %(t)s; %(zero)d bytes are zero and were zeroed '
+             'locally', {'ih': meta.info_hash, 'size': meta.size,
+                         'pieces': meta.num_pieces, 'plen': meta.piece_length,
+                         't': target, 'zero': zeroed})
+
+    dl = _Download(meta, target, trackers, peers, listen_host, listen_port,
+                   settings)
+    try:
+        st = _download(dl, progress_interval, stall_timeout)
+        download_seconds = time.monotonic() - start
+        fsync_target(target)
+        verify_start = time.monotonic()
+        sha256 = verify(target, meta)
+        verify_seconds = time.monotonic() - verify_start
+        if expected_sha256 and sha256 != expected_sha256.lower():
+            raise VerifyError(
+                _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
+                  'checksum is %(want)s. The torrent was not made from this '
+                  'image; publish it again.')
+                % {'ih': meta.info_hash, 't': target, 'got': sha256,
+                   'want': expected_sha256})
+        LOG.info('Verified %(t)s: sha256 %(sha)s in %(s).1f s',
+                 {'t': target, 'sha': sha256, 's': verify_seconds})
+        linger_seconds = _linger(dl, linger_timeout)
+        st = dl.status()
+    finally:
+        dl.close()
+    return WriteResult(
+        target=target, size=meta.size, info_hash=meta.info_hash,
+        downloaded_bytes=st.total_payload_download,
+        uploaded_bytes=st.total_payload_upload,
+        zero_bytes=zeroed, seconds=round(time.monotonic() - start, 3),
+        download_seconds=round(download_seconds, 3),
+        verify_seconds=round(verify_seconds, 3),
+        linger_seconds=round(linger_seconds, 3), sha256=sha256)
+
+
+def _download(dl, progress_interval, stall_timeout):
+    meta = dl.meta
+    last_log = last_progress = time.monotonic()
+    last_done = -1
+    while True:
+        st = dl.status()
+        now = time.monotonic()
+        if st.is_seeding:
+            LOG.info('Downloaded %(ih)s: %(b)d bytes from %(p)d peers',
+                     {'ih': meta.info_hash, 'b': st.total_payload_download,
+                      'p': st.num_peers})
+            return st
+        if st.total_wanted_done != last_done:
+            last_done, last_progress = st.total_wanted_done, now
+        elif now - last_progress > stall_timeout:
+            raise DownloadError(
+                _('Download of %(ih)s stalled at %(pct).1f%% for %(s)d s '
+                  'with %(p)d peers. Last tracker error: %(err)s. Check that '
+                  'the conductor\'s tracker and seeder are reachable from '
+                  'this node.')
+                % {'ih': meta.info_hash, 'pct': st.progress * 100,
+                   's': stall_timeout, 'p': st.num_peers,
+                   'err': dl.tracker_error or _('none')})
+        if st.num_peers == 0 and now - last_progress > 5:
+            # The seeder may have restarted; its address does not change.
+            dl.reconnect()
+        if now - last_log >= progress_interval:
+            last_log = now
+            LOG.info('%(ih)s: %(pct).1f%% of %(size)d bytes, %(rate).1f '
+                     'MiB/s down, %(up).1f MiB/s up, %(peers)d peers '
+                     '(%(seeds)d seeds)',
+                     {'ih': meta.info_hash, 'pct': st.progress * 100,
+                      'size': meta.size,
+                      'rate': st.download_payload_rate / 1048576.0,
+                      'up': st.upload_payload_rate / 1048576.0,
+                      'peers': st.num_peers, 'seeds': st.num_seeds})
+        time.sleep(_POLL)
+
+
+def _linger(dl, linger_timeout):
+    """Seed while the swarm has incomplete peers, at most linger_timeout."""
+    start = time.monotonic()
+    quiet_since = None
+    while time.monotonic() - start < linger_timeout:
+        st = dl.status()
+        if dl.incomplete_peers(st) > 0:
+            quiet_since = None
+        elif quiet_since is None:
+            quiet_since = time.monotonic()
+        elif time.monotonic() - quiet_since > 2:
+            break
+        time.sleep(_POLL)
+    seconds = time.monotonic() - start
+    LOG.info('Stopped seeding %(ih)s after lingering %(s).1f s, %(up)d bytes '
+             'uploaded', {'ih': dl.meta.info_hash, 's': seconds,
+                          'up': dl.handle.status().total_payload_upload})
+    return seconds

@@ -1,0 +1,405 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The ``ironic-bt`` command: the library's parts, for operators and tests.
+"""
+
+import argparse
+import json
+import os
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+from oslo_config import cfg
+from oslo_log import log
+
+from ironic_bt.i18n import _
+
+LOG = log.getLogger(__name__)
+
+
+class CommandError(Exception):
+    """A failure to report as ``ironic-bt: error: ...`` with exit code 1."""
+
+
+def _host_port(value, default_port=None):
+    host, sep, port = value.rpartition(':')
+    if not sep:
+        host, port = value, default_port
+    try:
+        port = int(port)
+        if not 0 <= port <= 65535:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            _('"%s" is not HOST:PORT with a port from 0 to 65535') % value)
+    return host.strip('[]') or '0.0.0.0', port
+
+
+def _setup_logging(args):
+    conf = cfg.ConfigOpts()
+    log.register_options(conf)
+    conf([], project='ironic-bt')
+    conf.set_override('debug', args.debug)
+    # Logs go to stderr so that stdout carries only results (--json).
+    conf.set_override('use_stderr', True)
+    conf.set_override('log_file', None)
+    log.setup(conf, 'ironic-bt')
+    if not args.debug:
+        log.set_defaults(default_log_levels=['libtorrent=WARN'])
+
+
+def _wait_for_signal(duration=None):
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_args: stop.set())
+    stop.wait(duration)
+
+
+def cmd_create(args):
+    from ironic_bt import torrent
+
+    meta = torrent.build(args.image, piece_size=args.piece_size)
+    output = args.output or os.path.basename(args.image) + '.torrent'
+    with open(output, 'wb') as f:
+        f.write(meta.data)
+    summary = {'torrent': output, 'info_hash': meta.info_hash,
+               'info_hash_v2': meta.info_hash_v2.hex(), 'size': meta.size,
+               'piece_length': meta.piece_length,
+               'pieces': meta.num_pieces,
+               'zero_pieces': len(meta.zero_pieces),
+               'zero_bytes': meta.zero_bytes}
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print(meta.info_hash)
+        print(_('%(t)s: %(size)d bytes, %(n)d pieces of %(plen)d bytes, '
+                '%(z)d all-zero pieces (%(zb)d bytes never sent)')
+              % {'t': output, 'size': meta.size, 'n': meta.num_pieces,
+                 'plen': meta.piece_length, 'z': len(meta.zero_pieces),
+                 'zb': meta.zero_bytes}, file=sys.stderr)
+
+
+def _start_tracker(listen, interval, metas):
+    from ironic_bt.tracker import protocol
+    from ironic_bt.tracker import server
+
+    table = protocol.SwarmTable(interval=interval)
+    for meta in metas:
+        table.publish(meta.tracker_keys, meta.name)
+    tracker = server.TrackerServer(table, host=listen[0], port=listen[1])
+    tracker.start()
+    return tracker
+
+
+def _announce_host(host):
+    return '127.0.0.1' if host in ('0.0.0.0', '') else host
+
+
+def cmd_seed(args):
+    from ironic_bt import seeder
+    from ironic_bt import torrent
+
+    meta = torrent.load_file(args.torrent)
+    try:
+        size = os.stat(args.image).st_size
+    except OSError as e:
+        raise CommandError(_('Cannot read image %(i)s: %(e)s')
+                           % {'i': args.image, 'e': e})
+    if size != meta.size:
+        raise CommandError(
+            _('Image %(i)s is %(s)d bytes but torrent %(t)s describes '
+              '%(ts)d bytes: this is not the image the torrent was made '
+              'from.') % {'i': args.image, 's': size, 't': args.torrent,
+                          'ts': meta.size})
+    trackers = list(args.tracker)
+    tracker = None
+    if args.with_tracker:
+        tracker = _start_tracker(args.with_tracker, args.interval, [meta])
+        trackers.append(tracker.announce_url(
+            _announce_host(args.with_tracker[0])))
+    seed = seeder.Seeder(args.listen[0], args.listen[1],
+                         upload_rate_limit=args.upload_rate)
+    try:
+        seed.add(meta, args.image, trackers=trackers)
+        print(json.dumps({'info_hash': meta.info_hash,
+                          'listen': '%s:%d' % (args.listen[0], seed.port),
+                          'trackers': trackers}), flush=True)
+        _wait_for_signal(args.duration)
+        stats = seed.stats().get(meta.info_hash, {})
+        print(json.dumps({'info_hash': meta.info_hash,
+                          'uploaded_bytes': stats.get('uploaded', 0)}),
+              flush=True)
+    finally:
+        seed.close()
+        if tracker is not None:
+            tracker.stop()
+
+
+def cmd_tracker(args):
+    from ironic_bt import torrent
+
+    metas = [torrent.load_file(path) for path in args.torrent]
+    tracker = _start_tracker(args.listen, args.interval, metas)
+    try:
+        print(json.dumps({
+            'announce': tracker.announce_url(_announce_host(args.listen[0])),
+            'info_hashes': [m.info_hash for m in metas]}), flush=True)
+        _wait_for_signal()
+    finally:
+        tracker.stop()
+
+
+def _mounted(target):
+    """Mount points of the target or of its partitions."""
+    real = os.path.realpath(target)
+    mounts = []
+    try:
+        with open('/proc/mounts') as f:
+            for line in f:
+                source, mountpoint = line.split()[:2]
+                if source == real or (real.startswith('/dev/')
+                                      and source.startswith(real)):
+                    mounts.append(mountpoint)
+    except OSError:
+        pass
+    return mounts
+
+
+def cmd_write(args):
+    from ipa_extension import writer
+    from ironic_bt import torrent
+
+    meta = torrent.load_file(args.torrent)
+    mounts = _mounted(args.target)
+    if mounts:
+        raise CommandError(
+            _('%(t)s is mounted on %(m)s; refusing to overwrite a disk in '
+              'use.') % {'t': args.target, 'm': ', '.join(mounts)})
+    result = writer.write(
+        meta, args.target, trackers=args.tracker, peers=args.peer,
+        listen_host=args.listen[0], listen_port=args.listen[1],
+        linger_timeout=args.linger, progress_interval=args.progress_interval,
+        stall_timeout=args.stall_timeout, expected_sha256=args.sha256)
+    if args.json:
+        print(json.dumps(result.to_dict()), flush=True)
+    else:
+        print(_('Wrote %(size)d bytes of %(ih)s to %(t)s in %(s).1f s: '
+                '%(down)d bytes downloaded, %(zero)d zeroed locally, '
+                '%(up)d uploaded; sha256 %(sha)s')
+              % {'size': result.size, 'ih': result.info_hash,
+                 't': result.target, 's': result.seconds,
+                 'down': result.downloaded_bytes, 'zero': result.zero_bytes,
+                 'up': result.uploaded_bytes, 'sha': result.sha256})
+
+
+def _bar(fraction, width=30):
+    filled = int(round(fraction * width))
+    return '[' + '#' * filled + '.' * (width - filled) + ']'
+
+
+def _status_url(tracker):
+    base = tracker.split('?')[0]
+    if base.endswith('/announce'):
+        base = base[:-len('/announce')]
+    return base.rstrip('/') + '/status'
+
+
+def _render_status(status, sizes):
+    lines = []
+    for swarm in status.get('swarms', []):
+        lines.append('%s  %s  complete=%d incomplete=%d' % (
+            swarm['info_hashes'][0], swarm.get('name', ''),
+            swarm.get('complete', 0), swarm.get('incomplete', 0)))
+        size = sizes.get(swarm['info_hashes'][0])
+        for peer in swarm.get('peers', []):
+            label = peer.get('node') or '%s:%s' % (peer['ip'], peer['port'])
+            left = peer.get('left', 0)
+            if size:
+                done = max(0.0, min(1.0, 1.0 - float(left) / size))
+                progress = '%s %5.1f%%' % (_bar(done), done * 100)
+            else:
+                progress = _('done') if left == 0 else (
+                    _('%d bytes left') % left)
+            lines.append('  %-38s %-21s %s' % (
+                label, '%s:%s' % (peer['ip'], peer['port']), progress))
+    return '\n'.join(lines) or _('No published torrents.')
+
+
+def cmd_status(args):
+    from ironic_bt import torrent
+
+    sizes = {}
+    for path in args.torrent:
+        meta = torrent.load_file(path)
+        sizes[meta.info_hash] = meta.size
+    url = _status_url(args.tracker)
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=10) as resp:
+                status = json.load(resp)
+        except (OSError, ValueError) as e:
+            raise CommandError(_('Cannot read tracker status from %(u)s: '
+                                 '%(e)s. Check the tracker URL.')
+                               % {'u': url, 'e': e})
+        if args.json:
+            print(json.dumps(status), flush=True)
+        else:
+            print(_render_status(status, sizes), flush=True)
+        if not args.watch:
+            return
+        time.sleep(args.watch)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog='ironic-bt',
+        description=_('Peer-to-peer (BitTorrent) deployment of raw disk '
+                      'images: the parts of the ironic-bt deploy interface '
+                      'as commands.'))
+    parser.add_argument('--debug', action='store_true',
+                        help=_('log debug messages'))
+    sub = parser.add_subparsers(dest='command', metavar='COMMAND')
+    sub.required = True
+
+    p = sub.add_parser('create', help=_('make a .torrent from a raw image'),
+                       description=_(
+                           'Hash a raw disk image into a deterministic '
+                           'hybrid (v1+v2) torrent and print its info-hash. '
+                           'The same image gives the same info-hash on any '
+                           'machine.'))
+    p.add_argument('image', help=_('raw disk image'))
+    p.add_argument('-o', '--output', metavar='FILE.torrent',
+                   help=_('where to write the torrent (default: '
+                          'IMAGE.torrent in the current directory)'))
+    p.add_argument('--piece-size', type=int, metavar='BYTES',
+                   help=_('override the piece size policy (power of two); '
+                          'changes the info-hash'))
+    p.add_argument('--json', action='store_true',
+                   help=_('print a JSON summary instead of the info-hash'))
+    p.set_defaults(func=cmd_create)
+
+    p = sub.add_parser('seed', help=_('seed an image (optionally with a '
+                                      'built-in tracker)'),
+                       description=_('Seed IMAGE as FILE.torrent until '
+                                     'interrupted. Prints one JSON line when '
+                                     'ready and one with the upload total at '
+                                     'exit.'))
+    p.add_argument('torrent', metavar='FILE.torrent')
+    p.add_argument('image', help=_('the raw image the torrent was made from'))
+    p.add_argument('--listen', type=_host_port, default=('0.0.0.0', 6881),
+                   metavar='HOST:PORT',
+                   help=_('peer listen address (default 0.0.0.0:6881)'))
+    p.add_argument('--tracker', action='append', default=[], metavar='URL',
+                   help=_('announce to this tracker (repeatable)'))
+    p.add_argument('--with-tracker', type=lambda v: _host_port(v, 6969),
+                   metavar='HOST[:PORT]',
+                   help=_('also run the built-in tracker on this address, '
+                          'serving this torrent'))
+    p.add_argument('--interval', type=int, default=10, metavar='SECONDS',
+                   help=_('announce interval of the built-in tracker'))
+    p.add_argument('--upload-rate', type=int, default=0, metavar='BYTES',
+                   help=_('upload rate limit in bytes/s (0: unlimited)'))
+    p.add_argument('--duration', type=float, metavar='SECONDS',
+                   help=_('stop after this long instead of waiting for a '
+                          'signal'))
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser('tracker', help=_('run the tracker standalone'),
+                       description=_('Run the HTTP tracker (announce, '
+                                     'scrape, status) serving only the '
+                                     'given torrents.'))
+    p.add_argument('--listen', type=lambda v: _host_port(v, 6969),
+                   default=('0.0.0.0', 6969), metavar='HOST[:PORT]',
+                   help=_('listen address (default 0.0.0.0:6969)'))
+    p.add_argument('--torrent', action='append', default=[],
+                   metavar='FILE.torrent',
+                   help=_('serve this torrent (repeatable)'))
+    p.add_argument('--interval', type=int, default=10, metavar='SECONDS',
+                   help=_('announce interval asked of peers'))
+    p.set_defaults(func=cmd_tracker)
+
+    p = sub.add_parser('write', help=_('download a torrent straight to a '
+                                       'device or file'),
+                       description=_(
+                           'The agent-side writer: download FILE.torrent '
+                           'into TARGET (a block device or a file) through '
+                           'the swarm, zero the all-zero pieces locally, '
+                           'verify what was written, keep seeding while '
+                           'peers are incomplete (--linger), then exit. '
+                           'TARGET is overwritten.'))
+    p.add_argument('torrent', metavar='FILE.torrent')
+    p.add_argument('target', metavar='TARGET')
+    p.add_argument('--tracker', action='append', default=[], metavar='URL',
+                   help=_('announce URL (repeatable)'))
+    p.add_argument('--peer', action='append', default=[],
+                   metavar='HOST:PORT',
+                   help=_('connect to this peer directly (repeatable)'))
+    p.add_argument('--listen', type=_host_port, default=('0.0.0.0', 6881),
+                   metavar='HOST:PORT',
+                   help=_('peer listen address (default 0.0.0.0:6881)'))
+    p.add_argument('--linger', type=float, default=60, metavar='SECONDS',
+                   help=_('most seconds to keep seeding after verifying '
+                          'while peers are incomplete (default 60)'))
+    p.add_argument('--progress-interval', type=float, default=10,
+                   metavar='SECONDS', help=_('seconds between progress '
+                                             'log lines'))
+    p.add_argument('--stall-timeout', type=float, default=300,
+                   metavar='SECONDS',
+                   help=_('give up after this long without progress'))
+    p.add_argument('--sha256', metavar='HEX',
+                   help=_('expected sha256 of the image'))
+    p.add_argument('--json', action='store_true',
+                   help=_('end with one JSON line of results'))
+    p.set_defaults(func=cmd_write)
+
+    p = sub.add_parser('status', help=_('show per-peer progress from a '
+                                        'tracker'),
+                       description=_('Show every peer the tracker knows, '
+                                     'with its progress.'))
+    p.add_argument('--tracker', required=True, metavar='URL',
+                   help=_('tracker base or announce URL, e.g. '
+                          'http://198.18.0.1:6969/announce'))
+    p.add_argument('--torrent', action='append', default=[],
+                   metavar='FILE.torrent',
+                   help=_('torrent(s), to show percentages'))
+    p.add_argument('--watch', type=float, metavar='SECONDS',
+                   help=_('refresh every SECONDS until interrupted'))
+    p.add_argument('--json', action='store_true',
+                   help=_('print the raw JSON status'))
+    p.set_defaults(func=cmd_status)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    _setup_logging(args)
+    from ipa_extension import writer
+    from ironic_bt import seeder
+    from ironic_bt import torrent
+    try:
+        args.func(args)
+    except (CommandError, torrent.InvalidTorrent, writer.WriterError,
+            seeder.SeederError) as e:
+        print('ironic-bt: error: %s' % e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,111 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The ``[bittorrent]`` option group of the conductor side."""
+
+from oslo_config import cfg
+
+from ironic_bt.i18n import _
+
+GROUP = cfg.OptGroup(
+    'bittorrent',
+    title=_('BitTorrent deploy interface options'),
+    help=_('Options for the "bittorrent" deploy interface of ironic-bt: '
+           'the seeder and the tracker that run in the conductor, and the '
+           'settings handed to the agents.'))
+
+opts = [
+    cfg.StrOpt('data_dir',
+               default='$state_path/bittorrent',
+               help=_('Directory where the seeder keeps its hard links to '
+                      'the raw images it publishes, and the cached '
+                      '.torrent files. It must be on the same file system '
+                      'as the image cache ([pxe]instance_master_path and '
+                      '[pxe]images_path) so that a hard link can be made.')),
+    cfg.StrOpt('seeder_listen_host',
+               default='0.0.0.0',
+               help=_('Address the conductor\'s seeder listens on for '
+                      'peer connections.')),
+    cfg.PortOpt('seeder_port',
+                default=6881,
+                help=_('TCP port the conductor\'s seeder listens on.')),
+    cfg.StrOpt('advertise_host',
+               default='$my_ip',
+               help=_('Address of this conductor as the agents reach it on '
+                      'the provisioning network: used in the tracker URL '
+                      'and the seeder address handed to the agents.')),
+    cfg.StrOpt('tracker_url',
+               help=_('Announce URL of an external BitTorrent tracker (for '
+                      'example opentracker), for sites with many '
+                      'conductors. When unset, each conductor runs a '
+                      'built-in tracker that serves only the images it '
+                      'published.')),
+    cfg.StrOpt('tracker_listen_host',
+               default='0.0.0.0',
+               help=_('Address the built-in tracker listens on.')),
+    cfg.PortOpt('tracker_port',
+                default=6969,
+                help=_('TCP port of the built-in tracker.')),
+    cfg.IntOpt('announce_interval',
+               default=10, min=1,
+               help=_('Seconds between announces that the built-in tracker '
+                      'asks peers for. Short intervals let nodes find each '
+                      'other quickly and keep the progress shown by '
+                      '"ironic-bt status" fresh.')),
+    cfg.IntOpt('max_swarms',
+               default=256, min=1,
+               help=_('Most torrents the built-in tracker keeps peers for.')),
+    cfg.IntOpt('max_peers_per_swarm',
+               default=2000, min=1,
+               help=_('Most peers the built-in tracker keeps for one '
+                      'torrent; the least recently seen peer is dropped '
+                      'first.')),
+    cfg.IntOpt('upload_rate_limit',
+               default=0, min=0,
+               help=_('Upload rate limit of the conductor\'s seeder, in '
+                      'bytes per second. 0 means unlimited.')),
+    cfg.IntOpt('agent_listen_port',
+               default=6881,
+               min=1, max=65535,
+               help=_('TCP port the agents listen on for peer connections.')),
+    cfg.IntOpt('linger_timeout',
+               default=300, min=0,
+               help=_('Most seconds an agent keeps seeding after it has '
+                      'verified its disk, while other peers in the swarm are '
+                      'still incomplete. Seeding always stops before the '
+                      'configuration drive or a boot loader is written.')),
+    cfg.IntOpt('progress_interval',
+               default=10, min=1,
+               help=_('Seconds between the progress lines (percent, rate, '
+                      'peers) that the agent logs while downloading.')),
+    cfg.IntOpt('stall_timeout',
+               default=300, min=10,
+               help=_('Seconds without a single byte downloaded after which '
+                      'an agent gives up and the deploy fails.')),
+]
+
+
+def register_opts(conf):
+    conf.register_group(GROUP)
+    conf.register_opts(opts, group=GROUP)
+
+
+def list_opts():
+    """Options for oslo-config-generator (``oslo.config.opts`` entry point).
+
+    :returns: a list of (group, options) tuples.
+    """
+    return [(GROUP, opts)]
+
+
+CONF = cfg.CONF
+register_opts(CONF)

@@ -1,0 +1,142 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The conductor's seeder: one libtorrent session per process.
+
+It seeds images the caller has already hashed (the torrent was built from
+the very file being seeded), so torrents are added in seed mode: libtorrent
+trusts the data and checks each piece lazily the first time it is read,
+instead of re-reading the whole image at publish time.
+"""
+
+import os
+import threading
+
+import libtorrent as lt
+from oslo_log import log
+
+from ironic_bt.i18n import _
+from ironic_bt import swarm
+
+LOG = log.getLogger(__name__)
+
+
+class SeederError(Exception):
+    """The seeder could not start or could not seed an image."""
+
+
+def _global_class_filter(session):
+    mask = 1 << session.global_peer_class_id
+    peer_filter = lt.ip_filter()
+    peer_filter.add_rule('0.0.0.0', '255.255.255.255', mask)
+    peer_filter.add_rule('::', 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff',
+                         mask)
+    return peer_filter
+
+
+class Seeder:
+    """A libtorrent session seeding raw images."""
+
+    def __init__(self, listen_host='0.0.0.0', listen_port=6881,
+                 upload_rate_limit=0, settings=None):
+        overrides = dict(settings or {})
+        if upload_rate_limit:
+            overrides['upload_rate_limit'] = int(upload_rate_limit)
+        self._session = swarm.make_session(listen_host, listen_port,
+                                           **overrides)
+        if upload_rate_limit:
+            # Peers on private addresses fall into libtorrent's "local" peer
+            # class, which ignores rate limits; provisioning networks are
+            # private, so apply the global class to every peer.
+            self._session.set_peer_class_filter(
+                _global_class_filter(self._session))
+        self._lock = threading.Lock()
+        self._handles = {}
+        if not self._session.is_listening():
+            raise SeederError(
+                _('The seeder cannot listen on %(host)s:%(port)s. Check '
+                  '[bittorrent]seeder_listen_host and seeder_port.')
+                % {'host': listen_host, 'port': listen_port})
+        LOG.info('Seeder listening on port %d', self.port)
+
+    @property
+    def port(self):
+        return self._session.listen_port()
+
+    def add(self, meta, path, trackers=()):
+        """Seed ``path`` as the torrent ``meta``; idempotent.
+
+        :param meta: a :class:`ironic_bt.torrent.Metainfo` built from path.
+        :param path: the raw image file to seed.
+        :param trackers: announce URLs the seeder announces to.
+        """
+        with self._lock:
+            if meta.info_hash in self._handles:
+                return
+            params = lt.add_torrent_params()
+            params.ti = meta.torrent_info()
+            params.save_path = os.path.dirname(os.path.abspath(path))
+            params.renamed_files = {0: os.path.basename(path)}
+            params.flags |= lt.torrent_flags.seed_mode
+            params.flags &= ~lt.torrent_flags.auto_managed
+            params.flags &= ~lt.torrent_flags.paused
+            params.trackers = list(trackers)
+            self._handles[meta.info_hash] = self._session.add_torrent(params)
+        LOG.info('Seeding %(ih)s from %(path)s', {'ih': meta.info_hash,
+                                                  'path': path})
+
+    def remove(self, info_hash):
+        """Stop seeding the torrent with this (hex v1) info-hash."""
+        with self._lock:
+            handle = self._handles.pop(info_hash, None)
+            if handle is not None:
+                self._session.remove_torrent(handle)
+        if handle is not None:
+            LOG.info('Stopped seeding %s', info_hash)
+
+    def seeding(self):
+        with self._lock:
+            return sorted(self._handles)
+
+    def stats(self):
+        """Per torrent: payload bytes uploaded and connected peers."""
+        self.pump_alerts()
+        with self._lock:
+            handles = dict(self._handles)
+        result = {}
+        for info_hash, handle in handles.items():
+            st = handle.status()
+            result[info_hash] = {'uploaded': st.total_payload_upload,
+                                 'peers': st.num_peers,
+                                 'error': st.errc.message()
+                                 if st.errc.value() else None}
+        return result
+
+    def connect(self, info_hash, host, port):
+        """Connect the seeder to a peer (the conductor handing out peers)."""
+        with self._lock:
+            handle = self._handles.get(info_hash)
+        if handle is not None:
+            handle.connect_peer((host, int(port)))
+
+    def pump_alerts(self):
+        for alert in self._session.pop_alerts():
+            if alert.category() & lt.alert_category.error:
+                LOG.warning('Seeder: %s', alert.message())
+
+    def close(self):
+        with self._lock:
+            for handle in self._handles.values():
+                self._session.remove_torrent(handle)
+            self._handles.clear()
+            # Dropping the session aborts it and closes every file handle.
+            self._session = None

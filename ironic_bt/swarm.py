@@ -1,0 +1,95 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""libtorrent settings shared by the conductor's seeder and the agents.
+
+This module imports neither ironic nor ironic-python-agent: the same swarm
+settings must hold on both sides of the wire, and the ramdisk does not carry
+the Ironic server stack.
+"""
+
+import libtorrent as lt
+
+import ironic_bt
+
+#: Alerts we act on: errors (disk, tracker), state changes, tracker replies.
+ALERT_MASK = (lt.alert_category.error
+              | lt.alert_category.status
+              | lt.alert_category.tracker
+              | lt.alert_category.storage)
+
+_VERSION = getattr(ironic_bt, '__version__', '0')
+
+
+def _base():
+    return {
+        # Nothing leaves the provisioning network: the only peers are the
+        # ones our tracker, the conductor or swarm members hand out.
+        'enable_dht': False,
+        'enable_lsd': False,
+        'enable_upnp': False,
+        'enable_natpmp': False,
+        'webtorrent_stun_server': '',
+        'max_webtorrent_offers': 0,
+        'dht_bootstrap_nodes': '',
+        # uTP backs off as soon as queuing delay grows, which on a
+        # provisioning LAN only costs throughput; TCP fills the link.
+        'enable_incoming_utp': False,
+        'enable_outgoing_utp': False,
+        # Several agents may sit behind one address in labs, and a conductor
+        # may share an address with an agent in small setups.
+        'allow_multiple_connections_per_ip': True,
+        # Honour the short announce interval of the built-in tracker, so
+        # nodes that boot later find the swarm within seconds.
+        'min_announce_interval': 2,
+        'announce_to_all_trackers': True,
+        'announce_to_all_tiers': True,
+        'alert_mask': int(ALERT_MASK),
+        'user_agent': 'ironic-bt/%s libtorrent/%s' % (_VERSION,
+                                                      lt.__version__),
+        'peer_fingerprint': '-IB0001-',
+        # Every peer is a trusted member of the same deployment: unchoke all
+        # of them instead of the internet's tit-for-tat rationing.
+        'unchoke_slots_limit': -1,
+        'connections_limit': 1000,
+        'active_downloads': -1,
+        'active_seeds': -1,
+        'active_limit': -1,
+    }
+
+
+def session_settings(listen_host='0.0.0.0', listen_port=6881, **overrides):
+    """The settings pack of an ironic-bt libtorrent session.
+
+    :param listen_host: address to accept peer connections on.
+    :param listen_port: TCP port to accept peer connections on.
+    :param overrides: further libtorrent settings (name -> value).
+    :returns: a dict for ``libtorrent.session_params``/``apply_settings``.
+    """
+    settings = _base()
+    host = listen_host if ':' not in listen_host else '[%s]' % listen_host
+    settings['listen_interfaces'] = '%s:%d' % (host, listen_port)
+    settings.update(overrides)
+    return settings
+
+
+def make_session(listen_host='0.0.0.0', listen_port=6881, **overrides):
+    """Create a libtorrent session with the POSIX disk backend.
+
+    The default (mmap) backend truncates files on first write, which fails
+    on block devices ("file_truncate: Invalid argument"); the POSIX backend
+    writes with pwrite and leaves the target's size alone.
+    """
+    params = lt.session_params()
+    params.settings = session_settings(listen_host, listen_port, **overrides)
+    params.disk_io_constructor = 'posix_disk_io_constructor'
+    return lt.session(params)

@@ -1,0 +1,466 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The tracker protocol, without I/O.
+
+Parsing of announce and scrape queries (BEP 3, BEP 48), the swarm table and
+the bencoded replies (BEP 23 compact peers, BEP 7 ``peers6``). The HTTP
+adapter in :mod:`ironic_bt.tracker.server` only moves bytes in and out.
+
+The table serves only torrents published by this deployment: a tracker that
+accepted any info-hash would be an open tracker on the provisioning network.
+"""
+
+import collections
+import dataclasses
+import ipaddress
+import random
+import re
+import threading
+import time
+import urllib.parse
+
+from ironic_bt.i18n import _
+from ironic_bt.tracker import bencode
+
+DEFAULT_NUMWANT = 50
+MAX_NUMWANT = 200
+MAX_NODE_LENGTH = 64
+MAX_KEY_LENGTH = 64
+EVENTS = ('', 'started', 'completed', 'stopped', 'paused')
+
+# Decimal digits only: int() would also take '+5', ' 5', '5_0' and '-5'.
+# 20 digits hold any byte count a disk can have and keep int() cheap.
+_UINT_RE = re.compile(rb'[0-9]{1,20}')
+
+
+class TrackerError(Exception):
+    """A refused request; ``str()`` is the ``failure reason`` sent back."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AnnounceRequest:
+    """A validated announce (BEP 3).
+
+    ``ip`` is the address the request came from, normalised: IPv4-mapped
+    IPv6 addresses are plain IPv4.
+    """
+
+    info_hash: bytes
+    peer_id: bytes
+    ip: str
+    port: int
+    uploaded: int
+    downloaded: int
+    left: int
+    event: str = ''
+    numwant: int = DEFAULT_NUMWANT
+    compact: bool = True
+    node: str | None = None
+    key: str | None = None
+
+
+@dataclasses.dataclass
+class Peer:
+    """What the table knows about one peer of one swarm."""
+
+    ip: str
+    port: int
+    peer_id: bytes
+    left: int
+    uploaded: int
+    downloaded: int
+    node: str | None
+    first_seen: float
+    last_seen: float
+    event: str
+    # Whether this peer's completion was counted in the swarm's
+    # ``downloaded``: libtorrent sends "completed" once per info-hash of a
+    # hybrid torrent, and that is still one download.
+    counted: bool = False
+
+    @property
+    def complete(self):
+        return self.left == 0
+
+    def compact(self):
+        """The BEP 23 / BEP 7 form: packed address then big-endian port."""
+        return (ipaddress.ip_address(self.ip).packed
+                + self.port.to_bytes(2, 'big'))
+
+
+def _split_query(query):
+    """Yield (key, value) byte pairs of a raw query string.
+
+    Each part is percent-decoded to bytes: info_hash and peer_id are binary,
+    and decoding them to str (as parse_qs does) would corrupt them. '+' is
+    left alone for the same reason; BitTorrent clients percent-encode it.
+    """
+    for part in query.split(b'&'):
+        if not part:
+            continue
+        key, _sep, value = part.partition(b'=')
+        yield (urllib.parse.unquote_to_bytes(key),
+               urllib.parse.unquote_to_bytes(value))
+
+
+def _uint(params, name, default=None):
+    value = params.get(name)
+    if value is None:
+        if default is None:
+            raise TrackerError(_('missing parameter %s') % name)
+        return default
+    if not _UINT_RE.fullmatch(value):
+        raise TrackerError(_('invalid parameter %(name)s=%(value)r: must be '
+                             'a non-negative integer')
+                           % {'name': name,
+                              'value': value[:32].decode('latin-1')})
+    return int(value)
+
+
+def _hash20(value, name):
+    if value is None:
+        raise TrackerError(_('missing parameter %s') % name)
+    if len(value) != 20:
+        raise TrackerError(_('invalid parameter %(name)s: must be 20 bytes, '
+                             'got %(length)d') %
+                           {'name': name, 'length': len(value)})
+    return value
+
+
+def _text(params, name, limit):
+    value = params.get(name)
+    if value is None:
+        return None
+    try:
+        text = value.decode('utf-8')
+    except UnicodeDecodeError:
+        raise TrackerError(_('invalid parameter %s: not UTF-8')
+                           % name) from None
+    # The label ends up in "ironic-bt status" output and in logs: keep it
+    # short and free of control characters.
+    if len(text) > limit or not text.isprintable():
+        raise TrackerError(_('invalid parameter %(name)s: must be at most '
+                             '%(limit)d printable characters')
+                           % {'name': name, 'limit': limit})
+    return text
+
+
+def normalise_ip(address):
+    """Return the canonical text form of a peer address.
+
+    :param address: an IPv4 or IPv6 address as text, possibly with a zone.
+    :returns: IPv4 for IPv4-mapped IPv6 addresses (what a dual-stack socket
+        reports for IPv4 clients), so such peers go into ``peers``.
+    :raises: TrackerError if ``address`` is not an IP address.
+    """
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        raise TrackerError(_('invalid peer address %r') % address) from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return str(ip)
+
+
+def parse_announce(query, remote_ip):
+    """Parse and validate the query string of ``GET /announce``.
+
+    :param query: the raw query string bytes, still percent-encoded.
+    :param remote_ip: the address the request came from. It is the only
+        address recorded for the peer: the ``ip`` parameter is ignored,
+        because honouring it would let any client add, or stop, a peer at
+        someone else's address.
+    :returns: an :class:`AnnounceRequest`.
+    :raises: TrackerError naming the offending parameter.
+    """
+    params = {}
+    for key, value in _split_query(query):
+        # First occurrence wins; clients never repeat announce parameters.
+        params.setdefault(key.decode('latin-1'), value)
+    info_hash = _hash20(params.get('info_hash'), 'info_hash')
+    peer_id = _hash20(params.get('peer_id'), 'peer_id')
+    port = _uint(params, 'port')
+    if not 1 <= port <= 65535:
+        raise TrackerError(_('invalid parameter port=%d: must be 1 to '
+                             '65535') % port)
+    event = params.get('event', b'').decode('latin-1')
+    if event not in EVENTS:
+        raise TrackerError(_('invalid parameter event=%(event)r: must be one '
+                             'of started, completed, stopped, paused or '
+                             'empty') % {'event': event[:32]})
+    return AnnounceRequest(
+        info_hash=info_hash,
+        peer_id=peer_id,
+        ip=normalise_ip(remote_ip),
+        port=port,
+        # "left" tells a seed from a downloader and is the progress shown
+        # per node, so it is required; the transfer totals are informative.
+        left=_uint(params, 'left'),
+        uploaded=_uint(params, 'uploaded', 0),
+        downloaded=_uint(params, 'downloaded', 0),
+        event=event,
+        numwant=min(_uint(params, 'numwant', DEFAULT_NUMWANT), MAX_NUMWANT),
+        # The reply is always compact (BEP 23), which every client we serve
+        # (libtorrent) asks for; the flag is kept for completeness only.
+        compact=params.get('compact', b'1') != b'0',
+        node=_text(params, 'node', MAX_NODE_LENGTH),
+        key=_text(params, 'key', MAX_KEY_LENGTH),
+    )
+
+
+def parse_scrape(query):
+    """Parse the query string of ``GET /scrape`` (BEP 48).
+
+    :param query: the raw query string bytes, still percent-encoded.
+    :returns: the list of requested 20-byte info-hashes, possibly empty.
+    :raises: TrackerError if an info_hash is not 20 bytes.
+    """
+    return [_hash20(value, 'info_hash')
+            for key, value in _split_query(query) if key == b'info_hash']
+
+
+def failure(reason):
+    """Return the bencoded reply refusing a request.
+
+    :param reason: the text the client shows, for example in libtorrent's
+        tracker error alert.
+    """
+    return bencode.encode({'failure reason': reason})
+
+
+class _Swarm:
+    def __init__(self, name, info_hashes):
+        self.name = name
+        self.info_hashes = info_hashes
+        # Ordered from least to most recently seen, so both expiry and
+        # eviction only ever look at the front.
+        self.peers = collections.OrderedDict()
+        self.downloaded = 0
+
+    def expire(self, deadline):
+        while self.peers:
+            peer = next(iter(self.peers.values()))
+            if peer.last_seen >= deadline:
+                break
+            self.peers.popitem(last=False)
+
+    def counts(self):
+        complete = sum(1 for peer in self.peers.values() if peer.complete)
+        return complete, len(self.peers) - complete
+
+
+class SwarmTable:
+    """The published torrents and their peers, bounded and expiring.
+
+    Thread-safe: the HTTP server answers from several threads while the
+    conductor publishes and unpublishes.
+    """
+
+    def __init__(self, max_swarms=256, max_peers=2000, interval=10,
+                 peer_ttl=None, clock=time.monotonic):
+        """Create an empty table.
+
+        :param max_swarms: most torrents published at once.
+        :param max_peers: most peers kept per torrent; the least recently
+            seen one is dropped to make room.
+        :param interval: seconds between announces asked of clients.
+        :param peer_ttl: seconds after which a silent peer is forgotten;
+            three announce intervals by default, so one lost announce does
+            not drop a peer.
+        :param clock: monotonic time source, replaceable in tests.
+        """
+        self.max_swarms = max_swarms
+        self.max_peers = max_peers
+        self.interval = interval
+        self.peer_ttl = 3 * interval if peer_ttl is None else peer_ttl
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._random = random.Random()
+        self._swarms = {}   # every alias -> _Swarm
+
+    def _unique_swarms(self):
+        # Each swarm once, under its first (v1) key.
+        return {swarm.info_hashes[0]: swarm
+                for swarm in self._swarms.values()}
+
+    def publish(self, info_hashes, name):
+        """Serve one torrent, reachable under each of its info-hashes.
+
+        :param info_hashes: one or two 20-byte keys. libtorrent announces a
+            hybrid v1+v2 torrent under its v1 hash and its v2 hash truncated
+            to 20 bytes; both must lead to the same swarm.
+        :param name: label shown in :meth:`status`.
+        :raises: ValueError if the keys are not 20-byte values, or if some
+            but not all of them belong to another published torrent.
+        :raises: TrackerError if ``max_swarms`` torrents are published.
+        """
+        keys = tuple(dict.fromkeys(bytes(key) for key in info_hashes))
+        if not 1 <= len(keys) <= 2 or any(len(key) != 20 for key in keys):
+            raise ValueError('publish() needs one or two 20-byte info-hashes')
+        with self._lock:
+            existing = {self._swarms.get(key) for key in keys}
+            if existing == {None}:
+                if len(self._unique_swarms()) >= self.max_swarms:
+                    raise TrackerError(
+                        _('cannot publish %(name)s: the tracker already '
+                          'serves %(max)d torrents; unpublish unused images '
+                          'or raise [bittorrent]max_swarms')
+                        % {'name': name, 'max': self.max_swarms})
+                swarm = _Swarm(name, keys)
+                for key in keys:
+                    self._swarms[key] = swarm
+                return
+            swarm = existing.pop()
+            if existing or swarm is None or swarm.info_hashes != keys:
+                raise ValueError('info-hashes %s overlap a published torrent '
+                                 'with other info-hashes'
+                                 % ', '.join(key.hex() for key in keys))
+
+    def unpublish(self, info_hash):
+        """Stop serving a torrent and forget its peers.
+
+        :param info_hash: any of the torrent's published keys.
+        :returns: True if it was published.
+        """
+        with self._lock:
+            swarm = self._swarms.get(bytes(info_hash))
+            if swarm is None:
+                return False
+            for key in swarm.info_hashes:
+                del self._swarms[key]
+            return True
+
+    def announce(self, req):
+        """Record an announce and build the reply.
+
+        :param req: an :class:`AnnounceRequest`.
+        :returns: the bencoded reply, with at most ``req.numwant`` peers
+            other than the requester, chosen at random. A seed is only
+            given peers that still download: seeds have nothing to
+            exchange.
+        :raises: TrackerError if the info-hash is not published.
+        """
+        now = self._clock()
+        with self._lock:
+            swarm = self._swarms.get(req.info_hash)
+            if swarm is None:
+                raise TrackerError(
+                    _('unknown info_hash %s: this tracker only serves images '
+                      'published by this ironic-bt deployment')
+                    % req.info_hash.hex())
+            swarm.expire(now - self.peer_ttl)
+            address = (req.ip, req.port)
+            if req.event == 'stopped':
+                swarm.peers.pop(address, None)
+            else:
+                self._update(swarm, address, req, now)
+            candidates = [peer for key, peer in swarm.peers.items()
+                          if key != address
+                          and not (req.left == 0 and peer.complete)]
+            chosen = self._random.sample(
+                candidates, min(req.numwant, len(candidates)))
+            complete, incomplete = swarm.counts()
+        reply = {
+            'interval': self.interval,
+            'min interval': self.interval,
+            'complete': complete,
+            'incomplete': incomplete,
+            'peers': b''.join(peer.compact() for peer in chosen
+                              if ':' not in peer.ip),
+        }
+        peers6 = b''.join(peer.compact() for peer in chosen if ':' in peer.ip)
+        if peers6:
+            reply['peers6'] = peers6
+        return bencode.encode(reply)
+
+    def _update(self, swarm, address, req, now):
+        peer = swarm.peers.get(address)
+        if peer is None:
+            if len(swarm.peers) >= self.max_peers:
+                swarm.peers.popitem(last=False)
+            peer = Peer(ip=req.ip, port=req.port, peer_id=req.peer_id,
+                        left=req.left, uploaded=req.uploaded,
+                        downloaded=req.downloaded, node=req.node,
+                        first_seen=now, last_seen=now, event=req.event)
+            swarm.peers[address] = peer
+        else:
+            swarm.peers.move_to_end(address)
+            peer.peer_id = req.peer_id
+            peer.left = req.left
+            peer.uploaded = req.uploaded
+            peer.downloaded = req.downloaded
+            peer.node = req.node or peer.node
+            peer.last_seen = now
+            # Keep the last meaningful event: regular announces carry none.
+            peer.event = req.event or peer.event
+        if req.event == 'completed' and not peer.counted:
+            peer.counted = True
+            swarm.downloaded += 1
+
+    def scrape(self, info_hashes):
+        """Build the bencoded scrape reply (BEP 48).
+
+        :param info_hashes: the requested keys; empty means every published
+            torrent, each under its first (v1) key.
+        :returns: the bencoded ``files`` dict; unknown keys are omitted.
+        """
+        now = self._clock()
+        files = {}
+        with self._lock:
+            if info_hashes:
+                wanted = {key: self._swarms[key] for key in info_hashes
+                          if key in self._swarms}
+            else:
+                wanted = self._unique_swarms()
+            for key, swarm in wanted.items():
+                swarm.expire(now - self.peer_ttl)
+                complete, incomplete = swarm.counts()
+                files[key] = {'complete': complete,
+                              'downloaded': swarm.downloaded,
+                              'incomplete': incomplete}
+        return bencode.encode({'files': files})
+
+    def status(self):
+        """Return a JSON-serialisable snapshot for operators.
+
+        :returns: ``{"swarms": [...]}``, each swarm with ``name``,
+            ``info_hashes`` (hex), ``complete``, ``incomplete``,
+            ``downloaded`` and ``peers``; each peer with ``ip``, ``port``,
+            ``node``, ``left``, ``uploaded``, ``downloaded``,
+            ``seconds_since_seen`` and ``event``.
+        """
+        now = self._clock()
+        swarms = []
+        with self._lock:
+            for swarm in self._unique_swarms().values():
+                swarm.expire(now - self.peer_ttl)
+                complete, incomplete = swarm.counts()
+                swarms.append({
+                    'name': swarm.name,
+                    'info_hashes': [key.hex() for key in swarm.info_hashes],
+                    'complete': complete,
+                    'incomplete': incomplete,
+                    'downloaded': swarm.downloaded,
+                    'peers': [{
+                        'ip': peer.ip,
+                        'port': peer.port,
+                        'node': peer.node,
+                        'left': peer.left,
+                        'uploaded': peer.uploaded,
+                        'downloaded': peer.downloaded,
+                        'seconds_since_seen': round(now - peer.last_seen, 1),
+                        'event': peer.event,
+                    } for peer in swarm.peers.values()],
+                })
+        swarms.sort(key=lambda swarm: swarm['name'])
+        return {'swarms': swarms}

@@ -1,0 +1,370 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Tests for the sans-IO tracker protocol."""
+
+import ipaddress
+import urllib.parse
+
+import pytest
+
+from ironic_bt.tracker import bencode
+from ironic_bt.tracker import protocol
+
+# Bytes that need escaping in a query string: '%', '&', '+', '=' and ' '.
+V1 = bytes(range(0x20, 0x34))
+V2 = bytes(range(0x3d, 0x51))
+OTHER = b'\xff' * 20
+
+
+def query(**params):
+    """Percent-encode parameters the way libtorrent does."""
+    defaults = {'info_hash': V1, 'peer_id': b'-LT2110-abcdefghijkl',
+                'port': '6881', 'uploaded': '0', 'downloaded': '0',
+                'left': '1000', 'compact': '1'}
+    defaults.update(params)
+    return '&'.join(
+        '%s=%s' % (key, urllib.parse.quote_from_bytes(
+            value if isinstance(value, bytes) else value.encode(), safe=''))
+        for key, value in defaults.items() if value is not None).encode()
+
+
+def request(ip='198.18.0.2', **params):
+    return protocol.parse_announce(query(**params), ip)
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def table(clock):
+    table = protocol.SwarmTable(interval=10, clock=clock)
+    table.publish([V1, V2], 'image-a')
+    return table
+
+
+def peers_of(reply, key=b'peers'):
+    """Decode a compact peer list into a set of (ip, port)."""
+    raw = bencode.decode(reply).get(key, b'')
+    size = 6 if key == b'peers' else 18
+    assert len(raw) % size == 0
+    return {(str(ipaddress.ip_address(raw[i:i + size - 2])),
+             int.from_bytes(raw[i + size - 2:i + size], 'big'))
+            for i in range(0, len(raw), size)}
+
+
+# Parsing
+
+
+def test_parse_announce_decodes_binary_values():
+    req = protocol.parse_announce(
+        query(uploaded='5', downloaded='7', left='0', event='started',
+              numwant='20', node='1be26c0b-03f2-4d2d-ae87-c02d7f33c123',
+              key='a1b2c3d4'),
+        '198.18.0.2')
+    assert req == protocol.AnnounceRequest(
+        info_hash=V1, peer_id=b'-LT2110-abcdefghijkl', ip='198.18.0.2',
+        port=6881, uploaded=5, downloaded=7, left=0, event='started',
+        numwant=20, compact=True,
+        node='1be26c0b-03f2-4d2d-ae87-c02d7f33c123', key='a1b2c3d4')
+
+
+def test_parse_announce_defaults():
+    req = request(uploaded=None, downloaded=None, compact=None)
+    assert (req.uploaded, req.downloaded, req.event, req.numwant,
+            req.compact, req.node, req.key) == (0, 0, '', 50, True, None,
+                                                None)
+
+
+def test_parse_announce_clamps_numwant():
+    assert request(numwant='100000').numwant == protocol.MAX_NUMWANT
+
+
+def test_parse_announce_ignores_ip_parameter():
+    # A client must not be able to register (or stop) someone else.
+    req = protocol.parse_announce(query(ip='198.18.0.99'), '198.18.0.2')
+    assert req.ip == '198.18.0.2'
+
+
+def test_parse_announce_maps_ipv4_mapped_ipv6_to_ipv4():
+    assert request(ip='::ffff:198.18.0.2').ip == '198.18.0.2'
+    assert request(ip='2001:DB8::0:1').ip == '2001:db8::1'
+
+
+@pytest.mark.parametrize('params, reason', [
+    ({'info_hash': None}, 'missing parameter info_hash'),
+    ({'info_hash': V1[:19]},
+     'invalid parameter info_hash: must be 20 bytes, got 19'),
+    ({'info_hash': V2.hex()},
+     'invalid parameter info_hash: must be 20 bytes, got 40'),
+    ({'peer_id': b'short'},
+     'invalid parameter peer_id: must be 20 bytes, got 5'),
+    ({'port': None}, 'missing parameter port'),
+    ({'port': '0'}, 'invalid parameter port=0: must be 1 to 65535'),
+    ({'port': '65536'}, 'invalid parameter port=65536: must be 1 to 65535'),
+    ({'left': None}, 'missing parameter left'),
+    ({'left': '-1'},
+     "invalid parameter left='-1': must be a non-negative integer"),
+    ({'uploaded': 'lots'},
+     "invalid parameter uploaded='lots': must be a non-negative integer"),
+    ({'downloaded': '1.5'},
+     "invalid parameter downloaded='1.5': must be a non-negative integer"),
+    ({'numwant': ' 5'},
+     "invalid parameter numwant=' 5': must be a non-negative integer"),
+    ({'event': 'finished'},
+     "invalid parameter event='finished': must be one of started, "
+     "completed, stopped, paused or empty"),
+    ({'node': 'x' * 65},
+     'invalid parameter node: must be at most 64 printable characters'),
+    ({'node': 'a\nb'},
+     'invalid parameter node: must be at most 64 printable characters'),
+    ({'node': b'\xff'}, 'invalid parameter node: not UTF-8'),
+])
+def test_parse_announce_refuses_malformed(params, reason):
+    with pytest.raises(protocol.TrackerError) as exc:
+        request(**params)
+    assert str(exc.value) == reason
+
+
+def test_parse_announce_refuses_bad_remote_address():
+    with pytest.raises(protocol.TrackerError,
+                       match="invalid peer address 'nonsense'"):
+        request(ip='nonsense')
+
+
+def test_parse_scrape_multiple_hashes():
+    raw = ('info_hash=%s&info_hash=%s&other=1' % (
+        urllib.parse.quote_from_bytes(V1, safe=''),
+        urllib.parse.quote_from_bytes(V2, safe=''))).encode()
+    assert protocol.parse_scrape(raw) == [V1, V2]
+    assert protocol.parse_scrape(b'') == []
+
+
+def test_parse_scrape_refuses_short_hash():
+    with pytest.raises(protocol.TrackerError,
+                       match='info_hash: must be 20 bytes, got 3'):
+        protocol.parse_scrape(b'info_hash=abc')
+
+
+def test_failure():
+    assert protocol.failure('no such torrent') == (
+        b'd14:failure reason15:no such torrente')
+
+
+# Announce
+
+
+def test_announce_unknown_info_hash(table):
+    with pytest.raises(protocol.TrackerError) as exc:
+        table.announce(request(info_hash=OTHER))
+    assert str(exc.value) == (
+        'unknown info_hash ' + 'ff' * 20 + ': this tracker only serves '
+        'images published by this ironic-bt deployment')
+
+
+def test_first_announce_gets_exact_empty_reply(table):
+    assert table.announce(request(event='started')) == (
+        b'd8:completei0e10:incompletei1e8:intervali10e'
+        b'12:min intervali10e5:peers0:e')
+
+
+def test_announce_returns_other_peers_but_not_requester(table):
+    table.announce(request(ip='198.18.0.2', left='0'))
+    table.announce(request(ip='198.18.0.3'))
+    reply = table.announce(request(ip='198.18.0.4', port='7000'))
+    decoded = bencode.decode(reply)
+    assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 2)
+    assert peers_of(reply) == {('198.18.0.2', 6881), ('198.18.0.3', 6881)}
+    assert b'peers6' not in decoded
+    # Same address, other port: another peer (several agents per host).
+    assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+        ('198.18.0.2', 6881), ('198.18.0.3', 6881), ('198.18.0.4', 7000)}
+
+
+def test_seed_only_gets_downloading_peers(table):
+    table.announce(request(ip='198.18.0.2', left='0'))
+    table.announce(request(ip='198.18.0.3', left='0'))
+    table.announce(request(ip='198.18.0.4', left='5'))
+    assert peers_of(table.announce(request(ip='198.18.0.1', left='0'))) == {
+        ('198.18.0.4', 6881)}
+    assert peers_of(table.announce(request(ip='198.18.0.5', left='9'))) == {
+        ('198.18.0.1', 6881), ('198.18.0.2', 6881), ('198.18.0.3', 6881),
+        ('198.18.0.4', 6881)}
+
+
+def test_numwant_limits_peers_to_a_random_subset(table):
+    everyone = {('198.18.1.%d' % i, 6881) for i in range(1, 31)}
+    for ip, _port in everyone:
+        table.announce(request(ip=ip))
+    seen = set()
+    for _ in range(20):
+        got = peers_of(table.announce(request(ip='198.18.0.1',
+                                              numwant='5')))
+        assert len(got) == 5 and got <= everyone
+        seen |= got
+    # Twenty random draws of five out of thirty: not always the same five.
+    assert len(seen) > 5
+    assert peers_of(table.announce(request(ip='198.18.0.1',
+                                           numwant='0'))) == set()
+
+
+def test_ipv6_peers_go_to_peers6(table):
+    table.announce(request(ip='2001:db8::2', port='6882'))
+    table.announce(request(ip='::ffff:198.18.0.3'))
+    reply = table.announce(request(ip='198.18.0.4'))
+    assert peers_of(reply) == {('198.18.0.3', 6881)}
+    assert peers_of(reply, b'peers6') == {('2001:db8::2', 6882)}
+    assert bencode.decode(reply)[b'peers6'] == (
+        b'\x20\x01\x0d\xb8' + b'\x00' * 11 + b'\x02' + b'\x1a\xe2')
+
+
+def test_v1_and_v2_aliases_are_one_swarm_and_one_peer(table):
+    # libtorrent announces a hybrid torrent under both keys, possibly with
+    # a different peer id for each.
+    table.announce(request(ip='198.18.0.2', info_hash=V1, left='0',
+                           peer_id=b'A' * 20))
+    table.announce(request(ip='198.18.0.2', info_hash=V2, left='0',
+                           peer_id=b'B' * 20))
+    reply = table.announce(request(ip='198.18.0.3', info_hash=V2))
+    assert peers_of(reply) == {('198.18.0.2', 6881)}
+    decoded = bencode.decode(reply)
+    assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 1)
+
+
+def test_stopped_removes_peer(table):
+    table.announce(request(ip='198.18.0.2'))
+    table.announce(request(ip='198.18.0.2', info_hash=V2, event='stopped'))
+    reply = table.announce(request(ip='198.18.0.3'))
+    assert peers_of(reply) == set()
+    assert bencode.decode(reply)[b'incomplete'] == 1
+
+
+def test_silent_peers_expire(table, clock):
+    table.announce(request(ip='198.18.0.2'))
+    clock.now += 20
+    table.announce(request(ip='198.18.0.3'))
+    clock.now += 10   # 0.2 silent for 30 s: the default ttl, still there
+    assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+        ('198.18.0.2', 6881), ('198.18.0.3', 6881)}
+    clock.now += 0.5
+    reply = table.announce(request(ip='198.18.0.4'))
+    assert peers_of(reply) == {('198.18.0.3', 6881)}
+    assert bencode.decode(reply)[b'incomplete'] == 2
+
+
+def test_full_swarm_evicts_least_recently_seen(clock):
+    table = protocol.SwarmTable(max_peers=2, clock=clock)
+    table.publish([V1], 'image-a')
+    table.announce(request(ip='198.18.0.2'))
+    clock.now += 1
+    table.announce(request(ip='198.18.0.3'))
+    clock.now += 1
+    table.announce(request(ip='198.18.0.2'))
+    clock.now += 1
+    reply = table.announce(request(ip='198.18.0.4'))
+    assert peers_of(reply) == {('198.18.0.2', 6881)}
+    assert bencode.decode(reply)[b'incomplete'] == 2
+
+
+# Publishing
+
+
+def test_publish_is_bounded_and_idempotent(clock):
+    table = protocol.SwarmTable(max_swarms=1, clock=clock)
+    table.publish([V1, V2], 'image-a')
+    table.announce(request())
+    table.publish([V1, V2], 'image-a')
+    assert bencode.decode(table.announce(request(ip='198.18.0.3')))[
+        b'incomplete'] == 2
+    with pytest.raises(protocol.TrackerError) as exc:
+        table.publish([OTHER], 'image-b')
+    assert str(exc.value) == (
+        'cannot publish image-b: the tracker already serves 1 torrents; '
+        'unpublish unused images or raise [bittorrent]max_swarms')
+
+
+@pytest.mark.parametrize('keys', [[V1, OTHER], [V1], [OTHER, V2]])
+def test_publish_refuses_overlapping_aliases(table, keys):
+    with pytest.raises(ValueError, match='overlap a published torrent'):
+        table.publish(keys, 'image-b')
+
+
+@pytest.mark.parametrize('keys', [[], [V1[:19]], [V1, V2, OTHER]])
+def test_publish_refuses_bad_keys(keys):
+    with pytest.raises(ValueError, match='one or two 20-byte info-hashes'):
+        protocol.SwarmTable().publish(keys, 'image-a')
+
+
+def test_unpublish_by_alias_drops_both_keys(table):
+    table.announce(request())
+    assert table.unpublish(V2) is True
+    assert table.unpublish(V1) is False
+    for key in (V1, V2):
+        with pytest.raises(protocol.TrackerError, match='unknown info_hash'):
+            table.announce(request(info_hash=key))
+    table.publish([V1, V2], 'image-a')
+    assert table.status()['swarms'][0]['peers'] == []
+
+
+# Scrape and status
+
+
+def test_scrape_counts_each_completion_once(table):
+    table.publish([OTHER], 'image-b')
+    table.announce(request(ip='198.18.0.2'))
+    for key in (V1, V2):
+        table.announce(request(ip='198.18.0.2', info_hash=key, left='0',
+                               event='completed'))
+    table.announce(request(ip='198.18.0.3'))
+    unknown = b'\xee' * 20
+    assert bencode.decode(table.scrape([V2, unknown])) == {
+        b'files': {V2: {b'complete': 1, b'downloaded': 1,
+                        b'incomplete': 1}}}
+    assert bencode.decode(table.scrape([])) == {b'files': {
+        V1: {b'complete': 1, b'downloaded': 1, b'incomplete': 1},
+        OTHER: {b'complete': 0, b'downloaded': 0, b'incomplete': 0}}}
+    assert table.scrape([unknown]) == b'd5:filesdee'
+
+
+def test_status_shows_each_node_progress(table, clock):
+    table.publish([OTHER], 'image-b')
+    table.announce(request(ip='198.18.0.2', left='0', node='conductor'))
+    clock.now += 4
+    table.announce(request(ip='2001:db8::3', port='6882', left='300',
+                           uploaded='5', downloaded='700', event='started',
+                           node='node-1'))
+    clock.now += 1
+    table.announce(request(ip='2001:db8::3', port='6882', left='200',
+                           info_hash=V2))
+    clock.now += 2.5
+    assert table.status() == {'swarms': [
+        {'name': 'image-a', 'info_hashes': [V1.hex(), V2.hex()],
+         'complete': 1, 'incomplete': 1, 'downloaded': 0,
+         'peers': [
+             {'ip': '198.18.0.2', 'port': 6881, 'node': 'conductor',
+              'left': 0, 'uploaded': 0, 'downloaded': 0,
+              'seconds_since_seen': 7.5, 'event': ''},
+             {'ip': '2001:db8::3', 'port': 6882, 'node': 'node-1',
+              'left': 200, 'uploaded': 0, 'downloaded': 0,
+              'seconds_since_seen': 2.5, 'event': 'started'}]},
+        {'name': 'image-b', 'info_hashes': [OTHER.hex()],
+         'complete': 0, 'incomplete': 0, 'downloaded': 0, 'peers': []}]}

@@ -1,0 +1,195 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Tests for the tracker's HTTP server, over real HTTP."""
+
+import json
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+
+import libtorrent as lt
+import pytest
+
+from ironic_bt.tracker import bencode
+from ironic_bt.tracker import protocol
+from ironic_bt.tracker import server
+
+V1 = bytes(range(0x20, 0x34))
+V2 = bytes(range(0x3d, 0x51))
+
+
+@pytest.fixture
+def table():
+    table = protocol.SwarmTable(interval=10)
+    table.publish([V1, V2], 'image-a')
+    return table
+
+
+def start(table, host):
+    tracker = server.TrackerServer(table, host=host, port=0)
+    tracker.start()
+    return tracker
+
+
+@pytest.fixture
+def tracker(table):
+    tracker = start(table, '127.0.0.1')
+    yield tracker
+    tracker.stop()
+
+
+def get(url):
+    with urllib.request.urlopen(url, timeout=5) as response:
+        return response.status, response.headers['Content-Type'], \
+            response.read()
+
+
+def announce(tracker, info_hash=V1, port=6881, left=100, host='127.0.0.1',
+             extra=''):
+    q = 'info_hash=%s&peer_id=%s&port=%d&uploaded=0&downloaded=0&left=%d' % (
+        urllib.parse.quote_from_bytes(info_hash, safe=''),
+        urllib.parse.quote_from_bytes(b'-LT2110-%012d' % port, safe=''),
+        port, left)
+    status, ctype, body = get(tracker.announce_url(host) + '?' + q + extra)
+    assert (status, ctype) == (200, 'text/plain')
+    return bencode.decode(body)
+
+
+def test_unpublished_hash_gets_failure_reason(tracker):
+    assert announce(tracker, info_hash=b'\xaa' * 20) == {
+        b'failure reason': b'unknown info_hash ' + b'aa' * 20
+        + b': this tracker only serves images published by this '
+          b'ironic-bt deployment'}
+
+
+def test_malformed_announce_gets_failure_reason(tracker):
+    status, ctype, body = get(tracker.announce_url('127.0.0.1')
+                              + '?info_hash=short')
+    assert (status, ctype) == (200, 'text/plain')
+    assert body == protocol.failure(
+        'invalid parameter info_hash: must be 20 bytes, got 5')
+
+
+def test_announce_returns_other_announcer(tracker):
+    first = announce(tracker, port=7001, extra='&node=node-1')
+    assert first[b'peers'] == b''
+    second = announce(tracker, info_hash=V2, port=7002)
+    assert second == {b'complete': 0, b'incomplete': 2, b'interval': 10,
+                      b'min interval': 10,
+                      b'peers': b'\x7f\x00\x00\x01' + (7001).to_bytes(2,
+                                                                    'big')}
+
+
+def test_ipv6_tracker_returns_peers6(table):
+    tracker = start(table, '::1')
+    try:
+        assert tracker.announce_url('::1') == (
+            'http://[::1]:%d/announce' % tracker.port)
+        announce(tracker, port=7001, host='::1')
+        reply = announce(tracker, port=7002, host='::1')
+    finally:
+        tracker.stop()
+    assert reply[b'peers'] == b''
+    assert reply[b'peers6'] == b'\x00' * 15 + b'\x01' + (7001).to_bytes(
+        2, 'big')
+
+
+def test_scrape(tracker):
+    announce(tracker, left=0)
+    announce(tracker, port=7002)
+    unknown = b'\xaa' * 20
+    q = '&'.join('info_hash=' + urllib.parse.quote_from_bytes(key, safe='')
+                 for key in (V2, unknown))
+    url = 'http://127.0.0.1:%d/scrape?%s' % (tracker.port, q)
+    status, ctype, body = get(url)
+    assert (status, ctype) == (200, 'text/plain')
+    assert bencode.decode(body) == {b'files': {
+        V2: {b'complete': 1, b'downloaded': 0, b'incomplete': 1}}}
+
+
+def test_status_json(tracker):
+    announce(tracker, left=42, extra='&node=node-1')
+    status, ctype, body = get('http://127.0.0.1:%d/status' % tracker.port)
+    assert (status, ctype) == (200, 'application/json')
+    [swarm] = json.loads(body)['swarms']
+    assert swarm['name'] == 'image-a'
+    assert swarm['info_hashes'] == [V1.hex(), V2.hex()]
+    assert [(p['ip'], p['port'], p['node'], p['left'])
+            for p in swarm['peers']] == [('127.0.0.1', 6881, 'node-1', 42)]
+
+
+@pytest.mark.parametrize('path', ['/', '/announce/extra', '/statusx'])
+def test_other_paths_are_not_found(tracker, path):
+    with pytest.raises(urllib.error.HTTPError) as exc:
+        get('http://127.0.0.1:%d%s' % (tracker.port, path))
+    assert exc.value.code == 404
+
+
+def test_stop_frees_the_port(table):
+    tracker = start(table, '127.0.0.1')
+    port = tracker.port
+    tracker.stop()
+    with pytest.raises(urllib.error.URLError):
+        get('http://127.0.0.1:%d/status' % port)
+    # Stopping a server that never started does not hang.
+    server.TrackerServer(table, host='127.0.0.1', port=0).stop()
+
+
+def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
+    image = tmp_path / 'image.raw'
+    image.write_bytes(os.urandom(64 * 1024))
+    creator = lt.create_torrent(lt.list_files(str(image)), 16 * 1024)
+    lt.set_piece_hashes(creator, str(tmp_path))
+    info = lt.torrent_info(lt.bencode(creator.generate()))
+    v1 = bytes(info.info_hashes().v1.to_bytes())
+    v2 = bytes(info.info_hashes().v2.to_bytes())[:20]
+    assert v1 != v2   # a hybrid torrent, announced under both keys
+
+    table = protocol.SwarmTable(interval=10)
+    table.publish([v1, v2], 'image.raw')
+    tracker = start(table, '127.0.0.1')
+    session = lt.session({
+        'listen_interfaces': '127.0.0.1:0',
+        'enable_dht': False, 'enable_lsd': False,
+        'enable_upnp': False, 'enable_natpmp': False,
+        'webtorrent_stun_server': '',
+        'alert_mask': lt.alert_category.tracker | lt.alert_category.error,
+    })
+    try:
+        params = lt.add_torrent_params()
+        params.ti = info
+        params.save_path = str(tmp_path)
+        params.flags |= lt.torrent_flags.seed_mode
+        params.trackers = [tracker.announce_url('127.0.0.1') + '?node=seed']
+        handle = session.add_torrent(params)
+
+        deadline = time.monotonic() + 10
+        alerts = []
+        while time.monotonic() < deadline:
+            alerts += [a.message() for a in session.pop_alerts()]
+            peers = table.status()['swarms'][0]['peers']
+            if peers and sum(a.count('received peers') for a in alerts) >= 2:
+                break
+            time.sleep(0.1)
+        # Both announces (v1 and v2) were answered, and merged into one
+        # peer: the seed itself, on its listening port.
+        assert [(p['ip'], p['port'], p['node'], p['left'], p['event'])
+                for p in peers] == [('127.0.0.1', session.listen_port(),
+                                     'seed', 0, 'started')], alerts
+        assert [text for text in alerts if 'received peers' in text], alerts
+        session.remove_torrent(handle)
+    finally:
+        del session
+        tracker.stop()
