@@ -243,7 +243,8 @@ class _Download:
         params.have_pieces = [i in meta.zero_pieces
                               for i in range(meta.num_pieces)]
         params.flags |= lt.torrent_flags.no_verify_files
-        params.flags &= ~lt.torrent_flags.auto_managed
+        params.flags &= ~(lt.torrent_flags.auto_managed
+                          | lt.torrent_flags.paused)
         params.trackers = list(trackers)
         self.handle = self.session.add_torrent(params)
         self.peers = [_parse_peer(p) for p in peers]

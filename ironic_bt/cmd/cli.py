@@ -85,7 +85,7 @@ def cmd_create(args):
     if args.json:
         print(json.dumps(summary))
     else:
-        print(meta.info_hash)
+        print(meta.info_hash, flush=True)
         print(_('%(t)s: %(size)d bytes, %(n)d pieces of %(plen)d bytes, '
                 '%(z)d all-zero pieces (%(zb)d bytes never sent)')
               % {'t': output, 'size': meta.size, 'n': meta.num_pieces,

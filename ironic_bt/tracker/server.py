@@ -18,6 +18,7 @@ All tracker logic lives in :mod:`ironic_bt.tracker.protocol`.
 import http.server
 import json
 import socket
+import sys
 import threading
 
 from oslo_log import log
@@ -75,7 +76,15 @@ class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
 
     def handle_error(self, request, client_address):
-        LOG.exception('Tracker failed to answer %s', client_address)
+        # A client that hangs up early (libtorrent does when its session
+        # closes during a "stopped" announce) is routine, not a failure.
+        error = sys.exc_info()[1]
+        if isinstance(error, ConnectionError):
+            LOG.debug('Tracker client %s disconnected early', client_address)
+        else:
+            # Called from socketserver's except clause: log the traceback.
+            LOG.error('Tracker failed to answer %s', client_address,
+                      exc_info=error)
 
 
 class _Server6(_Server):

@@ -39,7 +39,6 @@ import inspect
 import json
 import os
 import platform
-import stat
 
 from oslo_log import log
 
@@ -52,12 +51,13 @@ from ironic_python_agent.extensions import standby
 from ironic_python_agent import hardware
 from ironic_python_agent import tls_utils
 
+from tests.lab import disks
+
 LOG = log.getLogger(__name__)
 
 NODE_ENV = 'IRONIC_BT_LAB_NODE'
 """Environment variable holding the path of the node's JSON description."""
 
-LOOP_MAJOR = 7
 WIPE_BYTES = 1024 * 1024
 
 # Deploy and clean steps of IPA's generic manager that would act on the
@@ -101,30 +101,16 @@ def check_lab_device(device, state_dir):
     """Make sure ``device`` is a loop device the lab created.
 
     :param device: a block device path, such as ``/dev/loop3``.
-    :param state_dir: the cloud's state directory.
+    :param state_dir: the cloud's (and its lab's) state directory.
     :raises: LabSafetyError unless ``device`` is a loop device whose backing
         file lies inside ``state_dir``.
     :returns: the size of the device in bytes.
     """
     try:
-        st = os.stat(device)
-    except OSError as e:
-        raise LabSafetyError('cannot stat %s: %s' % (device, e))
-    if not stat.S_ISBLK(st.st_mode) or os.major(st.st_rdev) != LOOP_MAJOR:
-        raise LabSafetyError('%s is not a loop device' % device)
-    name = os.path.basename(os.path.realpath(device))
-    try:
-        with open('/sys/block/%s/loop/backing_file' % name) as f:
-            backing = f.read().strip()
-    except OSError as e:
-        raise LabSafetyError('%s has no backing file: %s' % (device, e))
-    root = os.path.realpath(state_dir) + os.sep
-    # A deleted backing file reads "path (deleted)" and fails here too.
-    if not os.path.realpath(backing).startswith(root):
-        raise LabSafetyError('%s is backed by %s, which is outside the lab '
-                             'state directory %s' % (device, backing, root))
-    with open('/sys/block/%s/size' % name) as f:
-        return int(f.read()) * 512
+        disks.assert_lab_loop(device, state_dir)
+    except AssertionError as e:
+        raise LabSafetyError(str(e))
+    return disks.block_size(device)
 
 
 class LabHardwareManager(hardware.HardwareManager):

@@ -88,8 +88,7 @@ def test_announce_returns_other_announcer(tracker):
     second = announce(tracker, info_hash=V2, port=7002)
     assert second == {b'complete': 0, b'incomplete': 2, b'interval': 10,
                       b'min interval': 10,
-                      b'peers': b'\x7f\x00\x00\x01' + (7001).to_bytes(2,
-                                                                    'big')}
+                      b'peers': b'\x7f\x00\x00\x01\x1b\x59'}   # :7001
 
 
 def test_ipv6_tracker_returns_peers6(table):
@@ -147,6 +146,17 @@ def test_stop_frees_the_port(table):
     server.TrackerServer(table, host='127.0.0.1', port=0).stop()
 
 
+def wait_for(session, table, alerts, condition):
+    """Poll the tracker's peers until condition holds, for 10 s at most."""
+    deadline = time.monotonic() + 10
+    while True:
+        alerts.extend(a.message() for a in session.pop_alerts())
+        peers = table.status()['swarms'][0]['peers']
+        if condition(peers) or time.monotonic() > deadline:
+            return peers
+        time.sleep(0.05)
+
+
 def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
     image = tmp_path / 'image.raw'
     image.write_bytes(os.urandom(64 * 1024))
@@ -175,21 +185,18 @@ def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
         params.trackers = [tracker.announce_url('127.0.0.1') + '?node=seed']
         handle = session.add_torrent(params)
 
-        deadline = time.monotonic() + 10
         alerts = []
-        while time.monotonic() < deadline:
-            alerts += [a.message() for a in session.pop_alerts()]
-            peers = table.status()['swarms'][0]['peers']
-            if peers and sum(a.count('received peers') for a in alerts) >= 2:
-                break
-            time.sleep(0.1)
-        # Both announces (v1 and v2) were answered, and merged into one
-        # peer: the seed itself, on its listening port.
+        # Both announces (v1 and v2) are merged into one peer: the seed
+        # itself, on its listening port, with nothing left to download.
+        peers = wait_for(session, table, alerts, bool)
         assert [(p['ip'], p['port'], p['node'], p['left'], p['event'])
                 for p in peers] == [('127.0.0.1', session.listen_port(),
                                      'seed', 0, 'started')], alerts
-        assert [text for text in alerts if 'received peers' in text], alerts
+        # Removing the torrent announces "stopped", which drops the peer.
         session.remove_torrent(handle)
+        assert wait_for(session, table, alerts,
+                        lambda peers: not peers) == [], alerts
+        assert not [text for text in alerts if 'error' in text], alerts
     finally:
         del session
         tracker.stop()

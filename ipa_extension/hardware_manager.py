@@ -1,0 +1,308 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The in-band half of the ``bittorrent`` deploy interface.
+
+The conductor's ``write_image_bittorrent`` deploy step publishes the image
+and proxies to the agent step of the same name, which this hardware manager
+provides: it downloads the torrent straight onto the install device (see
+:mod:`ipa_extension.writer`), then finishes the disk the way IPA's standby
+extension finishes a whole-disk image, so that the conductor's later steps
+(``prepare_instance_boot``, ``get_partition_uuids``) cannot tell the
+difference from a ``direct`` deploy.
+
+This is the only module of ``ipa_extension`` that imports IPA.
+"""
+
+import base64
+import binascii
+
+# IPA modules read their options at import time (qemu_img, imported by
+# disk_utils, reads [disk_utils]); the agent imports config before loading
+# hardware managers, and so must anything importing this module alone.
+from ironic_python_agent import config  # noqa: F401
+from ironic_python_agent import disk_utils
+from ironic_python_agent import errors
+from ironic_python_agent.extensions import base as ext_base
+from ironic_python_agent import hardware
+from ironic_python_agent import partition_utils
+from oslo_log import log
+
+from ipa_extension import writer
+from ironic_bt.i18n import _
+from ironic_bt import torrent
+
+LOG = log.getLogger(__name__)
+
+STEP_NAME = 'write_image_bittorrent'
+
+ARGSINFO = {
+    'torrent': {
+        'description': 'The .torrent of the raw whole-disk image, bencoded, '
+                       'then base64 encoded (standard alphabet).',
+        'required': True,
+    },
+    'trackers': {
+        'description': 'Announce URLs of the trackers of the swarm.',
+        'required': False,
+    },
+    'peers': {
+        'description': 'HOST:PORT of peers to connect to directly, such as '
+                       'the conductor\'s seeder.',
+        'required': False,
+    },
+    'image_sha256': {
+        'description': 'Hex SHA-256 of the raw image. When given, the disk '
+                       'is checked against it after the download.',
+        'required': False,
+    },
+    'configdrive': {
+        'description': 'The config drive, as the write_image step takes it '
+                       '(a URL, or gzipped and base64 encoded contents).',
+        'required': False,
+    },
+    'listen_port': {
+        'description': 'TCP port to accept peer connections on. Defaults '
+                       'to 6881.',
+        'required': False,
+    },
+    'linger_timeout': {
+        'description': 'Most seconds to keep seeding to incomplete peers '
+                       'after the disk is verified. Defaults to 300.',
+        'required': False,
+    },
+    'progress_interval': {
+        'description': 'Seconds between progress log lines. Defaults to '
+                       '10.',
+        'required': False,
+    },
+    'stall_timeout': {
+        'description': 'Seconds without download progress after which the '
+                       'step fails. Defaults to 300.',
+        'required': False,
+    },
+}
+
+
+class BitTorrentWriteError(errors.ImageWriteError):
+    """An ImageWriteError whose details read as one sentence.
+
+    IPA's constructor reports the exit code and output of a command; the
+    writer runs none, and "exit code None" in ``last_error`` would send
+    operators looking for one.
+    """
+
+    def __init__(self, device, details):
+        super().__init__(device, None, None, None)
+        self.details = details
+
+
+class BitTorrentHardwareManager(hardware.HardwareManager):
+    """Provides the ``write_image_bittorrent`` deploy step."""
+
+    HARDWARE_MANAGER_NAME = 'BitTorrentHardwareManager'
+    HARDWARE_MANAGER_VERSION = '1.0'
+
+    def evaluate_hardware_support(self):
+        """Support every machine, above the generic manager.
+
+        This manager adds a step and nothing else, so it must load whatever
+        the hardware (NONE would unload it). SERVICE_PROVIDER is what IPA's
+        own example of a step-only manager returns: it puts this manager
+        deterministically ahead of GenericHardwareManager (at GENERIC the
+        order between equals is the entry points' order), which changes
+        nothing else, because every other method is the base class's and
+        raises IncompatibleHardwareMethodError, so dispatch_to_managers goes
+        on to the managers that really implement it. The step name is ours
+        alone, so deduplicate_steps never has to choose between managers.
+
+        :returns: hardware.HardwareSupport.SERVICE_PROVIDER
+        """
+        return hardware.HardwareSupport.SERVICE_PROVIDER
+
+    def get_deploy_steps(self, node, ports):
+        """The deploy step this manager provides.
+
+        Its priority is 0 because it never runs on its own: the conductor
+        proxies to it from its out-of-band step of the same name and
+        interface, and accepts the result only then.
+
+        :param node: the node, as a dict.
+        :param ports: the node's ports, as dicts.
+        :returns: a list with the one step dict.
+        """
+        return [{
+            'step': STEP_NAME,
+            'priority': 0,
+            'interface': 'deploy',
+            'reboot_requested': False,
+            'argsinfo': ARGSINFO,
+        }]
+
+    def write_image_bittorrent(self, node, ports, torrent, trackers=None,
+                               peers=None, image_sha256=None,
+                               configdrive=None, listen_port=6881,
+                               linger_timeout=300, progress_interval=10,
+                               stall_timeout=300):
+        """Download a whole-disk image from a swarm onto the install device.
+
+        The image is verified on the disk and seeding has stopped before the
+        config drive is written, so no peer is ever served changed bytes.
+
+        :param node: the node, as a dict.
+        :param ports: the node's ports, as dicts (unused).
+        :param torrent: base64 of the bencoded .torrent.
+        :param trackers: announce URLs.
+        :param peers: ``HOST:PORT`` strings to connect to directly.
+        :param image_sha256: hex SHA-256 of the raw image, or None.
+        :param configdrive: the config drive (URL or gzipped base64), or
+            None.
+        :param listen_port: TCP port to accept peer connections on.
+        :param linger_timeout: most seconds to seed after verifying.
+        :param progress_interval: seconds between progress log lines.
+        :param stall_timeout: seconds without progress before failing.
+        :raises: ImageDownloadError if the torrent is unusable or the swarm
+            does not deliver it.
+        :raises: ImageWriteError if the device cannot take the image, writing
+            fails or the disk does not read back as the image.
+        :raises: DeploymentError if the config drive cannot be written.
+        :returns: a dict with ``device``, ``size``, ``info_hash``,
+            ``sha256``, ``downloaded_bytes``, ``uploaded_bytes``,
+            ``zero_bytes``, ``zero_pieces`` and timings in seconds.
+        """
+        node_uuid = node['uuid']
+        image = (node.get('instance_info') or {}).get('image_source')
+        meta = _load_torrent(node_uuid, image, torrent)
+        image = image or meta.info_hash
+        device = hardware.dispatch_to_managers('get_os_install_device',
+                                               permit_refresh=True)
+        _check_device(node_uuid, image, meta, device)
+
+        LOG.info('Writing image %(image)s (torrent %(ih)s, %(size)d bytes) '
+                 'to %(dev)s of node %(node)s from %(t)d trackers and '
+                 '%(p)d peers', {'image': image, 'ih': meta.info_hash,
+                                 'size': meta.size, 'dev': device,
+                                 'node': node_uuid, 't': len(trackers or ()),
+                                 'p': len(peers or ())})
+        try:
+            result = writer.write(
+                meta, device, trackers=trackers or (), peers=peers or (),
+                # Peers may reach the node on any of its addresses.
+                listen_host='0.0.0.0', listen_port=listen_port,
+                linger_timeout=linger_timeout,
+                progress_interval=progress_interval,
+                stall_timeout=stall_timeout, expected_sha256=image_sha256)
+        except writer.DownloadError as e:
+            raise errors.ImageDownloadError(
+                image, _('node %(node)s could not download it to %(dev)s: '
+                         '%(err)s') % {'node': node_uuid, 'dev': device,
+                                       'err': e})
+        except (writer.WriterError, OSError) as e:
+            # OSError: a device failing outside the writer's own checks
+            # (reading it back, syncing it) is a write failure all the same.
+            raise _write_error(node_uuid, image, device, e)
+
+        # Seeding is over: from here on the disk may diverge from the image.
+        _finish_disk(node_uuid, device, configdrive)
+        LOG.info('Wrote image %(image)s to %(dev)s of node %(node)s in '
+                 '%(s).1f s: %(down)d bytes downloaded, %(up)d uploaded, '
+                 '%(zero)d zeroed locally, sha256 %(sha)s',
+                 {'image': image, 'dev': device, 'node': node_uuid,
+                  's': result.seconds, 'down': result.downloaded_bytes,
+                  'up': result.uploaded_bytes, 'zero': result.zero_bytes,
+                  'sha': result.sha256})
+
+        deploy_result = result.to_dict()
+        deploy_result['device'] = deploy_result.pop('target')
+        deploy_result['zero_pieces'] = len(meta.zero_pieces)
+        return deploy_result
+
+
+def _load_torrent(node_uuid, image, data):
+    image = image or _('(unknown)')
+    source = _('the torrent sent to node %s') % node_uuid
+    try:
+        raw = base64.b64decode(data, validate=True)
+    except (binascii.Error, TypeError, ValueError) as e:
+        raise errors.ImageDownloadError(
+            image, _('%(src)s is not base64: %(err)s. Check the ironic-bt '
+                     'version of the conductor.') % {'src': source, 'err': e})
+    try:
+        return torrent.load(raw, source=source)
+    except torrent.InvalidTorrent as e:
+        raise errors.ImageDownloadError(image, str(e))
+
+
+def _check_device(node_uuid, image, meta, device):
+    """Refuse a device that is not a block device or is too small.
+
+    The writer checks the size too, but refusing here names the node, and
+    refuses a path that is not a block device: the writer would create a
+    regular file there, in the ramdisk's memory.
+    """
+    try:
+        size = writer.target_size(device)
+    except writer.TargetError as e:
+        raise _write_error(node_uuid, image, device, e)
+    if size is None:
+        raise BitTorrentWriteError(device, _(
+            'Install device %(dev)s of node %(node)s is not a block device; '
+            'refusing to write image %(image)s to it. Check the root device '
+            'hints of the node.')
+            % {'dev': device, 'node': node_uuid, 'image': image})
+    if size < meta.size:
+        raise BitTorrentWriteError(device, _(
+            'Image %(image)s is %(img)d bytes, but install device %(dev)s of '
+            'node %(node)s holds only %(size)d bytes; nothing was written. '
+            'Choose a larger disk with root device hints or a smaller image.')
+            % {'image': image, 'img': meta.size, 'dev': device,
+               'node': node_uuid, 'size': size})
+
+
+def _write_error(node_uuid, image, device, error):
+    return BitTorrentWriteError(device, _(
+        'Writing image %(image)s to device %(dev)s of node %(node)s failed: '
+        '%(err)s') % {'image': image, 'dev': device, 'node': node_uuid,
+                      'err': error})
+
+
+def _finish_disk(node_uuid, device, configdrive):
+    """Do what IPA's standby extension does after a whole-disk image.
+
+    See ``StandbyExtension.prepare_image``: fix up the GPT, write the
+    config drive, then record the partition UUIDs that the conductor asks
+    for through ``standby.get_partition_uuids``.
+    """
+    # The backup GPT header of an image written to a bigger disk is not at
+    # the disk's end. A failure is logged by IPA and is not fatal, as in
+    # standby: an MBR image, or parted missing, is no reason to fail.
+    try:
+        disk_utils.fix_gpt_partition(device, node_uuid=None)
+    except errors.DeploymentError:
+        pass
+    # The kernel still knows the partitions of what was on the disk before;
+    # later steps look partitions up by device name. It only logs failures.
+    disk_utils.partprobe(device)
+
+    if configdrive:
+        partition_utils.create_config_drive_partition(node_uuid, device,
+                                                      configdrive)
+
+    # An empty dict, not None, marks "written" for get_partition_uuids.
+    partition_uuids = {}
+    try:
+        partition_uuids['root uuid'] = disk_utils.get_disk_identifier(device)
+    except OSError as e:
+        LOG.warning('Cannot read the disk identifier of %(dev)s of node '
+                    '%(node)s, the hexdump tool may be missing: %(err)s',
+                    {'dev': device, 'node': node_uuid, 'err': e})
+    ext_base.get_extension('standby').partition_uuids = partition_uuids

@@ -1,0 +1,390 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Tests for the agent's deploy step, against IPA's own test base."""
+
+import base64
+import os
+from unittest import mock
+
+import fixtures
+# IPA modules read their options at import time: register them first.
+from ironic_python_agent import config  # noqa: F401
+from ironic_python_agent import disk_utils
+from ironic_python_agent import errors
+from ironic_python_agent.extensions import base as ext_base
+from ironic_python_agent.extensions import deploy
+from ironic_python_agent.extensions import standby
+from ironic_python_agent import hardware
+from ironic_python_agent import partition_utils
+from ironic_python_agent.tests.unit import base
+
+from ipa_extension import hardware_manager
+from ipa_extension import writer
+from ironic_bt import torrent
+
+NODE_UUID = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
+IMAGE = 'a0f2a9a4-0e6c-4b8e-a2b1-0c0ffee00001'
+DEVICE = '/dev/sda'
+DEVICE_SIZE = 10 * 1024 ** 3
+TRACKERS = ['http://198.18.0.1:6969/announce?node=%s' % NODE_UUID]
+PEERS = ['198.18.0.1:6881']
+CONFIGDRIVE = 'H4sICDw7fWkAA2NvbmZpZ2RyaXZlAAMAAAAAAAAAAAA='
+
+
+def _node():
+    return {'uuid': NODE_UUID, 'instance_info': {'image_source': IMAGE}}
+
+
+class HardwareManagerTestCase(base.IronicAgentTest):
+
+    #: Whether to stub IPA's dispatch; the deploy extension test needs it.
+    mock_dispatch = True
+
+    def setUp(self):
+        super().setUp()
+        self.hwm = hardware_manager.BitTorrentHardwareManager()
+        tmp = self.useFixture(fixtures.TempDir()).path
+        image = os.path.join(tmp, 'image.raw')
+        # A real, tiny image: two pieces of data and two of zeros.
+        piece = torrent.MIN_PIECE_SIZE
+        with open(image, 'wb') as f:
+            f.write(os.urandom(piece))
+            f.write(bytes(2 * piece))
+            f.write(os.urandom(piece // 2))
+        self.meta = torrent.build(image)
+        self.torrent = base64.b64encode(self.meta.data).decode()
+
+        self.standby = standby.StandbyExtension()
+        self.get_extension = self._patch(ext_base, 'get_extension',
+                                         return_value=self.standby)
+        if self.mock_dispatch:
+            self.dispatch = self._patch(hardware, 'dispatch_to_managers',
+                                        return_value=DEVICE)
+        self.target_size = self._patch(writer, 'target_size',
+                                       return_value=DEVICE_SIZE)
+        self.write = self._patch(writer, 'write',
+                                 return_value=self._write_result())
+        self.fix_gpt = self._patch(disk_utils, 'fix_gpt_partition')
+        self.partprobe = self._patch(disk_utils, 'partprobe',
+                                     return_value=True)
+        self.disk_id = self._patch(disk_utils, 'get_disk_identifier',
+                                   return_value='0x1234abcd')
+        self.configdrive = self._patch(partition_utils,
+                                       'create_config_drive_partition')
+
+    def _patch(self, target, name, **kwargs):
+        patcher = mock.patch.object(target, name, autospec=True, **kwargs)
+        self.addCleanup(patcher.stop)
+        return patcher.start()
+
+    def _write_result(self):
+        return writer.WriteResult(
+            target=DEVICE, size=self.meta.size,
+            info_hash=self.meta.info_hash, downloaded_bytes=393216,
+            uploaded_bytes=131072, zero_bytes=524288, seconds=4.2,
+            download_seconds=3.0, verify_seconds=0.7, linger_seconds=0.5,
+            sha256='5e' * 32)
+
+    def _run(self, **kwargs):
+        args = {'torrent': self.torrent, 'trackers': TRACKERS,
+                'peers': PEERS, 'image_sha256': 'ab' * 32,
+                'configdrive': CONFIGDRIVE}
+        args.update(kwargs)
+        return self.hwm.write_image_bittorrent(_node(), [], **args)
+
+    def _assert_nothing_after_write(self):
+        self.configdrive.assert_not_called()
+        self.fix_gpt.assert_not_called()
+        self.assertIsNone(self.standby.partition_uuids)
+
+
+class TestManager(HardwareManagerTestCase):
+
+    def test_evaluate_hardware_support(self):
+        self.assertEqual(hardware.HardwareSupport.SERVICE_PROVIDER,
+                         self.hwm.evaluate_hardware_support())
+
+    def test_get_version(self):
+        self.assertEqual({'name': 'BitTorrentHardwareManager',
+                          'version': '1.0'}, self.hwm.get_version())
+
+    def test_get_deploy_steps(self):
+        steps = self.hwm.get_deploy_steps(_node(), [])
+        self.assertEqual([{'step': 'write_image_bittorrent',
+                           'priority': 0,
+                           'interface': 'deploy',
+                           'reboot_requested': False,
+                           'argsinfo': hardware_manager.ARGSINFO}], steps)
+        self.assertEqual(
+            {'torrent', 'trackers', 'peers', 'image_sha256', 'configdrive',
+             'listen_port', 'linger_timeout', 'progress_interval',
+             'stall_timeout'}, set(hardware_manager.ARGSINFO))
+        required = [name for name, info in hardware_manager.ARGSINFO.items()
+                    if info['required']]
+        self.assertEqual(['torrent'], required)
+
+    def test_other_methods_fall_through(self):
+        # Ranked above the generic manager, this one must not answer for it.
+        self.assertRaises(errors.IncompatibleHardwareMethodError,
+                          self.hwm.get_os_install_device)
+        self.assertRaises(errors.IncompatibleHardwareMethodError,
+                          self.hwm.list_hardware_info)
+
+
+class TestWriteImage(HardwareManagerTestCase):
+
+    def test_write(self):
+        result = self._run(listen_port=6999, linger_timeout=30,
+                           progress_interval=5, stall_timeout=60)
+
+        self.dispatch.assert_called_once_with('get_os_install_device',
+                                              permit_refresh=True)
+        self.target_size.assert_called_once_with(DEVICE)
+        self.write.assert_called_once_with(
+            self.meta, DEVICE, trackers=TRACKERS, peers=PEERS,
+            listen_host='0.0.0.0', listen_port=6999, linger_timeout=30,
+            progress_interval=5, stall_timeout=60,
+            expected_sha256='ab' * 32)
+        meta = self.write.call_args.args[0]
+        self.assertEqual(self.meta.info_hash, meta.info_hash)
+        self.assertEqual(self.meta.zero_pieces, meta.zero_pieces)
+        self.assertEqual(
+            {'device': DEVICE, 'size': self.meta.size,
+             'info_hash': self.meta.info_hash, 'downloaded_bytes': 393216,
+             'uploaded_bytes': 131072, 'zero_bytes': 524288,
+             'zero_pieces': 2, 'seconds': 4.2, 'download_seconds': 3.0,
+             'verify_seconds': 0.7, 'linger_seconds': 0.5,
+             'sha256': '5e' * 32}, result)
+
+    def test_defaults(self):
+        self.hwm.write_image_bittorrent(_node(), [], torrent=self.torrent,
+                                        peers=PEERS)
+        self.write.assert_called_once_with(
+            self.meta, DEVICE, trackers=(), peers=PEERS,
+            listen_host='0.0.0.0', listen_port=6881, linger_timeout=300,
+            progress_interval=10, stall_timeout=300, expected_sha256=None)
+        self.configdrive.assert_not_called()
+
+    def test_disk_finished_after_seeding_stopped(self):
+        order = mock.Mock()
+        order.attach_mock(self.write, 'write')
+        order.attach_mock(self.fix_gpt, 'fix_gpt_partition')
+        order.attach_mock(self.configdrive, 'create_config_drive_partition')
+        order.attach_mock(self.disk_id, 'get_disk_identifier')
+
+        self._run()
+
+        self.assertEqual(
+            ['write', 'fix_gpt_partition', 'create_config_drive_partition',
+             'get_disk_identifier'], [c[0] for c in order.mock_calls])
+        self.fix_gpt.assert_called_once_with(DEVICE, node_uuid=None)
+        self.partprobe.assert_called_once_with(DEVICE)
+        self.configdrive.assert_called_once_with(NODE_UUID, DEVICE,
+                                                 CONFIGDRIVE)
+
+    def test_partition_uuids(self):
+        self.assertIsNone(self.standby.partition_uuids)
+        self._run()
+        self.get_extension.assert_called_once_with('standby')
+        self.disk_id.assert_called_once_with(DEVICE)
+        # What the conductor gets from standby.get_partition_uuids.
+        self.assertEqual({'root uuid': '0x1234abcd'},
+                         self.standby.get_partition_uuids().command_result)
+
+    def test_no_configdrive(self):
+        self._run(configdrive=None)
+        self.configdrive.assert_not_called()
+        self.assertEqual({'root uuid': '0x1234abcd'},
+                         self.standby.partition_uuids)
+
+    def test_no_disk_identifier(self):
+        self.disk_id.side_effect = OSError('hexdump: not found')
+        self._run()
+        # Empty, not None: the image was written, IPA must not warn that
+        # prepare_image never ran.
+        self.assertEqual({}, self.standby.partition_uuids)
+
+    def test_fix_gpt_failure_tolerated(self):
+        self.fix_gpt.side_effect = errors.DeploymentError('not gpt')
+        self._run()
+        self.configdrive.assert_called_once_with(NODE_UUID, DEVICE,
+                                                 CONFIGDRIVE)
+        self.assertEqual({'root uuid': '0x1234abcd'},
+                         self.standby.partition_uuids)
+
+    def test_configdrive_failure_propagates(self):
+        self.configdrive.side_effect = errors.DeploymentError(
+            'Config drive size exceeds maximum limit of 64MiB')
+        self.assertRaises(errors.DeploymentError, self._run)
+        self.assertIsNone(self.standby.partition_uuids)
+
+
+class TestWriteImageErrors(HardwareManagerTestCase):
+
+    def _assert_names_node_and_device(self, exc):
+        self.assertIn(NODE_UUID, exc.details)
+        self.assertIn(DEVICE, exc.details)
+        self.assertIn(IMAGE, exc.details)
+
+    def test_download_error(self):
+        self.write.side_effect = writer.DownloadError(
+            'Download of X stalled at 12.0% for 300 s with 0 peers. Check '
+            'that the conductor\'s tracker and seeder are reachable.')
+        exc = self.assertRaises(errors.ImageDownloadError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.assertIn('stalled at 12.0%', exc.details)
+        self.assertIn('Check that', exc.details)
+        self._assert_nothing_after_write()
+
+    def test_target_error(self):
+        self.write.side_effect = writer.TargetError(
+            'Writing X to /dev/sda failed: Input/output error. Check the '
+            'device and the kernel log.')
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.assertIn('Input/output error. Check the device', exc.details)
+        self.assertNotIn('exit code', exc.details)
+        self._assert_nothing_after_write()
+
+    def test_verify_error(self):
+        self.write.side_effect = writer.VerifyError(
+            'Piece 3 read back from /dev/sda does not match the image.')
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.assertIn('Piece 3', exc.details)
+        self._assert_nothing_after_write()
+
+    def test_os_error(self):
+        self.write.side_effect = OSError(5, 'Input/output error')
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.assertIn('Input/output error', exc.details)
+        self._assert_nothing_after_write()
+
+    def test_error_serializes_for_the_conductor(self):
+        # The conductor puts command_error['details'] into last_error.
+        self.write.side_effect = writer.VerifyError('Piece 3 differs.')
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        serialized = exc.serialize()
+        self.assertEqual(exc.details, serialized['details'])
+        self.assertTrue(serialized['details'].startswith(
+            'Writing image %s to device %s of node %s failed'
+            % (IMAGE, DEVICE, NODE_UUID)))
+
+    def test_corrupt_base64(self):
+        exc = self.assertRaises(errors.ImageDownloadError, self._run,
+                                torrent='not base64 at all!')
+        self.assertIn(NODE_UUID, exc.details)
+        self.assertIn('not base64', exc.details)
+        self.dispatch.assert_not_called()
+        self.write.assert_not_called()
+        self._assert_nothing_after_write()
+
+    def test_corrupt_torrent(self):
+        data = base64.b64encode(self.meta.data[:-40]).decode()
+        exc = self.assertRaises(errors.ImageDownloadError, self._run,
+                                torrent=data)
+        self.assertIn(NODE_UUID, exc.details)
+        self.assertIn(IMAGE, exc.details)
+        self.assertIn('not a valid .torrent', exc.details)
+        self.dispatch.assert_not_called()
+        self.write.assert_not_called()
+        self._assert_nothing_after_write()
+
+    def test_device_too_small(self):
+        self.target_size.return_value = self.meta.size - 1
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.assertIn('%d bytes' % self.meta.size, exc.details)
+        self.assertIn('%d bytes' % (self.meta.size - 1), exc.details)
+        self.assertIn('root device hints', exc.details)
+        self.write.assert_not_called()
+        self._assert_nothing_after_write()
+
+    def test_device_exactly_big_enough(self):
+        self.target_size.return_value = self.meta.size
+        self._run()
+        self.assertEqual(1, self.write.call_count)
+
+    def test_device_not_a_block_device(self):
+        # target_size answers None for a regular file or a missing path,
+        # where the writer would create a file in the ramdisk's memory.
+        self.target_size.return_value = None
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.assertIn('not a block device', exc.details)
+        self.write.assert_not_called()
+        self._assert_nothing_after_write()
+
+    def test_device_unusable(self):
+        self.target_size.side_effect = writer.TargetError(
+            'Target /dev/sda is neither a block device nor a regular file.')
+        exc = self.assertRaises(errors.ImageWriteError, self._run)
+        self._assert_names_node_and_device(exc)
+        self.write.assert_not_called()
+
+
+class _InstallDeviceManager(hardware.HardwareManager):
+    """Stands in for the generic manager below ours."""
+
+    def evaluate_hardware_support(self):
+        return hardware.HardwareSupport.GENERIC
+
+    def get_os_install_device(self, permit_refresh=False):
+        return DEVICE
+
+    def wait_for_disks(self):
+        pass
+
+
+class TestThroughDeployExtension(HardwareManagerTestCase):
+    """The step as IPA runs it: execute_deploy_step and real dispatch."""
+
+    mock_dispatch = False
+
+    def setUp(self):
+        super().setUp()
+        self.get_managers = self._patch(
+            hardware, 'get_managers',
+            return_value=[self.hwm, _InstallDeviceManager()])
+
+    def test_execute_deploy_step(self):
+        step = {'step': 'write_image_bittorrent', 'priority': 80,
+                'interface': 'deploy', 'reboot_requested': False,
+                'args': {'torrent': self.torrent, 'trackers': TRACKERS,
+                         'peers': PEERS, 'image_sha256': None,
+                         'configdrive': None, 'listen_port': 6881,
+                         'linger_timeout': 300, 'progress_interval': 10,
+                         'stall_timeout': 300}}
+        ext = deploy.DeployExtension()
+        command = ext.execute_deploy_step(
+            step=step, node=_node(), ports=[]).join()
+
+        self.assertIsNone(command.command_error)
+        self.assertEqual(step, command.command_result['deploy_step'])
+        self.assertEqual(DEVICE,
+                         command.command_result['deploy_result']['device'])
+        self.assertEqual(self.meta.info_hash,
+                         self.write.call_args.args[0].info_hash)
+        self.assertEqual(DEVICE, self.write.call_args.args[1])
+
+    def test_execute_deploy_step_error(self):
+        self.write.side_effect = writer.DownloadError('stalled')
+        step = {'step': 'write_image_bittorrent', 'priority': 80,
+                'interface': 'deploy', 'reboot_requested': False,
+                'args': {'torrent': self.torrent, 'peers': PEERS}}
+        command = deploy.DeployExtension().execute_deploy_step(
+            step=step, node=_node(), ports=[]).join()
+        self.assertIsInstance(command.command_error,
+                              errors.ImageDownloadError)
+        self.assertIn(NODE_UUID, command.command_error.details)

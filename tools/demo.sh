@@ -1,0 +1,9 @@
+#!/bin/bash
+# The main job: a local bare-metal cloud (real Ironic, real IPA nodes in
+# network namespaces) deployed over BitTorrent, verified and torn down.
+# Run as root on Debian: bash tools/demo.sh [--nodes N]
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+bash tools/install-deps.sh
+exec .venv-tox/bin/tox -e demo -- "$@"

@@ -1,0 +1,32 @@
+#!/bin/bash
+# Install what ironic-bt's tests, demo and benchmark need on a fresh Debian
+# machine, as root: system tools for namespaces, loop devices and disk
+# images, and tox in its own virtualenv (.venv-tox).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+
+PACKAGES=(
+    iproute2 iputils-ping util-linux e2fsprogs dosfstools gdisk parted
+    kmod procps psmisc bsdextrautils ethtool curl
+    python3 python3-venv python3-pip git
+)
+missing=()
+for pkg in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
+        || missing+=("$pkg")
+done
+if (( ${#missing[@]} )); then
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+# Loop devices: the kernel module may not be loaded on a fresh machine.
+modprobe loop 2>/dev/null || true
+
+if [[ ! -x .venv-tox/bin/tox ]]; then
+    python3 -m venv .venv-tox
+    .venv-tox/bin/pip install -q --upgrade pip
+    .venv-tox/bin/pip install -q 'tox>=4.0.0'
+fi
