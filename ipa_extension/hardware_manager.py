@@ -251,7 +251,7 @@ def _check_device(node_uuid, image, meta, device):
     """
     try:
         size = writer.target_size(device)
-    except writer.TargetError as e:
+    except (writer.TargetError, OSError) as e:
         raise _write_error(node_uuid, image, device, e)
     if size is None:
         raise BitTorrentWriteError(device, _(

@@ -378,15 +378,15 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
 
 def _download(dl, progress_interval, stall_timeout):
     meta = dl.meta
-    last_log = last_progress = time.monotonic()
+    start = last_log = last_progress = time.monotonic()
     last_done = -1
     while True:
         st = dl.status()
         now = time.monotonic()
         if st.is_seeding:
-            LOG.info('Downloaded %(ih)s: %(b)d bytes from %(p)d peers',
+            LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,
-                      'p': st.num_peers})
+                      's': now - start})
             return st
         if st.total_wanted_done != last_done:
             last_done, last_progress = st.total_wanted_done, now

@@ -73,6 +73,15 @@ opts = [
                default=0, min=0,
                help=_('Upload rate limit of the conductor\'s seeder, in '
                       'bytes per second. 0 means unlimited.')),
+    cfg.IntOpt('publication_check_interval',
+               default=60, min=0,
+               help=_('Seconds between checks that unpublish images which '
+                      'no deploy on this conductor needs any more. Images '
+                      'are unpublished as soon as each deploy finishes, '
+                      'fails or is torn down; the check catches the paths '
+                      'where ironic does not clean up a deploy, such as a '
+                      'node left in "deploy failed" or deleted in '
+                      'maintenance mode. 0 disables the check.')),
     cfg.IntOpt('agent_listen_port',
                default=6881,
                min=1, max=65535,

@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(
-    iproute2 iputils-ping util-linux e2fsprogs dosfstools gdisk parted
+    iproute2 iputils-ping util-linux mount fdisk e2fsprogs dosfstools gdisk parted
     kmod procps psmisc bsdextrautils ethtool curl
     python3 python3-venv python3-pip git
 )

@@ -22,13 +22,13 @@ import hashlib
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -165,13 +165,18 @@ def test_hosts_ping_each_other_and_gateway(lab):
     assert loaded.gateway_ip == lab.gateway_ip
 
 
-def test_shaping_limits_rate(tmp_path):
+@pytest.mark.parametrize('disable_offloads', [False, True])
+def test_shaping_limits_rate(tmp_path, disable_offloads):
     rate = 50
     state_dir = str(tmp_path / 'lab')
-    with net.Lab(state_dir, subnet=net.free_subnet(),
-                 rate_mbit=rate) as lab:
+    with net.Lab(state_dir, subnet=net.free_subnet(), rate_mbit=rate,
+                 disable_offloads=disable_offloads) as lab:
         a = lab.add_host('a')
         b = lab.add_host('b')
+        if disable_offloads and shutil.which('ethtool'):
+            features = a.run(['ethtool', '-k', 'eth0'], capture_output=True,
+                             text=True, check=True).stdout
+            assert 'generic-segmentation-offload: off' in features
         qdiscs = _out(['tc', '-n', a.netns, 'qdisc', 'show', 'dev',
                        'eth0'])
         assert 'tbf' in qdiscs and 'rate 50Mbit' in qdiscs, qdiscs
@@ -414,4 +419,3 @@ def test_threads_do_not_install_signal_handlers(tmp_path):
     thread.join(60)
     assert not errors
     assert signal.getsignal(signal.SIGTERM) is before
-    time.sleep(0)

@@ -327,10 +327,13 @@ class TestWriteImageErrors(HardwareManagerTestCase):
         self._assert_nothing_after_write()
 
     def test_device_unusable(self):
-        self.target_size.side_effect = writer.TargetError(
-            'Target /dev/sda is neither a block device nor a regular file.')
-        exc = self.assertRaises(errors.ImageWriteError, self._run)
-        self._assert_names_node_and_device(exc)
+        for error in (writer.TargetError('Target /dev/sda is neither a '
+                                         'block device nor a regular file.'),
+                      OSError(123, 'No medium found')):
+            self.target_size.side_effect = error
+            exc = self.assertRaises(errors.ImageWriteError, self._run)
+            self._assert_names_node_and_device(exc)
+            self.assertIn(str(error), exc.details)
         self.write.assert_not_called()
 
 

@@ -133,6 +133,7 @@ def test_status_json(tracker):
 def test_other_paths_are_not_found(tracker, path):
     with pytest.raises(urllib.error.HTTPError) as exc:
         get('http://127.0.0.1:%d%s' % (tracker.port, path))
+    exc.value.close()
     assert exc.value.code == 404
 
 
@@ -186,9 +187,10 @@ def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
         handle = session.add_torrent(params)
 
         alerts = []
-        # Both announces (v1 and v2) are merged into one peer: the seed
-        # itself, on its listening port, with nothing left to download.
-        peers = wait_for(session, table, alerts, bool)
+        # Both announces (v1 and v2) are answered and merged into one
+        # peer: the seed itself, on its listening port, with nothing left.
+        peers = wait_for(session, table, alerts, lambda peers: sum(
+            'received peers' in text for text in alerts) == 2)
         assert [(p['ip'], p['port'], p['node'], p['left'], p['event'])
                 for p in peers] == [('127.0.0.1', session.listen_port(),
                                      'seed', 0, 'started')], alerts

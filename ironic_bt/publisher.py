@@ -1,0 +1,590 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Publishing cached images to the swarm from the conductor.
+
+One :class:`Publisher` per conductor process (:func:`get_publisher`). On
+first use it starts the seeder and, unless ``[bittorrent]tracker_url`` names
+an external tracker, the built-in tracker, so operators add no service.
+
+An image is published once however many nodes deploy it, and unpublished
+when the last of them releases it: publications are reference-counted by
+node, and a node holds at most one.
+
+Files in ``[bittorrent]data_dir``:
+
+``seeding/<info-hash>.img``
+    A hard link to the raw image in ironic's image cache, held while the
+    image is seeded. The cache evicts master images whose link count is 1;
+    our link keeps the data alive until the last deploy needing it is done,
+    whatever happens to the node's own copy.
+``torrents/<dev>-<inode>-<size>-<mtime>.torrent``
+    The .torrent of an image file, keyed by the file's identity, so that
+    publishing the same cached image again (for the next node, or after a
+    conductor restart) does not read and hash the whole image again.
+
+Nothing else survives a conductor restart: the seeder and the tracker start
+empty. Links left by the previous process are removed when the publisher
+starts, and the deploy interface publishes again whatever a node still
+needs (when the write step is entered, or on the agent's next heartbeat
+while it downloads); that is cheap because the .torrent is cached.
+"""
+
+import contextlib
+import dataclasses
+import errno
+import ipaddress
+import os
+import tempfile
+import threading
+import time
+import urllib.parse
+
+from oslo_config import cfg
+from oslo_log import log
+
+from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
+from ironic_bt import exception
+from ironic_bt.i18n import _
+from ironic_bt import seeder as seeder_mod
+from ironic_bt import torrent
+from ironic_bt.tracker import protocol
+from ironic_bt.tracker import server
+
+CONF = cfg.CONF
+LOG = log.getLogger(__name__)
+
+SEEDING_DIR = 'seeding'
+TORRENT_DIR = 'torrents'
+#: Cached .torrent files unused for this long are removed. A cache entry
+#: only saves re-hashing an image that is still in ironic's image cache,
+#: whose entries expire after a week by default ([pxe]image_cache_ttl).
+TORRENT_CACHE_TTL = 7 * 24 * 3600
+
+
+@dataclasses.dataclass(frozen=True)
+class Publication:
+    """What a node's agent needs to join the swarm of its image."""
+
+    #: The :class:`ironic_bt.torrent.Metainfo` of the image.
+    meta: torrent.Metainfo
+    #: Announce URLs for the agent.
+    trackers: list
+    #: ``host:port`` of the conductor's seeder, for the agent to connect to.
+    peers: list
+
+    @property
+    def info_hash(self):
+        return self.meta.info_hash
+
+
+@dataclasses.dataclass
+class _Image:
+    meta: torrent.Metainfo
+    link: str
+    name: str
+    nodes: set
+
+
+def _cache_key(st):
+    return '%d-%d-%d-%d' % (st.st_dev, st.st_ino, st.st_size,
+                            st.st_mtime_ns)
+
+
+def _ip(host):
+    try:
+        return ipaddress.ip_address(host.strip('[]'))
+    except ValueError:
+        return None     # a host name; the agents resolve it
+
+
+def _host_port(host, port):
+    if ':' in host and not host.startswith('['):
+        host = '[%s]' % host
+    return '%s:%d' % (host, port)
+
+
+def _overlap(host_a, host_b):
+    """Whether listening on both addresses may need the same socket."""
+    a, b = _ip(host_a), _ip(host_b)
+    if (a is not None and a.is_unspecified) or (
+            b is not None and b.is_unspecified):
+        return True
+    return host_a == host_b
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        LOG.warning('Cannot remove %(path)s: %(err)s',
+                    {'path': path, 'err': e})
+
+
+def _write_atomic(path, data):
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        _unlink_quiet(tmp)
+        raise
+
+
+def check_config(node_uuid):
+    """Check the ``[bittorrent]`` options a deploy depends on.
+
+    :param node_uuid: the node about to be deployed, for the message.
+    :raises: InvalidBitTorrentConfig naming the option at fault.
+    """
+    opts = CONF.bittorrent
+
+    def invalid(option, value, reason):
+        raise exception.InvalidBitTorrentConfig(
+            node=node_uuid, option=option, value=value, reason=reason)
+
+    host = (opts.advertise_host or '').strip()
+    if not host:
+        invalid('advertise_host', host,
+                _('it must be the address the agents reach this conductor '
+                  'at on the provisioning network'))
+    address = _ip(host)
+    if address is not None and address.is_unspecified:
+        invalid('advertise_host', host,
+                _('agents cannot connect to the unspecified address; set '
+                  'it (or [DEFAULT]my_ip, its default) to the address of '
+                  'this conductor on the provisioning network'))
+    if opts.tracker_url:
+        url = urllib.parse.urlsplit(opts.tracker_url)
+        if url.scheme not in ('http', 'https', 'udp') or not url.hostname:
+            invalid('tracker_url', opts.tracker_url,
+                    _('it must be an http://, https:// or udp:// announce '
+                      'URL'))
+    elif (opts.seeder_port and opts.seeder_port == opts.tracker_port
+            and _overlap(opts.seeder_listen_host, opts.tracker_listen_host)):
+        invalid('tracker_port', opts.tracker_port,
+                _('it is also [bittorrent]seeder_port; the built-in tracker '
+                  'and the seeder both listen on TCP, so their ports must '
+                  'differ'))
+
+
+class Publisher:
+    """The seeder and the tracker of one conductor process.
+
+    Thread-safe: conductor workers publish and release concurrently. An
+    image is hashed outside the main lock, so that nodes deploying other
+    images are not held up while a large image is hashed; nodes deploying
+    the same image wait for one hashing pass and share its result.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._seeder = None
+        self._table = None
+        self._tracker = None
+        self._images = {}       # hex v1 info-hash -> _Image
+        self._nodes = {}        # node UUID -> hex v1 info-hash
+        self._building = {}     # cache key -> [lock, waiters]
+
+    # Paths are read from the options on use, so that tests (and a
+    # publisher started after a configuration reload) see current values.
+    @property
+    def _data_dir(self):
+        return CONF.bittorrent.data_dir
+
+    def _seeding_path(self, info_hash):
+        return os.path.join(self._data_dir, SEEDING_DIR, info_hash + '.img')
+
+    def _torrent_path(self, key):
+        return os.path.join(self._data_dir, TORRENT_DIR, key + '.torrent')
+
+    @property
+    def started(self):
+        return self._seeder is not None
+
+    def _start_locked(self, node_uuid, image_path):
+        if self._seeder is not None:
+            return
+        check_config(node_uuid)
+        opts = CONF.bittorrent
+        try:
+            os.makedirs(os.path.join(self._data_dir, SEEDING_DIR),
+                        exist_ok=True)
+            os.makedirs(os.path.join(self._data_dir, TORRENT_DIR),
+                        exist_ok=True)
+        except OSError as e:
+            raise exception.PublisherStartFailed(
+                image=image_path, node=node_uuid, service=_('seeder'),
+                reason=e, check=_('[bittorrent]data_dir'))
+        self._sweep(start=True)
+
+        table = tracker = None
+        if not opts.tracker_url:
+            table = protocol.SwarmTable(max_swarms=opts.max_swarms,
+                                        max_peers=opts.max_peers_per_swarm,
+                                        interval=opts.announce_interval)
+            try:
+                tracker = server.TrackerServer(
+                    table, opts.tracker_listen_host, opts.tracker_port)
+            except OSError as e:
+                raise exception.PublisherStartFailed(
+                    image=image_path, node=node_uuid,
+                    service=_('built-in tracker'), reason=e,
+                    check=_('that [bittorrent]tracker_listen_host is an '
+                            'address of this host and that no other '
+                            'service uses [bittorrent]tracker_port'))
+            tracker.start()
+        try:
+            seeder = seeder_mod.Seeder(
+                listen_host=opts.seeder_listen_host,
+                listen_port=opts.seeder_port,
+                upload_rate_limit=opts.upload_rate_limit)
+        except (seeder_mod.SeederError, RuntimeError) as e:
+            if tracker is not None:
+                tracker.stop()
+            raise exception.PublisherStartFailed(
+                image=image_path, node=node_uuid, service=_('seeder'),
+                reason=e,
+                check=_('that [bittorrent]seeder_listen_host is an address '
+                        'of this host and that no other service uses '
+                        '[bittorrent]seeder_port'))
+        self._seeder, self._table, self._tracker = seeder, table, tracker
+        address = _ip(opts.advertise_host)
+        if address is not None and address.is_loopback:
+            LOG.warning('[bittorrent]advertise_host is the loopback address '
+                        '%s: only agents on this host can reach the seeder '
+                        'and the tracker', opts.advertise_host)
+        LOG.info('BitTorrent publisher started: seeder on port %(seeder)d, '
+                 'tracker %(tracker)s, advertised as %(host)s',
+                 {'seeder': seeder.port,
+                  'tracker': (self._seeder_trackers() or ['none'])[0],
+                  'host': opts.advertise_host})
+
+    def _sweep(self, start=False):
+        """Remove files no publication needs.
+
+        On start nothing is seeded yet: a link left by a previous process
+        would only keep an image in the cache forever, and a deploy still
+        needing it publishes it again from the node's cached copy.
+        """
+        if start:
+            seeding = os.path.join(self._data_dir, SEEDING_DIR)
+            for entry in os.scandir(seeding):
+                _unlink_quiet(entry.path)
+        cutoff = time.time() - TORRENT_CACHE_TTL
+        for entry in os.scandir(os.path.join(self._data_dir, TORRENT_DIR)):
+            try:
+                stale = entry.stat().st_mtime < cutoff
+            except FileNotFoundError:
+                continue
+            if stale or entry.name.endswith('.tmp'):
+                _unlink_quiet(entry.path)
+
+    @contextlib.contextmanager
+    def _build_lock(self, key):
+        with self._lock:
+            entry = self._building.setdefault(key, [threading.Lock(), 0])
+            entry[1] += 1
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if not entry[1]:
+                    del self._building[key]
+
+    def _metainfo(self, node_uuid, image_path, key):
+        """The torrent of the image, from the cache or freshly built."""
+        path = self._torrent_path(key)
+        with self._build_lock(key):
+            try:
+                with open(path, 'rb') as f:
+                    data = f.read()
+            except FileNotFoundError:
+                pass
+            except OSError as e:
+                LOG.warning('Cannot read cached torrent %(path)s, building '
+                            'it again: %(err)s', {'path': path, 'err': e})
+            else:
+                try:
+                    meta = torrent.load(data, source=path)
+                except torrent.InvalidTorrent as e:
+                    LOG.warning('Ignoring cached torrent: %s', e)
+                else:
+                    with contextlib.suppress(OSError):
+                        os.utime(path)
+                    return meta
+
+            LOG.info('Hashing image %(image)s of node %(node)s to publish '
+                     'it', {'image': image_path, 'node': node_uuid})
+            started = time.monotonic()
+            try:
+                meta = torrent.build(image_path)
+            except torrent.InvalidTorrent as e:
+                raise exception.ImagePublishFailed(
+                    image=image_path, node=node_uuid, reason=e)
+            LOG.info('Built torrent %(ih)s of image %(image)s: %(size)d '
+                     'bytes, %(pieces)d pieces of %(plen)d bytes, %(zero)d '
+                     'all-zero, in %(secs).1f s',
+                     {'ih': meta.info_hash, 'image': image_path,
+                      'size': meta.size, 'pieces': meta.num_pieces,
+                      'plen': meta.piece_length,
+                      'zero': len(meta.zero_pieces),
+                      'secs': time.monotonic() - started})
+            try:
+                _write_atomic(path, meta.data)
+            except OSError as e:
+                # Only costs a re-hash on the next publication.
+                LOG.warning('Cannot cache torrent %(path)s: %(err)s',
+                            {'path': path, 'err': e})
+            return meta
+
+    def _link(self, node_uuid, image_path, link):
+        with contextlib.suppress(FileNotFoundError):
+            if os.path.samefile(image_path, link):
+                return
+        tmp = link + '.tmp'
+        _unlink_quiet(tmp)
+        try:
+            os.link(image_path, tmp)
+            os.replace(tmp, link)
+        except OSError as e:
+            _unlink_quiet(tmp)
+            if e.errno == errno.EXDEV:
+                raise exception.DataDirCrossDevice(
+                    image=image_path, node=node_uuid,
+                    data_dir=self._data_dir)
+            raise exception.ImagePublishFailed(
+                image=image_path, node=node_uuid,
+                reason=_('cannot hard-link it to %(link)s: %(err)s. Check '
+                         'that [bittorrent]data_dir is writable by the '
+                         'conductor.') % {'link': link, 'err': e})
+
+    def _seeder_trackers(self):
+        # The seeder announces too, so the tracker hands it out like any
+        # peer: agents find it again after a reconnect, and the status
+        # shows what the conductor uploads.
+        if CONF.bittorrent.tracker_url:
+            return [CONF.bittorrent.tracker_url]
+        if self._tracker is not None:
+            return [self._tracker.announce_url(CONF.bittorrent.advertise_host)]
+        return []
+
+    def _publication_locked(self, node_uuid, meta):
+        if CONF.bittorrent.tracker_url:
+            trackers = [CONF.bittorrent.tracker_url]
+        else:
+            trackers = ['%s?%s' % (
+                self._tracker.announce_url(CONF.bittorrent.advertise_host),
+                urllib.parse.urlencode({'node': node_uuid}))]
+        peers = [_host_port(CONF.bittorrent.advertise_host,
+                            self._seeder.port)]
+        return Publication(meta=meta, trackers=trackers, peers=peers)
+
+    def _add_locked(self, node_uuid, image_path, meta, name):
+        link = self._seeding_path(meta.info_hash)
+        self._link(node_uuid, image_path, link)
+        try:
+            self._seeder.add(meta, link, trackers=self._seeder_trackers())
+            if self._table is not None:
+                self._table.publish(meta.tracker_keys, name)
+        except Exception as e:
+            self._seeder.remove(meta.info_hash)
+            _unlink_quiet(link)
+            raise exception.ImagePublishFailed(
+                image=image_path, node=node_uuid, reason=e)
+        LOG.info('Published image %(name)s as torrent %(ih)s (%(size)d '
+                 'bytes) for node %(node)s',
+                 {'name': name, 'ih': meta.info_hash, 'size': meta.size,
+                  'node': node_uuid})
+        return _Image(meta=meta, link=link, name=name, nodes=set())
+
+    def publish(self, node_uuid, image_path, name=None):
+        """Seed an image for a node; idempotent.
+
+        :param node_uuid: the node that deploys the image. A node holds one
+            publication: publishing another image for it releases the
+            previous one.
+        :param image_path: the raw image in ironic's image cache.
+        :param name: a label for the image in the tracker status (no
+            secrets: operators see it); the file name by default.
+        :raises: InvalidBitTorrentConfig if an option is invalid.
+        :raises: ImagePublishFailed (or a subclass) if the seeder or the
+            tracker cannot start, the image cannot be read or linked, or
+            the tracker refuses it.
+        :returns: a :class:`Publication` for the node's agent.
+        """
+        with self._lock:
+            self._start_locked(node_uuid, image_path)
+        try:
+            st = os.stat(image_path)
+        except OSError as e:
+            raise exception.ImagePublishFailed(
+                image=image_path, node=node_uuid, reason=e)
+        meta = self._metainfo(node_uuid, image_path, _cache_key(st))
+        with self._lock:
+            if not self.started:
+                raise exception.ImagePublishFailed(
+                    image=image_path, node=node_uuid,
+                    reason=_('the publisher was shut down'))
+            current = self._nodes.get(node_uuid)
+            if current is not None and current != meta.info_hash:
+                self._release_locked(node_uuid)
+            image = self._images.get(meta.info_hash)
+            if image is None:
+                image = self._add_locked(
+                    node_uuid, image_path, meta,
+                    name or os.path.basename(image_path))
+                self._images[meta.info_hash] = image
+            image.nodes.add(node_uuid)
+            self._nodes[node_uuid] = meta.info_hash
+            return self._publication_locked(node_uuid, meta)
+
+    def publication(self, node_uuid):
+        """The node's current publication, without publishing anything.
+
+        :param node_uuid: a node UUID.
+        :returns: a :class:`Publication`, or None if the node holds none
+            (never published, released, or published by a previous
+            conductor process).
+        """
+        with self._lock:
+            info_hash = self._nodes.get(node_uuid)
+            if info_hash is None:
+                return None
+            return self._publication_locked(
+                node_uuid, self._images[info_hash].meta)
+
+    def nodes(self):
+        """The UUIDs of the nodes holding a publication."""
+        with self._lock:
+            return sorted(self._nodes)
+
+    def _release_locked(self, node_uuid):
+        info_hash = self._nodes.pop(node_uuid, None)
+        if info_hash is None:
+            return False
+        image = self._images[info_hash]
+        image.nodes.discard(node_uuid)
+        if image.nodes:
+            LOG.debug('Node %(node)s released torrent %(ih)s; still needed '
+                      'by %(count)d node(s)',
+                      {'node': node_uuid, 'ih': info_hash,
+                       'count': len(image.nodes)})
+            return True
+        uploaded = (self._seeder.stats().get(info_hash) or {}).get(
+            'uploaded', 0)
+        del self._images[info_hash]
+        self._seeder.remove(info_hash)
+        if self._table is not None:
+            self._table.unpublish(image.meta.info_hash_v1)
+        _unlink_quiet(image.link)
+        self._sweep()
+        LOG.info('Unpublished image %(name)s (torrent %(ih)s) after node '
+                 '%(node)s, the last to need it, released it; the seeder '
+                 'uploaded %(up)d bytes of it',
+                 {'name': image.name, 'ih': info_hash, 'node': node_uuid,
+                  'up': uploaded})
+        return True
+
+    def release(self, node_uuid):
+        """Release a node's publication; idempotent.
+
+        The image stays seeded while other nodes hold it. When none does,
+        the seeder and the tracker drop it and its hard link is removed.
+
+        :param node_uuid: a node UUID.
+        :returns: True if the node held a publication.
+        """
+        with self._lock:
+            return self._release_locked(node_uuid)
+
+    def stats(self, info_hash):
+        """Seeder statistics of one published image.
+
+        :param info_hash: hex v1 info-hash.
+        :returns: a dict with ``name``, ``size``, ``nodes``, ``uploaded``,
+            ``peers`` and ``error``; None if the image is not published.
+        """
+        with self._lock:
+            image = self._images.get(info_hash)
+            if image is None:
+                return None
+            seeding = self._seeder.stats().get(info_hash) or {}
+            return {'name': image.name,
+                    'size': image.meta.size,
+                    'nodes': sorted(image.nodes),
+                    'uploaded': seeding.get('uploaded', 0),
+                    'peers': seeding.get('peers', 0),
+                    'error': seeding.get('error')}
+
+    def status(self):
+        """A JSON-serialisable snapshot for operators.
+
+        :returns: a dict with ``started``, ``seeder_port``, ``trackers``
+            (the announce URLs), ``images`` (see :meth:`stats`, plus
+            ``info_hash``) and, with the built-in tracker, ``swarms`` (see
+            :meth:`ironic_bt.tracker.protocol.SwarmTable.status`).
+        """
+        with self._lock:
+            if not self.started:
+                return {'started': False, 'images': []}
+            hashes = sorted(self._images)
+            trackers = self._seeder_trackers()
+            port = self._seeder.port
+            table = self._table
+        images = []
+        for info_hash in hashes:
+            stats = self.stats(info_hash)
+            if stats is not None:
+                images.append(dict(stats, info_hash=info_hash))
+        result = {'started': True, 'seeder_port': port,
+                  'trackers': trackers, 'images': images}
+        if table is not None:
+            result['swarms'] = table.status()['swarms']
+        return result
+
+    def shutdown(self):
+        """Stop seeding and tracking, and forget all publications.
+
+        The files stay; the next start removes the links. For tests and
+        process exit.
+        """
+        with self._lock:
+            if self._tracker is not None:
+                self._tracker.stop()
+            if self._seeder is not None:
+                self._seeder.close()
+            self._seeder = self._table = self._tracker = None
+            self._images.clear()
+            self._nodes.clear()
+
+
+_publisher = None
+_publisher_lock = threading.Lock()
+
+
+def get_publisher():
+    """The publisher of this conductor process, created on first call.
+
+    Creating it opens nothing: the seeder and the tracker start on the
+    first :meth:`Publisher.publish`.
+    """
+    global _publisher
+    with _publisher_lock:
+        if _publisher is None:
+            _publisher = Publisher()
+        return _publisher

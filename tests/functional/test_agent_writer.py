@@ -1,0 +1,285 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The agent's writer against a real libtorrent seeder and real devices.
+
+Nothing is mocked: a seeding session on 127.0.0.1 serves the image, and the
+writer downloads it into a file or into a loop device made for the test.
+"""
+
+import contextlib
+import hashlib
+import os
+import shutil
+import subprocess
+import time
+
+import libtorrent as lt
+import pytest
+
+from ipa_extension import writer
+from ironic_bt import swarm
+from ironic_bt import torrent
+
+MiB = 1024 * 1024
+PIECE = torrent.MIN_PIECE_SIZE
+PATTERN = b'\xa5'
+
+requires_root = pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which('losetup') is None,
+    reason='loop devices need root and losetup to attach them')
+
+
+def make_image(path, size, extents):
+    """Write a sparse image: random bytes at ``extents``, zeros elsewhere.
+
+    :param extents: (offset, length) pairs.
+    :returns: the image's bytes.
+    """
+    data = bytearray(size)
+    for offset, length in extents:
+        data[offset:offset + length] = os.urandom(length)
+    with open(path, 'wb') as f:
+        f.write(data)
+    return bytes(data)
+
+
+def sha256(data):
+    return hashlib.sha256(data).hexdigest()
+
+
+def read(path, length, offset=0):
+    with open(path, 'rb') as f:
+        f.seek(offset)
+        return f.read(length)
+
+
+@contextlib.contextmanager
+def seeding(meta, image_path):
+    """Seed ``image_path`` on 127.0.0.1; yield its ``HOST:PORT``."""
+    session = swarm.make_session('127.0.0.1', 0)
+    params = lt.add_torrent_params()
+    params.ti = meta.torrent_info()
+    params.save_path = os.path.dirname(image_path)
+    params.renamed_files = {0: os.path.basename(image_path)}
+    # The image is the source of truth: no need to hash it before serving.
+    params.flags |= lt.torrent_flags.seed_mode
+    handle = session.add_torrent(params)
+    deadline = time.monotonic() + 10
+    while not session.listen_port():
+        assert time.monotonic() < deadline, 'seeder never listened'
+        time.sleep(0.05)
+    try:
+        yield '127.0.0.1:%d' % session.listen_port()
+    finally:
+        session.remove_torrent(handle)
+        del session
+
+
+@contextlib.contextmanager
+def loop_device(backing):
+    """Attach ``backing`` to a free loop device; always detach it."""
+    out = subprocess.run(['losetup', '--find', '--show', backing],
+                         check=True, capture_output=True, text=True)
+    device = out.stdout.strip()
+    try:
+        # Write only to what this test made: the device must be ours.
+        name = os.path.basename(device)
+        with open('/sys/block/%s/loop/backing_file' % name) as f:
+            assert f.read().strip() == os.path.realpath(backing)
+        yield device
+    finally:
+        subprocess.run(['losetup', '--detach', device], check=False)
+
+
+def backing_file(path, size, fill=b'\0'):
+    """A file of ``size`` bytes: sparse, or filled with ``fill``."""
+    with open(path, 'wb') as f:
+        if fill == b'\0':
+            f.truncate(size)
+        else:
+            f.write(fill * size)
+    return str(path)
+
+
+def write(meta, target, peers, **kwargs):
+    kwargs.setdefault('linger_timeout', 0)
+    kwargs.setdefault('stall_timeout', 30)
+    return writer.write(meta, target, peers=peers, listen_host='127.0.0.1',
+                        listen_port=0, progress_interval=1, **kwargs)
+
+
+def pieces_touched(extents, size):
+    """Bytes in the pieces holding any byte of ``extents``."""
+    indexes = set()
+    for offset, length in extents:
+        indexes.update(range(offset // PIECE,
+                             (offset + length - 1) // PIECE + 1))
+    return sum(min(PIECE, size - i * PIECE) for i in indexes)
+
+
+# 3.25 MiB plus a few bytes, so the last piece is short; data at the start,
+# zeros in the middle (pieces 4-11), data at the end.
+SIZE = 13 * PIECE + 12345
+EXTENTS = [(0, 4 * PIECE), (12 * PIECE, PIECE + 12345)]
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / 'image.raw'
+    data = make_image(path, SIZE, EXTENTS)
+    return str(path), data, torrent.build(str(path))
+
+
+def test_write_to_file(tmp_path, image):
+    path, data, meta = image
+    target = str(tmp_path / 'disk.img')
+    with seeding(meta, path) as peer:
+        result = write(meta, target, [peer], expected_sha256=sha256(data))
+
+    with open(target, 'rb') as f:
+        assert sha256(f.read()) == sha256(data)
+    assert result.sha256 == sha256(data)
+    assert result.target == target
+    assert result.size == SIZE
+    assert result.info_hash == meta.info_hash
+    assert result.zero_bytes == 8 * PIECE == meta.zero_bytes
+    # The zero pieces never crossed the wire.
+    assert result.downloaded_bytes == SIZE - meta.zero_bytes
+
+
+def test_sparse_image_downloads_only_its_data(tmp_path):
+    # 16 MiB, mostly holes; extents start and end inside pieces.
+    size = 16 * MiB
+    extents = [(1000, 5000), (3 * MiB + 77, PIECE + 1), (15 * MiB, 4096)]
+    path = str(tmp_path / 'sparse.raw')
+    data = make_image(path, size, extents)
+    meta = torrent.build(path)
+    target = str(tmp_path / 'disk.img')
+
+    with seeding(meta, path) as peer:
+        result = write(meta, target, [peer])
+
+    assert read(target, size) == data
+    assert result.sha256 == sha256(data)
+    touched = pieces_touched(extents, size)
+    assert result.zero_bytes == size - touched
+    # Every piece with data was downloaded, and nothing else: at most the
+    # data plus the two partial pieces at the ends of each extent.
+    assert result.downloaded_bytes == touched
+    data_bytes = sum(length for _offset, length in extents)
+    assert touched <= data_bytes + 2 * PIECE * len(extents)
+    assert result.downloaded_bytes < size // 8
+
+
+@requires_root
+def test_write_to_loop_device(tmp_path, image):
+    path, data, meta = image
+    # Larger than the image, and full of a pattern, so the zero pieces must
+    # really be zeroed and the bytes past the image must be left alone.
+    backing = backing_file(tmp_path / 'loop.img', 8 * MiB, fill=PATTERN)
+    with seeding(meta, path) as peer, loop_device(backing) as device:
+        result = write(meta, device, [peer], expected_sha256=sha256(data))
+
+        assert result.target == device
+        assert result.sha256 == sha256(data)
+        assert sha256(read(device, SIZE)) == sha256(data)
+        assert read(device, 8 * MiB - SIZE, SIZE) == PATTERN * (
+            8 * MiB - SIZE)
+        assert result.downloaded_bytes == SIZE - meta.zero_bytes
+
+
+@requires_root
+def test_write_again_over_present_image(tmp_path, image):
+    path, data, meta = image
+    backing = backing_file(tmp_path / 'loop.img', 4 * MiB)
+    with seeding(meta, path) as peer, loop_device(backing) as device:
+        first = write(meta, device, [peer])
+        # The writer does not hash-check the target before downloading
+        # (that would read a whole fresh disk), so a second run downloads
+        # again; what matters is that it ends with the same bytes.
+        second = write(meta, device, [peer], expected_sha256=sha256(data))
+
+        assert first.sha256 == second.sha256 == sha256(data)
+        assert sha256(read(device, SIZE)) == sha256(data)
+
+
+@requires_root
+def test_loop_device_too_small(tmp_path, image):
+    path, data, meta = image
+    small = 2 * MiB
+    backing = backing_file(tmp_path / 'small.img', small, fill=PATTERN)
+    with seeding(meta, path) as peer, loop_device(backing) as device:
+        with pytest.raises(writer.TargetError) as exc:
+            write(meta, device, [peer])
+
+        message = str(exc.value)
+        assert device in message
+        assert str(SIZE) in message
+        assert str(small) in message
+        # Refused before writing anything.
+        assert read(device, small) == PATTERN * small
+
+
+def test_corrupt_torrent_file(tmp_path, image):
+    _path, _data, meta = image
+    garbage = tmp_path / 'garbage.torrent'
+    garbage.write_bytes(b'd8:announce' + os.urandom(64))
+    with pytest.raises(torrent.InvalidTorrent) as exc:
+        torrent.load_file(str(garbage))
+    assert str(garbage) in str(exc.value)
+
+    truncated = tmp_path / 'truncated.torrent'
+    truncated.write_bytes(meta.data[:len(meta.data) // 2])
+    with pytest.raises(torrent.InvalidTorrent) as exc:
+        torrent.load_file(str(truncated))
+    assert str(truncated) in str(exc.value)
+
+
+def test_verify_detects_tampering(tmp_path, image):
+    path, data, meta = image
+    target = str(tmp_path / 'disk.img')
+    with seeding(meta, path) as peer:
+        write(meta, target, [peer])
+    assert writer.verify(target, meta) == sha256(data)
+
+    # Flip bytes in the middle of piece 2, as a failing disk might.
+    offset = 2 * PIECE + PIECE // 2
+    with open(target, 'r+b') as f:
+        f.seek(offset)
+        f.write(bytes(b ^ 0xff for b in data[offset:offset + 16]))
+    with pytest.raises(writer.VerifyError) as exc:
+        writer.verify(target, meta)
+    message = str(exc.value)
+    assert 'Piece 2 ' in message
+    assert target in message
+
+
+def test_expected_sha256_mismatch(tmp_path, image):
+    path, data, meta = image
+    wrong = sha256(b'another image')
+    with seeding(meta, path) as peer:
+        with pytest.raises(writer.VerifyError) as exc:
+            write(meta, str(tmp_path / 'disk.img'), [peer],
+                  expected_sha256=wrong)
+    assert wrong in str(exc.value)
+    assert sha256(data) in str(exc.value)
+
+
+def test_stall_without_seeder(tmp_path, image):
+    _path, _data, meta = image
+    # A port nobody listens on: the swarm has no one to download from.
+    with pytest.raises(writer.DownloadError) as exc:
+        write(meta, str(tmp_path / 'disk.img'), ['127.0.0.1:9'],
+              stall_timeout=1)
+    assert 'stalled' in str(exc.value)
+    assert meta.info_hash in str(exc.value)

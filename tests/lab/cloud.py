@@ -1,0 +1,821 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""A local bare-metal cloud on one machine: real Ironic, real agents.
+
+``python -m tests.lab.cloud {up,deploy,status,down,demo}`` (or
+``tools/cloud``). ``up`` builds a lab (:mod:`tests.lab.net`): a bridge
+whose address is the "conductor", and one network namespace per node. It
+starts one all-in-one ``ironic`` process (API and conductor, noauth,
+sqlite) and an HTTP server for ``[deploy]http_root`` on the bridge
+address. Each node gets a loop device as its only disk and a real
+ironic-python-agent inside its namespace, which sees only that disk
+through the test hardware manager (:mod:`tests.lab.ipa_test_hw`). Nodes
+are enrolled as ``fake-hardware`` (fake power and boot, noop management)
+and driven through the normal state machine to ``available``.
+
+``deploy`` deploys them with the real client (``openstack baremetal node
+deploy``), shows progress, checks every disk byte for byte against the
+image and prints a summary table and one JSON line of figures.
+
+Everything lives in the state directory (``--state-dir``, else
+``$IRONIC_BT_CLOUD_DIR``, else ``.cloud`` in the repository), so each
+command can run as a separate invocation; ``down`` always cleans up.
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+from tests.lab import cloud_conf
+from tests.lab import cloud_report
+from tests.lab import disks
+from tests.lab import images
+from tests.lab import net
+from tests.lab import procs
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+DEFAULT_STATE_DIR = os.environ.get('IRONIC_BT_CLOUD_DIR',
+                                   os.path.join(REPO, '.cloud'))
+STATE_FILE = 'cloud.json'
+MARKER = '.ironic-bt-cloud'
+LAB_PREFIX = 'ibc'
+BINDIR = os.path.dirname(sys.executable)
+
+API_PORT = 6385
+HTTP_PORT = 8080
+TRACKER_PORT = 6969
+SEEDER_PORT = 6881
+AGENT_PORT = 9999
+MIB = 1024 * 1024
+
+# Directories of the state dir that "down" removes; logs/ is kept for the
+# post-mortem unless --purge.
+_RUNTIME_DIRS = ('ironic', 'http', 'ipa', 'bittorrent', 'disks')
+
+ACTIVE = 'active'
+AVAILABLE = 'available'
+DEPLOY_FAILED = 'deploy failed'
+TERMINAL = (ACTIVE, DEPLOY_FAILED)
+
+
+class CloudError(RuntimeError):
+    """The cloud could not do what was asked (the message says why)."""
+
+
+def _log(msg, *args):
+    print('cloud: ' + (msg % args if args else msg), flush=True)
+
+
+def bittorrent_loadable():
+    """Whether ironic can load the ``bittorrent`` deploy interface.
+
+    Checked in a child process: an enabled interface that fails to load
+    stops the conductor from starting, and importing ironic here would
+    pull its global configuration into the harness.
+    """
+    code = ('import importlib.metadata as m, sys\n'
+            'eps = [e for e in m.entry_points('
+            'group="ironic.hardware.interfaces.deploy") '
+            'if e.name == "bittorrent"]\n'
+            'sys.exit(0 if eps and eps[0].load() else 1)\n')
+    proc = subprocess.run([sys.executable, '-c', code], cwd='/',
+                          capture_output=True, text=True, timeout=120)
+    return proc.returncode == 0, (proc.stderr.strip().splitlines() or
+                                  [''])[-1]
+
+
+def _osc_env(api_url):
+    """Environment for the openstack CLI against the noauth API."""
+    env = dict(os.environ)
+    for key in list(env):
+        if key.startswith('OS_'):
+            del env[key]
+    env.update(OS_AUTH_TYPE='none', OS_ENDPOINT=api_url)
+    return env
+
+
+def _connect(api_url):
+    import openstack  # slow to import; only commands that talk need it
+    openstack.enable_logging(debug=False)
+    return openstack.connection.Connection(
+        auth_type='none', baremetal_endpoint_override=api_url)
+
+
+class Cloud:
+    """The cloud described by a state directory."""
+
+    def __init__(self, state_dir):
+        self.state_dir = os.path.abspath(state_dir)
+        self.state_path = os.path.join(self.state_dir, STATE_FILE)
+        self.state = None
+        self._conn = None
+
+    # -- state ---------------------------------------------------------------
+
+    def path(self, *parts):
+        return os.path.join(self.state_dir, *parts)
+
+    def load(self):
+        try:
+            with open(self.state_path) as f:
+                self.state = json.load(f)
+        except FileNotFoundError:
+            raise CloudError('no cloud in %s (run "up" first)'
+                             % self.state_dir)
+        return self
+
+    def save(self):
+        tmp = self.state_path + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(self.state, f, indent=1, sort_keys=True)
+        os.replace(tmp, self.state_path)
+
+    @property
+    def lab(self):
+        return net.Lab.load(self.state_dir)
+
+    @property
+    def conn(self):
+        if self._conn is None:
+            self._conn = _connect(self.state['api_url'])
+        return self._conn
+
+    @property
+    def nodes(self):
+        return self.state['nodes']
+
+    def node_names(self):
+        return sorted(self.nodes, key=lambda n: self.nodes[n]['index'])
+
+    # -- up ------------------------------------------------------------------
+
+    def up(self, nodes=3, rate_mbit=None, disk_mib=256, subnet=None,
+           interfaces='auto', callback_timeout=90, heartbeat_timeout=30):
+        """Build the lab, start ironic and the agents, enrol the nodes.
+
+        :param interfaces: ``auto`` (``direct``, plus ``bittorrent`` when
+            ironic can load it) or a comma-separated list.
+        """
+        if os.path.exists(self.state_path):
+            raise CloudError('a cloud is already up in %s; run "down" '
+                             'first' % self.state_dir)
+        os.makedirs(self.state_dir, exist_ok=True)
+        open(self.path(MARKER), 'w').close()
+        for sub in _RUNTIME_DIRS + ('logs',):
+            os.makedirs(self.path(sub), exist_ok=True)
+
+        if interfaces == 'auto':
+            ok, why = bittorrent_loadable()
+            enabled = ['direct'] + (['bittorrent'] if ok else [])
+            note = None if ok else (
+                'the bittorrent deploy interface is not loadable (%s); '
+                'only direct is enabled' % (why or 'no entry point'))
+        else:
+            enabled = [i.strip() for i in interfaces.split(',') if i.strip()]
+            note = None
+        if note:
+            _log('note: %s', note)
+        default = 'bittorrent' if 'bittorrent' in enabled else enabled[0]
+
+        lab = net.Lab(self.state_dir, prefix=LAB_PREFIX,
+                      subnet=subnet or net.free_subnet(),
+                      rate_mbit=rate_mbit)
+        lab.up()
+        gw = lab.gateway_ip
+        self.state = {
+            'version': 1,
+            'created': time.time(),
+            'gateway_ip': gw,
+            'subnet': str(lab.subnet),
+            'rate_mbit': rate_mbit,
+            'api_url': 'http://%s:%d' % (gw, API_PORT),
+            'http_url': 'http://%s:%d' % (gw, HTTP_PORT),
+            'tracker_status_url': 'http://%s:%d/status' % (gw, TRACKER_PORT),
+            'http_stats': self.path('logs', 'http-bytes.json'),
+            'deploy_interfaces': enabled,
+            'default_interface': default,
+            'interface_note': note,
+            'disk_bytes': disk_mib * MIB,
+            'callback_timeout': callback_timeout,
+            'heartbeat_timeout': heartbeat_timeout,
+            'services': {},
+            'nodes': {},
+        }
+        self.save()
+        _log('lab %s: bridge %s, conductor address %s',
+             lab.subnet, lab.bridge, gw)
+
+        for i in range(nodes):
+            self._add_host(lab, 'node%d' % i, i)
+        self.save()
+        self._start_services(lab, callback_timeout, heartbeat_timeout)
+        self._enrol()
+        for name in self.node_names():
+            self.start_agent(name)
+        self.wait_agents(self.node_names())
+        self.save()
+        return self
+
+    def _add_host(self, lab, name, index):
+        host = lab.add_host(name)
+        backing = self.path('disks', '%s.img' % name)
+        device = disks.create_loop(lab, backing, self.state['disk_bytes'])
+        disks.assert_lab_loop(device, lab)
+        node = {
+            'name': name, 'index': index, 'ip': host.ip, 'mac': host.mac,
+            'netns': host.netns, 'interface': host.veth_ns,
+            'device': device, 'backing': backing, 'uuid': None,
+            'agent': None,
+            'conf': self.path('ipa', '%s.conf' % name),
+            'json': self.path('ipa', '%s.json' % name),
+            'log': self.path('logs', 'ipa-%s.log' % name),
+        }
+        with open(node['json'], 'w') as f:
+            json.dump({'name': name, 'interface': host.veth_ns,
+                       'mac': host.mac, 'ip': host.ip, 'device': device,
+                       'state_dir': self.state_dir,
+                       'run_dir': self.path('ipa', '%s-run' % name),
+                       'log_file': node['log']}, f, indent=1)
+        with open(node['conf'], 'w') as f:
+            f.write(cloud_conf.ipa_conf(node, self.state['api_url'],
+                                        node['log'], AGENT_PORT))
+        self.nodes[name] = node
+        _log('%s: %s %s, disk %s (%d MiB)', name, host.ip, host.mac,
+             device, self.state['disk_bytes'] // MIB)
+
+    def _spawn(self, lab_or_host, key, cmd, log, env=None):
+        proc = lab_or_host.popen(cmd, log, env=env)
+        stat = net._proc_stat(proc.pid)
+        return proc, {'pid': proc.pid,
+                      'starttime': stat['starttime'] if stat else None,
+                      'log': log, 'name': key}
+
+    def _start_services(self, lab, callback_timeout, heartbeat_timeout):
+        gw = self.state['gateway_ip']
+        dirs = {'ironic': self.path('ironic'),
+                'http_root': self.path('http'),
+                'logs': self.path('logs'),
+                'bittorrent': self.path('bittorrent')}
+        for sub in ('tmp', 'locks', 'certificates'):
+            os.makedirs(os.path.join(dirs['ironic'], sub), exist_ok=True)
+        conf = self.path('ironic', 'ironic.conf')
+        with open(conf, 'w') as f:
+            f.write(cloud_conf.ironic_conf(
+                dirs, gw, api_port=API_PORT, http_port=HTTP_PORT,
+                deploy_interfaces=self.state['deploy_interfaces'],
+                default_deploy_interface=self.state['default_interface'],
+                callback_timeout=callback_timeout,
+                heartbeat_timeout=heartbeat_timeout,
+                tracker_port=TRACKER_PORT, seeder_port=SEEDER_PORT))
+        self.state['ironic_conf'] = conf
+
+        http_log = self.path('logs', 'http.log')
+        proc, record = self._spawn(
+            lab, 'http', [sys.executable, '-m', 'tests.lab.cloud_http',
+                          '--bind', gw, '--port', str(HTTP_PORT),
+                          '--root', dirs['http_root'],
+                          '--stats', self.state['http_stats']],
+            http_log, env={'PYTHONPATH': REPO})
+        self.state['services']['http'] = record
+        self.save()
+        procs.wait_port(gw, HTTP_PORT, timeout=30, proc=proc,
+                        log_path=http_log)
+
+        dbsync_log = self.path('logs', 'ironic-dbsync.log')
+        with open(dbsync_log, 'ab') as log:
+            rc = subprocess.run(
+                [os.path.join(BINDIR, 'ironic-dbsync'), '--config-file',
+                 conf, 'create_schema'], stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL).returncode
+        if rc:
+            raise CloudError('ironic-dbsync failed (exit %d): see %s'
+                             % (rc, dbsync_log))
+
+        out = self.path('logs', 'ironic.out')
+        proc, record = self._spawn(
+            lab, 'ironic', [os.path.join(BINDIR, 'ironic'), '--config-file',
+                            conf], out)
+        self.state['services']['ironic'] = record
+        self.save()
+        log_path = self.path('logs', 'ironic.log')
+        procs.wait_port(gw, API_PORT, timeout=120, proc=proc,
+                        log_path=log_path)
+
+        def driver_ready():
+            try:
+                drivers = [d.name for d in self.conn.baremetal.drivers()]
+            except Exception:
+                return False
+            return 'fake-hardware' in drivers
+        procs.wait_for(driver_ready, 120, 1, 'the conductor to register '
+                       'fake-hardware', proc=proc, log_path=log_path)
+        _log('ironic API %s (log %s)', self.state['api_url'], log_path)
+
+    def _enrol(self):
+        bm = self.conn.baremetal
+        for name in self.node_names():
+            node = self.nodes[name]
+            created = bm.create_node(
+                name=name, driver='fake-hardware',
+                boot_interface='fake', power_interface='fake',
+                management_interface='noop', network_interface='noop',
+                storage_interface='noop',
+                deploy_interface=self.state['default_interface'],
+                # Never let the conductor ask the agent to power off:
+                # on this shared machine that is the host itself.
+                driver_info={'deploy_forces_oob_reboot': True},
+                properties={'cpu_arch': 'x86_64', 'cpus': 1,
+                            'memory_mb': 2048,
+                            'local_gb': max(1, self.state['disk_bytes']
+                                            // 1024 ** 3)})
+            node['uuid'] = created.id
+            bm.create_port(node_id=created.id, address=node['mac'],
+                           pxe_enabled=True)
+        self.save()
+        uuids = [self.nodes[n]['uuid'] for n in self.node_names()]
+        for uuid in uuids:
+            bm.set_node_provision_state(uuid, 'manage')
+        bm.wait_for_nodes_provision_state(uuids, 'manageable', timeout=120)
+        for uuid in uuids:
+            bm.set_node_provision_state(uuid, 'provide')
+        bm.wait_for_nodes_provision_state(uuids, AVAILABLE, timeout=120)
+        _log('enrolled %d nodes (fake-hardware), all available', len(uuids))
+
+    # -- agents (the harness plays the nodes' BMCs) --------------------------
+
+    def agent_alive(self, name):
+        record = self.nodes[name].get('agent')
+        if not record:
+            return False
+        stat = net._proc_stat(record['pid'])
+        return (stat is not None and stat['starttime'] == record['starttime']
+                and stat['state'] not in ('Z', 'X'))
+
+    def stop_agent(self, name, signum=signal.SIGTERM):
+        """Signal a node's agent by its recorded PID (and start time)."""
+        record = self.nodes[name].get('agent')
+        if not record or not self.agent_alive(name):
+            return False
+        # The lab started it as a session (and process group) leader.
+        os.killpg(record['pid'], signum)
+        return True
+
+    def start_agent(self, name):
+        """Power the node on and boot its "ramdisk": a fresh agent."""
+        node = self.nodes[name]
+        if self.agent_alive(name):
+            self.stop_agent(name, signal.SIGKILL)
+            procs.wait_for(lambda: not self.agent_alive(name), 10, 0.1,
+                           'the old agent of %s to exit' % name)
+        self.conn.baremetal.set_node_power_state(node['uuid'], 'power on')
+        site = cloud_conf.write_agent_site(self.path('ipa', 'site'))
+        lab = self.lab
+        host = lab.host(name)
+        _, record = self._spawn(
+            host, 'agent', [os.path.join(BINDIR, 'ironic-python-agent'),
+                            '--config-file', node['conf']],
+            self.path('logs', 'ipa-%s.out' % name),
+            env={'PYTHONPATH': os.pathsep.join([site, REPO]),
+                 'IRONIC_BT_LAB_NODE': node['json']})
+        node['agent'] = record
+        node['agent_started'] = time.time()
+        self.save()
+
+    def agent_ready(self, name, node=None):
+        """Whether the conductor can fast-track a deploy to this node."""
+        node = node or self.conn.baremetal.get_node(self.nodes[name]['uuid'])
+        info = node.driver_internal_info or {}
+        beat = info.get('agent_last_heartbeat')
+        if not info.get('agent_url') or not beat:
+            return False
+        started = self.nodes[name].get('agent_started', 0)
+        return (cloud_report.parse_time(beat) >= started - 1
+                and node.power_state == 'power on')
+
+    def wait_agents(self, names, timeout=180):
+        pending = set(names)
+
+        def ready():
+            for name in list(pending):
+                if not self.agent_alive(name):
+                    raise CloudError(
+                        'the agent of %s exited; see %s and %s' % (
+                            name, self.nodes[name]['log'],
+                            self.path('logs', 'ipa-%s.out' % name)))
+                if self.agent_ready(name):
+                    pending.discard(name)
+            return not pending
+        procs.wait_for(ready, timeout, 1, 'agents of %s to heartbeat'
+                       % ', '.join(sorted(pending)))
+        _log('agents up and heartbeating: %s', ', '.join(sorted(names)))
+
+    # -- deploy --------------------------------------------------------------
+
+    def prepare_image(self, image=None, size_mib=64):
+        """Put an image under http_root; return (image, url)."""
+        os.makedirs(self.path('http', 'images'), exist_ok=True)
+        if image:
+            src = os.path.abspath(image)
+            name = os.path.basename(src)
+            dest = self.path('http', 'images', name)
+            if not os.path.exists(dest):
+                try:
+                    os.link(src, dest)
+                except OSError:
+                    subprocess.run(['cp', '--sparse=always', src, dest],
+                                   check=True)
+            size = os.path.getsize(dest)
+            img = images.Image(dest, size, disks.sha256_region(dest, size))
+        else:
+            dest = self.path('http', 'images', 'lab-%dm.img' % size_mib)
+            if os.path.exists(dest):
+                os.unlink(dest)
+            _log('building a %d MiB GPT + ext4 image', size_mib)
+            img = images.make_disk_image(dest, size_mib=size_mib)
+        if img.size > self.state['disk_bytes']:
+            raise CloudError('the image (%d bytes) does not fit the nodes\' '
+                             'disks (%d bytes)' % (img.size,
+                                                   self.state['disk_bytes']))
+        url = '%s/images/%s' % (self.state['http_url'],
+                                os.path.basename(dest))
+        return img, url
+
+    def _reset_node(self, name, wipe=True):
+        """Bring a node back to available, disk zeroed, agent fresh."""
+        bm = self.conn.baremetal
+        uuid = self.nodes[name]['uuid']
+        node = bm.get_node(uuid)
+        if node.provision_state in (ACTIVE, DEPLOY_FAILED):
+            bm.set_node_provision_state(uuid, 'deleted')
+        elif node.provision_state == 'manageable':
+            bm.set_node_provision_state(uuid, 'provide')
+        elif node.provision_state != AVAILABLE:
+            raise CloudError('%s is %s; cannot deploy it' %
+                             (name, node.provision_state))
+        bm.wait_for_nodes_provision_state([uuid], AVAILABLE, timeout=300)
+        if wipe:
+            self.wipe_disk(name)
+        node = bm.get_node(uuid)
+        if node.last_error or not self.agent_alive(name) or \
+                not self.agent_ready(name, node):
+            self.start_agent(name)
+            return True
+        return False
+
+    def wipe_disk(self, name):
+        """Discard a node's disk, so that nothing is left from before.
+
+        A disk already holding the image would finish a torrent
+        instantly (libtorrent checks existing data), which would make
+        figures meaningless and verification vacuous.
+        """
+        device = self.nodes[name]['device']
+        disks.assert_lab_loop(device, self.state_dir)
+        subprocess.run(['blkdiscard', '--force', device], check=True,
+                       capture_output=True)
+
+    def deploy(self, interface=None, image=None, image_size_mib=64,
+               names=None, kill_agent=None, kill_delay=0.0, timeout=900,
+               wipe=True, out=sys.stdout):
+        """Deploy nodes with the real client and verify their disks.
+
+        :param kill_agent: name of a node whose agent is killed (SIGKILL,
+            by PID) once its image write step has started, plus
+            ``kill_delay`` seconds: the fault case.
+        :returns: the report dict (also printed as one JSON line).
+        """
+        interface = interface or self.state['default_interface']
+        if interface not in self.state['deploy_interfaces']:
+            raise CloudError('deploy interface %s is not enabled in this '
+                             'cloud (enabled: %s)%s' % (
+                                 interface,
+                                 ', '.join(self.state['deploy_interfaces']),
+                                 '; ' + self.state['interface_note']
+                                 if self.state.get('interface_note')
+                                 else ''))
+        names = names or self.node_names()
+        unknown = set(names) - set(self.nodes)
+        if unknown:
+            raise CloudError('unknown nodes: %s' % ', '.join(sorted(unknown)))
+        if kill_agent and kill_agent not in names:
+            raise CloudError('%s is not among the nodes deployed'
+                             % kill_agent)
+        img, url = self.prepare_image(image, image_size_mib)
+        restarted = [n for n in names if self._reset_node(n, wipe)]
+        if restarted:
+            self.wait_agents(restarted)
+
+        bm = self.conn.baremetal
+        for name in names:
+            bm.update_node(self.nodes[name]['uuid'],
+                           deploy_interface=interface,
+                           instance_info={
+                               'image_source': url,
+                               'image_os_hash_algo': 'sha256',
+                               'image_os_hash_value': img.sha256,
+                               'image_disk_format': 'raw',
+                           })
+        http_before = cloud_report.read_json(self.state['http_stats']) or {}
+        uuids = [self.nodes[n]['uuid'] for n in names]
+        _log('deploying %s with %s: %s (%d bytes, sha256 %s)',
+             ', '.join(names), interface, url, img.size, img.sha256[:16])
+        started = time.time()
+        cmd = [os.path.join(BINDIR, 'openstack'), 'baremetal', 'node',
+               'deploy'] + uuids
+        _log('$ openstack %s', ' '.join(cmd[1:]))
+        proc = subprocess.run(cmd, env=_osc_env(self.state['api_url']),
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise CloudError('openstack baremetal node deploy failed: %s'
+                             % (proc.stderr.strip() or proc.stdout.strip()))
+
+        watcher = cloud_report.Progress(self, names, interface, img.size,
+                                        started, out=out)
+        killed = {}
+        deadline = time.monotonic() + timeout
+        while True:
+            nodes = {n: bm.get_node(self.nodes[n]['uuid']) for n in names}
+            watcher.update(nodes)
+            if kill_agent and kill_agent not in killed:
+                self._maybe_kill(kill_agent, nodes[kill_agent], kill_delay,
+                                 killed, watcher)
+            for name, node in nodes.items():
+                # The BMC's part: a node the conductor powered off no
+                # longer runs its ramdisk.
+                if (node.provision_state in TERMINAL
+                        and node.power_state == 'power off'
+                        and self.agent_alive(name)):
+                    self.stop_agent(name)
+            if all(n.provision_state in TERMINAL for n in nodes.values()):
+                break
+            if time.monotonic() > deadline:
+                watcher.finish()
+                raise CloudError('timed out after %ds; states: %s' % (
+                    timeout, {n: v.provision_state
+                              for n, v in nodes.items()}))
+            time.sleep(1)
+        watcher.finish()
+
+        report = cloud_report.build_report(
+            self, names, nodes, interface, img, started, watcher,
+            http_before, killed)
+        cloud_report.print_summary(report, out=out)
+        if kill_agent and kill_agent not in killed:
+            # Asked for a fault that never happened: not a pass.
+            report['ok'] = False
+        return report
+
+    def _maybe_kill(self, name, node, delay, killed, watcher):
+        step = (node.deploy_step or {}).get('step') or ''
+        if not step.startswith('write_image'):
+            watcher.kill_pending = None
+            return
+        if watcher.kill_pending is None:
+            watcher.kill_pending = time.monotonic() + delay
+        if time.monotonic() >= watcher.kill_pending:
+            pid = self.nodes[name]['agent']['pid']
+            if self.stop_agent(name, signal.SIGKILL):
+                killed[name] = {'pid': pid, 'at': time.time(), 'step': step}
+                watcher.note('killed the agent of %s (pid %d) during '
+                             'deploy step %s' % (name, pid, step))
+
+    # -- status / down -------------------------------------------------------
+
+    def status(self, out=sys.stdout):
+        rows = []
+        for name in self.node_names():
+            node = self.conn.baremetal.get_node(self.nodes[name]['uuid'])
+            rows.append({
+                'node': name, 'uuid': node.id,
+                'provision_state': node.provision_state,
+                'power_state': node.power_state,
+                'deploy_interface': node.deploy_interface,
+                'agent': 'up' if self.agent_alive(name) else 'down',
+                'ip': self.nodes[name]['ip'],
+                'disk': self.nodes[name]['device'],
+                'last_error': node.last_error or '',
+            })
+        cloud_report.print_table(rows, out=out)
+        return rows
+
+    def usage(self):
+        api = self.state['api_url']
+        return '\n'.join([
+            'Ironic API: %s (noauth); deploy interfaces: %s' % (
+                api, ', '.join(self.state['deploy_interfaces'])),
+            'Use it with:',
+            '  export OS_AUTH_TYPE=none OS_ENDPOINT=%s' % api,
+            '  openstack baremetal node list',
+            'or: python -m tests.lab.cloud {status,deploy,down} '
+            '--state-dir %s' % self.state_dir,
+        ])
+
+
+def down(state_dir, purge=False):
+    """Tear everything down. Idempotent and always safe.
+
+    :returns: the list of problems the lab teardown met.
+    """
+    state_dir = os.path.abspath(state_dir)
+    problems = net.Lab.cleanup(state_dir)
+    if not os.path.exists(os.path.join(state_dir, MARKER)):
+        return problems
+    for name in (STATE_FILE, STATE_FILE + '.tmp'):
+        try:
+            os.unlink(os.path.join(state_dir, name))
+        except FileNotFoundError:
+            pass
+    for sub in _RUNTIME_DIRS:
+        shutil.rmtree(os.path.join(state_dir, sub), ignore_errors=True)
+    if purge:
+        shutil.rmtree(os.path.join(state_dir, 'logs'), ignore_errors=True)
+        os.unlink(os.path.join(state_dir, MARKER))
+        try:
+            os.rmdir(state_dir)
+        except OSError:
+            pass
+    return problems
+
+
+# -- command line ----------------------------------------------------------
+
+
+def _add_up_args(parser):
+    parser.add_argument('--nodes', type=int, default=3,
+                        help='number of nodes (default 3)')
+    parser.add_argument('--disk-mib', type=int, default=256,
+                        help='size of each node\'s disk (default 256)')
+    parser.add_argument('--subnet',
+                        help='lab subnet inside 198.18.0.0/15 (default: '
+                             'the first free /24)')
+    parser.add_argument('--interfaces', default='auto',
+                        help='enabled deploy interfaces, comma-separated, '
+                             'or "auto" (direct, plus bittorrent if it '
+                             'loads)')
+    parser.add_argument('--callback-timeout', type=int, default=90,
+                        help='[conductor]deploy_callback_timeout: how long '
+                             'a dead agent goes unnoticed (default 90)')
+
+
+def _add_deploy_args(parser):
+    parser.add_argument('--interface', choices=('bittorrent', 'direct'),
+                        help='deploy interface (default: bittorrent if '
+                             'enabled, else direct)')
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument('--image', help='a raw whole-disk image to deploy')
+    group.add_argument('--image-size-mib', type=int, default=64,
+                       help='size of the generated image (default 64)')
+    parser.add_argument('--kill-agent', metavar='NODE',
+                        help='fault case: SIGKILL this node\'s agent once '
+                             'its image write has started')
+    parser.add_argument('--kill-delay', type=float, default=0.0,
+                        help='seconds after the write step starts before '
+                             'the kill (default 0)')
+    parser.add_argument('--timeout', type=int, default=900)
+    parser.add_argument('--keep-disks', action='store_true',
+                        help='do not discard the disks before deploying')
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(
+        prog='python -m tests.lab.cloud',
+        description='A local bare-metal cloud: real Ironic, real agents, '
+                    'network namespaces and loop devices.')
+    parser.add_argument('--state-dir', default=DEFAULT_STATE_DIR,
+                        help='default: $IRONIC_BT_CLOUD_DIR or %(default)s')
+    sub = parser.add_subparsers(dest='command', required=True)
+
+    p = sub.add_parser('up', help='build the cloud')
+    _add_up_args(p)
+    p.add_argument('--rate-mbit', type=float,
+                   help='shape every link (nodes and conductor)')
+
+    p = sub.add_parser('deploy', help='deploy nodes and verify them')
+    _add_deploy_args(p)
+    p.add_argument('--rate-mbit', type=float,
+                   help='reshape every link before deploying')
+    p.add_argument('--nodes', nargs='+', metavar='NODE',
+                   help='nodes to deploy (default: all)')
+
+    sub.add_parser('status', help='list nodes, states and errors')
+
+    p = sub.add_parser('down', help='tear everything down')
+    p.add_argument('--purge', action='store_true',
+                   help='also remove the logs and the state directory')
+
+    p = sub.add_parser('demo', help='up, deploy, verify, down')
+    _add_up_args(p)
+    _add_deploy_args(p)
+    p.add_argument('--rate-mbit', type=float,
+                   help='shape every link (nodes and conductor)')
+    p.add_argument('--keep', action='store_true',
+                   help='leave the cloud up at the end')
+    return parser.parse_args(argv)
+
+
+def _reshape(cloud, rate_mbit):
+    lab = cloud.lab
+    lab.shape('gateway', rate_mbit)
+    for name in cloud.node_names():
+        lab.shape(name, rate_mbit)
+    cloud.state['rate_mbit'] = rate_mbit
+    cloud.save()
+
+
+def _require_root():
+    if os.geteuid() != 0:
+        raise CloudError('the cloud needs root (namespaces, loop devices)')
+
+
+def _up(args):
+    cloud = Cloud(args.state_dir)
+    try:
+        cloud.up(nodes=args.nodes, rate_mbit=args.rate_mbit,
+                 disk_mib=args.disk_mib, subnet=args.subnet,
+                 interfaces=args.interfaces,
+                 callback_timeout=args.callback_timeout)
+    except BaseException:
+        _log('up failed: tearing down (logs are kept in %s)',
+             os.path.join(cloud.state_dir, 'logs'))
+        down(cloud.state_dir)
+        raise
+    return cloud
+
+
+def _deploy(cloud, args, names=None):
+    if args.rate_mbit is not None and args.command == 'deploy':
+        _reshape(cloud, args.rate_mbit)
+    report = cloud.deploy(
+        interface=args.interface, image=args.image,
+        image_size_mib=args.image_size_mib, names=names,
+        kill_agent=args.kill_agent, kill_delay=args.kill_delay,
+        timeout=args.timeout, wipe=not args.keep_disks)
+    # With --kill-agent, "ok" means the killed node failed (with an
+    # error) and every other node is active and verified.
+    return report['ok']
+
+
+def main(argv=None):
+    args = _parse(argv)
+    try:
+        _require_root()
+        if args.command == 'up':
+            print(_up(args).usage())
+            return 0
+        if args.command == 'down':
+            problems = down(args.state_dir, purge=args.purge)
+            for problem in problems:
+                _log('teardown problem: %s', problem)
+            _log('down: %s is clean', args.state_dir)
+            return 1 if problems else 0
+        if args.command == 'demo':
+            return _demo(args)
+        cloud = Cloud(args.state_dir).load()
+        if args.command == 'status':
+            cloud.status()
+            return 0
+        if args.command == 'deploy':
+            return 0 if _deploy(cloud, args, args.nodes) else 1
+    except (CloudError, net.LabError, TimeoutError) as e:
+        _log('error: %s', e)
+        return 2
+    return 0
+
+
+def _demo(args):
+    # SIGTERM would skip the finally below; make it an exception instead.
+    signal.signal(signal.SIGTERM, lambda s, f: sys.exit(128 + s))
+    cloud = None
+    try:
+        cloud = _up(args)
+        print(cloud.usage())
+        if args.interface is None and \
+                'bittorrent' not in cloud.state['deploy_interfaces']:
+            _log('note: deploying with direct: %s',
+                 cloud.state['interface_note'])
+        return 0 if _deploy(cloud, args) else 1
+    finally:
+        if cloud is not None and not args.keep:
+            _log('tearing down')
+            for problem in down(cloud.state_dir):
+                _log('teardown problem: %s', problem)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
