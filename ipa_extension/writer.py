@@ -43,7 +43,6 @@ from oslo_log import log
 
 from ironic_bt.i18n import _
 from ironic_bt import swarm
-from ironic_bt import torrent
 
 LOG = log.getLogger(__name__)
 
@@ -56,8 +55,7 @@ _POLL = 0.25
 
 
 class WriterError(Exception):
-    """Base class of the errors of :func:`write`; the text is for operators.
-    """
+    """An error of :func:`write`; its text is meant for operators."""
 
 
 class TargetError(WriterError):
@@ -90,15 +88,21 @@ class WriteResult:
         return dataclasses.asdict(self)
 
 
-def target_size(path):
+def target_size(path, create=False):
     """Size of a block device, or None for a regular file (it may grow).
 
-    :raises: TargetError if the path is neither.
+    :param create: accept a path that does not exist yet (a new file).
+    :raises: TargetError if the path is neither, or missing and not
+        ``create``.
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
-        return None
+        if create:
+            return None
+        raise TargetError(_('Target %s does not exist. Check the device '
+                            'name (a typo would otherwise create a file).')
+                          % path)
     except OSError as e:
         raise TargetError(_('Cannot access target %(t)s: %(e)s')
                           % {'t': path, 'e': e})
@@ -107,8 +111,12 @@ def target_size(path):
     if not stat.S_ISBLK(st.st_mode):
         raise TargetError(_('Target %s is neither a block device nor a '
                             'regular file.') % path)
-    with open(path, 'rb') as f:
-        buf = fcntl.ioctl(f.fileno(), _BLKGETSIZE64, b'\0' * 8)
+    try:
+        with open(path, 'rb') as f:
+            buf = fcntl.ioctl(f.fileno(), _BLKGETSIZE64, b'\0' * 8)
+    except OSError as e:
+        raise TargetError(_('Cannot read the size of block device %(t)s: '
+                            '%(e)s') % {'t': path, 'e': e})
     return struct.unpack('Q', buf)[0]
 
 
@@ -174,11 +182,20 @@ def zero_regions(path, meta, is_block):
 
 
 def fsync_target(path):
-    fd = os.open(path, os.O_RDONLY)
+    """Flush the target to stable storage.
+
+    :raises: TargetError naming the target if the device reports an error.
+    """
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        raise TargetError(_('Flushing %(t)s to disk failed: %(e)s. The '
+                            'device may be failing; check the kernel log.')
+                          % {'t': path, 'e': e})
 
 
 def verify(path, meta):
@@ -190,30 +207,44 @@ def verify(path, meta):
     :raises: VerifyError naming the first piece that does not match.
     :returns: the hex sha256 of the first ``meta.size`` bytes.
     """
-    whole = hashlib.sha256()
-    fd = os.open(path, os.O_RDONLY)
     try:
-        os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
-        for index in range(meta.num_pieces):
-            length = meta.piece_size(index)
-            data = os.pread(fd, length, index * meta.piece_length)
-            if len(data) != length:
-                raise VerifyError(
-                    _('Target %(t)s ends at piece %(i)d of %(n)d: it holds '
-                      'fewer bytes than the %(size)d of the image.')
-                    % {'t': path, 'i': index, 'n': meta.num_pieces,
-                       'size': meta.size})
-            if hashlib.sha1(data).digest() != meta.piece_hash(index):
-                raise VerifyError(
-                    _('Piece %(i)d (bytes %(off)d-%(end)d) read back from '
-                      '%(t)s does not match the image. The device may be '
-                      'failing; check its health and the kernel log.')
-                    % {'i': index, 'off': index * meta.piece_length,
-                       'end': index * meta.piece_length + length - 1,
-                       't': path})
-            whole.update(data)
+        fd = os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise VerifyError(_('Cannot open %(t)s to verify it: %(e)s')
+                          % {'t': path, 'e': e})
+    try:
+        return _verify_fd(fd, path, meta)
     finally:
         os.close(fd)
+
+
+def _verify_fd(fd, path, meta):
+    whole = hashlib.sha256()
+    os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
+    for index in range(meta.num_pieces):
+        length = meta.piece_size(index)
+        try:
+            data = os.pread(fd, length, index * meta.piece_length)
+        except OSError as e:
+            raise VerifyError(
+                _('Reading piece %(i)d back from %(t)s failed: %(e)s. The '
+                  'device may be failing; check the kernel log.')
+                % {'i': index, 't': path, 'e': e})
+        if len(data) != length:
+            raise VerifyError(
+                _('Target %(t)s ends at piece %(i)d of %(n)d: it holds '
+                  'fewer bytes than the %(size)d of the image.')
+                % {'t': path, 'i': index, 'n': meta.num_pieces,
+                   'size': meta.size})
+        if hashlib.sha1(data).digest() != meta.piece_hash(index):
+            raise VerifyError(
+                _('Piece %(i)d (bytes %(off)d-%(end)d) read back from '
+                  '%(t)s does not match the image. The device may be '
+                  'failing; check its health and the kernel log.')
+                % {'i': index, 'off': index * meta.piece_length,
+                   'end': index * meta.piece_length + length - 1,
+                   't': path})
+        whole.update(data)
     return whole.hexdigest()
 
 
@@ -247,7 +278,7 @@ class _Download:
                           | lt.torrent_flags.paused)
         params.trackers = list(trackers)
         self.handle = self.session.add_torrent(params)
-        self.peers = [_parse_peer(p) for p in peers]
+        self.peers = list(peers)
         for peer in self.peers:
             self.handle.connect_peer(peer)
         self.tracker_error = None
@@ -302,7 +333,8 @@ class _Download:
 
 def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
           listen_port=6881, linger_timeout=300, progress_interval=10,
-          stall_timeout=300, expected_sha256=None, settings=None):
+          stall_timeout=300, expected_sha256=None, settings=None,
+          create=False):
     """Download ``meta`` into ``target``, verify it, linger, and stop.
 
     :param meta: a :class:`ironic_bt.torrent.Metainfo`.
@@ -316,11 +348,14 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     :param stall_timeout: seconds without progress before giving up.
     :param expected_sha256: hex sha256 of the image, checked if given.
     :param settings: extra libtorrent settings (see ironic_bt.swarm).
+    :param create: create ``target`` as a regular file if it is missing.
     :raises: TargetError, DownloadError, VerifyError.
     :returns: a :class:`WriteResult`.
     """
     start = time.monotonic()
-    size = target_size(target)
+    # Refuse every bad argument before the first byte is written.
+    peers = [_parse_peer(p) for p in peers]
+    size = target_size(target, create=create)
     is_block = size is not None
     if is_block and size < meta.size:
         raise TargetError(
@@ -363,7 +398,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
         LOG.info('Verified %(t)s: sha256 %(sha)s in %(s).1f s',
                  {'t': target, 'sha': sha256, 's': verify_seconds})
         linger_seconds = _linger(dl, linger_timeout)
-        st = dl.status()
+        st = dl.handle.status()
     finally:
         dl.close()
     return WriteResult(
@@ -420,7 +455,13 @@ def _linger(dl, linger_timeout):
     start = time.monotonic()
     quiet_since = None
     while time.monotonic() - start < linger_timeout:
-        st = dl.status()
+        try:
+            st = dl.status()
+        except TargetError as e:
+            # The disk was verified already; a read error while serving
+            # others ends our seeding, not our deploy.
+            LOG.warning('Stopped seeding early: %s', e)
+            break
         if dl.incomplete_peers(st) > 0:
             quiet_since = None
         elif quiet_since is None:

@@ -76,8 +76,15 @@ def session_settings(listen_host='0.0.0.0', listen_port=6881, **overrides):
     :returns: a dict for ``libtorrent.session_params``/``apply_settings``.
     """
     settings = _base()
-    host = listen_host if ':' not in listen_host else '[%s]' % listen_host
-    settings['listen_interfaces'] = '%s:%d' % (host, listen_port)
+    if listen_host in ('', '0.0.0.0', '::'):
+        # Any address: listen on both families, so IPv6 provisioning
+        # networks work without configuration.
+        interfaces = '0.0.0.0:%d,[::]:%d' % (listen_port, listen_port)
+    elif ':' in listen_host:
+        interfaces = '[%s]:%d' % (listen_host, listen_port)
+    else:
+        interfaces = '%s:%d' % (listen_host, listen_port)
+    settings['listen_interfaces'] = interfaces
     settings.update(overrides)
     return settings
 

@@ -196,6 +196,11 @@ def load(data, source='<torrent>'):
         raise InvalidTorrent(
             _('%s is not a hybrid (v1+v2) torrent; ironic-bt needs both '
               'hash kinds to verify the disk.') % source)
+    if not info.priv():
+        raise InvalidTorrent(
+            _('%s is not a private torrent; ironic-bt only deploys private '
+              'torrents, so that peers come from its tracker alone.')
+            % source)
     if info.num_files() != 1:
         raise InvalidTorrent(
             _('%(src)s holds %(n)d files; a disk image torrent holds '

@@ -193,7 +193,8 @@ def cmd_write(args):
         meta, args.target, trackers=args.tracker, peers=args.peer,
         listen_host=args.listen[0], listen_port=args.listen[1],
         linger_timeout=args.linger, progress_interval=args.progress_interval,
-        stall_timeout=args.stall_timeout, expected_sha256=args.sha256)
+        stall_timeout=args.stall_timeout, expected_sha256=args.sha256,
+        create=args.create)
     if args.json:
         print(json.dumps(result.to_dict()), flush=True)
     else:
@@ -362,6 +363,9 @@ def build_parser():
                    help=_('give up after this long without progress'))
     p.add_argument('--sha256', metavar='HEX',
                    help=_('expected sha256 of the image'))
+    p.add_argument('--create', action='store_true',
+                   help=_('create TARGET as a regular file if it does not '
+                          'exist'))
     p.add_argument('--json', action='store_true',
                    help=_('end with one JSON line of results'))
     p.set_defaults(func=cmd_write)

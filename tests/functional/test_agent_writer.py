@@ -114,6 +114,7 @@ def backing_file(path, size, fill=b'\0'):
 def write(meta, target, peers, **kwargs):
     kwargs.setdefault('linger_timeout', 0)
     kwargs.setdefault('stall_timeout', 30)
+    kwargs.setdefault('create', not target.startswith('/dev/'))
     return writer.write(meta, target, peers=peers, listen_host='127.0.0.1',
                         listen_port=0, progress_interval=1, **kwargs)
 

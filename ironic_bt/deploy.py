@@ -1,0 +1,475 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The ``bittorrent`` deploy interface.
+
+Deploy steps, in the order the conductor runs them:
+
+* ``deploy`` (100): boot the agent ramdisk.
+* ``write_image_bittorrent`` (80): publish the image, then start the in-band
+  step of the same name, which downloads the image from the swarm straight
+  onto the root disk. The agent reports that step with priority 0; the
+  conductor's step shadows it (``CustomAgentDeploy.get_deploy_steps`` drops
+  in-band steps named like an out-of-band one), so it runs exactly once.
+* ``prepare_instance_boot`` (60), ``tear_down_agent`` (40),
+  ``switch_to_tenant_network`` (30), ``boot_instance`` (20): as for any
+  custom agent deploy. The agent's own ``write_image`` keeps priority 0 and
+  does not run.
+
+The image: :meth:`BitTorrentDeploy.prepare` caches the raw image on the
+conductor and publishes it (see :mod:`ironic_bt.publisher`). The node's
+publication is released when its deploy no longer needs it:
+
+* on success, by the post-step hook of ``write_image_bittorrent``; the agent
+  has stopped seeding by then, and other nodes still deploying the image
+  keep it published;
+* on failure, abort or timeout, by :meth:`BitTorrentDeploy.clean_up`, which
+  ironic's ``deploying_error_handler`` calls;
+* on undeploy, by :meth:`BitTorrentDeploy.tear_down` and ``clean_up``;
+* otherwise by a periodic check: ironic skips ``clean_up`` when a deploy
+  fails through ``set_failed_state`` (a failed heartbeat, for example) and
+  when a node is deleted in maintenance.
+
+A conductor restart loses what it seeded. The write step publishes again
+when it is entered, and while the agent downloads, its heartbeats publish
+the image again; both are cheap because the torrent is cached.
+"""
+
+import base64
+
+from ironic.common import checksum_utils
+from ironic.common import exception
+from ironic.common.glance_service import service_utils
+from ironic.common import image_service
+from ironic.common import images
+from ironic.common import metrics_utils
+from ironic.common import states
+from ironic.conductor import configdrive_utils
+from ironic.conductor import periodics
+from ironic.conductor import task_manager
+from ironic.drivers import base
+from ironic.drivers.modules import agent
+from ironic.drivers.modules import agent_base
+from ironic.drivers.modules import agent_client
+from ironic.drivers.modules import deploy_utils
+from ironic import objects
+from oslo_config import cfg
+from oslo_log import log
+
+from ironic_bt import exception as bt_exception
+from ironic_bt.i18n import _
+from ironic_bt import publisher
+
+CONF = cfg.CONF
+LOG = log.getLogger(__name__)
+METRICS = metrics_utils.get_metrics_logger(__name__)
+
+STEP = 'write_image_bittorrent'
+#: driver_internal_info: hex v1 info-hash of the torrent being deployed.
+INFO_HASH = 'bittorrent_info_hash'
+#: driver_internal_info: what the agent reported (see RESULT_FIELDS).
+RESULT = 'bittorrent_result'
+RESULT_FIELDS = ('downloaded_bytes', 'uploaded_bytes', 'seconds', 'sha256',
+                 'size')
+
+#: A node in these states may still need its publication.
+_DEPLOY_STATES = frozenset((states.DEPLOYING, states.DEPLOYWAIT,
+                            states.DEPLOYHOLD))
+
+PROPERTIES = dict(agent.REQUIRED_PROPERTIES, **agent_base.VENDOR_PROPERTIES)
+
+
+def image_sha256(node):
+    """The sha256 the written disk must have, when instance_info has it.
+
+    Only for a raw image: the checksum of any other format is that of the
+    file before the conductor converted it to raw, not of what is written.
+
+    :param node: a node object.
+    :returns: lower-case hex, or None.
+    """
+    i_info = node.instance_info
+    if (i_info.get('image_disk_format') == 'raw'
+            and (i_info.get('image_os_hash_algo') or '').lower() == 'sha256'
+            and i_info.get('image_os_hash_value')):
+        return i_info['image_os_hash_value'].lower()
+    return None
+
+
+def _image_label(image_source):
+    # The tracker shows it to operators: no URL query (temporary URLs carry
+    # signatures) and no user information, just the image's last path part.
+    return image_source.split('?', 1)[0].rstrip('/').rsplit('/', 1)[-1]
+
+
+def _invalid(node, reason):
+    return exception.InvalidParameterValue(
+        _('Node %(node)s cannot be deployed with the bittorrent deploy '
+          'interface: %(reason)s') % {'node': node.uuid, 'reason': reason})
+
+
+class BitTorrentDeploy(agent.CustomAgentDeploy):
+    """Deploys whole-disk images peer-to-peer with BitTorrent."""
+
+    def get_properties(self):
+        """Return the properties of the interface.
+
+        :returns: dictionary of <property name>:<property description>.
+        """
+        return PROPERTIES
+
+    @METRICS.timer('BitTorrentDeploy.validate')
+    def validate(self, task):
+        """Validate the node's deploy information and our options.
+
+        :param task: a TaskManager instance.
+        :raises: MissingParameterValue if instance_info lacks image_source
+            or a checksum an HTTP image needs.
+        :raises: InvalidParameterValue if the image is not a whole-disk
+            image, its information is inconsistent, or a ``[bittorrent]``
+            option is invalid.
+        """
+        super().validate(task)
+        node = task.node
+        publisher.check_config(node.uuid)
+
+        if not task.driver.storage.should_write_image(task):
+            LOG.debug('Skipping image validation for node %s: it boots '
+                      'from a remote volume.', node.uuid)
+            return
+
+        i_info = node.instance_info
+        image_source = i_info.get('image_source')
+        deploy_utils.check_for_missing_params(
+            {'instance_info.image_source': image_source},
+            _('Node %s cannot be deployed with the bittorrent deploy '
+              'interface: the image to deploy is not set') % node.uuid)
+
+        if i_info.get('boot_iso'):
+            raise _invalid(node, _(
+                'instance_info boot_iso is set, which asks for a ramdisk '
+                'deploy; unset it or use the ramdisk deploy interface.'))
+        if image_service.is_container_registry_url(image_source):
+            raise _invalid(node, _(
+                'image_source %s is a container registry image, which this '
+                'interface cannot publish yet; use a Glance, HTTP(S) or '
+                'file image, or the direct deploy interface.')
+                % image_source)
+        if node.driver_internal_info.get('is_source_a_path'):
+            raise _invalid(node, _(
+                'image_source %s is a path, not an image file.')
+                % image_source)
+
+        image_type = i_info.get('image_type')
+        if image_type and image_type not in images.VALID_IMAGE_TYPES:
+            raise _invalid(node, _(
+                'instance_info image_type "%(value)s" is not one of '
+                '%(valid)s.') % {'value': image_type,
+                                 'valid': ', '.join(
+                                     sorted(images.VALID_IMAGE_TYPES))})
+        if (image_type == images.IMAGE_TYPE_PARTITION
+                or node.driver_internal_info.get('is_whole_disk_image')
+                is False):
+            raise _invalid(node, _(
+                'image %s is a partition image (image_type is partition, or '
+                'kernel and ramdisk are set); this interface writes '
+                'whole-disk images only. Use a whole-disk image, or the '
+                'direct deploy interface.') % image_source)
+
+        self._validate_checksum(node, image_source)
+        try:
+            deploy_utils.validate_image_properties(
+                task, deploy_utils.parse_instance_info(node))
+        except exception.InvalidParameterValue as e:
+            raise _invalid(node, e)
+
+    @staticmethod
+    def _validate_checksum(node, image_source):
+        i_info = node.instance_info
+        algo = i_info.get('image_os_hash_algo')
+        value = i_info.get('image_os_hash_value')
+        if bool(algo) != bool(value):
+            raise exception.MissingParameterValue(_(
+                'Node %s cannot be deployed with the bittorrent deploy '
+                'interface: instance_info image_os_hash_algo and '
+                'image_os_hash_value must be set together.') % node.uuid)
+        if (algo or '').lower() == 'sha256' and not (
+                len(value) == 64
+                and all(c in '0123456789abcdefABCDEF' for c in value)):
+            raise _invalid(node, _(
+                'instance_info image_os_hash_value "%s" is not a sha256 '
+                'hex digest.') % value)
+        # Glance verifies its transfers and ironic hashes file:// images
+        # itself; anything fetched from elsewhere must come with a
+        # checksum (CVE-2024-47211), exactly as for the direct interface.
+        if (not service_utils.is_glance_image(image_source)
+                and not image_source.startswith('file://')
+                and not value and not i_info.get('image_checksum')):
+            raise exception.MissingParameterValue(_(
+                'Node %s cannot be deployed with the bittorrent deploy '
+                'interface: instance_info must hold image_checksum, or '
+                'image_os_hash_algo and image_os_hash_value, for an image '
+                'that is not in Glance.') % node.uuid)
+
+    def _cache_image(self, task):
+        """Fetch the image into ironic's cache as raw; cheap when cached."""
+        node = task.node
+        i_info = node.instance_info
+        checksum, algo = checksum_utils.get_checksum_and_algo(i_info)
+        _href, path, _format = deploy_utils.cache_instance_image(
+            task.context, node, force_raw=True,
+            expected_format=i_info.get('image_disk_format'),
+            expected_checksum=checksum, expected_checksum_algo=algo)
+        return path
+
+    def _publish(self, task, force=False):
+        """Publish the node's image, reusing its publication if it has one.
+
+        :param force: cache and publish again even if the node holds a
+            publication (a new deploy may use a different image).
+        """
+        node = task.node
+        pub = publisher.get_publisher()
+        if not force:
+            publication = pub.publication(node.uuid)
+            if publication is not None:
+                return publication
+        path = self._cache_image(task)
+        return pub.publish(node.uuid, path, name=_image_label(
+            node.instance_info['image_source']))
+
+    def _release(self, task):
+        node = task.node
+        publisher.get_publisher().release(node.uuid)
+        if node.del_driver_internal_info(INFO_HASH) is not None:
+            node.save()
+
+    @METRICS.timer('BitTorrentDeploy.prepare')
+    @task_manager.require_exclusive_lock
+    def prepare(self, task):
+        """Prepare the deployment: boot setup, then publish the image.
+
+        :param task: a TaskManager instance.
+        :raises: InvalidBitTorrentConfig, ImagePublishFailed, and what
+            ``CustomAgentDeploy.prepare`` and image caching raise.
+        """
+        super().prepare(task)
+        node = task.node
+        # Takeover and adoption call prepare too: those write no image.
+        if (node.provision_state != states.DEPLOYING
+                or not task.driver.storage.should_write_image(task)):
+            return
+        node.del_driver_internal_info(RESULT)
+        publication = self._publish(task, force=True)
+        node.set_driver_internal_info(INFO_HASH, publication.info_hash)
+        node.save()
+
+    @METRICS.timer('BitTorrentDeploy.write_image_bittorrent')
+    @base.deploy_step(priority=80)
+    @task_manager.require_exclusive_lock
+    def write_image_bittorrent(self, task):
+        """Deploy step: have the agent download the image from the swarm.
+
+        :param task: a TaskManager instance.
+        :raises: ImagePublishFailed if the image cannot be published.
+        :raises: InstanceDeployFailure if the agent does not accept the step.
+        :returns: states.DEPLOYWAIT; the agent finishes the step.
+        """
+        if not task.driver.storage.should_write_image(task):
+            return
+        node = task.node
+        publication = self._publish(task)
+        node.set_driver_internal_info(INFO_HASH, publication.info_hash)
+        node.save()
+        opts = CONF.bittorrent
+        step = {
+            'interface': 'deploy',
+            'step': STEP,
+            'args': {
+                'torrent': base64.standard_b64encode(
+                    publication.meta.data).decode('ascii'),
+                'trackers': list(publication.trackers),
+                'peers': list(publication.peers),
+                'image_sha256': image_sha256(node),
+                'configdrive': configdrive_utils.get_configdrive_image(node),
+                'listen_port': opts.agent_listen_port,
+                'linger_timeout': opts.linger_timeout,
+                'progress_interval': opts.progress_interval,
+                'stall_timeout': opts.stall_timeout,
+            },
+        }
+        LOG.info('Node %(node)s: downloading torrent %(ih)s (%(size)d '
+                 'bytes) from trackers %(trackers)s and peers %(peers)s',
+                 {'node': node.uuid, 'ih': publication.info_hash,
+                  'size': publication.meta.size,
+                  'trackers': publication.trackers,
+                  'peers': publication.peers})
+        client = agent_client.get_client(task)
+        return agent_base.execute_step(task, step, 'deploy', client=client)
+
+    @staticmethod
+    @agent_base.post_deploy_step_hook(interface='deploy', step=STEP)
+    def _write_image_bittorrent_done(task, command):
+        """Record what the agent did, check it, release the publication.
+
+        :param task: a TaskManager instance.
+        :param command: the agent's finished command.
+        :raises: AgentResultInvalid if the agent reported no result but the
+            image's sha256 is known.
+        :raises: ImageVerificationFailed if the disk's sha256 differs from
+            the image's.
+        """
+        node = task.node
+        try:
+            result = (command.get('command_result') or {}).get(
+                'deploy_result')
+            expected = image_sha256(node)
+            if not isinstance(result, dict):
+                if expected:
+                    raise bt_exception.AgentResultInvalid(
+                        node=node.uuid,
+                        reason=_('reported no deploy_result, so the image '
+                                 'written cannot be checked against sha256 '
+                                 '%s') % expected)
+                LOG.warning('The agent on node %(node)s reported no result '
+                            'for %(step)s: %(result)s',
+                            {'node': node.uuid, 'step': STEP,
+                             'result': result})
+                return
+            summary = {field: result.get(field) for field in RESULT_FIELDS}
+            node.set_driver_internal_info(RESULT, summary)
+            node.save()
+            actual = str(summary['sha256'] or '').lower()
+            if expected and actual != expected:
+                raise bt_exception.ImageVerificationFailed(
+                    node=node.uuid, actual=actual or _('nothing'),
+                    expected=expected)
+            LOG.info('Node %(node)s: wrote %(size)s bytes in %(secs)s s '
+                     '(downloaded %(down)s bytes, uploaded %(up)s bytes to '
+                     'other nodes), sha256 %(sha)s',
+                     {'node': node.uuid, 'size': summary['size'],
+                      'secs': summary['seconds'],
+                      'down': summary['downloaded_bytes'],
+                      'up': summary['uploaded_bytes'],
+                      'sha': summary['sha256']})
+        finally:
+            publisher.get_publisher().release(node.uuid)
+
+    @METRICS.timer('BitTorrentDeploy.heartbeat')
+    def heartbeat(self, task, callback_url, agent_version,
+                  agent_verify_ca=None, agent_status=None,
+                  agent_status_message=None):
+        """Process a heartbeat, publishing again after a conductor restart.
+
+        :param task: task to work with.
+        :param callback_url: agent HTTP API URL.
+        :param agent_version: the version of the agent that is heartbeating.
+        :param agent_verify_ca: TLS certificate for the agent.
+        :param agent_status: status of the heartbeating agent.
+        :param agent_status_message: message describing agent_status.
+        """
+        self._resume_seeding(task)
+        super().heartbeat(task, callback_url, agent_version,
+                          agent_verify_ca=agent_verify_ca,
+                          agent_status=agent_status,
+                          agent_status_message=agent_status_message)
+
+    def _resume_seeding(self, task):
+        node = task.node
+        step = node.deploy_step or {}
+        if (node.provision_state != states.DEPLOYWAIT or node.maintenance
+                or step.get('interface') != 'deploy'
+                or step.get('step') != STEP
+                or publisher.get_publisher().publication(node.uuid)):
+            return
+        expected = node.driver_internal_info.get(INFO_HASH)
+        try:
+            publication = self._publish(task)
+        except Exception as e:
+            # The agent's stall timeout fails the deploy if nobody seeds.
+            LOG.warning('Cannot publish the image of node %(node)s again '
+                        'while its agent downloads it: %(err)s',
+                        {'node': node.uuid, 'err': e})
+            return
+        if expected and publication.info_hash != expected:
+            LOG.warning('The image of node %(node)s changed while its agent '
+                        'downloads it: torrent %(new)s instead of %(old)s; '
+                        'not seeding it',
+                        {'node': node.uuid, 'new': publication.info_hash,
+                         'old': expected})
+            publisher.get_publisher().release(node.uuid)
+            return
+        LOG.info('Seeding torrent %(ih)s again for node %(node)s, whose '
+                 'agent is downloading it', {'ih': publication.info_hash,
+                                             'node': node.uuid})
+
+    @METRICS.timer('BitTorrentDeploy.clean_up')
+    @task_manager.require_exclusive_lock
+    def clean_up(self, task):
+        """Release the node's publication and clean up the deployment.
+
+        :param task: a TaskManager instance.
+        """
+        # First, so that the image cache clean-up below can evict the image
+        # if our link was the last other one.
+        self._release(task)
+        super().clean_up(task)
+
+    @METRICS.timer('BitTorrentDeploy.tear_down')
+    @task_manager.require_exclusive_lock
+    def tear_down(self, task):
+        """Release the node's publication and tear down the deployment.
+
+        :param task: a TaskManager instance.
+        :returns: states.DELETED.
+        """
+        self._release(task)
+        if task.node.del_driver_internal_info(RESULT) is not None:
+            task.node.save()
+        return super().tear_down(task)
+
+    @periodics.periodic(
+        spacing=lambda: CONF.bittorrent.publication_check_interval,
+        enabled=lambda: CONF.bittorrent.publication_check_interval > 0)
+    def _check_publications(self, manager, context):
+        """Release publications of nodes that no longer deploy.
+
+        :param manager: the conductor manager.
+        :param context: an admin context.
+        """
+        for node_uuid in publisher.get_publisher().nodes():
+            try:
+                node = objects.Node.get_by_uuid(context, node_uuid)
+            except exception.NodeNotFound:
+                LOG.info('Releasing the image published for node %s, which '
+                         'was deleted', node_uuid)
+                publisher.get_publisher().release(node_uuid)
+                continue
+            if node.provision_state in _DEPLOY_STATES:
+                continue
+            try:
+                with task_manager.acquire(
+                        context, node_uuid, shared=False, retry=False,
+                        purpose='releasing a BitTorrent publication') as task:
+                    # The state may have changed before we got the lock.
+                    if task.node.provision_state in _DEPLOY_STATES:
+                        continue
+                    LOG.info('Releasing the image published for node '
+                             '%(node)s, which is %(state)s',
+                             {'node': node_uuid,
+                              'state': task.node.provision_state})
+                    self._release(task)
+            except exception.NodeLocked:
+                LOG.debug('Node %s is locked; checking its publication '
+                          'again later', node_uuid)
+            except exception.NodeNotFound:
+                publisher.get_publisher().release(node_uuid)
