@@ -20,10 +20,12 @@ Deploy steps, in the order the conductor runs them:
   onto the root disk. The agent reports that step with priority 0; the
   conductor's step shadows it (``CustomAgentDeploy.get_deploy_steps`` drops
   in-band steps named like an out-of-band one), so it runs exactly once.
-* ``prepare_instance_boot`` (60), ``tear_down_agent`` (40),
-  ``switch_to_tenant_network`` (30), ``boot_instance`` (20): as for any
-  custom agent deploy. The agent's own ``write_image`` keeps priority 0 and
-  does not run.
+* ``prepare_instance_boot`` (60): as the direct interface does it (boot
+  loader for UEFI and software RAID, boot from disk).
+* ``tear_down_agent`` (40), ``switch_to_tenant_network`` (30),
+  ``boot_instance`` (20): as for any custom agent deploy.
+
+The agent's own ``write_image`` keeps priority 0 and does not run.
 
 The image: :meth:`BitTorrentDeploy.prepare` caches the raw image on the
 conductor and publishes it (see :mod:`ironic_bt.publisher`). The node's
@@ -31,7 +33,8 @@ publication is released when its deploy no longer needs it:
 
 * on success, by the post-step hook of ``write_image_bittorrent``; the agent
   has stopped seeding by then, and other nodes still deploying the image
-  keep it published;
+  keep it published (``prepare_instance_boot`` then drops the node's
+  cached copy, as for the direct interface);
 * on failure, abort or timeout, by :meth:`BitTorrentDeploy.clean_up`, which
   ironic's ``deploying_error_handler`` calls;
 * on undeploy, by :meth:`BitTorrentDeploy.tear_down` and ``clean_up``;
@@ -115,6 +118,35 @@ def _invalid(node, reason):
     return exception.InvalidParameterValue(
         _('Node %(node)s cannot be deployed with the bittorrent deploy '
           'interface: %(reason)s') % {'node': node.uuid, 'reason': reason})
+
+
+def _record_result(node, result):
+    """Record the agent's result; fail if the disk is not the image."""
+    expected = image_sha256(node)
+    if not isinstance(result, dict):
+        if expected:
+            raise bt_exception.AgentResultInvalid(
+                node=node.uuid,
+                reason=_('reported no deploy_result, so the image written '
+                         'cannot be checked against sha256 %s') % expected)
+        LOG.warning('The agent on node %(node)s reported no result for '
+                    '%(step)s: %(result)s',
+                    {'node': node.uuid, 'step': STEP, 'result': result})
+        return
+    summary = {field: result.get(field) for field in RESULT_FIELDS}
+    node.set_driver_internal_info(RESULT, summary)
+    node.save()
+    actual = str(summary['sha256'] or '').lower()
+    if expected and actual != expected:
+        raise bt_exception.ImageVerificationFailed(
+            node=node.uuid, actual=actual or _('nothing'), expected=expected)
+    LOG.info('Node %(node)s: wrote %(size)s bytes in %(secs)s s '
+             '(downloaded %(down)s bytes, uploaded %(up)s bytes to other '
+             'nodes), sha256 %(sha)s',
+             {'node': node.uuid, 'size': summary['size'],
+              'secs': summary['seconds'],
+              'down': summary['downloaded_bytes'],
+              'up': summary['uploaded_bytes'], 'sha': summary['sha256']})
 
 
 class BitTorrentDeploy(agent.CustomAgentDeploy):
@@ -316,6 +348,15 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         client = agent_client.get_client(task)
         return agent_base.execute_step(task, step, 'deploy', client=client)
 
+    # Boot preparation exactly as the direct interface does it after writing
+    # a whole-disk image: read the partition UUIDs the agent recorded,
+    # install a boot loader where needed (UEFI, software RAID) and make the
+    # node boot from disk. CustomAgentDeploy's step only calls the boot
+    # interface, which leaves UEFI nodes without a boot entry.
+    prepare_instance_boot = agent.AgentDeploy.prepare_instance_boot
+    prepare_instance_to_boot = agent.AgentDeploy.prepare_instance_to_boot
+    configure_local_boot = agent.AgentDeploy.configure_local_boot
+
     @staticmethod
     @agent_base.post_deploy_step_hook(interface='deploy', step=STEP)
     def _write_image_bittorrent_done(task, command):
@@ -330,37 +371,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         """
         node = task.node
         try:
-            result = (command.get('command_result') or {}).get(
-                'deploy_result')
-            expected = image_sha256(node)
-            if not isinstance(result, dict):
-                if expected:
-                    raise bt_exception.AgentResultInvalid(
-                        node=node.uuid,
-                        reason=_('reported no deploy_result, so the image '
-                                 'written cannot be checked against sha256 '
-                                 '%s') % expected)
-                LOG.warning('The agent on node %(node)s reported no result '
-                            'for %(step)s: %(result)s',
-                            {'node': node.uuid, 'step': STEP,
-                             'result': result})
-                return
-            summary = {field: result.get(field) for field in RESULT_FIELDS}
-            node.set_driver_internal_info(RESULT, summary)
-            node.save()
-            actual = str(summary['sha256'] or '').lower()
-            if expected and actual != expected:
-                raise bt_exception.ImageVerificationFailed(
-                    node=node.uuid, actual=actual or _('nothing'),
-                    expected=expected)
-            LOG.info('Node %(node)s: wrote %(size)s bytes in %(secs)s s '
-                     '(downloaded %(down)s bytes, uploaded %(up)s bytes to '
-                     'other nodes), sha256 %(sha)s',
-                     {'node': node.uuid, 'size': summary['size'],
-                      'secs': summary['seconds'],
-                      'down': summary['downloaded_bytes'],
-                      'up': summary['uploaded_bytes'],
-                      'sha': summary['sha256']})
+            _record_result(node, (command.get('command_result') or {}).get(
+                'deploy_result'))
         finally:
             publisher.get_publisher().release(node.uuid)
 

@@ -93,13 +93,13 @@ def cmd_create(args):
                  'zb': meta.zero_bytes}, file=sys.stderr)
 
 
-def _start_tracker(listen, interval, metas):
+def _start_tracker(listen, interval, metas, names=None):
     from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
 
     table = protocol.SwarmTable(interval=interval)
-    for meta in metas:
-        table.publish(meta.tracker_keys, meta.name)
+    for meta, name in zip(metas, names or [m.info_hash for m in metas]):
+        table.publish(meta.tracker_keys, name, size=meta.size)
     tracker = server.TrackerServer(table, host=listen[0], port=listen[1])
     tracker.start()
     return tracker
@@ -128,7 +128,8 @@ def cmd_seed(args):
     trackers = list(args.tracker)
     tracker = None
     if args.with_tracker:
-        tracker = _start_tracker(args.with_tracker, args.interval, [meta])
+        tracker = _start_tracker(args.with_tracker, args.interval, [meta],
+                                 [os.path.basename(args.image)])
         trackers.append(tracker.announce_url(
             _announce_host(args.with_tracker[0])))
     seed = seeder.Seeder(args.listen[0], args.listen[1],
@@ -153,7 +154,8 @@ def cmd_tracker(args):
     from ironic_bt import torrent
 
     metas = [torrent.load_file(path) for path in args.torrent]
-    tracker = _start_tracker(args.listen, args.interval, metas)
+    tracker = _start_tracker(args.listen, args.interval, metas,
+                             [os.path.basename(p) for p in args.torrent])
     try:
         print(json.dumps({
             'announce': tracker.announce_url(_announce_host(args.listen[0])),
@@ -225,7 +227,7 @@ def _render_status(status, sizes):
         lines.append('%s  %s  complete=%d incomplete=%d' % (
             swarm['info_hashes'][0], swarm.get('name', ''),
             swarm.get('complete', 0), swarm.get('incomplete', 0)))
-        size = sizes.get(swarm['info_hashes'][0])
+        size = swarm.get('size') or sizes.get(swarm['info_hashes'][0])
         for peer in swarm.get('peers', []):
             label = peer.get('node') or '%s:%s' % (peer['ip'], peer['port'])
             left = peer.get('left', 0)
@@ -379,7 +381,8 @@ def build_parser():
                           'http://198.18.0.1:6969/announce'))
     p.add_argument('--torrent', action='append', default=[],
                    metavar='FILE.torrent',
-                   help=_('torrent(s), to show percentages'))
+                   help=_('torrent(s), to show percentages from trackers '
+                          'that do not report sizes'))
     p.add_argument('--watch', type=float, metavar='SECONDS',
                    help=_('refresh every SECONDS until interrupted'))
     p.add_argument('--json', action='store_true',

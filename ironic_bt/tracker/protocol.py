@@ -239,8 +239,9 @@ def failure(reason):
 
 
 class _Swarm:
-    def __init__(self, name, info_hashes):
+    def __init__(self, name, info_hashes, size=None):
         self.name = name
+        self.size = size
         self.info_hashes = info_hashes
         # Ordered from least to most recently seen, so both expiry and
         # eviction only ever look at the front.
@@ -293,13 +294,15 @@ class SwarmTable:
         return {swarm.info_hashes[0]: swarm
                 for swarm in self._swarms.values()}
 
-    def publish(self, info_hashes, name):
+    def publish(self, info_hashes, name, size=None):
         """Serve one torrent, reachable under each of its info-hashes.
 
         :param info_hashes: one or two 20-byte keys. libtorrent announces a
             hybrid v1+v2 torrent under its v1 hash and its v2 hash truncated
             to 20 bytes; both must lead to the same swarm.
         :param name: label shown in :meth:`status`.
+        :param size: the torrent's size in bytes, shown in :meth:`status`
+            so that progress can be given as a fraction.
         :raises: ValueError if the keys are not 20-byte values, or if some
             but not all of them belong to another published torrent.
         :raises: TrackerError if ``max_swarms`` torrents are published.
@@ -316,7 +319,7 @@ class SwarmTable:
                           'serves %(max)d torrents; unpublish unused images '
                           'or raise [bittorrent]max_swarms')
                         % {'name': name, 'max': self.max_swarms})
-                swarm = _Swarm(name, keys)
+                swarm = _Swarm(name, keys, size)
                 for key in keys:
                     self._swarms[key] = swarm
                 return
@@ -447,6 +450,7 @@ class SwarmTable:
                 complete, incomplete = swarm.counts()
                 swarms.append({
                     'name': swarm.name,
+                    'size': swarm.size,
                     'info_hashes': [key.hex() for key in swarm.info_hashes],
                     'complete': complete,
                     'incomplete': incomplete,

@@ -160,6 +160,13 @@ class Cloud:
     def nodes(self):
         return self.state['nodes']
 
+    def node_json(self, uuid):
+        """A node as the API returns it (all fields, latest version)."""
+        resp = self.conn.baremetal.get(
+            '/nodes/%s' % uuid,
+            headers={'X-OpenStack-Ironic-API-Version': 'latest'})
+        return resp.json() if resp.ok else {}
+
     def node_names(self):
         return sorted(self.nodes, key=lambda n: self.nodes[n]['index'])
 
@@ -492,12 +499,15 @@ class Cloud:
 
     def deploy(self, interface=None, image=None, image_size_mib=64,
                names=None, kill_agent=None, kill_delay=0.0, timeout=900,
-               wipe=True, out=sys.stdout):
+               wipe=True, strict=False, out=sys.stdout):
         """Deploy nodes with the real client and verify their disks.
 
         :param kill_agent: name of a node whose agent is killed (SIGKILL,
             by PID) once its image write step has started, plus
             ``kill_delay`` seconds: the fault case.
+        :param strict: require the image's exact bytes on disk; by default
+            a backup GPT moved to the end of the disk (what IPA's standby
+            extension does) is accepted and reported.
         :returns: the report dict (also printed as one JSON line).
         """
         interface = interface or self.state['default_interface']
@@ -574,7 +584,7 @@ class Cloud:
 
         report = cloud_report.build_report(
             self, names, nodes, interface, img, started, watcher,
-            http_before, killed)
+            http_before, killed, strict)
         cloud_report.print_summary(report, out=out)
         if kill_agent and kill_agent not in killed:
             # Asked for a fault that never happened: not a pass.
@@ -690,6 +700,10 @@ def _add_deploy_args(parser):
     parser.add_argument('--timeout', type=int, default=900)
     parser.add_argument('--keep-disks', action='store_true',
                         help='do not discard the disks before deploying')
+    parser.add_argument('--strict-verify', action='store_true',
+                        help='require the image\'s exact bytes on disk '
+                             '(by default a backup GPT moved to the end of '
+                             'the disk is accepted)')
 
 
 def _parse(argv):
@@ -765,7 +779,8 @@ def _deploy(cloud, args, names=None):
         interface=args.interface, image=args.image,
         image_size_mib=args.image_size_mib, names=names,
         kill_agent=args.kill_agent, kill_delay=args.kill_delay,
-        timeout=args.timeout, wipe=not args.keep_disks)
+        timeout=args.timeout, wipe=not args.keep_disks,
+        strict=args.strict_verify)
     # With --kill-agent, "ok" means the killed node failed (with an
     # error) and every other node is active and verified.
     return report['ok']

@@ -81,9 +81,10 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
             'default_deploy_interface': default_deploy_interface,
             'enabled_boot_interfaces': 'fake',
             'enabled_power_interfaces': 'fake',
-            # The fake management interface refuses boot device "disk",
-            # which the end of every deploy sets.
-            'enabled_management_interfaces': 'noop',
+            # fake-hardware needs "fake" enabled to compute its default
+            # management interface, but the nodes use noop: fake refuses
+            # boot device "disk", which the end of every deploy sets.
+            'enabled_management_interfaces': 'fake,noop',
             'enabled_network_interfaces': 'noop',
             'enabled_storage_interfaces': 'noop',
             'enabled_console_interfaces': 'no-console',

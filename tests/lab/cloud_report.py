@@ -99,6 +99,7 @@ class Progress:
         self.kill_pending = None
         self._drawn = 0
         self._last = {}
+        self.terminal_at = {}
 
     def note(self, message):
         self.notes.append((time.time() - self.started, message))
@@ -114,8 +115,13 @@ class Progress:
 
     def _poll_tracker(self):
         status = fetch_json(self.cloud.state['tracker_status_url'], 0.5)
+        now = time.time()
         for swarm in (status or {}).get('swarms', []):
             for peer in swarm.get('peers', []):
+                # The same image has the same info-hash every time: skip
+                # what a previous deploy's agents announced.
+                if now - peer.get('seconds_since_seen', 0) < self.started:
+                    continue
                 name = self.by_uuid.get(peer.get('node'))
                 if name:
                     self.tracker[name] = peer
@@ -135,33 +141,33 @@ class Progress:
         rows = []
         for name in self.names:
             node = nodes[name]
+            if node.provision_state in ('active', 'deploy failed'):
+                self.terminal_at.setdefault(name, time.time())
             step = (node.deploy_step or {}).get('step') or ''
             left = self._left(name)
-            done = None if left is None or not self.size else \
-                100.0 * (self.size - left) / self.size
             agent = 'up' if self.cloud.agent_alive(name) else 'down'
-            rows.append((name, node.provision_state, step, done, agent))
+            rows.append((name, node.provision_state, step, left, agent))
         if self.tty:
-            lines = ['[%5.1fs] %-8s %-16s %-24s %6s %s' % (
-                elapsed, 'node', 'state', 'step', 'done', 'agent')]
-            for name, state, step, done, agent in rows:
-                lines.append('         %-8s %-16s %-24s %6s %s' % (
-                    name, state, step,
-                    '-' if done is None else '%.0f%%' % done, agent))
+            lines = ['[%5.1fs] %-8s %-16s %-24s %9s %s' % (
+                elapsed, 'node', 'state', 'step', 'left MiB', 'agent')]
+            for name, state, step, left, agent in rows:
+                lines.append('         %-8s %-16s %-24s %9s %s' % (
+                    name, state, step, _mib(left), agent))
             if self._drawn:
                 self.out.write('\x1b[%dA\x1b[J' % self._drawn)
             self.out.write('\n'.join(lines) + '\n')
             self.out.flush()
             self._drawn = len(lines)
             return
-        for name, state, step, done, agent in rows:
-            key = (state, step, None if done is None else int(done // 10),
-                   agent)
+        for name, state, step, left, agent in rows:
+            # A line per change of state or step, or of "left" by 8 MiB.
+            key = (state, step, None if left is None else left >> 23, agent)
             if self._last.get(name) != key:
                 self._last[name] = key
                 self._print('[%5.1fs] %-8s %-16s %-24s %s agent %s' % (
                     elapsed, name, state, step,
-                    '' if done is None else '%3.0f%%' % done, agent))
+                    '' if left is None else 'left %s MiB' % _mib(left),
+                    agent))
 
     def finish(self):
         self._drawn = 0
@@ -191,15 +197,71 @@ def bittorrent_figures(node, announced):
     return None, None, None, 'none'
 
 
+# What IPA's stock write path (standby's fix_gpt_partition, "sgdisk -e")
+# changes when the disk is bigger than a GPT image: it moves the backup
+# GPT to the end of the disk, which rewrites the protective MBR's
+# partition entry (CHS end, size) and, in the primary header, its CRC,
+# the backup header's LBA and the last usable LBA. Nothing else.
+_GPT_RELOCATION_BYTES = {
+    0: set(range(446, 462)),
+    1: set(range(16, 20)) | set(range(32, 40)) | set(range(48, 56)),
+}
+_SECTOR = 512
+
+
+def _differing_sectors(image_path, device, length, limit=64):
+    """{sector: [byte offsets]} where ``device`` differs from the image."""
+    diffs = {}
+    chunk = 4 * 1024 * 1024
+    with open(image_path, 'rb') as a, open(device, 'rb') as b:
+        offset = 0
+        while offset < length:
+            x = a.read(min(chunk, length - offset))
+            y = b.read(len(x))
+            if x != y:
+                for s in range(0, len(x), _SECTOR):
+                    xs, ys = x[s:s + _SECTOR], y[s:s + _SECTOR]
+                    if xs != ys:
+                        diffs[(offset + s) // _SECTOR] = [
+                            i for i in range(len(xs)) if xs[i] != ys[i]]
+                        if len(diffs) >= limit:
+                            return diffs
+            offset += len(x)
+    return diffs
+
+
 def verify(cloud, name, image):
-    """sha256 of the first image-size bytes of the node's disk."""
+    """Compare the first image-size bytes of a node's disk to the image.
+
+    :returns: ``exact`` if they hash the same; ``gpt-relocated`` if they
+        differ only by IPA's backup GPT relocation (see
+        ``_GPT_RELOCATION_BYTES``); otherwise a description of the first
+        differences.
+    """
     device = cloud.nodes[name]['device']
     disks.assert_lab_loop(device, cloud.state_dir)
-    return disks.sha256_region(device, image.size) == image.sha256
+    if disks.sha256_region(device, image.size) == image.sha256:
+        return 'exact'
+    diffs = _differing_sectors(image.path, device, image.size)
+    if all(set(offsets) <= _GPT_RELOCATION_BYTES.get(sector, set())
+           for sector, offsets in diffs.items()):
+        return 'gpt-relocated'
+    return 'mismatch in sectors %s' % sorted(diffs)[:16]
+
+
+def verified(result, strict=False):
+    """Whether a verification result counts as a good disk.
+
+    Both interfaces finish like IPA's standby extension: when sgdisk is
+    installed, the backup GPT is moved to the end of a disk bigger than
+    the image, after the image was verified. That is accepted unless
+    ``strict``, and always reported.
+    """
+    return result == 'exact' or (result == 'gpt-relocated' and not strict)
 
 
 def build_report(cloud, names, nodes, interface, image, started, progress,
-                 http_before, killed):
+                 http_before, killed, strict=False):
     http_after = read_json(cloud.state['http_stats']) or {}
 
     def http_bytes(ip):
@@ -209,25 +271,29 @@ def build_report(cloud, names, nodes, interface, image, started, progress,
     for name in names:
         node = nodes[name]
         ip = cloud.nodes[name]['ip']
-        ok = None
+        ok = check = None
         if node.provision_state == 'active':
-            ok = verify(cloud, name, image)
+            check = verify(cloud, name, image)
+            ok = verified(check, strict)
         web = http_bytes(ip)
         if interface == 'bittorrent':
             down, up, seeder, source = bittorrent_figures(
                 node, progress.tracker.get(name))
+            if seeder is None and len(names) == 1:
+                seeder = down  # alone in the swarm: all from the seeder
             from_conductor = None if seeder is None else seeder + web
             from_peers = (None if seeder is None or down is None
                           else down - seeder)
         else:
             down, up, source = web, 0, 'http server log'
             from_conductor, from_peers = web, 0
-        finished = parse_time(node.provision_updated_at)
+        finished = parse_time(cloud.node_json(node.id).get(
+            'provision_updated_at')) or progress.terminal_at.get(name)
         rows.append({
             'node': name, 'uuid': node.id, 'ip': ip,
             'state': node.provision_state,
             'seconds': round(finished - started, 1) if finished else None,
-            'verified': ok,
+            'verified': ok, 'disk': check,
             'downloaded': down, 'uploaded': up,
             'from_conductor': from_conductor, 'from_peers': from_peers,
             'http_bytes': web, 'source': source,
@@ -238,11 +304,30 @@ def build_report(cloud, names, nodes, interface, image, started, progress,
             and r['seconds'] is not None]
     gateway = cloud.state['gateway_ip']
     seeder_up = progress.seeder.get('uploaded') if progress.seeder else None
+    downloaded = sum(r['downloaded'] or 0 for r in rows)
+    to_nodes = sum(r['http_bytes'] for r in rows)
+    from_conductor = to_nodes
+    if interface == 'bittorrent':
+        # Every byte a node got came from the seeder, the web seed or
+        # another node; what the nodes uploaded went to each other. The
+        # seeder's own count on the tracker lags (it is only as fresh as
+        # its last announce), so it is only reported.
+        uploads = [r['uploaded'] for r in rows]
+        if all(u is not None for u in uploads):
+            from_conductor = max(0, downloaded - sum(uploads))
+        elif seeder_up is not None:
+            from_conductor = seeder_up + to_nodes
     return {
         'interface': interface,
         'nodes': rows,
-        'image': {'url': image.path, 'size': image.size,
+        'image': {'path': image.path, 'size': image.size,
                   'sha256': image.sha256},
+        'strict_verify': strict,
+        'totals': {
+            'downloaded': downloaded,
+            'from_conductor': from_conductor,
+            'from_peers': max(0, downloaded - from_conductor),
+        },
         'rate_mbit': cloud.state.get('rate_mbit'),
         'wall_seconds': round(time.time() - started, 1),
         'slowest_active_seconds': max(done) if done else None,
@@ -291,13 +376,14 @@ def print_summary(report, out=sys.stdout):
     rows = []
     for r in report['nodes']:
         if r['state'] == 'active':
-            result = 'active, verified' if r['verified'] else \
-                'active, DISK MISMATCH'
+            result = 'active, disk %s%s' % (
+                r['disk'], '' if r['verified'] else ' (NOT VERIFIED)')
         else:
             result = '%s: %s' % (r['state'], r['last_error'] or '')
         rows.append({
             'node': r['node'],
             'seconds': r['seconds'],
+            'MiB downloaded': _mib(r['downloaded']),
             'MiB from conductor': _mib(r['from_conductor']),
             'MiB from peers': _mib(r['from_peers']),
             'MiB uploaded': _mib(r['uploaded']),
@@ -308,13 +394,18 @@ def print_summary(report, out=sys.stdout):
         len(rows), ' at %s Mbit/s' % report['rate_mbit']
         if report['rate_mbit'] else ''))
     print_table(rows, out)
-    cond = report['conductor']
-    out.write('conductor: HTTP %s MiB to nodes, %s MiB to itself; seeder '
-              'uploaded %s MiB; slowest active node %ss; %s\n' % (
+    cond, totals = report['conductor'], report['totals']
+    out.write('total: %s MiB downloaded by the nodes, %s MiB of it from the '
+              'conductor (HTTP %s MiB; seeder per tracker %s MiB), %s MiB '
+              'from peers; conductor cache fill %s MiB\n' % (
+                  _mib(totals['downloaded']),
+                  _mib(totals['from_conductor']),
                   _mib(cond['http_bytes_to_nodes']),
-                  _mib(cond['http_bytes_to_itself']),
                   _mib(cond['seeder_uploaded']),
-                  report['slowest_active_seconds'],
-                  'OK' if report['ok'] else 'FAILED'))
+                  _mib(totals['from_peers']),
+                  _mib(cond['http_bytes_to_itself'])))
+    out.write('slowest active node %ss, wall %ss: %s\n' % (
+        report['slowest_active_seconds'], report['wall_seconds'],
+        'OK' if report['ok'] else 'FAILED'))
     out.write(json.dumps(report, sort_keys=True) + '\n')
     out.flush()

@@ -58,7 +58,7 @@ def clock():
 @pytest.fixture
 def table(clock):
     table = protocol.SwarmTable(interval=10, clock=clock)
-    table.publish([V1, V2], 'image-a')
+    table.publish([V1, V2], 'image-a', size=4096)
     return table
 
 
@@ -357,7 +357,8 @@ def test_status_shows_each_node_progress(table, clock):
                            info_hash=V2))
     clock.now += 2.5
     assert table.status() == {'swarms': [
-        {'name': 'image-a', 'info_hashes': [V1.hex(), V2.hex()],
+        {'name': 'image-a', 'size': 4096,
+         'info_hashes': [V1.hex(), V2.hex()],
          'complete': 1, 'incomplete': 1, 'downloaded': 0,
          'peers': [
              {'ip': '198.18.0.2', 'port': 6881, 'node': 'conductor',
@@ -366,5 +367,5 @@ def test_status_shows_each_node_progress(table, clock):
              {'ip': '2001:db8::3', 'port': 6882, 'node': 'node-1',
               'left': 200, 'uploaded': 0, 'downloaded': 0,
               'seconds_since_seen': 2.5, 'event': 'started'}]},
-        {'name': 'image-b', 'info_hashes': [OTHER.hex()],
+        {'name': 'image-b', 'size': None, 'info_hashes': [OTHER.hex()],
          'complete': 0, 'incomplete': 0, 'downloaded': 0, 'peers': []}]}

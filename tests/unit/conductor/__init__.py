@@ -14,4 +14,4 @@
 # it must be imported before anything else from ironic. The fake hardware
 # module must be loaded before drivers are looked up in the tests.
 import ironic.tests.unit  # noqa: F401
-import ironic.drivers.fake_hardware  # noqa: F401,E402,I100
+import ironic.drivers.fake_hardware  # noqa: F401,H306

@@ -57,3 +57,9 @@ class TestCase(db_base.DbTestCase):
         patcher.start()
         self.addCleanup(patcher.stop)
 
+    def _clear_attrs(self):
+        # pytest runs a TestCase through an instance attribute named after
+        # the test, and deletes it itself once the test has finished.
+        for key in [k for k in self.__dict__
+                    if k[0] != '_' and k != self._testMethodName]:
+            del self.__dict__[key]

@@ -1,0 +1,114 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""End-to-end deploys on the local bare-metal cloud (tests/lab/cloud.py).
+
+One cloud for the module: a real all-in-one Ironic, four nodes, each a
+network namespace with a loop device and a real ironic-python-agent.
+Deploys go through ``openstack baremetal node deploy`` and every disk is
+compared with the image afterwards. The tests run in order and share the
+nodes: each deploy first returns its nodes to ``available``.
+"""
+
+import os
+
+import pytest
+
+from tests.lab import cloud as lab_cloud
+from tests.lab import net
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0,
+    reason='the local cloud needs root (network namespaces, a bridge, '
+           'loop devices)')
+
+IMAGE_MIB = 64
+DISK_MIB = 128
+# Short, so that the dead agent is noticed in about a minute; ample for
+# a 64 MiB image on the lab's links.
+CALLBACK_TIMEOUT = 60
+DEPLOY_TIMEOUT = 300
+SWARM = ['node0', 'node1', 'node2']
+SOLO = ['node3']
+
+
+@pytest.fixture(scope='module')
+def cloud(tmp_path_factory):
+    state_dir = str(tmp_path_factory.mktemp('cloud'))
+    cloud = lab_cloud.Cloud(state_dir)
+    try:
+        cloud.up(nodes=len(SWARM + SOLO), disk_mib=DISK_MIB,
+                 callback_timeout=CALLBACK_TIMEOUT)
+        yield cloud
+    finally:
+        problems = lab_cloud.down(state_dir)
+        assert not problems, problems
+        # Nothing of the lab may survive: no namespace, link or loop
+        # device named after it, no process.
+        assert not os.path.exists(os.path.join(state_dir, net.STATE_FILE))
+
+
+def _rows(report):
+    return {row['node']: row for row in report['nodes']}
+
+
+def _assert_active_and_verified(report, names):
+    rows = _rows(report)
+    for name in names:
+        row = rows[name]
+        assert row['state'] == 'active', row
+        assert row['last_error'] is None, row
+        # The first image-size bytes are the image's (a backup GPT moved
+        # to the end of the bigger disk, as IPA does, is allowed).
+        assert row['verified'] is True, row
+
+
+def test_bittorrent_swarm(cloud):
+    assert 'bittorrent' in cloud.state['deploy_interfaces'], (
+        cloud.state.get('interface_note'))
+    report = cloud.deploy(interface='bittorrent', image_size_mib=IMAGE_MIB,
+                          names=SWARM, timeout=DEPLOY_TIMEOUT)
+    _assert_active_and_verified(report, SWARM)
+    assert report['ok']
+    for row in report['nodes']:
+        # The conductor recorded what each agent reported.
+        assert row['source'].startswith('driver_internal_info'), row
+        assert 0 < row['downloaded'] <= report['image']['size'], row
+    # The image crossed the conductor's HTTP server once, to fill its own
+    # cache, and never to a node.
+    assert report['conductor']['http_bytes_to_nodes'] == 0
+
+
+def test_direct(cloud):
+    report = cloud.deploy(interface='direct', image_size_mib=IMAGE_MIB,
+                          names=SOLO, timeout=DEPLOY_TIMEOUT)
+    _assert_active_and_verified(report, SOLO)
+    assert report['ok']
+    row = _rows(report)['node3']
+    assert row['http_bytes'] == report['image']['size']
+
+
+def test_dead_agent(cloud):
+    victim = SWARM[-1]
+    report = cloud.deploy(interface='bittorrent', image_size_mib=IMAGE_MIB,
+                          names=SWARM, kill_agent=victim,
+                          timeout=DEPLOY_TIMEOUT)
+    assert victim in report['killed_agents']
+    rows = _rows(report)
+    failed = rows[victim]
+    assert failed['state'] == 'deploy failed', failed
+    # The operator learns that the agent stopped answering, and on which
+    # node.
+    assert 'waiting for callback' in failed['last_error'], failed
+    assert failed['uuid'] in failed['last_error'], failed
+    _assert_active_and_verified(report, [n for n in SWARM if n != victim])
+    assert report['ok']

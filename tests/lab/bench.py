@@ -1,0 +1,1076 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The ironic-bt benchmark: HTTP unicast against BitTorrent, N nodes.
+
+Component mode (the default): one seeder host and N writer hosts, each a
+network namespace whose link is shaped with ``tc tbf`` to the same rate B in
+both directions (the seeder's too), each writer with a loop device of its
+own. For every N, in one run:
+
+* **unicast** -- a plain HTTP server (``sendfile``) in the seeder's host and
+  N clients streaming the image onto their device, hashing on the fly and
+  fsyncing at the end, as IPA's ``direct`` deploy does;
+* **bittorrent** -- ``ironic-bt seed`` (with its built-in tracker) and N
+  ``ironic-bt write``; a node is done when the image is written *and*
+  verified (read back and hashed), lingering excluded.
+
+Both kinds of clients are started ahead and wait for a common start time, so
+the times are transfer times, not Python start-up; the time of N is when the
+last node is done. It prints a table (N, unicast seconds, bittorrent seconds,
+their ratio, bittorrent / (F/B)), and writes ``results.json`` and
+``bench.png`` to ``--output-dir``.
+
+Other modes: ``--levers`` (bittorrent only, the same swarm under libtorrent
+setting overrides, each variant against the baseline in one run), ``--rss``
+(peak RSS of the agent writing a 4 GiB image, unshaped) and ``--publish``
+(torrent creation against ``sha256sum``, and the publisher's cache).
+
+Needs root. ``python -m tests.lab.bench --quick`` finishes in under three
+minutes.
+"""
+
+import argparse
+import dataclasses
+import fcntl
+import json
+import os
+import platform
+import shutil
+import signal
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+from tests.lab import disks
+from tests.lab import images
+from tests.lab import procs
+from tests.lab import swarm as lab_swarm
+
+MiB = 1024 * 1024
+PYTHON = sys.executable
+WORKER = [PYTHON, '-m', 'tests.lab.bench_worker']
+SEED_PORT = lab_swarm.SEED_PORT
+TRACKER_PORT = lab_swarm.TRACKER_PORT
+HTTP_PORT = lab_swarm.HTTP_PORT
+AGENT_PORT = 6881
+
+_BLKZEROOUT = 0x127f
+
+QUICK = {'nodes': [1, 2, 4, 8, 16], 'image_size_mib': 64}
+FULL = {'nodes': [1, 2, 4, 8, 16], 'image_size_mib': 256}
+
+
+# -- measurements -------------------------------------------------------------
+
+def machine():
+    model = ''
+    with open('/proc/cpuinfo') as f:
+        for line in f:
+            if line.startswith('model name'):
+                model = line.split(':', 1)[1].strip()
+                break
+    with open('/proc/meminfo') as f:
+        mem_kib = int(f.readline().split()[1])
+    import libtorrent
+    return {'nproc': os.cpu_count(), 'cpu_model': model,
+            'kernel': platform.release(), 'mem_gib': round(mem_kib / 2 ** 20,
+                                                           1),
+            'python': platform.python_version(),
+            'libtorrent': libtorrent.__version__,
+            'loadavg_at_start': os.getloadavg()}
+
+
+def cpu_times():
+    """The aggregate ``cpu`` line of /proc/stat (USER_HZ ticks)."""
+    with open('/proc/stat') as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    names = ('user', 'nice', 'system', 'idle', 'iowait', 'irq', 'softirq',
+             'steal')
+    return dict(zip(names, fields))
+
+
+def cpu_busy(before, after):
+    """Share of all cores busy between two :func:`cpu_times` snapshots."""
+    delta = {k: after[k] - before[k] for k in before}
+    total = sum(delta.values()) or 1
+    idle = delta['idle'] + delta['iowait']
+    return {'busy': round(1 - idle / total, 3),
+            'user': round((delta['user'] + delta['nice']) / total, 3),
+            'system': round(delta['system'] / total, 3),
+            'softirq': round((delta['softirq'] + delta['irq']) / total, 3),
+            'iowait': round(delta['iowait'] / total, 3)}
+
+
+def _read_int(path):
+    try:
+        with open(path) as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return 0
+
+
+def wire_counters(hosts):
+    """Bytes each host received and sent, from its root-side veth.
+
+    The root side's tx is what the bridge delivered to the host (every
+    header included), its rx what the host sent.
+    """
+    out = {}
+    for host in hosts:
+        base = '/sys/class/net/%s/statistics/' % host.veth_root
+        out[host.name] = (_read_int(base + 'tx_bytes'),
+                          _read_int(base + 'rx_bytes'))
+    return out
+
+
+def _events(path):
+    return lab_swarm._json_lines(path)
+
+
+def _event(events, name):
+    for ev in events:
+        if ev.get('event') == name:
+            return ev
+    return None
+
+
+def _result(events):
+    for ev in reversed(events):
+        if 'event' not in ev and 'sha256' in ev:
+            return ev
+    return None
+
+
+def wipe(dev, size, lab):
+    """Zero a lab loop device (BLKZEROOUT: a hole punch in its file)."""
+    disks.assert_lab_loop(dev, lab)
+    fd = os.open(dev, os.O_WRONLY)
+    try:
+        fcntl.ioctl(fd, _BLKZEROOUT, struct.pack('QQ', 0, size))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def nonzero_bytes(path, block=4096):
+    total = 0
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(4 * MiB), b''):
+            for i in range(0, len(chunk), block):
+                if chunk[i:i + block].count(0) != len(chunk[i:i + block]):
+                    total += len(chunk[i:i + block])
+    return total
+
+
+def wire_seconds(size, rate_mbit):
+    """F/B: the time to carry ``size`` bytes at the link rate."""
+    return size * 8 / (rate_mbit * 1e6)
+
+
+# -- variants -----------------------------------------------------------------
+
+@dataclasses.dataclass
+class Variant:
+    """How the bittorrent method runs: the product, or an experiment."""
+
+    name: str = 'default'
+    #: libtorrent overrides for both sides, the writers, the seeder.
+    settings: dict = dataclasses.field(default_factory=dict)
+    writer_settings: dict = dataclasses.field(default_factory=dict)
+    seeder_settings: dict = dataclasses.field(default_factory=dict)
+    piece_size: int = None
+    #: announce interval the tracker asks for.
+    interval: int = 5
+    #: give every writer every other writer as --peer (full mesh at once).
+    mesh: bool = False
+    #: the seeder connects out to every writer at the start.
+    connect_out: bool = False
+    super_seed: bool = False
+    #: force the library path even without overrides.
+    library: bool = False
+
+    @property
+    def cli(self):
+        """Whether the real ``ironic-bt seed``/``write`` commands run."""
+        return not (self.settings or self.writer_settings
+                    or self.seeder_settings or self.connect_out
+                    or self.super_seed or self.library)
+
+    def writer(self):
+        return dict(self.settings, **self.writer_settings)
+
+    def seeder(self):
+        return dict(self.settings, **self.seeder_settings)
+
+    def describe(self):
+        parts = ['%s=%s' % kv for kv in sorted(self.writer().items())]
+        seeder_only = {k: v for k, v in self.seeder_settings.items()}
+        parts += ['seeder:%s=%s' % kv for kv in sorted(seeder_only.items())]
+        if self.piece_size:
+            parts.append('piece=%dK' % (self.piece_size // 1024))
+        if self.interval != 5:
+            parts.append('interval=%d' % self.interval)
+        for flag in ('mesh', 'connect_out', 'super_seed'):
+            if getattr(self, flag):
+                parts.append(flag)
+        return ' '.join(parts) or ('ironic-bt CLI' if self.cli
+                                   else 'library, no overrides')
+
+
+def lever_variants():
+    """The levers of issue 4, each a variant of the library baseline."""
+    k = 1024
+    return [
+        Variant('baseline', library=True),
+        Variant('piece 64K', piece_size=64 * k, library=True),
+        Variant('piece 128K', piece_size=128 * k, library=True),
+        Variant('piece 1M', piece_size=1024 * k, library=True),
+        Variant('piece 4M', piece_size=4096 * k, library=True),
+        Variant('conn limit 8', settings={'connections_limit': 8}),
+        Variant('unchoke 4', settings={'unchoke_slots_limit': 4}),
+        Variant('reqq 2000', settings={'max_out_request_queue': 2000,
+                                       'request_queue_time': 10}),
+        Variant('reqq 50', settings={'max_out_request_queue': 50,
+                                     'request_queue_time': 1}),
+        Variant('seeder inq 16', seeder_settings={
+            'max_allowed_in_request_queue': 16}),
+        Variant('seeder inq 64', seeder_settings={
+            'max_allowed_in_request_queue': 64}),
+        Variant('seeder unchoke 4', seeder_settings={
+            'unchoke_slots_limit': 4, 'unchoke_interval': 2}),
+        Variant('sndbuf 4M', settings={
+            'send_buffer_watermark': 4 * MiB,
+            'send_buffer_low_watermark': 512 * k,
+            'send_buffer_watermark_factor': 150}),
+        Variant('suggest', settings={'suggest_mode': 1}),
+        Variant('no encryption', settings={'out_enc_policy': 2,
+                                           'in_enc_policy': 2}),
+        Variant('predictive announce', settings={
+            'predictive_piece_announce': 20}),
+        Variant('hashing threads 2', settings={'hashing_threads': 2}),
+        Variant('disk queue 8M', settings={'max_queued_disk_bytes': 8 * MiB}),
+        Variant('extent affinity', settings={'piece_extent_affinity': True}),
+        Variant('super seed', super_seed=True),
+        Variant('seeder connects out', connect_out=True),
+        Variant('mesh peers', mesh=True, library=True),
+        Variant('interval 1', interval=1, library=True),
+    ]
+
+
+# -- the bench ----------------------------------------------------------------
+
+class Bench:
+    """One lab (seeder + max(N) writers), one image, many runs."""
+
+    def __init__(self, state_dir, max_nodes, image_size, rate_mbit,
+                 sparse=False, linger=30, timeout=600):
+        self.state_dir = state_dir
+        self.rate_mbit = rate_mbit
+        self.image_size = image_size
+        self.sparse = sparse
+        self.linger = linger
+        self.timeout = timeout
+        self.swarm = lab_swarm.Swarm(
+            state_dir, max_nodes, disk_size=image_size + 16 * MiB,
+            rate_mbit=rate_mbit, prefix='ibb')
+        self.image = None
+        self.torrents = {}
+        self.http = None
+        self.nonzero = None
+
+    def __enter__(self):
+        self.swarm.__enter__()
+        try:
+            path = os.path.join(self.state_dir, 'image.raw')
+            if self.sparse:
+                self.image = images.make_sparse_image(
+                    path, self.image_size, nonzero_fraction=0.1, seed=11,
+                    extents=4)
+            else:
+                self.image = images.make_random_image(
+                    path, self.image_size, seed=11)
+            self.nonzero = (nonzero_bytes(self.image.path) if self.sparse
+                            else self.image.size)
+        except BaseException:
+            self.swarm.__exit__(*sys.exc_info())
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        return self.swarm.__exit__(*exc)
+
+    @property
+    def lab(self):
+        return self.swarm.lab
+
+    @property
+    def seed_host(self):
+        return self.swarm.seed_host
+
+    def log(self, name):
+        return os.path.join(self.state_dir, 'logs', name + '.log')
+
+    def _fresh_log(self, name):
+        path = self.log(name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, 'w'):
+            pass
+        return path
+
+    def torrent(self, piece_size=None):
+        if piece_size not in self.torrents:
+            path = os.path.join(self.state_dir, 'image-%s.torrent'
+                                % (piece_size or 'policy'))
+            cmd = lab_swarm.CLI + ['create', self.image.path, '-o', path,
+                                   '--json']
+            if piece_size:
+                cmd += ['--piece-size', str(piece_size)]
+            start = time.monotonic()
+            out = self.seed_host.run(cmd, check=True, capture_output=True,
+                                     text=True)
+            info = json.loads(out.stdout.strip().splitlines()[-1])
+            info['create_seconds'] = round(time.monotonic() - start, 3)
+            self.torrents[piece_size] = (path, info)
+        return self.torrents[piece_size]
+
+    def _wipe(self, hosts):
+        for host in hosts:
+            wipe(self.swarm.devices[host.name], self.image.size, self.lab)
+
+    def _verify(self, hosts):
+        return {h.name: disks.sha256_region(self.swarm.devices[h.name],
+                                            self.image.size)
+                == self.image.sha256 for h in hosts}
+
+    def _start_at(self, nodes, extra=0.0):
+        # Enough for N Pythons to import libtorrent and oslo on 2 cores
+        # (about 0.15 s of CPU each).
+        return time.time() + 1.5 + extra + 0.15 * nodes
+
+    def _stop(self, proc, timeout=20):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    def _wait_clients(self, clients, start_at, rss=None):
+        """Wait for every client to be done; CPU use over [start, done]."""
+        _sleep_until(start_at)
+        cpu0 = cpu_times()
+        done = {}
+        peak = {}
+        deadline = time.monotonic() + self.timeout
+        while len(done) < len(clients) and time.monotonic() < deadline:
+            for name, (proc, log) in clients.items():
+                if name in done:
+                    continue
+                if rss is not None:
+                    peak[name] = max(peak.get(name, 0), _vmrss(proc.pid))
+                ev = _event(_events(log), 'verified')
+                if ev is not None:
+                    done[name] = ev['at']
+                elif proc.poll() is not None:
+                    done[name] = None
+            time.sleep(0.1)
+        cpu1 = cpu_times()
+        for proc, _log in clients.values():
+            try:
+                proc.wait(max(1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                self._stop(proc)
+        if rss is not None:
+            rss.update(peak)
+        return cpu_busy(cpu0, cpu1)
+
+    def run_unicast(self, hosts):
+        seed = self.seed_host
+        if self.http is None:
+            log = self._fresh_log('http')
+            proc = seed.popen(WORKER + ['http', self.image.path, '--listen',
+                                        '%s:%d' % (seed.ip, HTTP_PORT)],
+                              log)
+            procs.wait_port(seed.ip, HTTP_PORT, timeout=30, netns=seed.netns,
+                            proc=proc, log_path=log)
+            self.http = proc
+        self._wipe(hosts)
+        url = 'http://%s:%d/image.raw' % (seed.ip, HTTP_PORT)
+        wire0 = wire_counters(hosts + [seed])
+        start_at = self._start_at(len(hosts))
+        clients = {}
+        for host in hosts:
+            log = self._fresh_log('fetch-%s' % host.name)
+            dev = disks.assert_lab_loop(self.swarm.devices[host.name],
+                                        self.lab)
+            proc = host.popen(WORKER + ['fetch', url, dev, '--sha256',
+                                        self.image.sha256,
+                                        '--start-at', repr(start_at)], log)
+            clients[host.name] = (proc, log)
+        cpu = self._wait_clients(clients, start_at)
+        wire1 = wire_counters(hosts + [seed])
+        verified = self._verify(hosts)
+        nodes = []
+        for host in hosts:
+            proc, log = clients[host.name]
+            events = _events(log)
+            ev = _event(events, 'verified') or {}
+            usage = _event(events, 'usage') or {}
+            ready = _event(events, 'ready') or {}
+            nodes.append({
+                'name': host.name,
+                'ok': bool(ev.get('ok')) and verified[host.name]
+                and proc.returncode == 0,
+                'seconds': round(ev['at'] - start_at, 3) if ev else None,
+                'late_start': round(max(0, ready.get('at', 0) - start_at),
+                                    3),
+                'wire_rx_bytes': wire1[host.name][0] - wire0[host.name][0],
+                'cpu_seconds': usage.get('cpu_seconds'),
+                'vmhwm_kib': usage.get('vmhwm_kib'),
+                'error': '' if ev else procs.tail_log(log, 5)})
+        return self._summary('unicast', nodes, cpu, wire0, wire1)
+
+    def _summary(self, method, nodes, cpu, wire0, wire1, **extra):
+        seed = self.seed_host.name
+        ok = all(n['ok'] for n in nodes)
+        times = [n['seconds'] for n in nodes if n['seconds'] is not None]
+        own = sum(n.get('cpu_seconds') or 0 for n in nodes) + (
+            extra.get('seeder_cpu_seconds') or 0)
+        span = max(times) if times else 0
+        result = {
+            'method': method, 'ok': ok,
+            # CPU seconds of our own processes (kernel networking done in
+            # softirq context is partly charged elsewhere), and their share
+            # of the machine while the slowest node ran.
+            'own_cpu_seconds': round(own, 2),
+            'own_cpu_share': round(own / (span * os.cpu_count()), 3)
+            if span else None,
+            'seconds': round(max(times), 3) if ok and times else None,
+            'mean_node_seconds': round(statistics.mean(times), 3)
+            if times else None,
+            'cpu': cpu,
+            'seeder_wire_tx_bytes': wire1[seed][1] - wire0[seed][1],
+            'nodes': nodes}
+        result.update(extra)
+        return result
+
+    def run_bittorrent(self, hosts, variant=None):
+        variant = variant or Variant()
+        seed = self.seed_host
+        torrent, info = self.torrent(variant.piece_size)
+        self._wipe(hosts)
+        seed_log = self._fresh_log('seed')
+        cmd = WORKER + ['seed', torrent, self.image.path,
+                        '--listen', '%s:%d' % (seed.ip, SEED_PORT),
+                        '--tracker-listen', '%s:%d' % (seed.ip,
+                                                       TRACKER_PORT),
+                        '--interval', str(variant.interval)]
+        if variant.cli:
+            cmd.append('--cli')
+        else:
+            cmd += ['--settings', json.dumps(variant.seeder())]
+        if variant.super_seed:
+            cmd.append('--super-seed')
+        # Leave time for the seeder to start, too.
+        start_at = self._start_at(len(hosts), extra=1.5)
+        if variant.connect_out:
+            for host in hosts:
+                cmd += ['--connect', '%s:%d' % (host.ip, AGENT_PORT)]
+            cmd += ['--start-at', repr(start_at)]
+        seeder = seed.popen(cmd, seed_log)
+        tracker = 'http://%s:%d/announce' % (seed.ip, TRACKER_PORT)
+        clients = {}
+        rss = {} if len(hosts) == 1 else None
+        try:
+            procs.wait_port(seed.ip, TRACKER_PORT, timeout=30,
+                            netns=seed.netns, proc=seeder, log_path=seed_log)
+            procs.wait_port(seed.ip, SEED_PORT, timeout=30,
+                            netns=seed.netns, proc=seeder, log_path=seed_log)
+            wire0 = wire_counters(hosts + [seed])
+            for host in hosts:
+                log = self._fresh_log('write-%s' % host.name)
+                dev = disks.assert_lab_loop(self.swarm.devices[host.name],
+                                            self.lab)
+                cmd = WORKER + ['write', torrent, dev,
+                                '--listen', '%s:%d' % (host.ip, AGENT_PORT),
+                                '--tracker', '%s?node=%s' % (tracker,
+                                                             host.name),
+                                '--peer', '%s:%d' % (seed.ip, SEED_PORT),
+                                '--linger', str(self.linger),
+                                '--sha256', self.image.sha256,
+                                '--start-at', repr(start_at)]
+                if variant.mesh:
+                    for other in hosts:
+                        if other is not host:
+                            cmd += ['--peer', '%s:%d' % (other.ip,
+                                                         AGENT_PORT)]
+                if variant.cli:
+                    cmd.append('--cli')
+                else:
+                    cmd += ['--settings', json.dumps(variant.writer())]
+                clients[host.name] = (host.popen(cmd, log), log)
+            cpu = self._wait_clients(clients, start_at, rss=rss)
+            wire1 = wire_counters(hosts + [seed])
+        finally:
+            for proc, _log in clients.values():
+                self._stop(proc)
+            self._stop(seeder)
+        seed_events = _events(seed_log)
+        done = [e for e in seed_events
+                if 'uploaded_bytes' in e] or [{}]
+        seed_usage = _event(seed_events, 'usage') or {}
+        verified = self._verify(hosts)
+        nodes = []
+        for host in hosts:
+            proc, log = clients[host.name]
+            events = _events(log)
+            ev = _event(events, 'verified')
+            res = _result(events) or {}
+            usage = _event(events, 'usage') or {}
+            ready = _event(events, 'ready') or {}
+            nodes.append({
+                'name': host.name,
+                'ok': bool(ev) and bool(res) and verified[host.name]
+                and res.get('sha256') == self.image.sha256,
+                'seconds': round(ev['at'] - start_at, 3) if ev else None,
+                'late_start': round(max(0, ready.get('at', 0) - start_at),
+                                    3),
+                'download_seconds': res.get('download_seconds'),
+                'verify_seconds': res.get('verify_seconds'),
+                'downloaded_bytes': res.get('downloaded_bytes'),
+                'uploaded_bytes': res.get('uploaded_bytes'),
+                'zero_bytes': res.get('zero_bytes'),
+                'wire_rx_bytes': wire1[host.name][0] - wire0[host.name][0],
+                'cpu_seconds': usage.get('cpu_seconds'),
+                'vmhwm_kib': usage.get('vmhwm_kib'),
+                'vmrss_sampled_peak_kib': (rss or {}).get(host.name),
+                'error': '' if ev else procs.tail_log(log, 8)})
+        return self._summary(
+            'bittorrent', nodes, cpu, wire0, wire1,
+            variant=variant.name, variant_detail=variant.describe(),
+            piece_length=info['piece_length'],
+            seeder_uploaded_bytes=done[-1].get('uploaded_bytes'),
+            seeder_cpu_seconds=seed_usage.get('cpu_seconds'),
+            seeder_vmhwm_kib=seed_usage.get('vmhwm_kib'))
+
+    def close_http(self):
+        if self.http is not None:
+            self._stop(self.http)
+            self.http = None
+
+    def run_publish(self):
+        log = self._fresh_log('publish')
+        data_dir = os.path.join(self.state_dir, 'publisher')
+        proc = self.seed_host.popen(
+            WORKER + ['publish', self.image.path, '--listen',
+                      '%s:%d' % (self.seed_host.ip, SEED_PORT),
+                      '--data-dir', data_dir], log)
+        proc.wait(self.timeout)
+        events = _events(log)
+        return {'create': _event(events, 'create'),
+                'publish': _event(events, 'publish'),
+                'error': '' if proc.returncode == 0
+                else procs.tail_log(log, 10)}
+
+
+def _sleep_until(when):
+    delay = when - time.time()
+    if delay > 0:
+        time.sleep(delay)
+
+
+def _vmrss(pid):
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith('VmRSS:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+# -- reporting ----------------------------------------------------------------
+
+def _fmt(value, spec='%.2f'):
+    return '-' if value is None else spec % value
+
+
+def scaling_rows(runs, image_size, rate_mbit):
+    bound = wire_seconds(image_size, rate_mbit)
+    rows = []
+    for n, by_method in runs:
+        uni = by_method.get('unicast', {}).get('seconds')
+        bt = by_method.get('bittorrent', {}).get('seconds')
+        rows.append({
+            'nodes': n, 'unicast_seconds': uni, 'bittorrent_seconds': bt,
+            'unicast_over_bittorrent': round(uni / bt, 2)
+            if uni and bt else None,
+            'bittorrent_over_wire': round(bt / bound, 2) if bt else None,
+            'unicast_cpu_busy': by_method.get('unicast', {}).get(
+                'cpu', {}).get('busy'),
+            'bittorrent_cpu_busy': by_method.get('bittorrent', {}).get(
+                'cpu', {}).get('busy')})
+    return rows
+
+
+def format_table(rows):
+    lines = ['%5s %10s %12s %10s %10s %8s %8s' % (
+        'N', 'unicast s', 'bittorrent s', 'uni/bt', 'bt/(F/B)',
+        'cpu uni', 'cpu bt')]
+    for r in rows:
+        lines.append('%5d %10s %12s %10s %10s %8s %8s' % (
+            r['nodes'], _fmt(r['unicast_seconds']),
+            _fmt(r['bittorrent_seconds']),
+            _fmt(r['unicast_over_bittorrent']),
+            _fmt(r['bittorrent_over_wire']),
+            _fmt(r['unicast_cpu_busy']), _fmt(r['bittorrent_cpu_busy'])))
+    return '\n'.join(lines)
+
+
+def check_targets(rows, image_size, rate_mbit):
+    """The issue 4 targets this table can decide, as (name, ok, detail)."""
+    out = []
+    bts = [(r['nodes'], r['bittorrent_over_wire']) for r in rows
+           if r['bittorrent_over_wire'] is not None]
+    if bts:
+        worst = max(bts, key=lambda x: x[1])
+        out.append(('bittorrent <= 1.25 x F/B for every N',
+                    worst[1] <= 1.25,
+                    'worst %.2f x at N=%d' % (worst[1], worst[0])))
+    for r in rows:
+        if r['nodes'] == 1 and r['unicast_seconds'] and \
+                r['bittorrent_seconds']:
+            ratio = r['bittorrent_seconds'] / r['unicast_seconds']
+            out.append(('1 node: bittorrent <= 1.10 x unicast',
+                        ratio <= 1.10, '%.2f x' % ratio))
+        if r['nodes'] == 16 and r['unicast_over_bittorrent']:
+            out.append(('N=16: unicast >= 12 x bittorrent',
+                        r['unicast_over_bittorrent'] >= 12,
+                        '%.2f x' % r['unicast_over_bittorrent']))
+    return out
+
+
+def plot(rows, image_size, rate_mbit, path, title_extra=''):
+    import matplotlib
+    matplotlib.use('Agg')
+    from matplotlib import pyplot
+
+    bound = wire_seconds(image_size, rate_mbit)
+    ns = [r['nodes'] for r in rows]
+    fig, ax = pyplot.subplots(figsize=(7, 4.5), dpi=110)
+    uni = [(r['nodes'], r['unicast_seconds']) for r in rows
+           if r['unicast_seconds']]
+    bt = [(r['nodes'], r['bittorrent_seconds']) for r in rows
+          if r['bittorrent_seconds']]
+    if uni:
+        ax.plot(*zip(*uni), 'o-', color='tab:red', label='HTTP unicast')
+    if bt:
+        ax.plot(*zip(*bt), 's-', color='tab:blue', label='ironic-bt')
+    ax.axhline(bound, color='gray', linestyle='-', linewidth=1,
+               label='wire bound F/B = %.1f s' % bound)
+    ax.axhline(1.25 * bound, color='gray', linestyle=':', linewidth=1,
+               label='target 1.25 x F/B')
+    ax.set_xscale('log', base=2)
+    ax.set_xticks(ns)
+    ax.set_xticklabels([str(n) for n in ns])
+    ax.set_xlabel('nodes deployed at once (N)')
+    ax.set_ylabel('seconds until the last node is done')
+    ax.set_title('%d MiB image, %g Mbit/s links%s' % (
+        image_size // MiB, rate_mbit, title_extra), fontsize=10)
+    ax.grid(True, which='both', alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    pyplot.close(fig)
+
+
+def _write_json(path, data):
+    with open(path, 'w') as f:
+        json.dump(data, f, indent=1, sort_keys=True)
+        f.write('\n')
+
+
+# -- modes --------------------------------------------------------------------
+
+def _state_dir(args):
+    if args.state_dir:
+        os.makedirs(args.state_dir, exist_ok=True)
+        return args.state_dir, False
+    return tempfile.mkdtemp(prefix='ironic-bt-bench-',
+                            dir=args.tmp_dir), True
+
+
+def _base_variant(args):
+    variant = Variant(
+        name='default', settings=dict(args.setting),
+        writer_settings=dict(args.writer_setting),
+        seeder_settings=dict(args.seeder_setting),
+        piece_size=args.piece_size, interval=args.interval, mesh=args.mesh,
+        connect_out=args.connect_out, super_seed=args.super_seed,
+        library=args.library)
+    if not variant.cli:
+        variant.name = 'custom'
+    return variant
+
+
+def run_scaling(args, out):
+    image_size = args.image_size_mib * MiB
+    methods = args.methods
+    state_dir, temporary = _state_dir(args)
+    variant = _base_variant(args)
+    report = {'mode': 'scaling', 'machine': machine(),
+              'config': {'nodes': args.nodes, 'image_size': image_size,
+                         'rate_mbit': args.rate_mbit,
+                         'sparse': args.sparse, 'methods': methods,
+                         'variant': variant.describe(),
+                         'state_dir': state_dir}}
+    started = time.monotonic()
+    runs = []
+    try:
+        with Bench(state_dir, max(args.nodes), image_size, args.rate_mbit,
+                   sparse=args.sparse) as bench:
+            report['image'] = {'size': bench.image.size,
+                               'sha256': bench.image.sha256,
+                               'nonzero_bytes': bench.nonzero}
+            report['torrent'] = bench.torrent(variant.piece_size)[1]
+            for n in args.nodes:
+                hosts = bench.swarm.hosts[:n]
+                by_method = {}
+                for method in methods:
+                    if method == 'unicast':
+                        res = bench.run_unicast(hosts)
+                    else:
+                        res = bench.run_bittorrent(hosts, variant)
+                    by_method[method] = res
+                    late = max(x['late_start'] for x in res['nodes'])
+                    print('N=%-3d %-10s %s s (cpu busy %.0f%%, ours %.0f%%)'
+                          '%s%s' % (
+                        n, method, _fmt(res['seconds']),
+                        100 * res['cpu']['busy'],
+                        100 * (res['own_cpu_share'] or 0),
+                        ' late start %.2f s' % late if late else '',
+                        '' if res['ok'] else '  FAILED: ' + '; '.join(
+                            '%s: %s' % (x['name'], x['error'][-300:])
+                            for x in res['nodes'] if not x['ok'])),
+                        flush=True)
+                bench.close_http()
+                runs.append((n, by_method))
+            if args.publish:
+                report['publish'] = bench.run_publish()
+    finally:
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    report['seconds'] = round(time.monotonic() - started, 1)
+    rows = scaling_rows(runs, image_size, args.rate_mbit)
+    report['rows'] = rows
+    report['runs'] = [{'nodes': n, **m} for n, m in runs]
+    report['targets'] = [{'target': t, 'ok': ok, 'detail': d}
+                         for t, ok, d in check_targets(rows, image_size,
+                                                       args.rate_mbit)]
+    if args.sparse:
+        report['sparse'] = sparse_summary(runs, report['image'],
+                                          report['torrent'])
+    print()
+    print('image %d MiB%s, links %g Mbit/s, F/B = %.2f s; %s' % (
+        image_size // MiB, ' (sparse, %d non-zero bytes)' % bench.nonzero
+        if args.sparse else ' random', args.rate_mbit,
+        wire_seconds(image_size, args.rate_mbit), variant.describe()))
+    print(format_table(rows))
+    for t in report['targets']:
+        print('%-40s %-4s %s' % (t['target'], 'met' if t['ok'] else 'NOT',
+                                 t['detail']))
+    if args.sparse:
+        s = report['sparse']
+        print('sparse: worst node took %d payload bytes / %d wire bytes '
+              'for %d non-zero bytes (limit %d)' % (
+                  s['worst_downloaded_bytes'], s['worst_wire_rx_bytes'],
+                  s['nonzero_bytes'], s['limit_bytes']))
+    if report.get('publish'):
+        print_publish(report['publish'])
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, 'results.json'), report)
+    if rows:
+        plot(rows, image_size, args.rate_mbit,
+             os.path.join(out, 'bench.png'),
+             ', sparse' if args.sparse else '')
+    print('wrote %s and %s (%.0f s)' % (os.path.join(out, 'results.json'),
+                                        os.path.join(out, 'bench.png'),
+                                        report['seconds']))
+    return 0 if all(m.get('ok') for _n, ms in runs
+                    for m in ms.values()) else 1
+
+
+def sparse_summary(runs, image, torrent_info):
+    extents = 4
+    limit = int(1.1 * image['nonzero_bytes']
+                + extents * torrent_info['piece_length'])
+    worst_dl = worst_wire = 0
+    for _n, by_method in runs:
+        bt = by_method.get('bittorrent')
+        if not bt:
+            continue
+        for node in bt['nodes']:
+            worst_dl = max(worst_dl, node.get('downloaded_bytes') or 0)
+            worst_wire = max(worst_wire, node.get('wire_rx_bytes') or 0)
+    return {'nonzero_bytes': image['nonzero_bytes'], 'extents': extents,
+            'piece_length': torrent_info['piece_length'],
+            'limit_bytes': limit, 'worst_downloaded_bytes': worst_dl,
+            'worst_wire_rx_bytes': worst_wire,
+            'ok': worst_wire <= limit}
+
+
+def print_publish(pub):
+    c = pub.get('create') or {}
+    if c:
+        print('create vs sha256sum (%d MiB): warm %.2f / %.2f s = %.2f x; '
+              'cold %.2f / %.2f s = %.2f x' % (
+                  c['size'] // MiB, c['create_warm'], c['sha256sum_warm'],
+                  c['create_warm'] / c['sha256sum_warm'],
+                  c['create_cold'], c['sha256sum_cold'],
+                  c['create_cold'] / c['sha256sum_cold']))
+    p = pub.get('publish') or {}
+    if p.get('skipped'):
+        print('publish: skipped (%s)' % p['skipped'])
+    elif p:
+        print('publish: first %.2f s, same image for another node %.3f s, '
+              'after a restart %.3f s (cached torrent)' % (
+                  p['first'], p['again'], p['after_restart']))
+    if pub.get('error'):
+        print('publish FAILED: %s' % pub['error'])
+
+
+def run_levers(args, out):
+    image_size = args.image_size_mib * MiB
+    state_dir, temporary = _state_dir(args)
+    variants = lever_variants()
+    if args.only:
+        variants = [v for v in variants
+                    if v.name == 'baseline' or v.name in args.only]
+    report = {'mode': 'levers', 'machine': machine(),
+              'config': {'nodes': args.nodes, 'image_size': image_size,
+                         'rate_mbit': args.rate_mbit,
+                         'repeat': args.repeat}, 'runs': []}
+    started = time.monotonic()
+    try:
+        with Bench(state_dir, max(args.nodes), image_size, args.rate_mbit,
+                   sparse=args.sparse) as bench:
+            for n in args.nodes:
+                hosts = bench.swarm.hosts[:n]
+                for rep in range(args.repeat):
+                    for variant in variants:
+                        res = bench.run_bittorrent(hosts, variant)
+                        res['nodes_count'] = n
+                        res['repeat'] = rep
+                        report['runs'].append(res)
+                        print('N=%-3d %-22s %7s s  cpu %3.0f%%  seeder up '
+                              '%.2f x F%s' % (
+                                  n, variant.name, _fmt(res['seconds']),
+                                  100 * res['cpu']['busy'],
+                                  (res['seeder_uploaded_bytes'] or 0)
+                                  / image_size,
+                                  '' if res['ok'] else '  FAILED'),
+                              flush=True)
+    finally:
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    report['seconds'] = round(time.monotonic() - started, 1)
+    bound = wire_seconds(image_size, args.rate_mbit)
+    summary = []
+    for n in args.nodes:
+        base = [r['seconds'] for r in report['runs']
+                if r['nodes_count'] == n and r['variant'] == 'baseline'
+                and r['seconds']]
+        base_med = statistics.median(base) if base else None
+        for variant in variants:
+            mine = [r for r in report['runs'] if r['nodes_count'] == n
+                    and r['variant'] == variant.name]
+            secs = [r['seconds'] for r in mine if r['seconds']]
+            med = statistics.median(secs) if secs else None
+            summary.append({
+                'nodes': n, 'variant': variant.name,
+                'detail': variant.describe(), 'seconds': secs,
+                'median': med,
+                'over_baseline': round(med / base_med, 3)
+                if med and base_med else None,
+                'over_wire': round(med / bound, 2) if med else None,
+                'cpu_busy': round(statistics.mean(
+                    r['cpu']['busy'] for r in mine), 2) if mine else None,
+                'failures': sum(1 for r in mine if not r['ok'])})
+    report['summary'] = summary
+    print()
+    print('levers: %d MiB random image, %g Mbit/s, F/B = %.2f s, medians of '
+          '%d runs' % (image_size // MiB, args.rate_mbit, bound,
+                       args.repeat))
+    print('%4s %-22s %8s %8s %8s %5s  %s' % ('N', 'variant', 'median s',
+                                             'x base', 'x F/B', 'cpu',
+                                             'settings'))
+    for s in summary:
+        print('%4d %-22s %8s %8s %8s %5s  %s' % (
+            s['nodes'], s['variant'], _fmt(s['median']),
+            _fmt(s['over_baseline'], '%.3f'), _fmt(s['over_wire']),
+            _fmt(s['cpu_busy']), s['detail']))
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, 'levers.json'), report)
+    print('wrote %s (%.0f s)' % (os.path.join(out, 'levers.json'),
+                                 report['seconds']))
+    return 0
+
+
+def run_rss(args, out):
+    """Peak RSS of one agent writing a large image over an unshaped link."""
+    size = args.rss_image_gib * 1024 * MiB
+    state_dir, temporary = _state_dir(args)
+    variant = _base_variant(args)
+    report = {'mode': 'rss', 'machine': machine(),
+              'config': {'image_size': size, 'variant': variant.describe()}}
+    started = time.monotonic()
+    try:
+        usage = shutil.disk_usage(os.path.dirname(state_dir) or '/')
+        if usage.free < 3 * size:
+            raise SystemExit('--rss needs %d GiB free in %s' % (
+                3 * size // 2 ** 30, state_dir))
+        with Bench(state_dir, 1, size, None) as bench:
+            hosts = bench.swarm.hosts[:1]
+            print('image ready (%.0f s)' % (time.monotonic() - started),
+                  flush=True)
+            if args.publish:
+                report['publish'] = bench.run_publish()
+                print_publish(report['publish'])
+            res = bench.run_bittorrent(hosts, variant)
+            report['bittorrent'] = res
+    finally:
+        if temporary:
+            shutil.rmtree(state_dir, ignore_errors=True)
+    node = res['nodes'][0]
+    report['seconds'] = round(time.monotonic() - started, 1)
+    print('writer: %s, %.1f s (download %.1f s, verify %.1f s), peak RSS '
+          'VmHWM %.1f MiB (sampled VmRSS peak %.1f MiB); seeder VmHWM '
+          '%.1f MiB; cpu busy %.0f%%' % (
+              'verified' if node['ok'] else 'FAILED ' + node['error'],
+              node['seconds'] or -1, node['download_seconds'] or -1,
+              node['verify_seconds'] or -1, (node['vmhwm_kib'] or 0) / 1024,
+              (node['vmrss_sampled_peak_kib'] or 0) / 1024,
+              (res['seeder_vmhwm_kib'] or 0) / 1024,
+              100 * res['cpu']['busy']))
+    ok = node['ok'] and (node['vmhwm_kib'] or 0) <= 200 * 1024
+    print('target agent peak RSS <= 200 MiB writing %d GiB: %s' % (
+        args.rss_image_gib, 'met' if ok else 'NOT met'))
+    os.makedirs(out, exist_ok=True)
+    _write_json(os.path.join(out, 'rss.json'), report)
+    return 0 if node['ok'] else 1
+
+
+def _setting(value):
+    name, sep, raw = value.partition('=')
+    if not sep:
+        raise argparse.ArgumentTypeError('%r is not NAME=VALUE' % value)
+    try:
+        parsed = json.loads(raw)
+    except ValueError:
+        parsed = raw
+    return name, parsed
+
+
+def _nodes(value):
+    return [int(v) for v in value.split(',') if v]
+
+
+def build_parser():
+    p = argparse.ArgumentParser(
+        prog='python -m tests.lab.bench',
+        description='Benchmark ironic-bt against HTTP unicast in lab '
+                    'namespaces (needs root).')
+    p.add_argument('--quick', action='store_true',
+                   help='N=%s, %d MiB: under 3 minutes' % (
+                       ','.join(map(str, QUICK['nodes'])),
+                       QUICK['image_size_mib']))
+    p.add_argument('--nodes', type=_nodes,
+                   help='comma-separated N values (default 1,2,4,8,16)')
+    p.add_argument('--image-size-mib', type=int,
+                   help='image size F (default %d, quick %d)' % (
+                       FULL['image_size_mib'], QUICK['image_size_mib']))
+    p.add_argument('--rate-mbit', type=float, default=200,
+                   help='link rate B of every host, both directions')
+    p.add_argument('--sparse', action='store_true',
+                   help='a sparse image (10%% non-zero, 4 extents) instead '
+                        'of random data')
+    p.add_argument('--methods', type=lambda v: v.split(','),
+                   default=['unicast', 'bittorrent'])
+    p.add_argument('--output-dir', default='.bench')
+    p.add_argument('--state-dir', help='keep lab files and logs here')
+    p.add_argument('--tmp-dir', default=None,
+                   help='where the temporary state directory (loop '
+                        'backing files) goes (default: $TMPDIR or /tmp)')
+    p.add_argument('--no-publish', dest='publish', action='store_false',
+                   help='skip the torrent creation / publisher timing')
+    g = p.add_argument_group('experiments (use the library, not the CLI)')
+    g.add_argument('--setting', type=_setting, action='append', default=[],
+                   metavar='NAME=VALUE',
+                   help='libtorrent setting for seeder and writers')
+    g.add_argument('--writer-setting', type=_setting, action='append',
+                   default=[], metavar='NAME=VALUE')
+    g.add_argument('--seeder-setting', type=_setting, action='append',
+                   default=[], metavar='NAME=VALUE')
+    g.add_argument('--piece-size', type=int, metavar='BYTES')
+    g.add_argument('--interval', type=int, default=5,
+                   help='tracker announce interval')
+    g.add_argument('--mesh', action='store_true',
+                   help='give every writer all the others as --peer')
+    g.add_argument('--connect-out', action='store_true',
+                   help='the seeder connects to every writer')
+    g.add_argument('--super-seed', action='store_true')
+    g.add_argument('--library', action='store_true',
+                   help='run seeder and writers through the library even '
+                        'without overrides')
+    g = p.add_argument_group('other modes')
+    g.add_argument('--levers', action='store_true',
+                   help='bittorrent only: every lever variant against the '
+                        'baseline, in one run')
+    g.add_argument('--only', type=lambda v: v.split(','),
+                   help='with --levers: these variants (and baseline)')
+    g.add_argument('--repeat', type=int, default=2,
+                   help='with --levers: runs per variant')
+    g.add_argument('--rss', action='store_true',
+                   help='peak RSS of one writer writing a large image')
+    g.add_argument('--rss-image-gib', type=int, default=4)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if os.geteuid() != 0:
+        print('the benchmark needs root (network namespaces, loop devices)',
+              file=sys.stderr)
+        return 2
+    defaults = QUICK if args.quick else FULL
+    if args.nodes is None:
+        args.nodes = list(defaults['nodes'])
+    if args.image_size_mib is None:
+        args.image_size_mib = defaults['image_size_mib']
+    out = os.path.abspath(args.output_dir)
+    if args.rss:
+        return run_rss(args, out)
+    if args.levers:
+        if not args.nodes or args.nodes == defaults['nodes']:
+            args.nodes = [16]
+        return run_levers(args, out)
+    return run_scaling(args, out)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,425 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The processes :mod:`tests.lab.bench` starts inside lab hosts.
+
+``python -m tests.lab.bench_worker MODE ...`` with MODE one of:
+
+``seed``
+    The conductor side: the seeder with its built-in tracker, through
+    ``ironic-bt seed`` (``--cli``) or through the library with libtorrent
+    setting overrides (``--settings JSON``), which the command does not
+    take.
+``write``
+    The agent side, through ``ironic-bt write`` (``--cli``) or
+    ``ipa_extension.writer.write(settings=...)``.
+``http``
+    A plain threaded HTTP server sending one file with ``sendfile``: the
+    ``direct`` deploy's image server (Ironic leaves serving to Apache or
+    nginx, which use ``sendfile`` too).
+``fetch``
+    The ``direct`` deploy's agent: stream an HTTP URL onto a device,
+    hashing on the fly as IPA does, then fsync.
+``publish``
+    Time torrent creation against ``sha256sum`` and the publisher's
+    re-publish cache.
+
+Clients (``write``, ``fetch``) import everything, then wait for the common
+``--start-at`` wall-clock time, like agents that are already running when
+the deploy step reaches them; so the benchmark times the transfer, not
+Python's start-up. Every mode prints one JSON object per line on stdout
+(events and results); logs go to stderr.
+"""
+
+import argparse
+import hashlib
+import http.server
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+
+def _report(**fields):
+    print(json.dumps(fields, sort_keys=True), flush=True)
+
+
+def _usage():
+    """CPU seconds used and peak RSS (VmHWM, KiB) of this process."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    hwm = 0
+    try:
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    hwm = int(line.split()[1])
+    except OSError:
+        pass
+    return {'cpu_seconds': round(ru.ru_utime + ru.ru_stime, 3),
+            'user_seconds': round(ru.ru_utime, 3),
+            'system_seconds': round(ru.ru_stime, 3),
+            'vmhwm_kib': hwm}
+
+
+def _wait_until(when):
+    if when:
+        delay = when - time.time()
+        if delay > 0:
+            time.sleep(delay)
+
+
+def _host_port(value):
+    host, _sep, port = value.rpartition(':')
+    return host.strip('[]'), int(port)
+
+
+def _settings(value):
+    settings = json.loads(value or '{}')
+    if not isinstance(settings, dict):
+        raise SystemExit('--settings must be a JSON object')
+    return settings
+
+
+def _setup_logging(debug=False):
+    from ironic_bt.cmd import cli
+    cli._setup_logging(argparse.Namespace(debug=debug))
+
+
+def _stop_event():
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_a: stop.set())
+    return stop
+
+
+# -- seed -----------------------------------------------------------------
+
+def cmd_seed(args):
+    from ironic_bt.cmd import cli
+    if args.cli:
+        argv = ['seed', args.torrent, args.image, '--listen', args.listen,
+                '--with-tracker', args.tracker_listen,
+                '--interval', str(args.interval)]
+        code = cli.main(argv)
+        _report(event='usage', **_usage())
+        return code
+
+    import libtorrent as lt
+
+    from ironic_bt import seeder
+    from ironic_bt import torrent
+
+    _setup_logging(args.debug)
+    meta = torrent.load_file(args.torrent)
+    host, port = _host_port(args.listen)
+    tracker = cli._start_tracker(_host_port(args.tracker_listen),
+                                 args.interval, [meta])
+    trackers = [tracker.announce_url(_host_port(args.tracker_listen)[0])]
+    seed = seeder.Seeder(host, port, upload_rate_limit=args.upload_rate,
+                         settings=_settings(args.settings))
+    stop = _stop_event()
+    try:
+        seed.add(meta, args.image, trackers=trackers)
+        if args.super_seed:
+            handle = seed._handles[meta.info_hash]
+            handle.set_flags(lt.torrent_flags.super_seeding)
+        _report(event='ready', info_hash=meta.info_hash, listen=args.listen,
+                trackers=trackers)
+        peers = [_host_port(p) for p in args.connect]
+        if peers:
+            # The conductor handing out peers: connect to every agent as
+            # soon as they listen, instead of waiting for them to find us.
+            _wait_until(args.start_at)
+            deadline = time.monotonic() + 30
+            while not stop.is_set() and time.monotonic() < deadline:
+                for peer_host, peer_port in peers:
+                    seed.connect(meta.info_hash, peer_host, peer_port)
+                stats = seed.stats().get(meta.info_hash, {})
+                if stats.get('peers', 0) >= len(peers):
+                    break
+                stop.wait(0.2)
+        while not stop.wait(1):
+            seed.pump_alerts()
+        stats = seed.stats().get(meta.info_hash, {})
+        _report(event='done', info_hash=meta.info_hash,
+                uploaded_bytes=stats.get('uploaded', 0))
+    finally:
+        seed.close()
+        tracker.stop()
+        _report(event='usage', **_usage())
+    return 0
+
+
+# -- write ----------------------------------------------------------------
+
+def cmd_write(args):
+    from ipa_extension import writer
+    from ironic_bt.cmd import cli
+    from ironic_bt import torrent
+
+    # The moment the image is verified on the target, before lingering:
+    # what the benchmark times (lingering only helps the other nodes).
+    linger = writer._linger
+
+    def timed_linger(dl, timeout):
+        _report(event='verified', at=time.time())
+        return linger(dl, timeout)
+    writer._linger = timed_linger
+
+    _report(event='ready', at=time.time())
+    _wait_until(args.start_at)
+    started = time.time()
+    _report(event='started', at=started)
+    if args.cli:
+        argv = ['write', args.torrent, args.target, '--listen', args.listen,
+                '--linger', str(args.linger), '--progress-interval', '2',
+                '--stall-timeout', '120', '--json']
+        for url in args.tracker:
+            argv += ['--tracker', url]
+        for peer in args.peer:
+            argv += ['--peer', peer]
+        if args.sha256:
+            argv += ['--sha256', args.sha256]
+        code = cli.main(argv)
+    else:
+        _setup_logging(args.debug)
+        host, port = _host_port(args.listen)
+        meta = torrent.load_file(args.torrent)
+        try:
+            result = writer.write(
+                meta, args.target, trackers=args.tracker, peers=args.peer,
+                listen_host=host, listen_port=port,
+                linger_timeout=args.linger, progress_interval=2,
+                stall_timeout=120, expected_sha256=args.sha256,
+                settings=_settings(args.settings))
+        except writer.WriterError as e:
+            print('ironic-bt: error: %s' % e, file=sys.stderr)
+            code = 1
+        else:
+            print(json.dumps(result.to_dict()), flush=True)
+            code = 0
+    _report(event='usage', **_usage())
+    return code
+
+
+# -- http -----------------------------------------------------------------
+
+class _FileHandler(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+
+    def do_GET(self):
+        path = self.server.path
+        with open(path, 'rb') as f:
+            size = os.fstat(f.fileno()).st_size
+            self.send_response(200)
+            self.send_header('Content-Type', 'application/octet-stream')
+            self.send_header('Content-Length', str(size))
+            self.end_headers()
+            self.wfile.flush()
+            sent = self.connection.sendfile(f)
+        with self.server.lock:
+            self.server.sent += sent
+        self.close_connection = True
+
+    def log_message(self, format, *args):
+        pass
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+
+def cmd_http(args):
+    server = _Server(_host_port(args.listen), _FileHandler)
+    server.path = args.file
+    server.sent = 0
+    server.lock = threading.Lock()
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _report(event='ready', listen=args.listen)
+    _stop_event().wait()
+    server.shutdown()
+    _report(event='done', sent_bytes=server.sent, **_usage())
+    return 0
+
+
+# -- fetch ----------------------------------------------------------------
+
+_CHUNK = 1024 * 1024
+
+
+def cmd_fetch(args):
+    import urllib.request
+
+    buf = bytearray(_CHUNK)
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    _report(event='ready', at=time.time())
+    _wait_until(args.start_at)
+    started = time.time()
+    fd = os.open(args.target, os.O_WRONLY)
+    total = 0
+    try:
+        with urllib.request.urlopen(args.url, timeout=60) as resp:
+            while True:
+                n = resp.readinto(buf)
+                if not n:
+                    break
+                digest.update(view[:n])
+                done = 0
+                while done < n:
+                    done += os.write(fd, view[done:n])
+                total += n
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    finished = time.time()
+    sha = digest.hexdigest()
+    ok = not args.sha256 or sha == args.sha256
+    _report(event='verified', at=finished, started=started, bytes=total,
+            sha256=sha, ok=ok, seconds=round(finished - started, 3))
+    _report(event='usage', **_usage())
+    return 0 if ok else 1
+
+
+# -- publish --------------------------------------------------------------
+
+def _drop_cache(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+
+
+def _timed(func):
+    start = time.monotonic()
+    result = func()
+    return time.monotonic() - start, result
+
+
+def cmd_publish(args):
+    """Torrent creation against sha256sum, then the publisher's cache."""
+    from ironic_bt import torrent
+
+    image = args.image
+    sha256sum = lambda: subprocess.run(  # noqa: E731
+        ['sha256sum', image], check=True, capture_output=True)
+    # Warm: both read from the page cache (the conductor just converted
+    # the image to raw, so it usually is there). Cold: from the disk.
+    sha256sum()
+    warm_sha, _ = _timed(sha256sum)
+    warm_create, meta = _timed(lambda: torrent.build(image))
+    _drop_cache(image)
+    cold_sha, _ = _timed(sha256sum)
+    _drop_cache(image)
+    cold_create, _ = _timed(lambda: torrent.build(image))
+    _report(event='create', size=meta.size, piece_length=meta.piece_length,
+            sha256sum_warm=round(warm_sha, 3),
+            create_warm=round(warm_create, 3),
+            sha256sum_cold=round(cold_sha, 3),
+            create_cold=round(cold_create, 3))
+
+    try:
+        from oslo_config import cfg
+
+        from ironic_bt import publisher
+    except ImportError as e:
+        _report(event='publish', skipped=str(e))
+        return 0
+    conf = cfg.CONF
+    conf([], project='ironic', default_config_files=[])
+    host, _port = _host_port(args.listen)
+    for name, value in (('data_dir', args.data_dir),
+                        ('advertise_host', host),
+                        ('seeder_listen_host', host),
+                        ('tracker_listen_host', host)):
+        conf.set_override(name, value, group='bittorrent')
+    pub = publisher.Publisher()
+    try:
+        first, _ = _timed(lambda: pub.publish('bench-node-1', image))
+        second, _ = _timed(lambda: pub.publish('bench-node-2', image))
+    finally:
+        pub.shutdown()
+    # A conductor restart: a new publisher, the .torrent cache on disk.
+    pub = publisher.Publisher()
+    try:
+        restart, _ = _timed(lambda: pub.publish('bench-node-3', image))
+    finally:
+        pub.shutdown()
+    _report(event='publish', first=round(first, 3), again=round(second, 3),
+            after_restart=round(restart, 3))
+    return 0
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m tests.lab.bench_worker')
+    parser.add_argument('--debug', action='store_true')
+    sub = parser.add_subparsers(dest='mode', required=True)
+
+    p = sub.add_parser('seed')
+    p.add_argument('torrent')
+    p.add_argument('image')
+    p.add_argument('--listen', required=True)
+    p.add_argument('--tracker-listen', required=True)
+    p.add_argument('--interval', type=int, default=5)
+    p.add_argument('--upload-rate', type=int, default=0)
+    p.add_argument('--settings')
+    p.add_argument('--super-seed', action='store_true')
+    p.add_argument('--connect', action='append', default=[])
+    p.add_argument('--start-at', type=float)
+    p.add_argument('--cli', action='store_true')
+    p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser('write')
+    p.add_argument('torrent')
+    p.add_argument('target')
+    p.add_argument('--listen', required=True)
+    p.add_argument('--tracker', action='append', default=[])
+    p.add_argument('--peer', action='append', default=[])
+    p.add_argument('--linger', type=float, default=30)
+    p.add_argument('--sha256')
+    p.add_argument('--settings')
+    p.add_argument('--start-at', type=float)
+    p.add_argument('--cli', action='store_true')
+    p.set_defaults(func=cmd_write)
+
+    p = sub.add_parser('http')
+    p.add_argument('file')
+    p.add_argument('--listen', required=True)
+    p.set_defaults(func=cmd_http)
+
+    p = sub.add_parser('fetch')
+    p.add_argument('url')
+    p.add_argument('target')
+    p.add_argument('--sha256')
+    p.add_argument('--start-at', type=float)
+    p.set_defaults(func=cmd_fetch)
+
+    p = sub.add_parser('publish')
+    p.add_argument('image')
+    p.add_argument('--listen', required=True)
+    p.add_argument('--data-dir', required=True)
+    p.set_defaults(func=cmd_publish)
+
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,754 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Tests for the bittorrent deploy interface, on ironic's own test base."""
+
+import base64
+import os
+from unittest import mock
+
+from ironic.common import exception
+from ironic.common import states
+from ironic.conductor import deployments
+from ironic.conductor import steps as conductor_steps
+from ironic.conductor import task_manager
+from ironic.drivers.modules import agent
+from ironic.drivers.modules import agent_base
+from ironic.drivers.modules import agent_client
+from ironic.drivers.modules import boot_mode_utils
+from ironic.drivers.modules import deploy_utils
+from ironic.drivers.modules import fake
+from ironic.drivers.modules.storage import noop as noop_storage
+from ironic.drivers import utils as driver_utils
+from ironic.tests.unit.objects import utils as obj_utils
+
+from ironic_bt import deploy
+from ironic_bt import exception as bt_exception
+from ironic_bt import publisher
+from ironic_bt import torrent
+from tests.unit.conductor import base
+from tests.unit.conductor import test_publisher
+
+SHA256 = 'ab' * 32
+IMAGE_SOURCE = 'http://images.example.com/img/image.raw?sig=secret'
+INSTANCE_INFO = {
+    'image_source': IMAGE_SOURCE,
+    'image_disk_format': 'raw',
+    'image_os_hash_algo': 'sha256',
+    'image_os_hash_value': SHA256,
+}
+DRIVER_INFO = {
+    'deploy_kernel': 'http://images.example.com/ipa.kernel',
+    'deploy_ramdisk': 'http://images.example.com/ipa.initramfs',
+    'deploy_forces_oob_reboot': True,
+}
+STEP = {'interface': 'deploy', 'step': 'write_image_bittorrent',
+        'priority': 80, 'args': {}}
+
+
+def step(name, priority):
+    return {'interface': 'deploy', 'step': name, 'priority': priority,
+            'abortable': True, 'argsinfo': None}
+
+
+class DeployTestCase(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.config(enabled_deploy_interfaces=['direct', 'bittorrent'])
+        self.image = base.make_image(self.tmp)
+        self.meta = torrent.build(self.image)
+        self.node = obj_utils.create_test_node(
+            self.context,
+            deploy_interface='bittorrent',
+            boot_interface='fake',
+            network_interface='noop',
+            storage_interface='noop',
+            instance_info=dict(INSTANCE_INFO),
+            driver_info=dict(DRIVER_INFO),
+            driver_internal_info={'agent_url': 'http://198.18.0.2:9999',
+                                  'is_whole_disk_image': True})
+        self.ports = [obj_utils.create_test_port(self.context,
+                                                 node_id=self.node.id)]
+        self.publication = publisher.Publication(
+            meta=self.meta,
+            trackers=['http://198.18.0.1:6969/announce?node=%s'
+                      % self.node.uuid],
+            peers=['198.18.0.1:6881'])
+
+    def update_node(self, **fields):
+        for name, value in fields.items():
+            setattr(self.node, name, value)
+        self.node.save()
+
+    def set_info(self, field, **values):
+        info = dict(getattr(self.node, field))
+        info.update(values)
+        self.update_node(**{field: info})
+
+    def expected_args(self, **overrides):
+        args = {
+            'torrent': base64.standard_b64encode(self.meta.data).decode(),
+            'trackers': self.publication.trackers,
+            'peers': self.publication.peers,
+            'image_sha256': SHA256,
+            'configdrive': None,
+            'listen_port': 6881,
+            'linger_timeout': 300,
+            'progress_interval': 10,
+            'stall_timeout': 300,
+        }
+        args.update(overrides)
+        return {'interface': 'deploy', 'step': 'write_image_bittorrent',
+                'args': args}
+
+
+class StepsTestCase(DeployTestCase):
+
+    def test_get_properties(self):
+        self.assertEqual(
+            {'deploy_kernel', 'deploy_ramdisk', 'deploy_forces_oob_reboot',
+             'agent_verify_ca'},
+            set(deploy.BitTorrentDeploy().get_properties()))
+
+    def test_out_of_band_steps(self):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            steps = task.driver.deploy.get_deploy_steps(task)
+        self.assertEqual(
+            [step('deploy', 100), step('write_image_bittorrent', 80),
+             step('prepare_instance_boot', 60), step('tear_down_agent', 40),
+             step('switch_to_tenant_network', 30), step('boot_instance', 20)],
+            sorted(steps, key=lambda s: -s['priority']))
+
+    def test_agent_step_is_shadowed(self):
+        # What the agent reports: our in-band step and IPA's write_image,
+        # both with priority 0.
+        agent_steps = [
+            {'interface': 'deploy', 'step': 'write_image_bittorrent',
+             'priority': 0, 'reboot_requested': False, 'argsinfo': {}},
+            {'interface': 'deploy', 'step': 'write_image', 'priority': 0,
+             'reboot_requested': False},
+        ]
+        self.set_info('driver_internal_info',
+                      agent_cached_deploy_steps={'deploy': agent_steps})
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            steps = task.driver.deploy.get_deploy_steps(task)
+            self.assertEqual(
+                [80], [s['priority'] for s in steps
+                       if s['step'] == 'write_image_bittorrent'])
+            conductor_steps.set_node_deployment_steps(task)
+            self.assertEqual(
+                [('deploy', 100), ('write_image_bittorrent', 80),
+                 ('prepare_instance_boot', 60), ('tear_down_agent', 40),
+                 ('switch_to_tenant_network', 30), ('boot_instance', 20)],
+                [(s['step'], s['priority']) for s in
+                 task.node.driver_internal_info['deploy_steps']])
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+    def test_execute_runs_the_out_of_band_step(self, publication_mock,
+                                               execute_mock):
+        # With the agent's step cached, the conductor still runs ours, which
+        # sends the arguments; the agent's is never started on its own.
+        self.set_info('driver_internal_info', agent_cached_deploy_steps={
+            'deploy': [{'interface': 'deploy',
+                        'step': 'write_image_bittorrent', 'priority': 0}]})
+        publication_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            self.assertEqual(
+                states.DEPLOYWAIT,
+                task.driver.deploy.execute_deploy_step(task, STEP))
+            execute_mock.assert_called_once_with(
+                mock.ANY, self.expected_args(), task.node, mock.ANY)
+
+
+@mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                   autospec=True)
+@mock.patch.object(publisher.Publisher, 'publish', autospec=True)
+@mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+@mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+class WriteImageTestCase(DeployTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.cached = os.path.join(self.tmp, 'cache', 'disk')
+
+    def test_write_image(self, cache_mock, publication_mock, publish_mock,
+                         execute_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.cached, 'raw')
+        publication_mock.return_value = None
+        publish_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            self.assertEqual(
+                states.DEPLOYWAIT,
+                task.driver.deploy.write_image_bittorrent(task))
+            execute_mock.assert_called_once_with(
+                mock.ANY, self.expected_args(), task.node, mock.ANY)
+            self.assertEqual(
+                [port.uuid for port in self.ports],
+                [port.uuid for port in execute_mock.call_args.args[3]])
+            cache_mock.assert_called_once_with(
+                task.context, task.node, force_raw=True,
+                expected_format='raw', expected_checksum=SHA256,
+                expected_checksum_algo='sha256')
+            publish_mock.assert_called_once_with(
+                self.publisher, self.node.uuid, self.cached,
+                name='image.raw')
+        self.node.refresh()
+        self.assertEqual(self.meta.info_hash,
+                         self.node.driver_internal_info[deploy.INFO_HASH])
+
+    def test_write_image_reuses_publication(self, cache_mock,
+                                            publication_mock, publish_mock,
+                                            execute_mock):
+        publication_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+            execute_mock.assert_called_once_with(
+                mock.ANY, self.expected_args(), task.node, mock.ANY)
+        publication_mock.assert_called_once_with(self.publisher,
+                                                 self.node.uuid)
+        cache_mock.assert_not_called()
+        publish_mock.assert_not_called()
+
+    def test_write_image_converted_image_and_options(
+            self, cache_mock, publication_mock, publish_mock, execute_mock):
+        # A qcow2 checksum says nothing about the raw image written.
+        self.set_info('instance_info', image_disk_format='qcow2',
+                      configdrive='H4sICDe4')
+        self.config(group='bittorrent', agent_listen_port=7000,
+                    linger_timeout=30, progress_interval=2, stall_timeout=60)
+        publication_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+            execute_mock.assert_called_once_with(
+                mock.ANY,
+                self.expected_args(image_sha256=None, configdrive='H4sICDe4',
+                                   listen_port=7000, linger_timeout=30,
+                                   progress_interval=2, stall_timeout=60),
+                task.node, mock.ANY)
+
+    def test_write_image_md5_checksum(self, cache_mock, publication_mock,
+                                      publish_mock, execute_mock):
+        self.set_info('instance_info', image_os_hash_algo='md5',
+                      image_os_hash_value='0' * 32)
+        publication_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+            execute_mock.assert_called_once_with(
+                mock.ANY, self.expected_args(image_sha256=None), task.node,
+                mock.ANY)
+
+    def test_write_image_publish_fails(self, cache_mock, publication_mock,
+                                       publish_mock, execute_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.cached, 'raw')
+        publication_mock.return_value = None
+        publish_mock.side_effect = bt_exception.ImagePublishFailed(
+            image=self.cached, node=self.node.uuid, reason='boom')
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            self.assertRaises(bt_exception.ImagePublishFailed,
+                              task.driver.deploy.write_image_bittorrent,
+                              task)
+        execute_mock.assert_not_called()
+
+    @mock.patch.object(noop_storage.NoopStorage, 'should_write_image',
+                       autospec=True, return_value=False)
+    def test_write_image_boot_from_volume(self, should_write_mock,
+                                          cache_mock, publication_mock,
+                                          publish_mock, execute_mock):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            self.assertIsNone(
+                task.driver.deploy.write_image_bittorrent(task))
+        publication_mock.assert_not_called()
+        execute_mock.assert_not_called()
+
+    @mock.patch.object(agent.CustomAgentDeploy, 'prepare', autospec=True)
+    def test_prepare_publishes(self, prepare_mock, cache_mock,
+                               publication_mock, publish_mock, execute_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.cached, 'raw')
+        publish_mock.return_value = self.publication
+        self.update_node(provision_state=states.DEPLOYING)
+        self.set_info('driver_internal_info',
+                      bittorrent_result={'size': 1})
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.prepare(task)
+            prepare_mock.assert_called_once_with(task.driver.deploy, task)
+        # A new deploy caches and publishes again, even if the node holds
+        # a publication: the image may have changed.
+        publication_mock.assert_not_called()
+        publish_mock.assert_called_once_with(
+            self.publisher, self.node.uuid, self.cached, name='image.raw')
+        self.node.refresh()
+        self.assertEqual(self.meta.info_hash,
+                         self.node.driver_internal_info[deploy.INFO_HASH])
+        self.assertNotIn(deploy.RESULT, self.node.driver_internal_info)
+        execute_mock.assert_not_called()
+
+    @mock.patch.object(agent.CustomAgentDeploy, 'prepare', autospec=True)
+    def test_prepare_takeover(self, prepare_mock, cache_mock,
+                              publication_mock, publish_mock, execute_mock):
+        for state in (states.ACTIVE, states.ADOPTING):
+            self.update_node(provision_state=state)
+            with task_manager.acquire(self.context, self.node.uuid) as task:
+                task.driver.deploy.prepare(task)
+        self.assertEqual(2, prepare_mock.call_count)
+        cache_mock.assert_not_called()
+        publish_mock.assert_not_called()
+
+
+class RealPublisherTestCase(DeployTestCase):
+    """The step and clean-up with the real seeder and tracker."""
+
+    @mock.patch.object(agent.CustomAgentDeploy, 'clean_up', autospec=True)
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_publish_deploy_clean_up(self, cache_mock, execute_mock,
+                                     clean_up_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+        args = execute_mock.call_args.args[1]['args']
+        meta = torrent.load(base64.b64decode(args['torrent'], validate=True))
+        self.assertEqual(self.meta, meta)
+        tracker, = args['trackers']
+        self.assertTrue(tracker.endswith('?node=%s' % self.node.uuid))
+        self.assertNotIn(b'failure reason',
+                         test_publisher.announce(tracker, meta))
+        status = self.publisher.status()
+        self.assertEqual(['127.0.0.1:%d' % status['seeder_port']],
+                         args['peers'])
+        self.assertEqual(2, os.stat(self.image).st_nlink)
+
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.clean_up(task)
+            clean_up_mock.assert_called_once_with(task.driver.deploy, task)
+        self.assertEqual([], self.publisher.status()['images'])
+        self.assertEqual(1, os.stat(self.image).st_nlink)
+        self.assertIn(b'failure reason',
+                      test_publisher.announce(tracker, meta))
+        self.node.refresh()
+        self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+
+
+@mock.patch.object(deploy_utils, 'destroy_http_instance_images',
+                   autospec=True)
+@mock.patch.object(deploy_utils, 'try_set_boot_device', autospec=True)
+@mock.patch.object(fake.FakeBoot, 'prepare_instance', autospec=True)
+@mock.patch.object(agent_client.AgentClient, 'install_bootloader',
+                   autospec=True)
+@mock.patch.object(agent_client.AgentClient, 'get_partition_uuids',
+                   autospec=True)
+@mock.patch.object(boot_mode_utils, 'get_boot_mode', autospec=True)
+class PrepareInstanceBootTestCase(DeployTestCase):
+    """The direct interface's boot preparation, after our write step."""
+
+    def test_uefi(self, boot_mode_mock, uuids_mock, bootloader_mock,
+                  prepare_mock, boot_device_mock, destroy_mock):
+        boot_mode_mock.return_value = 'uefi'
+        uuids_mock.return_value = {'command_result': {
+            'root uuid': '0x5d0f7a21'}}
+        bootloader_mock.return_value = {'command_status': 'SUCCEEDED'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.prepare_instance_boot(task)
+            bootloader_mock.assert_called_once_with(
+                mock.ANY, task.node, root_uuid='0x5d0f7a21',
+                efi_system_part_uuid=None, prep_boot_part_uuid=None,
+                target_boot_mode='uefi', software_raid=False)
+            boot_device_mock.assert_called_once_with(task, 'disk',
+                                                     persistent=True)
+            prepare_mock.assert_called_once_with(task.driver.boot, task)
+        self.node.refresh()
+        self.assertEqual('0x5d0f7a21', self.node.driver_internal_info[
+            'root_uuid_or_disk_id'])
+        # The node's cached copy goes; the publication keeps the image.
+        destroy_mock.assert_called_once_with(mock.ANY)
+
+    def test_bios(self, boot_mode_mock, uuids_mock, bootloader_mock,
+                  prepare_mock, boot_device_mock, destroy_mock):
+        boot_mode_mock.return_value = 'bios'
+        uuids_mock.return_value = {'command_result': {}}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.prepare_instance_boot(task)
+            boot_device_mock.assert_called_once_with(task, 'disk',
+                                                     persistent=True)
+            prepare_mock.assert_called_once_with(task.driver.boot, task)
+        bootloader_mock.assert_not_called()
+
+
+@mock.patch.object(deployments, 'continue_node_deploy', autospec=True)
+@mock.patch.object(agent_client.AgentClient, 'get_commands_status',
+                   autospec=True)
+@mock.patch.object(publisher.Publisher, 'release', autospec=True)
+class PostStepHookTestCase(DeployTestCase):
+    """The agent's result, through ironic's own step processing."""
+
+    def setUp(self):
+        super().setUp()
+        self.update_node(provision_state=states.DEPLOYWAIT,
+                         target_provision_state=states.ACTIVE,
+                         deploy_step=STEP)
+        self.set_info('driver_internal_info',
+                      bittorrent_info_hash=self.meta.info_hash)
+        self.result = {
+            'device': '/dev/sda', 'size': 3 * base.MiB,
+            'info_hash': self.meta.info_hash, 'sha256': SHA256,
+            'downloaded_bytes': 2 * base.MiB, 'uploaded_bytes': base.MiB,
+            'zero_bytes': base.MiB, 'zero_pieces': 4, 'seconds': 4.5,
+            'download_seconds': 3.0, 'verify_seconds': 1.0,
+            'linger_seconds': 0.5,
+        }
+
+    def finish(self, result):
+        command_result = {'deploy_step': STEP}
+        if result is not None:
+            command_result['deploy_result'] = result
+        commands = [{'command_name': 'execute_deploy_step',
+                     'command_status': 'SUCCEEDED',
+                     'command_result': command_result}]
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            with mock.patch.object(type(task.driver.deploy), 'clean_up',
+                                   autospec=True) as clean_up_mock:
+                self.get_commands_mock.return_value = commands
+                task.driver.deploy.process_next_step(task, 'deploy')
+                self.clean_up_called = clean_up_mock.called
+        self.node.refresh()
+
+    def test_success(self, release_mock, commands_mock, continue_mock):
+        self.get_commands_mock = commands_mock
+        self.finish(self.result)
+        continue_mock.assert_called_once_with(mock.ANY)
+        self.assertEqual(states.DEPLOYING, self.node.provision_state)
+        self.assertEqual(
+            {'downloaded_bytes': 2 * base.MiB, 'uploaded_bytes': base.MiB,
+             'seconds': 4.5, 'sha256': SHA256, 'size': 3 * base.MiB},
+            self.node.driver_internal_info[deploy.RESULT])
+        # The node no longer needs the image; others may still.
+        release_mock.assert_called_once_with(self.publisher, self.node.uuid)
+
+    @mock.patch.object(driver_utils, 'collect_ramdisk_logs', autospec=True)
+    def test_checksum_mismatch(self, logs_mock, release_mock, commands_mock,
+                               continue_mock):
+        self.get_commands_mock = commands_mock
+        self.finish(dict(self.result, sha256='cd' * 32))
+        continue_mock.assert_not_called()
+        self.assertEqual(states.DEPLOYFAIL, self.node.provision_state)
+        self.assertIn(
+            'The image written to node %s does not match the requested '
+            'image: the agent read sha256 %s back from the disk, but '
+            'instance_info image_os_hash_value is %s.'
+            % (self.node.uuid, 'cd' * 32, SHA256), self.node.last_error)
+        self.assertTrue(self.clean_up_called)
+        self.assertEqual('cd' * 32, self.node.driver_internal_info[
+            deploy.RESULT]['sha256'])
+        release_mock.assert_called_with(self.publisher, self.node.uuid)
+
+    @mock.patch.object(driver_utils, 'collect_ramdisk_logs', autospec=True)
+    def test_no_result_with_known_checksum(self, logs_mock, release_mock,
+                                           commands_mock, continue_mock):
+        self.get_commands_mock = commands_mock
+        self.finish(None)
+        self.assertEqual(states.DEPLOYFAIL, self.node.provision_state)
+        self.assertIn('The agent on node %s finished deploy step '
+                      'write_image_bittorrent, but reported no '
+                      'deploy_result' % self.node.uuid, self.node.last_error)
+        continue_mock.assert_not_called()
+        release_mock.assert_called_with(self.publisher, self.node.uuid)
+
+    def test_no_result_without_checksum(self, release_mock, commands_mock,
+                                        continue_mock):
+        self.set_info('instance_info', image_disk_format='qcow2')
+        self.get_commands_mock = commands_mock
+        self.finish(None)
+        continue_mock.assert_called_once_with(mock.ANY)
+        self.assertNotIn(deploy.RESULT, self.node.driver_internal_info)
+        release_mock.assert_called_once_with(self.publisher, self.node.uuid)
+
+    def test_unknown_checksum_accepts_any(self, release_mock, commands_mock,
+                                          continue_mock):
+        self.set_info('instance_info', image_disk_format='qcow2')
+        self.get_commands_mock = commands_mock
+        self.finish(dict(self.result, sha256='cd' * 32))
+        continue_mock.assert_called_once_with(mock.ANY)
+        self.assertEqual('cd' * 32, self.node.driver_internal_info[
+            deploy.RESULT]['sha256'])
+
+
+@mock.patch.object(agent_base.HeartbeatMixin, 'heartbeat', autospec=True)
+@mock.patch.object(publisher.Publisher, 'release', autospec=True)
+@mock.patch.object(publisher.Publisher, 'publish', autospec=True)
+@mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+@mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+class HeartbeatTestCase(DeployTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.update_node(provision_state=states.DEPLOYWAIT,
+                         target_provision_state=states.ACTIVE,
+                         deploy_step=STEP)
+        self.set_info('driver_internal_info',
+                      bittorrent_info_hash=self.meta.info_hash)
+        self.cached = os.path.join(self.tmp, 'cache', 'disk')
+
+    def heartbeat(self):
+        with task_manager.acquire(self.context, self.node.uuid,
+                                  shared=True) as task:
+            interface = task.driver.deploy
+            interface.heartbeat(task, 'https://198.18.0.2:9999', '13.0.0')
+            return interface, task
+
+    def test_publishes_again_after_restart(self, cache_mock,
+                                           publication_mock, publish_mock,
+                                           release_mock, heartbeat_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.cached, 'raw')
+        publication_mock.return_value = None
+        publish_mock.return_value = self.publication
+        interface, task = self.heartbeat()
+        publish_mock.assert_called_once_with(
+            self.publisher, self.node.uuid, self.cached, name='image.raw')
+        release_mock.assert_not_called()
+        heartbeat_mock.assert_called_once_with(
+            interface, task, 'https://198.18.0.2:9999', '13.0.0',
+            agent_verify_ca=None, agent_status=None,
+            agent_status_message=None)
+
+    def test_still_published(self, cache_mock, publication_mock,
+                             publish_mock, release_mock, heartbeat_mock):
+        publication_mock.return_value = self.publication
+        self.heartbeat()
+        cache_mock.assert_not_called()
+        publish_mock.assert_not_called()
+        heartbeat_mock.assert_called_once_with(
+            mock.ANY, mock.ANY, 'https://198.18.0.2:9999', '13.0.0',
+            agent_verify_ca=None, agent_status=None,
+            agent_status_message=None)
+
+    def test_image_changed(self, cache_mock, publication_mock, publish_mock,
+                           release_mock, heartbeat_mock):
+        other = torrent.build(base.make_image(self.tmp, 'other', seed=2))
+        cache_mock.return_value = (IMAGE_SOURCE, self.cached, 'raw')
+        publication_mock.return_value = None
+        publish_mock.return_value = publisher.Publication(
+            meta=other, trackers=[], peers=[])
+        self.heartbeat()
+        release_mock.assert_called_once_with(self.publisher, self.node.uuid)
+        self.assertEqual(1, heartbeat_mock.call_count)
+
+    def test_publish_failure_does_not_break_heartbeat(
+            self, cache_mock, publication_mock, publish_mock, release_mock,
+            heartbeat_mock):
+        publication_mock.return_value = None
+        cache_mock.side_effect = exception.ImageDownloadFailed(
+            image_href=IMAGE_SOURCE, reason='gone')
+        self.heartbeat()
+        publish_mock.assert_not_called()
+        self.assertEqual(1, heartbeat_mock.call_count)
+
+    def test_other_step(self, cache_mock, publication_mock, publish_mock,
+                        release_mock, heartbeat_mock):
+        self.update_node(deploy_step={'interface': 'deploy',
+                                      'step': 'prepare_instance_boot',
+                                      'priority': 60, 'args': {}})
+        self.heartbeat()
+        publication_mock.assert_not_called()
+        publish_mock.assert_not_called()
+        self.assertEqual(1, heartbeat_mock.call_count)
+
+
+@mock.patch.object(publisher.Publisher, 'release', autospec=True)
+class ReleaseTestCase(DeployTestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.set_info('driver_internal_info',
+                      bittorrent_info_hash=self.meta.info_hash,
+                      bittorrent_result={'size': 1})
+
+    @mock.patch.object(agent.CustomAgentDeploy, 'clean_up', autospec=True)
+    def test_clean_up(self, clean_up_mock, release_mock):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.clean_up(task)
+            clean_up_mock.assert_called_once_with(task.driver.deploy, task)
+        release_mock.assert_called_once_with(self.publisher, self.node.uuid)
+        self.node.refresh()
+        self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+
+    @mock.patch.object(agent.CustomAgentDeploy, 'tear_down', autospec=True,
+                       return_value=states.DELETED)
+    def test_tear_down(self, tear_down_mock, release_mock):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            self.assertEqual(states.DELETED,
+                             task.driver.deploy.tear_down(task))
+            tear_down_mock.assert_called_once_with(task.driver.deploy, task)
+        release_mock.assert_called_once_with(self.publisher, self.node.uuid)
+        self.node.refresh()
+        self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+        self.assertNotIn(deploy.RESULT, self.node.driver_internal_info)
+
+    @mock.patch.object(publisher.Publisher, 'nodes', autospec=True)
+    def test_periodic_check(self, nodes_mock, release_mock):
+        waiting = obj_utils.create_test_node(
+            self.context, uuid='00000000-0000-0000-0000-00000000000a',
+            provision_state=states.DEPLOYWAIT)
+        locked = obj_utils.create_test_node(
+            self.context, uuid='00000000-0000-0000-0000-00000000000b',
+            provision_state=states.DEPLOYFAIL, reservation='other-conductor')
+        deleted = '00000000-0000-0000-0000-00000000000c'
+        self.update_node(provision_state=states.DEPLOYFAIL)
+        nodes_mock.return_value = [waiting.uuid, locked.uuid, deleted,
+                                   self.node.uuid]
+        deploy.BitTorrentDeploy()._check_publications(mock.Mock(),
+                                                      self.context)
+        self.assertEqual(
+            [mock.call(self.publisher, deleted),
+             mock.call(self.publisher, self.node.uuid)],
+            release_mock.call_args_list)
+        self.node.refresh()
+        self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+
+
+class ValidateTestCase(DeployTestCase):
+
+    def validate(self):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.validate(task)
+
+    def assertRefused(self, exc_class, message):
+        exc = self.assertRaises(exc_class, self.validate)
+        self.assertEqual(message % {'node': self.node.uuid}, str(exc))
+
+    def test_valid(self):
+        self.validate()
+
+    def test_valid_glance_and_file_images_without_checksum(self):
+        for source in ('0448fa34-4db1-407b-a051-6357d5f86c59',
+                       'file:///var/lib/images/image.raw'):
+            self.update_node(instance_info={'image_source': source})
+            self.validate()
+
+    def test_missing_image_source(self):
+        self.update_node(instance_info={})
+        self.assertRefused(
+            exception.MissingParameterValue,
+            "Node %(node)s cannot be deployed with the bittorrent deploy "
+            "interface: the image to deploy is not set. Missing are: "
+            "['instance_info.image_source']")
+
+    def test_partition_image(self):
+        self.set_info('instance_info', image_type='partition')
+        self.assertRefused(
+            exception.InvalidParameterValue,
+            'Node %(node)s cannot be deployed with the bittorrent deploy '
+            'interface: image ' + IMAGE_SOURCE + ' is a partition image '
+            '(image_type is partition, or kernel and ramdisk are set); this '
+            'interface writes whole-disk images only. Use a whole-disk '
+            'image, or the direct deploy interface.')
+
+    def test_partition_image_detected(self):
+        self.set_info('driver_internal_info', is_whole_disk_image=False)
+        exc = self.assertRaises(exception.InvalidParameterValue,
+                                self.validate)
+        self.assertIn('is a partition image', str(exc))
+        self.assertIn(self.node.uuid, str(exc))
+
+    def test_invalid_image_type(self):
+        self.set_info('instance_info', image_type='floppy')
+        self.assertRefused(
+            exception.InvalidParameterValue,
+            'Node %(node)s cannot be deployed with the bittorrent deploy '
+            'interface: instance_info image_type "floppy" is not one of '
+            'partition, whole-disk.')
+
+    def test_container_image(self):
+        self.set_info('instance_info',
+                      image_source='oci://registry.example/os:latest')
+        exc = self.assertRaises(exception.InvalidParameterValue,
+                                self.validate)
+        self.assertIn('container registry image', str(exc))
+        self.assertIn(self.node.uuid, str(exc))
+
+    def test_boot_iso(self):
+        self.set_info('instance_info', boot_iso='http://example/boot.iso')
+        exc = self.assertRaises(exception.InvalidParameterValue,
+                                self.validate)
+        self.assertIn('boot_iso is set', str(exc))
+        self.assertIn(self.node.uuid, str(exc))
+
+    def test_source_is_a_path(self):
+        self.set_info('driver_internal_info', is_source_a_path=True)
+        exc = self.assertRaises(exception.InvalidParameterValue,
+                                self.validate)
+        self.assertIn('is a path, not an image file', str(exc))
+
+    def test_http_image_without_checksum(self):
+        self.update_node(instance_info={'image_source': IMAGE_SOURCE})
+        self.assertRefused(
+            exception.MissingParameterValue,
+            'Node %(node)s cannot be deployed with the bittorrent deploy '
+            'interface: instance_info must hold image_checksum, or '
+            'image_os_hash_algo and image_os_hash_value, for an image that '
+            'is not in Glance.')
+
+    def test_http_image_with_legacy_checksum(self):
+        self.update_node(instance_info={'image_source': IMAGE_SOURCE,
+                                        'image_checksum': 'f' * 32})
+        self.validate()
+
+    def test_hash_algo_without_value(self):
+        self.update_node(instance_info={'image_source': IMAGE_SOURCE,
+                                        'image_checksum': 'f' * 32,
+                                        'image_os_hash_algo': 'sha256'})
+        self.assertRefused(
+            exception.MissingParameterValue,
+            'Node %(node)s cannot be deployed with the bittorrent deploy '
+            'interface: instance_info image_os_hash_algo and '
+            'image_os_hash_value must be set together.')
+
+    def test_bad_sha256(self):
+        self.set_info('instance_info', image_os_hash_value='xyz')
+        self.assertRefused(
+            exception.InvalidParameterValue,
+            'Node %(node)s cannot be deployed with the bittorrent deploy '
+            'interface: instance_info image_os_hash_value "xyz" is not a '
+            'sha256 hex digest.')
+
+    def test_unsupported_scheme(self):
+        self.set_info('instance_info',
+                      image_source='gopher://images.example/image.raw')
+        exc = self.assertRaises(exception.InvalidParameterValue,
+                                self.validate)
+        self.assertIn('Node %s cannot be deployed with the bittorrent '
+                      'deploy interface: ' % self.node.uuid, str(exc))
+        self.assertIn('gopher', str(exc))
+
+    def test_unspecified_advertise_host(self):
+        self.config(group='bittorrent', advertise_host='0.0.0.0')
+        exc = self.assertRaises(bt_exception.InvalidBitTorrentConfig,
+                                self.validate)
+        self.assertIsInstance(exc, exception.InvalidParameterValue)
+        self.assertIn('Node %s cannot be deployed with the bittorrent deploy '
+                      'interface: option [bittorrent]advertise_host is '
+                      '"0.0.0.0"' % self.node.uuid, str(exc))
+
+    @mock.patch.object(noop_storage.NoopStorage, 'should_write_image',
+                       autospec=True, return_value=False)
+    def test_boot_from_volume_needs_no_image(self, should_write_mock):
+        self.update_node(instance_info={})
+        self.validate()
+        should_write_mock.assert_called_once_with(mock.ANY, mock.ANY)

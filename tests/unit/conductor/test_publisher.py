@@ -1,0 +1,359 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Tests for the publisher, with a real seeder, tracker and image."""
+
+import errno
+import os
+import socket
+import threading
+import time
+from unittest import mock
+import urllib.parse
+import urllib.request
+
+from ironic_bt import exception
+from ironic_bt import publisher
+from ironic_bt import torrent
+from ironic_bt.tracker import bencode
+from tests.unit.conductor import base
+
+NODE_A = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
+NODE_B = '2be26c0b-03f2-4d2e-ae87-c02d7f33c124'
+
+
+def announce(url, meta, port=51413):
+    query = urllib.parse.urlencode({
+        'info_hash': meta.info_hash_v1,
+        'peer_id': b'-XX0000-%012d' % port,
+        'port': port, 'uploaded': 0, 'downloaded': 0, 'left': meta.size})
+    sep = '&' if '?' in url else '?'
+    with urllib.request.urlopen(url + sep + query, timeout=5) as response:
+        return bencode.decode(response.read())
+
+
+class PublisherTestCase(base.TestCase):
+
+    def setUp(self):
+        super().setUp()
+        self.image = base.make_image(self.tmp)
+        self.link_dir = os.path.join(self.data_dir, 'seeding')
+
+    def links(self):
+        return sorted(os.listdir(self.link_dir))
+
+    def seeding(self):
+        return [image['info_hash']
+                for image in self.publisher.status()['images']]
+
+    def test_publish(self):
+        pub = self.publisher.publish(NODE_A, self.image, name='image.raw')
+
+        expected = torrent.build(self.image)
+        self.assertEqual(expected.data, pub.meta.data)
+        status = self.publisher.status()
+        self.assertEqual(
+            ['%s?node=%s' % (status['trackers'][0], NODE_A)], pub.trackers)
+        self.assertRegex(status['trackers'][0],
+                         r'^http://127\.0\.0\.1:\d+/announce$')
+        self.assertEqual(['127.0.0.1:%d' % status['seeder_port']], pub.peers)
+        # The seeder holds a hard link, keyed by info-hash, so the image
+        # cache cannot evict the image while it is seeded.
+        link = os.path.join(self.link_dir, pub.info_hash + '.img')
+        self.assertTrue(os.path.samefile(self.image, link))
+        self.assertEqual(2, os.stat(self.image).st_nlink)
+        self.assertEqual(
+            {'name': 'image.raw', 'size': 3 * base.MiB, 'nodes': [NODE_A],
+             'uploaded': 0, 'peers': 0, 'error': None},
+            self.publisher.stats(pub.info_hash))
+        self.assertEqual([pub.info_hash], self.seeding())
+        # The agent's tracker URL serves the torrent and records the node.
+        reply = announce(pub.trackers[0], pub.meta)
+        self.assertNotIn(b'failure reason', reply)
+        self.assertEqual(10, reply[b'interval'])
+        swarm, = self.publisher.status()['swarms']
+        self.assertEqual('image.raw', swarm['name'])
+        self.assertIn(NODE_A, [peer['node'] for peer in swarm['peers']])
+
+    def test_refcount_by_node(self):
+        with mock.patch.object(torrent, 'build', autospec=True,
+                               side_effect=torrent.build) as build:
+            pub_a = self.publisher.publish(NODE_A, self.image)
+            pub_b = self.publisher.publish(NODE_B, self.image)
+        # The second node is served from the cache, without hashing.
+        build.assert_called_once_with(self.image)
+        self.assertEqual(pub_a.meta, pub_b.meta)
+        self.assertTrue(pub_b.trackers[0].endswith('?node=' + NODE_B))
+        self.assertEqual([NODE_A, NODE_B],
+                         self.publisher.stats(pub_a.info_hash)['nodes'])
+        self.assertEqual([pub_a.info_hash + '.img'], self.links())
+
+        self.assertTrue(self.publisher.release(NODE_A))
+        # Still needed by node B: still seeded, tracked and linked.
+        self.assertEqual([NODE_B],
+                         self.publisher.stats(pub_a.info_hash)['nodes'])
+        self.assertEqual([pub_a.info_hash], self.seeding())
+        self.assertNotIn(b'failure reason',
+                         announce(pub_b.trackers[0], pub_b.meta))
+        self.assertEqual(2, os.stat(self.image).st_nlink)
+
+        self.assertTrue(self.publisher.release(NODE_B))
+        self.assertIsNone(self.publisher.stats(pub_a.info_hash))
+        self.assertEqual([], self.seeding())
+        self.assertEqual([], self.links())
+        self.assertEqual(1, os.stat(self.image).st_nlink)
+        self.assertIn(b'failure reason',
+                      announce(pub_b.trackers[0], pub_b.meta))
+        self.assertEqual([], self.publisher.status()['images'])
+        self.assertFalse(self.publisher.release(NODE_B))
+
+    def test_concurrent_publish_hashes_once(self):
+        results = {}
+
+        def publish(node):
+            results[node] = self.publisher.publish(node, self.image)
+
+        with mock.patch.object(torrent, 'build', autospec=True,
+                               side_effect=torrent.build) as build:
+            threads = [threading.Thread(target=publish, args=(node,))
+                       for node in (NODE_A, NODE_B)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        build.assert_called_once_with(self.image)
+        self.assertEqual(results[NODE_A].meta, results[NODE_B].meta)
+        self.assertEqual([NODE_A, NODE_B], self.publisher.nodes())
+
+    def test_node_switching_image_releases_the_previous(self):
+        other = base.make_image(self.tmp, 'other.raw', seed=2)
+        first = self.publisher.publish(NODE_A, self.image)
+        second = self.publisher.publish(NODE_A, other)
+        self.assertNotEqual(first.info_hash, second.info_hash)
+        self.assertEqual([second.info_hash], self.seeding())
+        self.assertEqual([second.info_hash + '.img'], self.links())
+        self.assertEqual(1, os.stat(self.image).st_nlink)
+
+    def test_publish_is_idempotent(self):
+        first = self.publisher.publish(NODE_A, self.image)
+        second = self.publisher.publish(NODE_A, self.image)
+        self.assertEqual(first, second)
+        self.assertEqual(first, self.publisher.publication(NODE_A))
+        self.assertEqual([NODE_A],
+                         self.publisher.stats(first.info_hash)['nodes'])
+        self.assertTrue(self.publisher.release(NODE_A))
+        self.assertIsNone(self.publisher.publication(NODE_A))
+
+    def test_restart_uses_cached_torrent_and_drops_old_links(self):
+        stray = base.make_image(self.tmp, 'stray.raw', seed=3)
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.publisher.publish(NODE_B, stray)
+        self.publisher.shutdown()
+        # A conductor restart: the links stay, nothing is seeded.
+        self.assertEqual(2, os.stat(stray).st_nlink)
+
+        restarted = publisher.Publisher()
+        self.addCleanup(restarted.shutdown)
+        with mock.patch.object(torrent, 'build', autospec=True,
+                               side_effect=torrent.build) as build:
+            again = restarted.publish(NODE_A, self.image)
+        build.assert_not_called()
+        self.assertEqual(pub.meta, again.meta)
+        # The link of the image nobody published again is gone.
+        self.assertEqual([pub.info_hash + '.img'], self.links())
+        self.assertEqual(1, os.stat(stray).st_nlink)
+        self.assertEqual(2, os.stat(self.image).st_nlink)
+        self.assertNotIn(b'failure reason',
+                         announce(again.trackers[0], again.meta))
+
+    def test_changed_image_is_hashed_again(self):
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.publisher.release(NODE_A)
+        with open(self.image, 'r+b') as f:
+            f.write(b'changed')
+        with mock.patch.object(torrent, 'build', autospec=True,
+                               side_effect=torrent.build) as build:
+            again = self.publisher.publish(NODE_A, self.image)
+        build.assert_called_once_with(self.image)
+        self.assertNotEqual(pub.info_hash, again.info_hash)
+
+    def test_corrupt_cached_torrent_is_rebuilt(self):
+        self.publisher.publish(NODE_A, self.image)
+        self.publisher.release(NODE_A)
+        cache_dir = os.path.join(self.data_dir, 'torrents')
+        cached, = os.listdir(cache_dir)
+        with open(os.path.join(cache_dir, cached), 'wb') as f:
+            f.write(b'garbage')
+        with mock.patch.object(torrent, 'build', autospec=True,
+                               side_effect=torrent.build) as build:
+            pub = self.publisher.publish(NODE_A, self.image)
+        build.assert_called_once_with(self.image)
+        with open(os.path.join(cache_dir, cached), 'rb') as f:
+            self.assertEqual(pub.meta.data, f.read())
+
+    def test_stale_cached_torrents_are_removed_on_start(self):
+        cache_dir = os.path.join(self.data_dir, 'torrents')
+        os.makedirs(cache_dir)
+        old = os.path.join(cache_dir, '1-2-3-4.torrent')
+        recent = os.path.join(cache_dir, '1-2-3-5.torrent')
+        for path in (old, recent):
+            with open(path, 'wb') as f:
+                f.write(b'd4:infode')
+        week_ago = time.time() - publisher.TORRENT_CACHE_TTL - 60
+        os.utime(old, (week_ago, week_ago))
+        self.publisher.publish(NODE_A, self.image)
+        self.assertFalse(os.path.exists(old))
+        self.assertTrue(os.path.exists(recent))
+
+    @mock.patch.object(publisher.os, 'link', autospec=True)
+    def test_cross_device_data_dir(self, link_mock):
+        link_mock.side_effect = OSError(errno.EXDEV,
+                                        'Invalid cross-device link')
+        exc = self.assertRaises(exception.DataDirCrossDevice,
+                                self.publisher.publish, NODE_A, self.image)
+        self.assertEqual(
+            'Cannot publish image %(image)s of node %(node)s over '
+            'BitTorrent: the seeder keeps a hard link to the image in '
+            '[bittorrent]data_dir (%(data)s), so that the image cache does '
+            'not evict it while it is seeded, but that directory is on a '
+            'different file system. Set [bittorrent]data_dir to a directory '
+            'on the same file system as the image cache '
+            '([pxe]instance_master_path and [pxe]images_path).'
+            % {'image': self.image, 'node': NODE_A, 'data': self.data_dir},
+            str(exc))
+        self.assertEqual([], self.publisher.nodes())
+        self.assertEqual([], self.seeding())
+        self.assertEqual([], self.links())
+
+    @mock.patch.object(publisher.os, 'link', autospec=True)
+    def test_link_failure(self, link_mock):
+        link_mock.side_effect = PermissionError(errno.EACCES,
+                                                'Permission denied')
+        exc = self.assertRaises(exception.ImagePublishFailed,
+                                self.publisher.publish, NODE_A, self.image)
+        self.assertIn('of node %s' % NODE_A, str(exc))
+        self.assertIn('Permission denied', str(exc))
+        self.assertIn('[bittorrent]data_dir is writable', str(exc))
+        self.assertEqual([], self.publisher.nodes())
+
+    def test_missing_image(self):
+        missing = os.path.join(self.tmp, 'missing.raw')
+        exc = self.assertRaises(exception.ImagePublishFailed,
+                                self.publisher.publish, NODE_A, missing)
+        self.assertIn('Cannot publish image %s of node %s' % (missing, NODE_A),
+                      str(exc))
+        self.assertIn('No such file', str(exc))
+
+    def test_external_tracker(self):
+        url = 'udp://tracker.example.com:6969/announce'
+        self.config(group='bittorrent', tracker_url=url)
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.assertEqual([url], pub.trackers)
+        status = self.publisher.status()
+        self.assertEqual([url], status['trackers'])
+        self.assertNotIn('swarms', status)
+        self.assertEqual(['127.0.0.1:%d' % status['seeder_port']], pub.peers)
+
+    def test_tracker_port_in_use(self):
+        busy = socket.socket()
+        self.addCleanup(busy.close)
+        busy.bind(('127.0.0.1', 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        self.config(group='bittorrent', tracker_port=port)
+        exc = self.assertRaises(exception.PublisherStartFailed,
+                                self.publisher.publish, NODE_A, self.image)
+        self.assertIn('of node %s' % NODE_A, str(exc))
+        self.assertIn('built-in tracker of this conductor cannot start',
+                      str(exc))
+        self.assertIn('[bittorrent]tracker_port', str(exc))
+        self.assertFalse(self.publisher.started)
+        # Once the port is free, the next deploy starts the publisher.
+        busy.close()
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.assertTrue(self.publisher.started)
+        self.assertEqual([pub.info_hash], self.seeding())
+
+    def test_status_before_start(self):
+        self.assertEqual({'started': False, 'images': []},
+                         self.publisher.status())
+        self.assertFalse(self.publisher.release(NODE_A))
+        self.assertFalse(self.publisher.started)
+
+    def test_get_publisher_is_a_singleton(self):
+        self.assertIs(self.publisher, publisher.get_publisher())
+        with mock.patch.object(publisher, '_publisher', None):
+            first = publisher.get_publisher()
+            self.assertIsInstance(first, publisher.Publisher)
+            self.assertIs(first, publisher.get_publisher())
+            self.assertFalse(first.started)
+
+
+class CheckConfigTestCase(base.TestCase):
+
+    def assertInvalid(self, option, value, reason):
+        exc = self.assertRaises(exception.InvalidBitTorrentConfig,
+                                publisher.check_config, NODE_A)
+        self.assertIn('Node %s cannot be deployed with the bittorrent deploy '
+                      'interface: option [bittorrent]%s is "%s": '
+                      % (NODE_A, option, value), str(exc))
+        self.assertIn(reason, str(exc))
+
+    def test_valid(self):
+        publisher.check_config(NODE_A)
+        self.config(group='bittorrent', advertise_host='conductor.example')
+        publisher.check_config(NODE_A)
+
+    def test_unspecified_advertise_host(self):
+        for host in ('0.0.0.0', '::', '[::]'):
+            self.config(group='bittorrent', advertise_host=host)
+            self.assertInvalid('advertise_host', host,
+                               'agents cannot connect to the unspecified '
+                               'address')
+
+    def test_my_ip_unspecified(self):
+        # The default advertise_host is $my_ip.
+        self.config(my_ip='0.0.0.0')
+        self.config(group='bittorrent', advertise_host='$my_ip')
+        self.assertInvalid('advertise_host', '0.0.0.0', '[DEFAULT]my_ip')
+
+    def test_empty_advertise_host(self):
+        self.config(group='bittorrent', advertise_host='')
+        self.assertInvalid('advertise_host', '', 'must be the address')
+
+    def test_bad_tracker_url(self):
+        for url in ('ftp://tracker/announce', 'tracker:6969', 'http://'):
+            self.config(group='bittorrent', tracker_url=url)
+            self.assertInvalid('tracker_url', url,
+                               'http://, https:// or udp://')
+
+    def test_seeder_and_tracker_on_one_port(self):
+        self.config(group='bittorrent', seeder_port=7000, tracker_port=7000,
+                    seeder_listen_host='0.0.0.0')
+        self.assertInvalid('tracker_port', 7000, 'their ports must differ')
+        # With an external tracker, there is no built-in tracker port.
+        self.config(group='bittorrent',
+                    tracker_url='http://tracker.example:6969/announce')
+        publisher.check_config(NODE_A)
+
+    def test_same_port_on_distinct_addresses(self):
+        self.config(group='bittorrent', seeder_port=7000, tracker_port=7000,
+                    seeder_listen_host='198.18.0.1',
+                    tracker_listen_host='198.18.0.2')
+        publisher.check_config(NODE_A)
+
+    def test_publish_checks_config(self):
+        self.config(group='bittorrent', advertise_host='0.0.0.0')
+        image = base.make_image(self.tmp)
+        self.assertRaises(exception.InvalidBitTorrentConfig,
+                          self.publisher.publish, NODE_A, image)
+        self.assertFalse(self.publisher.started)
