@@ -400,7 +400,7 @@ class Publisher:
         try:
             self._seeder.add(meta, link, trackers=self._seeder_trackers())
             if self._table is not None:
-                self._table.publish(meta.tracker_keys, name)
+                self._table.publish(meta.tracker_keys, name, size=meta.size)
         except Exception as e:
             self._seeder.remove(meta.info_hash)
             _unlink_quiet(link)

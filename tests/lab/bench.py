@@ -369,14 +369,25 @@ class Bench:
             proc.kill()
             proc.wait()
 
-    def _wait_clients(self, clients, start_at, rss=None):
-        """Wait for every client to be done; CPU use over [start, done]."""
+    def _wait_clients(self, clients, start_at, hosts, rss=None,
+                      timeline=None):
+        """Wait for every client to be done; CPU use over [start, done].
+
+        Meanwhile, samples what each host received and the seeder sent
+        (``timeline``: [seconds since start, seeder tx, [rx per host]]).
+        """
         _sleep_until(start_at)
         cpu0 = cpu_times()
         done = {}
         peak = {}
         deadline = time.monotonic() + self.timeout
+        seed = self.seed_host
         while len(done) < len(clients) and time.monotonic() < deadline:
+            if timeline is not None:
+                wire = wire_counters(hosts + [seed])
+                timeline.append([round(time.time() - start_at, 2),
+                                 wire[seed.name][1],
+                                 [wire[h.name][0] for h in hosts]])
             for name, (proc, log) in clients.items():
                 if name in done:
                     continue
@@ -421,7 +432,9 @@ class Bench:
                                         self.image.sha256,
                                         '--start-at', repr(start_at)], log)
             clients[host.name] = (proc, log)
-        cpu = self._wait_clients(clients, start_at)
+        timeline = []
+        cpu = self._wait_clients(clients, start_at, hosts,
+                                 timeline=timeline)
         wire1 = wire_counters(hosts + [seed])
         verified = self._verify(hosts)
         nodes = []
@@ -442,7 +455,9 @@ class Bench:
                 'cpu_seconds': usage.get('cpu_seconds'),
                 'vmhwm_kib': usage.get('vmhwm_kib'),
                 'error': '' if ev else procs.tail_log(log, 5)})
-        return self._summary('unicast', nodes, cpu, wire0, wire1)
+        return self._summary('unicast', nodes, cpu, wire0, wire1,
+                             timeline=_relative(timeline, wire0, hosts,
+                                                seed))
 
     def _summary(self, method, nodes, cpu, wire0, wire1, **extra):
         seed = self.seed_host.name
@@ -523,7 +538,9 @@ class Bench:
                 else:
                     cmd += ['--settings', json.dumps(variant.writer())]
                 clients[host.name] = (host.popen(cmd, log), log)
-            cpu = self._wait_clients(clients, start_at, rss=rss)
+            timeline = []
+            cpu = self._wait_clients(clients, start_at, hosts, rss=rss,
+                                     timeline=timeline)
             wire1 = wire_counters(hosts + [seed])
         finally:
             for proc, _log in clients.values():
@@ -565,7 +582,8 @@ class Bench:
             piece_length=info['piece_length'],
             seeder_uploaded_bytes=done[-1].get('uploaded_bytes'),
             seeder_cpu_seconds=seed_usage.get('cpu_seconds'),
-            seeder_vmhwm_kib=seed_usage.get('vmhwm_kib'))
+            seeder_vmhwm_kib=seed_usage.get('vmhwm_kib'),
+            timeline=_relative(timeline, wire0, hosts, seed))
 
     def close_http(self):
         if self.http is not None:
@@ -585,6 +603,13 @@ class Bench:
                 'publish': _event(events, 'publish'),
                 'error': '' if proc.returncode == 0
                 else procs.tail_log(log, 10)}
+
+
+def _relative(timeline, wire0, hosts, seed):
+    """Timeline counters as bytes since the start of the run."""
+    return [[t, tx - wire0[seed.name][1],
+             [rx - wire0[h.name][0] for rx, h in zip(rxs, hosts)]]
+            for t, tx, rxs in timeline]
 
 
 def _sleep_until(when):
