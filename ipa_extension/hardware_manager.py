@@ -278,17 +278,14 @@ def _write_error(node_uuid, image, device, error):
 def _finish_disk(node_uuid, device, configdrive):
     """Do what IPA's standby extension does after a whole-disk image.
 
-    See ``StandbyExtension.prepare_image``: fix up the GPT, write the
-    config drive, then record the partition UUIDs that the conductor asks
+    See ``StandbyExtension.prepare_image``: write the config drive, then
+    record the partition UUIDs that the conductor asks
     for through ``standby.get_partition_uuids``.
     """
-    # The backup GPT header of an image written to a bigger disk is not at
-    # the disk's end. A failure is logged by IPA and is not fatal, as in
-    # standby: an MBR image, or parted missing, is no reason to fail.
-    try:
-        disk_utils.fix_gpt_partition(device, node_uuid=None)
-    except errors.DeploymentError:
-        pass
+    # Unlike standby, no fix_gpt_partition here: moving the backup GPT
+    # header to the end of a larger disk rewrites the primary header, and
+    # the disk would no longer hold the image byte for byte. The config
+    # drive code fixes the GPT itself when it has to add a partition.
     # The kernel still knows the partitions of what was on the disk before;
     # later steps look partitions up by device name. It only logs failures.
     disk_utils.partprobe(device)

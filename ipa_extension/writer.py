@@ -76,6 +76,9 @@ class WriteResult:
     size: int
     info_hash: str
     downloaded_bytes: int
+    #: Of downloaded_bytes, what came from the ``peers`` given (the
+    #: conductor's seeder); the rest came from other nodes.
+    downloaded_from_seeder_bytes: int
     uploaded_bytes: int
     zero_bytes: int
     seconds: float
@@ -279,6 +282,10 @@ class _Download:
         params.trackers = list(trackers)
         self.handle = self.session.add_torrent(params)
         self.peers = list(peers)
+        self.seeder_ips = {host for host, _port in self.peers}
+        # Payload received per connection (libtorrent forgets a peer's
+        # counters when it disconnects, so keep the largest seen).
+        self.received = {}
         for peer in self.peers:
             self.handle.connect_peer(peer)
         self.tracker_error = None
@@ -308,6 +315,17 @@ class _Download:
                 % {'ih': self.meta.info_hash, 't': self.target,
                    'err': self.error or st.errc.message()})
         return st
+
+    def account_peers(self):
+        for peer in self.handle.get_peer_info():
+            key = peer.ip
+            if peer.total_download > self.received.get(key, 0):
+                self.received[key] = peer.total_download
+
+    @property
+    def from_seeder(self):
+        return sum(received for (ip, _port), received in self.received.items()
+                   if ip in self.seeder_ips)
 
     def reconnect(self):
         for peer in self.peers:
@@ -404,6 +422,8 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     return WriteResult(
         target=target, size=meta.size, info_hash=meta.info_hash,
         downloaded_bytes=st.total_payload_download,
+        downloaded_from_seeder_bytes=min(dl.from_seeder,
+                                         st.total_payload_download),
         uploaded_bytes=st.total_payload_upload,
         zero_bytes=zeroed, seconds=round(time.monotonic() - start, 3),
         download_seconds=round(download_seconds, 3),
@@ -418,6 +438,7 @@ def _download(dl, progress_interval, stall_timeout):
     while True:
         st = dl.status()
         now = time.monotonic()
+        dl.account_peers()
         if st.is_seeding:
             LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,

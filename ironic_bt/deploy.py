@@ -81,8 +81,8 @@ STEP = 'write_image_bittorrent'
 INFO_HASH = 'bittorrent_info_hash'
 #: driver_internal_info: what the agent reported (see RESULT_FIELDS).
 RESULT = 'bittorrent_result'
-RESULT_FIELDS = ('downloaded_bytes', 'uploaded_bytes', 'seconds', 'sha256',
-                 'size')
+RESULT_FIELDS = ('downloaded_bytes', 'downloaded_from_seeder_bytes',
+                 'uploaded_bytes', 'seconds', 'sha256', 'size')
 
 #: A node in these states may still need its publication.
 _DEPLOY_STATES = frozenset((states.DEPLOYING, states.DEPLOYWAIT,

@@ -20,16 +20,17 @@ nodes: each deploy first returns its nodes to ``available``.
 """
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
 from tests.lab import cloud as lab_cloud
 from tests.lab import net
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0,
-    reason='the local cloud needs root (network namespaces, a bridge, '
-           'loop devices)')
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
 
 IMAGE_MIB = 64
 DISK_MIB = 128
@@ -43,6 +44,9 @@ SOLO = ['node3']
 
 @pytest.fixture(scope='module')
 def cloud(tmp_path_factory):
+    if os.geteuid() != 0:
+        pytest.skip('the local cloud needs root (network namespaces, a '
+                    'bridge, loop devices)')
     state_dir = str(tmp_path_factory.mktemp('cloud'))
     cloud = lab_cloud.Cloud(state_dir)
     try:
@@ -112,3 +116,42 @@ def test_dead_agent(cloud):
     assert failed['uuid'] in failed['last_error'], failed
     _assert_active_and_verified(report, [n for n in SWARM if n != victim])
     assert report['ok']
+
+
+# Run in a child: the lab manager patches IPA at import, which must not
+# leak into the test process.
+_NO_HOST_ACTIONS = textwrap.dedent('''
+    from unittest import mock
+
+    from ironic_python_agent import config  # noqa: registers the options
+    from ironic_python_agent import errors
+    from ironic_python_agent.extensions import image
+    from ironic_python_agent.extensions import standby
+    from ironic_python_agent import hardware
+    from ironic_python_agent import utils
+
+    import tests.lab.ipa_test_hw  # noqa: the import patches IPA
+
+    with mock.patch.object(utils, 'execute', autospec=True) as execute:
+        ext = standby.StandbyExtension()
+        ext._run_shutdown_command('poweroff')
+        ext._run_shutdown_command('reboot')
+        ext._sync_clock()
+        hardware.GenericHardwareManager().initialize()
+        utils.copy_config_from_vmedia()
+        assert not execute.called, execute.call_args_list
+        result = image.ImageExtension().install_bootloader(root_uuid='x')
+        result.join()
+        assert isinstance(result.command_error, errors.RESTError), result
+        assert not execute.called, execute.call_args_list
+    print('safe')
+''')
+
+
+def test_lab_agent_never_acts_on_the_host():
+    """The test hardware manager keeps IPA from powering off the host."""
+    proc = subprocess.run([sys.executable, '-c', _NO_HOST_ACTIONS],
+                          cwd=REPO, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith('safe'), proc.stdout

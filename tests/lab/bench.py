@@ -201,13 +201,17 @@ class Variant:
     super_seed: bool = False
     #: force the library path even without overrides.
     library: bool = False
+    #: writers log their peers this often (seconds; experiments).
+    diag: float = None
+    #: prototype: writer i of N prefers the i-th N-th of the pieces.
+    stripe: bool = False
 
     @property
     def cli(self):
         """Whether the real ``ironic-bt seed``/``write`` commands run."""
         return not (self.settings or self.writer_settings
                     or self.seeder_settings or self.connect_out
-                    or self.super_seed or self.library)
+                    or self.super_seed or self.library or self.stripe)
 
     def writer(self):
         return dict(self.settings, **self.writer_settings)
@@ -223,7 +227,7 @@ class Variant:
             parts.append('piece=%dK' % (self.piece_size // 1024))
         if self.interval != 5:
             parts.append('interval=%d' % self.interval)
-        for flag in ('mesh', 'connect_out', 'super_seed'):
+        for flag in ('mesh', 'connect_out', 'super_seed', 'stripe'):
             if getattr(self, flag):
                 parts.append(flag)
         return ' '.join(parts) or ('ironic-bt CLI' if self.cli
@@ -537,6 +541,11 @@ class Bench:
                     cmd.append('--cli')
                 else:
                     cmd += ['--settings', json.dumps(variant.writer())]
+                if variant.diag:
+                    cmd += ['--diag', str(variant.diag)]
+                if variant.stripe:
+                    cmd += ['--stripe', '%d/%d' % (hosts.index(host),
+                                                   len(hosts))]
                 clients[host.name] = (host.popen(cmd, log), log)
             timeline = []
             cpu = self._wait_clients(clients, start_at, hosts, rss=rss,
@@ -747,7 +756,7 @@ def _base_variant(args):
         seeder_settings=dict(args.seeder_setting),
         piece_size=args.piece_size, interval=args.interval, mesh=args.mesh,
         connect_out=args.connect_out, super_seed=args.super_seed,
-        library=args.library)
+        library=args.library, diag=args.diag)
     if not variant.cli:
         variant.name = 'custom'
     return variant
@@ -882,10 +891,14 @@ def print_publish(pub):
 def run_levers(args, out):
     image_size = args.image_size_mib * MiB
     state_dir, temporary = _state_dir(args)
-    variants = lever_variants()
+    if args.variants_file:
+        with open(args.variants_file) as f:
+            variants = [Variant(**v) for v in json.load(f)]
+    else:
+        variants = lever_variants()
     if args.only:
         variants = [v for v in variants
-                    if v.name == 'baseline' or v.name in args.only]
+                    if v is variants[0] or v.name in args.only]
     report = {'mode': 'levers', 'machine': machine(),
               'config': {'nodes': args.nodes, 'image_size': image_size,
                          'rate_mbit': args.rate_mbit,
@@ -918,7 +931,7 @@ def run_levers(args, out):
     summary = []
     for n in args.nodes:
         base = [r['seconds'] for r in report['runs']
-                if r['nodes_count'] == n and r['variant'] == 'baseline'
+                if r['nodes_count'] == n and r['variant'] == variants[0].name
                 and r['seconds']]
         base_med = statistics.median(base) if base else None
         for variant in variants:
@@ -933,6 +946,11 @@ def run_levers(args, out):
                 'over_baseline': round(med / base_med, 3)
                 if med and base_med else None,
                 'over_wire': round(med / bound, 2) if med else None,
+                'seeder_up_over_image': round(statistics.median(
+                    (r['seeder_uploaded_bytes'] or 0) / image_size
+                    for r in mine), 2) if mine else None,
+                'own_cpu_seconds': round(statistics.median(
+                    r['own_cpu_seconds'] for r in mine), 1) if mine else None,
                 'cpu_busy': round(statistics.mean(
                     r['cpu']['busy'] for r in mine), 2) if mine else None,
                 'failures': sum(1 for r in mine if not r['ok'])})
@@ -941,14 +959,15 @@ def run_levers(args, out):
     print('levers: %d MiB random image, %g Mbit/s, F/B = %.2f s, medians of '
           '%d runs' % (image_size // MiB, args.rate_mbit, bound,
                        args.repeat))
-    print('%4s %-22s %8s %8s %8s %5s  %s' % ('N', 'variant', 'median s',
-                                             'x base', 'x F/B', 'cpu',
-                                             'settings'))
+    print('%4s %-22s %8s %7s %6s %6s %5s %6s  %s' % (
+        'N', 'variant', 'median s', 'x base', 'x F/B', 'seedup', 'cpu',
+        'own s', 'settings'))
     for s in summary:
-        print('%4d %-22s %8s %8s %8s %5s  %s' % (
+        print('%4d %-22s %8s %7s %6s %6s %5s %6s  %s' % (
             s['nodes'], s['variant'], _fmt(s['median']),
             _fmt(s['over_baseline'], '%.3f'), _fmt(s['over_wire']),
-            _fmt(s['cpu_busy']), s['detail']))
+            _fmt(s['seeder_up_over_image']), _fmt(s['cpu_busy']),
+            _fmt(s['own_cpu_seconds'], '%.1f'), s['detail']))
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, 'levers.json'), report)
     print('wrote %s (%.0f s)' % (os.path.join(out, 'levers.json'),
@@ -1059,6 +1078,9 @@ def build_parser():
     g.add_argument('--connect-out', action='store_true',
                    help='the seeder connects to every writer')
     g.add_argument('--super-seed', action='store_true')
+    g.add_argument('--diag', type=float, metavar='SECONDS',
+                   help='writers log their peers this often (in the logs '
+                        'under --state-dir)')
     g.add_argument('--library', action='store_true',
                    help='run seeder and writers through the library even '
                         'without overrides')
@@ -1068,6 +1090,10 @@ def build_parser():
                         'baseline, in one run')
     g.add_argument('--only', type=lambda v: v.split(','),
                    help='with --levers: these variants (and baseline)')
+    g.add_argument('--variants-file', metavar='JSON',
+                   help='with --levers: a JSON list of Variant fields '
+                        'instead of the built-in levers (the first one is '
+                        'the baseline)')
     g.add_argument('--repeat', type=int, default=2,
                    help='with --levers: runs per variant')
     g.add_argument('--rss', action='store_true',

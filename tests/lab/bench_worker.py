@@ -179,6 +179,10 @@ def cmd_write(args):
         return linger(dl, timeout)
     writer._linger = timed_linger
 
+    if args.diag:
+        _diagnose(writer, args.diag)
+    if args.stripe:
+        _stripe(writer, *[int(v) for v in args.stripe.split('/')])
     _report(event='ready', at=time.time())
     _wait_until(args.start_at)
     started = time.time()
@@ -213,6 +217,67 @@ def cmd_write(args):
             code = 0
     _report(event='usage', **_usage())
     return code
+
+
+def _flags(p, lt):
+    names = []
+    for name in ('interesting', 'choked', 'remote_interested',
+                 'remote_choked', 'seed', 'snubbed', 'endgame_mode',
+                 'on_parole'):
+        if p.flags & getattr(lt.peer_info, name):
+            names.append(name)
+    return names
+
+
+def _diagnose(writer, interval):
+    """Log the writer's peers every ``interval`` seconds (experiments)."""
+    import libtorrent as lt
+
+    init = writer._Download.__init__
+
+    def watched_init(dl, *a, **kw):
+        init(dl, *a, **kw)
+        start = time.time()
+
+        def loop():
+            while dl.handle is not None:
+                try:
+                    peers = dl.handle.get_peer_info()
+                    st = dl.handle.status()
+                except Exception:
+                    return
+                _report(event='peers', t=round(time.time() - start, 2),
+                        progress=round(st.progress, 3),
+                        down=st.download_payload_rate,
+                        peers=[{'ip': p.ip[0], 'down': p.payload_down_speed,
+                                'up': p.payload_up_speed,
+                                'dq': p.download_queue_length,
+                                'uq': p.upload_queue_length,
+                                'rtt': p.rtt, 'sendbuf': p.used_send_buffer,
+                                'flags': _flags(p, lt)} for p in peers])
+                time.sleep(interval)
+        threading.Thread(target=loop, daemon=True).start()
+    writer._Download.__init__ = watched_init
+
+
+def _stripe(writer, index, count):
+    """Prototype: agent ``index`` of ``count`` fetches its 1/count first.
+
+    Raising the priority of a contiguous share of the pieces makes the
+    agents ask the seeder for disjoint pieces at first, instead of racing
+    for the same rarest pieces; everything else still comes rarest-first
+    from whoever has it.
+    """
+    init = writer._Download.__init__
+
+    def striped_init(dl, *a, **kw):
+        init(dl, *a, **kw)
+        pieces = dl.meta.num_pieces
+        first = pieces * index // count
+        last = pieces * (index + 1) // count
+        prios = [7 if first <= i < last else 4 for i in range(pieces)]
+        dl.handle.prioritize_pieces(prios)
+    writer._Download.__init__ = striped_init
 
 
 # -- http -----------------------------------------------------------------
@@ -397,6 +462,10 @@ def main(argv=None):
     p.add_argument('--settings')
     p.add_argument('--start-at', type=float)
     p.add_argument('--cli', action='store_true')
+    p.add_argument('--stripe', metavar='I/N',
+                   help='prototype: prefer the I-th of N shares of pieces')
+    p.add_argument('--diag', type=float,
+                   help='log the peers every DIAG seconds')
     p.set_defaults(func=cmd_write)
 
     p = sub.add_parser('http')

@@ -23,9 +23,18 @@ through the test hardware manager (:mod:`tests.lab.ipa_test_hw`). Nodes
 are enrolled as ``fake-hardware`` (fake power and boot, noop management)
 and driven through the normal state machine to ``available``.
 
+The agents are already running when a deploy starts, as after
+inspection, so the conductor fast-tracks to them (``[deploy]fast_track``)
+instead of "rebooting" fake-powered nodes. The harness plays the
+hardware: a node that reaches ``active`` has booted its instance, so its
+agent is stopped; a node deployed again gets a fresh agent.
+
 ``deploy`` deploys them with the real client (``openstack baremetal node
 deploy``), shows progress, checks every disk byte for byte against the
 image and prints a summary table and one JSON line of figures.
+``deploy --kill-agent NODE`` is the fault case: that node's agent is
+killed while it writes the image, and the conductor fails the node when
+its heartbeats stop (``[conductor]deploy_callback_timeout``).
 
 Everything lives in the state directory (``--state-dir``, else
 ``$IRONIC_BT_CLOUD_DIR``, else ``.cloud`` in the repository), so each
@@ -63,6 +72,9 @@ TRACKER_PORT = 6969
 SEEDER_PORT = 6881
 AGENT_PORT = 9999
 MIB = 1024 * 1024
+# ironic-python-agent's own entry point, run after the test hardware
+# manager's module has neutralised what would act on the host.
+AGENT_MAIN = 'import tests.lab.ipa_test_hw as m; m.main()'
 
 # Directories of the state dir that "down" removes; logs/ is kept for the
 # post-mortem unless --purge.
@@ -79,7 +91,8 @@ class CloudError(RuntimeError):
 
 
 def _log(msg, *args):
-    print('cloud: ' + (msg % args if args else msg), flush=True)
+    print('cloud: ' + (msg % args if args else msg), file=sys.stderr,
+          flush=True)
 
 
 def bittorrent_loadable():
@@ -98,6 +111,24 @@ def bittorrent_loadable():
                           capture_output=True, text=True, timeout=120)
     return proc.returncode == 0, (proc.stderr.strip().splitlines() or
                                   [''])[-1]
+
+
+def _pick_interfaces(interfaces):
+    """Deploy interfaces to enable, and a note if bittorrent is not."""
+    if interfaces == 'auto':
+        ok, why = bittorrent_loadable()
+        if ok:
+            return ['direct', 'bittorrent'], None
+        return ['direct'], ('the bittorrent deploy interface is not loadable '
+                            '(%s); only direct is enabled'
+                            % (why or 'no entry point'))
+    enabled = [i.strip() for i in interfaces.split(',') if i.strip()]
+    if not enabled:
+        raise CloudError('no deploy interface to enable')
+    note = None if 'bittorrent' in enabled else (
+        'bittorrent is not among the enabled deploy interfaces (%s)'
+        % ', '.join(enabled))
+    return enabled, note
 
 
 def _osc_env(api_url):
@@ -184,26 +215,16 @@ class Cloud:
                              'first' % self.state_dir)
         os.makedirs(self.state_dir, exist_ok=True)
         open(self.path(MARKER), 'w').close()
+        # The logs of a previous cloud here (kept by "down") go now.
+        shutil.rmtree(self.path('logs'), ignore_errors=True)
         for sub in _RUNTIME_DIRS + ('logs',):
             os.makedirs(self.path(sub), exist_ok=True)
 
-        if interfaces == 'auto':
-            ok, why = bittorrent_loadable()
-            enabled = ['direct'] + (['bittorrent'] if ok else [])
-            note = None if ok else (
-                'the bittorrent deploy interface is not loadable (%s); '
-                'only direct is enabled' % (why or 'no entry point'))
-        else:
-            enabled = [i.strip() for i in interfaces.split(',') if i.strip()]
-            note = None
+        enabled, note = _pick_interfaces(interfaces)
         if note:
             _log('note: %s', note)
         default = 'bittorrent' if 'bittorrent' in enabled else enabled[0]
-
-        lab = net.Lab(self.state_dir, prefix=LAB_PREFIX,
-                      subnet=subnet or net.free_subnet(),
-                      rate_mbit=rate_mbit)
-        lab.up()
+        lab = self._lab_up(subnet, rate_mbit)
         gw = lab.gateway_ip
         self.state = {
             'version': 1,
@@ -238,6 +259,24 @@ class Cloud:
         self.wait_agents(self.node_names())
         self.save()
         return self
+
+    def _lab_up(self, subnet, rate_mbit, attempts=5):
+        """Bring the lab up on ``subnet`` or on the first free /24.
+
+        Another lab (a functional test, the benchmark) may grab the same
+        free subnet between our check and our bridge; then try the next.
+        """
+        for attempt in range(attempts):
+            lab = net.Lab(self.state_dir, prefix=LAB_PREFIX,
+                          subnet=subnet or net.free_subnet(),
+                          rate_mbit=rate_mbit)
+            try:
+                return lab.up()
+            except net.LabError as e:
+                if subnet or 'overlaps' not in str(e) or \
+                        attempt == attempts - 1:
+                    raise
+                time.sleep(0.5 + attempt)
 
     def _add_host(self, lab, name, index):
         host = lab.add_host(name)
@@ -395,7 +434,7 @@ class Cloud:
         lab = self.lab
         host = lab.host(name)
         _, record = self._spawn(
-            host, 'agent', [os.path.join(BINDIR, 'ironic-python-agent'),
+            host, 'agent', [sys.executable, '-c', AGENT_MAIN,
                             '--config-file', node['conf']],
             self.path('logs', 'ipa-%s.out' % name),
             env={'PYTHONPATH': os.pathsep.join([site, REPO]),
@@ -435,26 +474,31 @@ class Cloud:
     # -- deploy --------------------------------------------------------------
 
     def prepare_image(self, image=None, size_mib=64):
-        """Put an image under http_root; return (image, url)."""
+        """Put an image under http_root; return (image, url).
+
+        A generated image is deterministic, so one already there is
+        reused: its unchanged modification time also lets the conductor
+        keep its cached copy, as it would for a real image server.
+        """
         os.makedirs(self.path('http', 'images'), exist_ok=True)
         if image:
             src = os.path.abspath(image)
-            name = os.path.basename(src)
-            dest = self.path('http', 'images', name)
+            dest = self.path('http', 'images', os.path.basename(src))
+            if os.path.exists(dest) and not os.path.samefile(src, dest):
+                os.unlink(dest)
             if not os.path.exists(dest):
                 try:
                     os.link(src, dest)
                 except OSError:
                     subprocess.run(['cp', '--sparse=always', src, dest],
                                    check=True)
-            size = os.path.getsize(dest)
-            img = images.Image(dest, size, disks.sha256_region(dest, size))
         else:
             dest = self.path('http', 'images', 'lab-%dm.img' % size_mib)
-            if os.path.exists(dest):
-                os.unlink(dest)
-            _log('building a %d MiB GPT + ext4 image', size_mib)
-            img = images.make_disk_image(dest, size_mib=size_mib)
+            if not os.path.exists(dest):
+                _log('building a %d MiB GPT + ext4 image', size_mib)
+                images.make_disk_image(dest, size_mib=size_mib)
+        size = os.path.getsize(dest)
+        img = images.Image(dest, size, disks.sha256_region(dest, size))
         if img.size > self.state['disk_bytes']:
             raise CloudError('the image (%d bytes) does not fit the nodes\' '
                              'disks (%d bytes)' % (img.size,
@@ -499,18 +543,22 @@ class Cloud:
 
     def deploy(self, interface=None, image=None, image_size_mib=64,
                names=None, kill_agent=None, kill_delay=0.0, timeout=900,
-               wipe=True, strict=False, out=sys.stdout):
+               wipe=True, strict=None, out=sys.stdout):
         """Deploy nodes with the real client and verify their disks.
 
         :param kill_agent: name of a node whose agent is killed (SIGKILL,
-            by PID) once its image write step has started, plus
-            ``kill_delay`` seconds: the fault case.
-        :param strict: require the image's exact bytes on disk; by default
-            a backup GPT moved to the end of the disk (what IPA's standby
-            extension does) is accepted and reported.
+            by PID) ``kill_delay`` seconds after it was handed the image
+            write step: the fault case. The conductor notices when the
+            agent's heartbeats stop ([conductor]deploy_callback_timeout).
+        :param strict: require the image's exact bytes on disk. By default
+            this holds for ``bittorrent``; for ``direct`` a backup GPT
+            moved to the end of the disk (what IPA's standby extension
+            does) is accepted and reported.
         :returns: the report dict (also printed as one JSON line).
         """
         interface = interface or self.state['default_interface']
+        if strict is None:
+            strict = interface == 'bittorrent'
         if interface not in self.state['deploy_interfaces']:
             raise CloudError('deploy interface %s is not enabled in this '
                              'cloud (enabled: %s)%s' % (
@@ -566,11 +614,9 @@ class Cloud:
                 self._maybe_kill(kill_agent, nodes[kill_agent], kill_delay,
                                  killed, watcher)
             for name, node in nodes.items():
-                # The BMC's part: a node the conductor powered off no
-                # longer runs its ramdisk.
-                if (node.provision_state in TERMINAL
-                        and node.power_state == 'power off'
-                        and self.agent_alive(name)):
+                # The node's part: once active it has rebooted into the
+                # instance, so its ramdisk (the agent) is gone.
+                if node.provision_state == ACTIVE and self.agent_alive(name):
                     self.stop_agent(name)
             if all(n.provision_state in TERMINAL for n in nodes.values()):
                 break
@@ -592,8 +638,13 @@ class Cloud:
         return report
 
     def _maybe_kill(self, name, node, delay, killed, watcher):
+        # "wait call-back" with the write step current means the conductor
+        # has handed the step to the agent and waits for its heartbeat:
+        # the agent is writing. Killed earlier, the conductor would fail
+        # the step at once with "connection refused", a different fault.
         step = (node.deploy_step or {}).get('step') or ''
-        if not step.startswith('write_image'):
+        if not (node.provision_state == 'wait call-back'
+                and step.startswith('write_image')):
             watcher.kill_pending = None
             return
         if watcher.kill_pending is None:
@@ -602,7 +653,7 @@ class Cloud:
             pid = self.nodes[name]['agent']['pid']
             if self.stop_agent(name, signal.SIGKILL):
                 killed[name] = {'pid': pid, 'at': time.time(), 'step': step}
-                watcher.note('killed the agent of %s (pid %d) during '
+                watcher.note('killed the agent of %s (pid %d) while it ran '
                              'deploy step %s' % (name, pid, step))
 
     # -- status / down -------------------------------------------------------
@@ -701,9 +752,11 @@ def _add_deploy_args(parser):
     parser.add_argument('--keep-disks', action='store_true',
                         help='do not discard the disks before deploying')
     parser.add_argument('--strict-verify', action='store_true',
+                        default=None,
                         help='require the image\'s exact bytes on disk '
-                             '(by default a backup GPT moved to the end of '
-                             'the disk is accepted)')
+                             '(the default for bittorrent; for direct a '
+                             'backup GPT moved to the end of the disk is '
+                             'accepted by default)')
 
 
 def _parse(argv):
@@ -810,6 +863,9 @@ def main(argv=None):
     except (CloudError, net.LabError, TimeoutError) as e:
         _log('error: %s', e)
         return 2
+    except KeyboardInterrupt:
+        _log('interrupted')
+        return 130
     return 0
 
 

@@ -31,8 +31,11 @@ Importing this module also neutralises every IPA code path that would act
 on the host (see :func:`_neutralise_host_actions`).
 
 It is registered through a throw-away ``*.dist-info`` that the harness puts
-on the agents' ``PYTHONPATH`` only; it never ships in ironic-bt's
-``setup.cfg``.
+on the agents' ``PYTHONPATH`` only (see
+:func:`tests.lab.cloud_conf.write_agent_site`); it never ships in
+ironic-bt's ``setup.cfg``. The harness starts each agent through
+:func:`main`, IPA's own entry point run after this module is imported, so
+that the patches are in place before the agent does anything.
 """
 
 import inspect
@@ -50,6 +53,7 @@ from ironic_python_agent.extensions import rescue
 from ironic_python_agent.extensions import standby
 from ironic_python_agent import hardware
 from ironic_python_agent import tls_utils
+from ironic_python_agent import utils
 
 from tests.lab import disks
 
@@ -311,10 +315,16 @@ def _neutralise_host_actions():
     def no_lockdown(self):
         LOG.warning('Lab: not locking down the host\'s interfaces')
 
+    def no_vmedia_config():
+        # It would mount a host device that looks like virtual media and
+        # copy its files into the host's /etc.
+        LOG.info('Lab: not looking for configuration on virtual media')
+
     standby.StandbyExtension._run_shutdown_command = no_shutdown
     standby.StandbyExtension._sync_clock = no_clock
     hardware.GenericHardwareManager.initialize = no_generic_init
     agent.IronicPythonAgent._lockdown_system = no_lockdown
+    utils.copy_config_from_vmedia = no_vmedia_config
     # install_bootloader writes UEFI boot entries with efibootmgr (the
     # host's NVRAM) and chroots into mounted partitions; finalize_rescue
     # writes into the host's /etc; bootc install runs containers.
@@ -327,3 +337,15 @@ def _neutralise_host_actions():
 
 
 _neutralise_host_actions()
+
+
+def main():
+    """Run the real agent with the lab's patches in place from the start.
+
+    ``python -c 'import tests.lab.ipa_test_hw as m; m.main()' --config-file
+    F`` is ``ironic-python-agent --config-file F``, except that nothing
+    IPA does before it loads its hardware managers (looking for virtual
+    media, for one) can act on the host either.
+    """
+    from ironic_python_agent.cmd import agent as agent_cmd
+    agent_cmd.run()

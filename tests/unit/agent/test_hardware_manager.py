@@ -91,6 +91,7 @@ class HardwareManagerTestCase(base.IronicAgentTest):
         return writer.WriteResult(
             target=DEVICE, size=self.meta.size,
             info_hash=self.meta.info_hash, downloaded_bytes=393216,
+            downloaded_from_seeder_bytes=262144,
             uploaded_bytes=131072, zero_bytes=524288, seconds=4.2,
             download_seconds=3.0, verify_seconds=0.7, linger_seconds=0.5,
             sha256='5e' * 32)
@@ -161,6 +162,7 @@ class TestWriteImage(HardwareManagerTestCase):
         self.assertEqual(
             {'device': DEVICE, 'size': self.meta.size,
              'info_hash': self.meta.info_hash, 'downloaded_bytes': 393216,
+             'downloaded_from_seeder_bytes': 262144,
              'uploaded_bytes': 131072, 'zero_bytes': 524288,
              'zero_pieces': 2, 'seconds': 4.2, 'download_seconds': 3.0,
              'verify_seconds': 0.7, 'linger_seconds': 0.5,
@@ -178,16 +180,17 @@ class TestWriteImage(HardwareManagerTestCase):
     def test_disk_finished_after_seeding_stopped(self):
         order = mock.Mock()
         order.attach_mock(self.write, 'write')
-        order.attach_mock(self.fix_gpt, 'fix_gpt_partition')
         order.attach_mock(self.configdrive, 'create_config_drive_partition')
         order.attach_mock(self.disk_id, 'get_disk_identifier')
 
         self._run()
 
         self.assertEqual(
-            ['write', 'fix_gpt_partition', 'create_config_drive_partition',
+            ['write', 'create_config_drive_partition',
              'get_disk_identifier'], [c[0] for c in order.mock_calls])
-        self.fix_gpt.assert_called_once_with(DEVICE, node_uuid=None)
+        # The image stays byte-exact: only the config drive code may touch
+        # the GPT, and only when it adds a partition.
+        self.fix_gpt.assert_not_called()
         self.partprobe.assert_called_once_with(DEVICE)
         self.configdrive.assert_called_once_with(NODE_UUID, DEVICE,
                                                  CONFIGDRIVE)
@@ -213,14 +216,6 @@ class TestWriteImage(HardwareManagerTestCase):
         # Empty, not None: the image was written, IPA must not warn that
         # prepare_image never ran.
         self.assertEqual({}, self.standby.partition_uuids)
-
-    def test_fix_gpt_failure_tolerated(self):
-        self.fix_gpt.side_effect = errors.DeploymentError('not gpt')
-        self._run()
-        self.configdrive.assert_called_once_with(NODE_UUID, DEVICE,
-                                                 CONFIGDRIVE)
-        self.assertEqual({'root uuid': '0x1234abcd'},
-                         self.standby.partition_uuids)
 
     def test_configdrive_failure_propagates(self):
         self.configdrive.side_effect = errors.DeploymentError(

@@ -409,8 +409,10 @@ class PostStepHookTestCase(DeployTestCase):
         self.result = {
             'device': '/dev/sda', 'size': 3 * base.MiB,
             'info_hash': self.meta.info_hash, 'sha256': SHA256,
-            'downloaded_bytes': 2 * base.MiB, 'uploaded_bytes': base.MiB,
-            'zero_bytes': base.MiB, 'zero_pieces': 4, 'seconds': 4.5,
+            'downloaded_bytes': 2 * base.MiB,
+            'downloaded_from_seeder_bytes': base.MiB // 2,
+            'uploaded_bytes': base.MiB, 'zero_bytes': base.MiB,
+            'zero_pieces': 4, 'seconds': 4.5,
             'download_seconds': 3.0, 'verify_seconds': 1.0,
             'linger_seconds': 0.5,
         }
@@ -436,8 +438,10 @@ class PostStepHookTestCase(DeployTestCase):
         continue_mock.assert_called_once_with(mock.ANY)
         self.assertEqual(states.DEPLOYING, self.node.provision_state)
         self.assertEqual(
-            {'downloaded_bytes': 2 * base.MiB, 'uploaded_bytes': base.MiB,
-             'seconds': 4.5, 'sha256': SHA256, 'size': 3 * base.MiB},
+            {'downloaded_bytes': 2 * base.MiB,
+             'downloaded_from_seeder_bytes': base.MiB // 2,
+             'uploaded_bytes': base.MiB, 'seconds': 4.5, 'sha256': SHA256,
+             'size': 3 * base.MiB},
             self.node.driver_internal_info[deploy.RESULT])
         # The node no longer needs the image; others may still.
         release_mock.assert_called_once_with(self.publisher, self.node.uuid)
