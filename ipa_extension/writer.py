@@ -51,6 +51,7 @@ _BLKZEROOUT = 0x127f
 _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _READ_CHUNK = 4 * 1024 * 1024
+_BLOCK = 16 * 1024
 _POLL = 0.25
 
 
@@ -265,8 +266,15 @@ class _Download:
                  listen_port, settings):
         self.meta = meta
         self.target = target
+        overrides = {
+            'alert_mask': int(swarm.ALERT_MASK
+                              | lt.alert_category.block_progress),
+            # Room for the block alerts of a fast link between two polls.
+            'alert_queue_size': 100000,
+        }
+        overrides.update(settings or {})
         self.session = swarm.make_session(listen_host, listen_port,
-                                          **(settings or {}))
+                                          **overrides)
         params = lt.add_torrent_params()
         params.ti = meta.torrent_info()
         params.save_path = os.path.dirname(os.path.abspath(target))
@@ -283,9 +291,7 @@ class _Download:
         self.handle = self.session.add_torrent(params)
         self.peers = list(peers)
         self.seeder_ips = {host for host, _port in self.peers}
-        # Payload received per connection (libtorrent forgets a peer's
-        # counters when it disconnects, so keep the largest seen).
-        self.received = {}
+        self.from_seeder = 0
         for peer in self.peers:
             self.handle.connect_peer(peer)
         self.tracker_error = None
@@ -293,7 +299,17 @@ class _Download:
 
     def pump_alerts(self):
         for alert in self.session.pop_alerts():
-            if isinstance(alert, lt.tracker_error_alert):
+            if isinstance(alert, lt.block_finished_alert):
+                # Per-block accounting: a peer's byte counters vanish when
+                # it disconnects, which seeds do as soon as we complete.
+                if alert.ip[0] in self.seeder_ips:
+                    self.from_seeder += _BLOCK
+            elif isinstance(alert, lt.tracker_error_alert):
+                if 'skipping tracker announce' in alert.message():
+                    # libtorrent does not announce from its loopback listen
+                    # socket to a remote tracker: expected, not an error.
+                    LOG.debug('%s', alert.message())
+                    continue
                 self.tracker_error = alert.message()
                 LOG.warning('Tracker error for %(ih)s: %(msg)s',
                             {'ih': self.meta.info_hash,
@@ -315,17 +331,6 @@ class _Download:
                 % {'ih': self.meta.info_hash, 't': self.target,
                    'err': self.error or st.errc.message()})
         return st
-
-    def account_peers(self):
-        for peer in self.handle.get_peer_info():
-            key = peer.ip
-            if peer.total_download > self.received.get(key, 0):
-                self.received[key] = peer.total_download
-
-    @property
-    def from_seeder(self):
-        return sum(received for (ip, _port), received in self.received.items()
-                   if ip in self.seeder_ips)
 
     def reconnect(self):
         for peer in self.peers:
@@ -438,7 +443,6 @@ def _download(dl, progress_interval, stall_timeout):
     while True:
         st = dl.status()
         now = time.monotonic()
-        dl.account_peers()
         if st.is_seeding:
             LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,
