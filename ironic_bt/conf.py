@@ -96,6 +96,13 @@ opts = [
                default=10, min=1,
                help=_('Seconds between the progress lines (percent, rate, '
                       'peers) that the agent logs while downloading.')),
+    cfg.IntOpt('progress_record_interval',
+               default=15, min=0,
+               help=_('Seconds between updates of the download progress of '
+                      'each deploying node in its driver_internal_info '
+                      '("bittorrent_progress": percent, bytes left, '
+                      'downloaded and uploaded, as the node last announced '
+                      'them to the built-in tracker). 0 disables it.')),
     cfg.IntOpt('stall_timeout',
                default=300, min=10,
                help=_('Seconds without a single byte downloaded after which '

@@ -531,6 +531,35 @@ class Publisher:
                     'peers': seeding.get('peers', 0),
                     'error': seeding.get('error')}
 
+    def progress(self, node_uuid):
+        """What the node last announced to the built-in tracker.
+
+        :param node_uuid: a node UUID.
+        :returns: a dict with ``percent``, ``left``, ``downloaded``,
+            ``uploaded`` and ``seconds_since_seen``; None if the node holds
+            no publication, has not announced yet, or the tracker is
+            external.
+        """
+        with self._lock:
+            info_hash = self._nodes.get(node_uuid)
+            table = self._table
+            image = self._images.get(info_hash) if info_hash else None
+        if table is None or image is None:
+            return None
+        for swarm in table.status()['swarms']:
+            if info_hash not in swarm['info_hashes']:
+                continue
+            for peer in swarm['peers']:
+                if peer.get('node') == node_uuid:
+                    size = image.meta.size
+                    left = min(int(peer['left']), size)
+                    return {'percent': round(100.0 * (size - left) / size, 1),
+                            'left': left,
+                            'downloaded': peer['downloaded'],
+                            'uploaded': peer['uploaded'],
+                            'seconds_since_seen': peer['seconds_since_seen']}
+        return None
+
     def status(self):
         """A JSON-serialisable snapshot for operators.
 

@@ -205,13 +205,17 @@ class Variant:
     diag: float = None
     #: prototype: writer i of N prefers the i-th N-th of the pieces.
     stripe: bool = False
+    #: prototype: the seeder shares this many queued requests among its
+    #: peers (max_allowed_in_request_queue = budget / peers).
+    inq_budget: int = 0
 
     @property
     def cli(self):
         """Whether the real ``ironic-bt seed``/``write`` commands run."""
         return not (self.settings or self.writer_settings
                     or self.seeder_settings or self.connect_out
-                    or self.super_seed or self.library or self.stripe)
+                    or self.super_seed or self.library or self.stripe
+                    or self.inq_budget)
 
     def writer(self):
         return dict(self.settings, **self.writer_settings)
@@ -225,6 +229,8 @@ class Variant:
         parts += ['seeder:%s=%s' % kv for kv in sorted(seeder_only.items())]
         if self.piece_size:
             parts.append('piece=%dK' % (self.piece_size // 1024))
+        if self.inq_budget:
+            parts.append('seeder inq budget %d' % self.inq_budget)
         if self.interval != 5:
             parts.append('interval=%d' % self.interval)
         for flag in ('mesh', 'connect_out', 'super_seed', 'stripe'):
@@ -374,7 +380,7 @@ class Bench:
             proc.wait()
 
     def _wait_clients(self, clients, start_at, hosts, rss=None,
-                      timeline=None):
+                      timeline=None, extra_pids=()):
         """Wait for every client to be done; CPU use over [start, done].
 
         Meanwhile, samples what each host received and the seeder sent
@@ -382,11 +388,18 @@ class Bench:
         """
         _sleep_until(start_at)
         cpu0 = cpu_times()
+        pids = [proc.pid for proc, _log in clients.values()] + list(
+            extra_pids)
+        own0 = {pid: _proc_cpu(pid) for pid in pids}
+        own1 = dict(own0)
         done = {}
         peak = {}
         deadline = time.monotonic() + self.timeout
         seed = self.seed_host
         while len(done) < len(clients) and time.monotonic() < deadline:
+            for pid in pids:
+                # The last value seen: a client that exits is not lost.
+                own1[pid] = max(own1[pid], _proc_cpu(pid))
             if timeline is not None:
                 wire = wire_counters(hosts + [seed])
                 timeline.append([round(time.time() - start_at, 2),
@@ -404,6 +417,9 @@ class Bench:
                     done[name] = None
             time.sleep(0.1)
         cpu1 = cpu_times()
+        for pid in pids:
+            own1[pid] = max(own1[pid], _proc_cpu(pid))
+        own = sum(own1.values()) - sum(own0.values())
         for proc, _log in clients.values():
             try:
                 proc.wait(max(1, deadline - time.monotonic()))
@@ -411,7 +427,11 @@ class Bench:
                 self._stop(proc)
         if rss is not None:
             rss.update(peak)
-        return cpu_busy(cpu0, cpu1)
+        busy = cpu_busy(cpu0, cpu1)
+        window = sum(cpu1.values()) - sum(cpu0.values())
+        busy['ours'] = round(own * _HZ / window, 3) if window else None
+        busy['ours_seconds'] = round(own, 2)
+        return busy
 
     def run_unicast(self, hosts):
         seed = self.seed_host
@@ -438,7 +458,8 @@ class Bench:
             clients[host.name] = (proc, log)
         timeline = []
         cpu = self._wait_clients(clients, start_at, hosts,
-                                 timeline=timeline)
+                                 timeline=timeline,
+                                 extra_pids=[self.http.pid])
         wire1 = wire_counters(hosts + [seed])
         verified = self._verify(hosts)
         nodes = []
@@ -467,17 +488,14 @@ class Bench:
         seed = self.seed_host.name
         ok = all(n['ok'] for n in nodes)
         times = [n['seconds'] for n in nodes if n['seconds'] is not None]
-        own = sum(n.get('cpu_seconds') or 0 for n in nodes) + (
-            extra.get('seeder_cpu_seconds') or 0)
-        span = max(times) if times else 0
         result = {
             'method': method, 'ok': ok,
-            # CPU seconds of our own processes (kernel networking done in
-            # softirq context is partly charged elsewhere), and their share
-            # of the machine while the slowest node ran.
-            'own_cpu_seconds': round(own, 2),
-            'own_cpu_share': round(own / (span * os.cpu_count()), 3)
-            if span else None,
+            # CPU seconds our own processes used from the start until the
+            # last node was done (kernel networking done in softirq
+            # context is partly charged elsewhere), and their share of
+            # all cores ('cpu' has the whole machine's).
+            'own_cpu_seconds': cpu.get('ours_seconds'),
+            'own_cpu_share': cpu.get('ours'),
             'seconds': round(max(times), 3) if ok and times else None,
             'mean_node_seconds': round(statistics.mean(times), 3)
             if times else None,
@@ -504,6 +522,8 @@ class Bench:
             cmd += ['--settings', json.dumps(variant.seeder())]
         if variant.super_seed:
             cmd.append('--super-seed')
+        if variant.inq_budget:
+            cmd += ['--inq-budget', str(variant.inq_budget)]
         # Leave time for the seeder to start, too.
         start_at = self._start_at(len(hosts), extra=1.5)
         if variant.connect_out:
@@ -549,7 +569,8 @@ class Bench:
                 clients[host.name] = (host.popen(cmd, log), log)
             timeline = []
             cpu = self._wait_clients(clients, start_at, hosts, rss=rss,
-                                     timeline=timeline)
+                                     timeline=timeline,
+                                     extra_pids=[seeder.pid])
             wire1 = wire_counters(hosts + [seed])
         finally:
             for proc, _log in clients.values():
@@ -625,6 +646,20 @@ def _sleep_until(when):
     delay = when - time.time()
     if delay > 0:
         time.sleep(delay)
+
+
+_HZ = os.sysconf('SC_CLK_TCK')
+
+
+def _proc_cpu(pid):
+    """CPU seconds (user + system) a live process has used so far."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            data = f.read()
+    except OSError:
+        return 0.0
+    fields = data[data.rindex(')') + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / _HZ
 
 
 def _vmrss(pid):

@@ -151,8 +151,21 @@ def cmd_seed(args):
                 if stats.get('peers', 0) >= len(peers):
                     break
                 stop.wait(0.2)
-        while not stop.wait(1):
+        budget = args.inq_budget
+        last = None
+        while not stop.wait(0.5 if budget else 1):
             seed.pump_alerts()
+            if budget:
+                # Prototype: share a fixed budget of queued requests among
+                # the connected peers; one peer alone may queue enough to
+                # fill its link, many peers only a few blocks each, so
+                # they do not all wait at the seeder for the same pieces.
+                peers = seed.stats().get(meta.info_hash, {}).get('peers', 0)
+                limit = max(args.inq_min, budget // max(1, peers))
+                if limit != last:
+                    seed._session.apply_settings(
+                        {'max_allowed_in_request_queue': limit})
+                    last = limit
         stats = seed.stats().get(meta.info_hash, {})
         _report(event='done', info_hash=meta.info_hash,
                 uploaded_bytes=stats.get('uploaded', 0))
@@ -446,6 +459,10 @@ def main(argv=None):
     p.add_argument('--upload-rate', type=int, default=0)
     p.add_argument('--settings')
     p.add_argument('--super-seed', action='store_true')
+    p.add_argument('--inq-budget', type=int, default=0,
+                   help='prototype: max_allowed_in_request_queue = '
+                        'BUDGET / connected peers')
+    p.add_argument('--inq-min', type=int, default=4)
     p.add_argument('--connect', action='append', default=[])
     p.add_argument('--start-at', type=float)
     p.add_argument('--cli', action='store_true')

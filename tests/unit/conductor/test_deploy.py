@@ -627,6 +627,68 @@ class ReleaseTestCase(DeployTestCase):
         self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
 
 
+@mock.patch.object(publisher.Publisher, 'progress', autospec=True)
+@mock.patch.object(publisher.Publisher, 'nodes', autospec=True)
+class ProgressTestCase(DeployTestCase):
+    """The periodic task that shows download progress per node."""
+
+    PROGRESS = {'percent': 66.7, 'left': base.MiB,
+                'downloaded': 2 * base.MiB, 'uploaded': 0,
+                'seconds_since_seen': 1.5}
+
+    def setUp(self):
+        super().setUp()
+        self.update_node(provision_state=states.DEPLOYWAIT,
+                         deploy_step={'interface': 'deploy',
+                                      'step': deploy.STEP, 'priority': 80,
+                                      'args': {}})
+        self.manager = mock.Mock(spec=['iter_nodes'])
+        self.manager.iter_nodes.return_value = [
+            (self.node.uuid, self.node.driver, self.node.conductor_group)]
+
+    def run_periodic(self):
+        deploy.BitTorrentDeploy()._record_progress(self.manager,
+                                                   self.context)
+        self.node.refresh()
+
+    def test_recorded(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = dict(self.PROGRESS)
+        self.run_periodic()
+        self.manager.iter_nodes.assert_called_once_with(
+            filters={'provision_state': states.DEPLOYWAIT}, fields=())
+        self.assertEqual(self.PROGRESS,
+                         self.node.driver_internal_info[deploy.PROGRESS])
+
+    def test_not_published_here(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = []
+        self.run_periodic()
+        progress_mock.assert_not_called()
+        self.assertNotIn(deploy.PROGRESS, self.node.driver_internal_info)
+
+    def test_not_announced_yet(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = None
+        self.run_periodic()
+        self.assertNotIn(deploy.PROGRESS, self.node.driver_internal_info)
+
+    def test_other_step(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = dict(self.PROGRESS)
+        self.update_node(deploy_step={'interface': 'deploy',
+                                      'step': 'deploy', 'priority': 100,
+                                      'args': {}})
+        self.run_periodic()
+        self.assertNotIn(deploy.PROGRESS, self.node.driver_internal_info)
+
+    def test_locked_node_is_skipped(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = dict(self.PROGRESS)
+        self.update_node(reservation='other-conductor')
+        self.run_periodic()
+        self.assertNotIn(deploy.PROGRESS, self.node.driver_internal_info)
+
+
 class ValidateTestCase(DeployTestCase):
 
     def validate(self):

@@ -31,11 +31,12 @@ NODE_A = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
 NODE_B = '2be26c0b-03f2-4d2e-ae87-c02d7f33c124'
 
 
-def announce(url, meta, port=51413):
+def announce(url, meta, port=51413, left=None, downloaded=0):
     query = urllib.parse.urlencode({
         'info_hash': meta.info_hash_v1,
         'peer_id': b'-XX0000-%012d' % port,
-        'port': port, 'uploaded': 0, 'downloaded': 0, 'left': meta.size})
+        'port': port, 'uploaded': 0, 'downloaded': downloaded,
+        'left': meta.size if left is None else left})
     sep = '&' if '?' in url else '?'
     with urllib.request.urlopen(url + sep + query, timeout=5) as response:
         return bencode.decode(response.read())
@@ -83,6 +84,21 @@ class PublisherTestCase(base.TestCase):
         swarm, = self.publisher.status()['swarms']
         self.assertEqual('image.raw', swarm['name'])
         self.assertIn(NODE_A, [peer['node'] for peer in swarm['peers']])
+
+    def test_progress_per_node(self):
+        pub = self.publisher.publish(NODE_A, self.image, name='image.raw')
+        self.assertIsNone(self.publisher.progress(NODE_A))
+
+        announce(pub.trackers[0], pub.meta, left=base.MiB,
+                 downloaded=2 * base.MiB)
+
+        progress = self.publisher.progress(NODE_A)
+        self.assertEqual(
+            {'percent': 66.7, 'left': base.MiB, 'downloaded': 2 * base.MiB,
+             'uploaded': 0},
+            {k: v for k, v in progress.items()
+             if k != 'seconds_since_seen'})
+        self.assertIsNone(self.publisher.progress(NODE_B))
 
     def test_refcount_by_node(self):
         with mock.patch.object(torrent, 'build', autospec=True,
