@@ -48,7 +48,15 @@ class Seeder:
 
     def __init__(self, listen_host='0.0.0.0', listen_port=6881,
                  upload_rate_limit=0, settings=None):
-        overrides = dict(settings or {})
+        overrides = {
+            # A seeder that queues thousands of requests per peer sends
+            # each early peer long runs of pieces nobody else has asked
+            # for yet: it uploads the image twice over while the nodes
+            # wait. A short queue spreads its upload across the swarm and
+            # lets nodes trade what they got (doc/source/performance.rst).
+            'max_allowed_in_request_queue': 8,
+        }
+        overrides.update(settings or {})
         if upload_rate_limit:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
         self._session = swarm.make_session(listen_host, listen_port,

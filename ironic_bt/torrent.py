@@ -39,12 +39,15 @@ from ironic_bt.i18n import _
 #: the install device; the seeder to its hard link.
 FILE_NAME = 'disk.img'
 
-MIN_PIECE_SIZE = 256 * 1024
+MIN_PIECE_SIZE = 16 * 1024
 MAX_PIECE_SIZE = 4 * 1024 * 1024
 #: Aim for about this many pieces: enough for peers to trade pieces early
-#: (every piece a peer finishes can be uploaded at once), few enough that
-#: per-piece overhead (requests, hash checks, have messages) stays small.
-TARGET_PIECES = 2048
+#: (every piece a peer finishes can be uploaded at once) and to keep the
+#: all-zero regions of sparse images off the wire, few enough that
+#: per-piece overhead (requests, hash checks, have messages, the size of
+#: the .torrent) stays small. 4096 measured faster than 2048 at every swarm
+#: size (doc/source/performance.rst).
+TARGET_PIECES = 4096
 
 
 class InvalidTorrent(ValueError):

@@ -217,7 +217,7 @@ def test_write_again_over_present_image(tmp_path, image):
 @requires_root
 def test_loop_device_too_small(tmp_path, image):
     path, data, meta = image
-    small = 2 * MiB
+    small = SIZE // 2 // 512 * 512
     backing = backing_file(tmp_path / 'small.img', small, fill=PATTERN)
     with seeding(meta, path) as peer, loop_device(backing) as device:
         with pytest.raises(writer.TargetError) as exc:

@@ -20,6 +20,7 @@ import subprocess
 
 import pytest
 
+from ironic_bt import torrent
 from ironic_bt.tracker import bencode
 from tests.lab import disks
 from tests.lab import images
@@ -77,7 +78,7 @@ def test_sparse_image_zero_pieces_never_cross_the_wire(swarm):
 
     result = lab_swarm.run_bittorrent(swarm, image, linger=2)
 
-    piece = 256 * 1024
+    piece = torrent.piece_size_for(image.size)
     for node in result.nodes:
         assert node.ok, node.error
         # At most the non-zero bytes plus one piece per extent boundary.
