@@ -40,6 +40,7 @@ minutes.
 """
 
 import argparse
+import contextlib
 import dataclasses
 import fcntl
 import json
@@ -69,8 +70,12 @@ AGENT_PORT = 6881
 
 _BLKZEROOUT = 0x127f
 
-QUICK = {'nodes': [1, 2, 4, 8, 16], 'image_size_mib': 64}
-FULL = {'nodes': [1, 2, 4, 8, 16], 'image_size_mib': 256}
+#: Both at 50 Mbit/s by default: at 16 nodes that is what this kind of
+#: 2-core machine carries without running out of CPU (see
+#: doc/source/performance.rst); F/B is 2.7 s (quick) and 10.7 s (full).
+DEFAULT_RATE_MBIT = 50
+QUICK = {'nodes': [1, 2, 4, 8, 16], 'image_size_mib': 16}
+FULL = {'nodes': [1, 2, 4, 8, 16], 'image_size_mib': 64}
 
 
 # -- measurements -------------------------------------------------------------
@@ -205,9 +210,8 @@ class Variant:
     diag: float = None
     #: prototype: writer i of N prefers the i-th N-th of the pieces.
     stripe: bool = False
-    #: prototype: the seeder shares this many queued requests among its
-    #: peers (max_allowed_in_request_queue = budget / peers).
-    inq_budget: int = 0
+    #: sysctls set in every lab host for this variant (e.g. TCP knobs).
+    sysctls: dict = dataclasses.field(default_factory=dict)
 
     @property
     def cli(self):
@@ -215,7 +219,7 @@ class Variant:
         return not (self.settings or self.writer_settings
                     or self.seeder_settings or self.connect_out
                     or self.super_seed or self.library or self.stripe
-                    or self.inq_budget)
+                    or self.sysctls)
 
     def writer(self):
         return dict(self.settings, **self.writer_settings)
@@ -227,12 +231,13 @@ class Variant:
         parts = ['%s=%s' % kv for kv in sorted(self.writer().items())]
         seeder_only = {k: v for k, v in self.seeder_settings.items()}
         parts += ['seeder:%s=%s' % kv for kv in sorted(seeder_only.items())]
-        if self.piece_size:
+        if self.piece_size == 'old':
+            parts.append('piece=old policy')
+        elif self.piece_size:
             parts.append('piece=%dK' % (self.piece_size // 1024))
-        if self.inq_budget:
-            parts.append('seeder inq budget %d' % self.inq_budget)
         if self.interval != 5:
             parts.append('interval=%d' % self.interval)
+        parts += ['sysctl %s=%s' % kv for kv in sorted(self.sysctls.items())]
         for flag in ('mesh', 'connect_out', 'super_seed', 'stripe'):
             if getattr(self, flag):
                 parts.append(flag)
@@ -240,43 +245,75 @@ class Variant:
                                    else 'library, no overrides')
 
 
+def old_piece_size(size):
+    """The piece size policy before the benchmark: 2048 pieces, >= 256 K."""
+    piece = 256 * 1024
+    while piece < 4 * MiB and piece * 2048 < size:
+        piece *= 2
+    return piece
+
+
 def lever_variants():
-    """The levers of issue 4, each a variant of the library baseline."""
+    """The levers of issue 4, each moved away from the product's defaults.
+
+    The first variant is the product as it is, the second the defaults it
+    had before these measurements; every other one is the product with one
+    lever moved, so its effect is measured against it in the same run.
+    """
     k = 1024
+    product = Variant
     return [
-        Variant('baseline', library=True),
-        Variant('piece 64K', piece_size=64 * k, library=True),
-        Variant('piece 128K', piece_size=128 * k, library=True),
-        Variant('piece 1M', piece_size=1024 * k, library=True),
-        Variant('piece 4M', piece_size=4096 * k, library=True),
-        Variant('conn limit 8', settings={'connections_limit': 8}),
-        Variant('unchoke 4', settings={'unchoke_slots_limit': 4}),
-        Variant('reqq 2000', settings={'max_out_request_queue': 2000,
-                                       'request_queue_time': 10}),
-        Variant('reqq 50', settings={'max_out_request_queue': 50,
-                                     'request_queue_time': 1}),
-        Variant('seeder inq 16', seeder_settings={
+        product('product', library=True),
+        product('before: 2048 pieces >= 256K, seeder queue 2000',
+                piece_size='old', seeder_settings={
+                    'max_allowed_in_request_queue': 2000}),
+        # Piece size policy.
+        product('piece 64K', piece_size=64 * k, library=True),
+        product('piece 256K', piece_size=256 * k, library=True),
+        # The seeder's queue of requests per peer (8 now).
+        product('seeder queue 4', seeder_settings={
+            'max_allowed_in_request_queue': 4}),
+        product('seeder queue 16', seeder_settings={
             'max_allowed_in_request_queue': 16}),
-        Variant('seeder inq 64', seeder_settings={
-            'max_allowed_in_request_queue': 64}),
-        Variant('seeder unchoke 4', seeder_settings={
-            'unchoke_slots_limit': 4, 'unchoke_interval': 2}),
-        Variant('sndbuf 4M', settings={
-            'send_buffer_watermark': 4 * MiB,
-            'send_buffer_low_watermark': 512 * k,
-            'send_buffer_watermark_factor': 150}),
-        Variant('suggest', settings={'suggest_mode': 1}),
-        Variant('no encryption', settings={'out_enc_policy': 2,
+        product('seeder queue 2000', seeder_settings={
+            'max_allowed_in_request_queue': 2000}),
+        # Connection and unchoke limits.
+        product('connections 8', settings={'connections_limit': 8}),
+        product('unchoke 4', settings={'unchoke_slots_limit': 4}),
+        # Request queue depth, send buffer watermarks.
+        product('reqq deep', settings={'max_out_request_queue': 2000,
+                                       'request_queue_time': 10}),
+        product('reqq shallow', settings={'max_out_request_queue': 50,
+                                          'request_queue_time': 1}),
+        product('sndbuf 4M', settings={'send_buffer_watermark': 4 * MiB,
+                                       'send_buffer_low_watermark': 512 * k,
+                                       'send_buffer_watermark_factor': 150}),
+        product('sndbuf 64K', settings={'send_buffer_watermark': 64 * k,
+                                        'send_buffer_low_watermark': 16 * k}),
+        product('suggest', settings={'suggest_mode': 1}),
+        product('no encryption', settings={'out_enc_policy': 2,
                                            'in_enc_policy': 2}),
-        Variant('predictive announce', settings={
+        product('predictive announce', settings={
             'predictive_piece_announce': 20}),
-        Variant('hashing threads 2', settings={'hashing_threads': 2}),
-        Variant('disk queue 8M', settings={'max_queued_disk_bytes': 8 * MiB}),
-        Variant('extent affinity', settings={'piece_extent_affinity': True}),
-        Variant('super seed', super_seed=True),
-        Variant('seeder connects out', connect_out=True),
-        Variant('mesh peers', mesh=True, library=True),
-        Variant('interval 1', interval=1, library=True),
+        product('no strict end game', settings={
+            'strict_end_game_mode': False}),
+        # The disk backend (POSIX is the only one that writes to a block
+        # device; these are its knobs).
+        product('hashing threads 2', settings={'hashing_threads': 2}),
+        product('aio threads 2', settings={'aio_threads': 2}),
+        product('disk queue 8M', settings={
+            'max_queued_disk_bytes': 8 * MiB}),
+        product('extent affinity', settings={'piece_extent_affinity': True}),
+        # Seeder behaviour.
+        product('super seed', super_seed=True),
+        product('no TCP slow start after idle', sysctls={
+            'net.ipv4.tcp_slow_start_after_idle': 0}),
+        # How fast peers find each other.
+        product('seeder connects out', connect_out=True),
+        product('mesh peers', mesh=True, library=True),
+        product('tracker interval 1', interval=1, library=True),
+        # Prototype: agents start on disjoint shares of the pieces.
+        product('stripe (prototype)', stripe=True),
     ]
 
 
@@ -341,6 +378,8 @@ class Bench:
         return path
 
     def torrent(self, piece_size=None):
+        if piece_size == 'old':
+            piece_size = old_piece_size(self.image.size)
         if piece_size not in self.torrents:
             path = os.path.join(self.state_dir, 'image-%s.torrent'
                                 % (piece_size or 'policy'))
@@ -365,10 +404,26 @@ class Bench:
                                             self.image.size)
                 == self.image.sha256 for h in hosts}
 
-    def _start_at(self, nodes, extra=0.0):
-        # Enough for N Pythons to import libtorrent and oslo on 2 cores
-        # (about 0.15 s of CPU each).
-        return time.time() + 1.5 + extra + 0.15 * nodes
+    def _start_file(self):
+        path = os.path.join(self.state_dir, 'start')
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return path
+
+    def _go(self, clients, start_file):
+        """Once every client is ready, tell them all when to start."""
+        procs.wait_for(
+            lambda: all(_event(_events(log), 'ready') is not None
+                        or proc.poll() is not None
+                        for proc, log in clients.values()),
+            timeout=120, interval=0.05, what='clients ready')
+        # A little ahead, so they all see it before it comes.
+        start_at = time.time() + 0.2
+        tmp = start_file + '.tmp'
+        with open(tmp, 'w') as f:
+            f.write(repr(start_at))
+        os.replace(tmp, start_file)
+        return start_at
 
     def _stop(self, proc, timeout=20):
         if proc.poll() is None:
@@ -380,7 +435,7 @@ class Bench:
             proc.wait()
 
     def _wait_clients(self, clients, start_at, hosts, rss=None,
-                      timeline=None, extra_pids=()):
+                      timeline=None, extra_pids=(), release=False):
         """Wait for every client to be done; CPU use over [start, done].
 
         Meanwhile, samples what each host received and the seeder sent
@@ -420,6 +475,11 @@ class Bench:
         for pid in pids:
             own1[pid] = max(own1[pid], _proc_cpu(pid))
         own = sum(own1.values()) - sum(own0.values())
+        if release:
+            # Every node is done: stop lingering (see bench_worker).
+            for proc, _log in clients.values():
+                if proc.poll() is None:
+                    proc.send_signal(signal.SIGUSR1)
         for proc, _log in clients.values():
             try:
                 proc.wait(max(1, deadline - time.monotonic()))
@@ -445,8 +505,7 @@ class Bench:
             self.http = proc
         self._wipe(hosts)
         url = 'http://%s:%d/image.raw' % (seed.ip, HTTP_PORT)
-        wire0 = wire_counters(hosts + [seed])
-        start_at = self._start_at(len(hosts))
+        start_file = self._start_file()
         clients = {}
         for host in hosts:
             log = self._fresh_log('fetch-%s' % host.name)
@@ -454,8 +513,10 @@ class Bench:
                                         self.lab)
             proc = host.popen(WORKER + ['fetch', url, dev, '--sha256',
                                         self.image.sha256,
-                                        '--start-at', repr(start_at)], log)
+                                        '--start-file', start_file], log)
             clients[host.name] = (proc, log)
+        wire0 = wire_counters(hosts + [seed])
+        start_at = self._go(clients, start_file)
         timeline = []
         cpu = self._wait_clients(clients, start_at, hosts,
                                  timeline=timeline,
@@ -468,14 +529,11 @@ class Bench:
             events = _events(log)
             ev = _event(events, 'verified') or {}
             usage = _event(events, 'usage') or {}
-            ready = _event(events, 'ready') or {}
             nodes.append({
                 'name': host.name,
                 'ok': bool(ev.get('ok')) and verified[host.name]
                 and proc.returncode == 0,
                 'seconds': round(ev['at'] - start_at, 3) if ev else None,
-                'late_start': round(max(0, ready.get('at', 0) - start_at),
-                                    3),
                 'wire_rx_bytes': wire1[host.name][0] - wire0[host.name][0],
                 'cpu_seconds': usage.get('cpu_seconds'),
                 'vmhwm_kib': usage.get('vmhwm_kib'),
@@ -505,8 +563,30 @@ class Bench:
         result.update(extra)
         return result
 
+    def _sysctls(self, hosts, values):
+        """Set sysctls in the hosts; returns the previous values."""
+        previous = {}
+        for host in hosts:
+            for name, value in values.items():
+                out = host.run(['sysctl', '-n', name], capture_output=True,
+                               text=True, check=True)
+                previous[name] = out.stdout.strip()
+                host.run(['sysctl', '-qw', '%s=%s' % (name, value)],
+                         check=True)
+        return previous
+
     def run_bittorrent(self, hosts, variant=None):
         variant = variant or Variant()
+        if variant.sysctls:
+            previous = self._sysctls(hosts + [self.seed_host],
+                                     variant.sysctls)
+            try:
+                return self._run_bittorrent(hosts, variant)
+            finally:
+                self._sysctls(hosts + [self.seed_host], previous)
+        return self._run_bittorrent(hosts, variant)
+
+    def _run_bittorrent(self, hosts, variant):
         seed = self.seed_host
         torrent, info = self.torrent(variant.piece_size)
         self._wipe(hosts)
@@ -522,14 +602,11 @@ class Bench:
             cmd += ['--settings', json.dumps(variant.seeder())]
         if variant.super_seed:
             cmd.append('--super-seed')
-        if variant.inq_budget:
-            cmd += ['--inq-budget', str(variant.inq_budget)]
-        # Leave time for the seeder to start, too.
-        start_at = self._start_at(len(hosts), extra=1.5)
+        start_file = self._start_file()
         if variant.connect_out:
             for host in hosts:
                 cmd += ['--connect', '%s:%d' % (host.ip, AGENT_PORT)]
-            cmd += ['--start-at', repr(start_at)]
+            cmd += ['--start-file', start_file]
         seeder = seed.popen(cmd, seed_log)
         tracker = 'http://%s:%d/announce' % (seed.ip, TRACKER_PORT)
         clients = {}
@@ -551,7 +628,7 @@ class Bench:
                                 '--peer', '%s:%d' % (seed.ip, SEED_PORT),
                                 '--linger', str(self.linger),
                                 '--sha256', self.image.sha256,
-                                '--start-at', repr(start_at)]
+                                '--start-file', start_file]
                 if variant.mesh:
                     for other in hosts:
                         if other is not host:
@@ -567,10 +644,11 @@ class Bench:
                     cmd += ['--stripe', '%d/%d' % (hosts.index(host),
                                                    len(hosts))]
                 clients[host.name] = (host.popen(cmd, log), log)
+            start_at = self._go(clients, start_file)
             timeline = []
             cpu = self._wait_clients(clients, start_at, hosts, rss=rss,
                                      timeline=timeline,
-                                     extra_pids=[seeder.pid])
+                                     extra_pids=[seeder.pid], release=True)
             wire1 = wire_counters(hosts + [seed])
         finally:
             for proc, _log in clients.values():
@@ -588,14 +666,11 @@ class Bench:
             ev = _event(events, 'verified')
             res = _result(events) or {}
             usage = _event(events, 'usage') or {}
-            ready = _event(events, 'ready') or {}
             nodes.append({
                 'name': host.name,
                 'ok': bool(ev) and bool(res) and verified[host.name]
                 and res.get('sha256') == self.image.sha256,
                 'seconds': round(ev['at'] - start_at, 3) if ev else None,
-                'late_start': round(max(0, ready.get('at', 0) - start_at),
-                                    3),
                 'download_seconds': res.get('download_seconds'),
                 'verify_seconds': res.get('verify_seconds'),
                 'downloaded_bytes': res.get('downloaded_bytes'),
@@ -619,6 +694,16 @@ class Bench:
         if self.http is not None:
             self._stop(self.http)
             self.http = None
+
+    def run_zero(self, host):
+        """BLKZEROOUT against writing zeros, for the image's zero runs."""
+        log = self._fresh_log('zero')
+        dev = disks.assert_lab_loop(self.swarm.devices[host.name], self.lab)
+        torrent, _info = self.torrent(None)
+        proc = host.popen(WORKER + ['zero', torrent, dev], log)
+        proc.wait(self.timeout)
+        return _event(_events(log), 'zero') or {
+            'error': procs.tail_log(log, 10)}
 
     def run_publish(self):
         log = self._fresh_log('publish')
@@ -776,12 +861,29 @@ def _write_json(path, data):
 
 # -- modes --------------------------------------------------------------------
 
-def _state_dir(args):
+def _tmp_dir(args, need):
+    """Where the lab's files go: tmpfs if it has room, unless told.
+
+    The N lab nodes share this machine's one disk, which no real
+    deployment does: in this VM it writes about 370 MB/s, less than 16
+    nodes at 200 Mbit/s take. Backing the loop devices with memory keeps
+    the benchmark about the network and the swarm, as if each node had a
+    disk of its own faster than its link.
+    """
+    if args.tmp_dir:
+        return args.tmp_dir
+    shm = '/dev/shm'
+    if os.path.isdir(shm) and shutil.disk_usage(shm).free > 2 * need:
+        return shm
+    return tempfile.gettempdir()
+
+
+def _state_dir(args, need=0):
     if args.state_dir:
         os.makedirs(args.state_dir, exist_ok=True)
         return args.state_dir, False
     return tempfile.mkdtemp(prefix='ironic-bt-bench-',
-                            dir=args.tmp_dir), True
+                            dir=_tmp_dir(args, need)), True
 
 
 def _base_variant(args):
@@ -797,10 +899,21 @@ def _base_variant(args):
     return variant
 
 
+def _progress_line(n, method, res):
+    failed = ['%s: %s' % (x['name'], x['error'][-300:])
+              for x in res['nodes'] if not x['ok']]
+    return 'N=%-3d %-10s %s s (cpu busy %.0f%%, ours %.0f%%)%s' % (
+        n, method, _fmt(res['seconds']), 100 * res['cpu']['busy'],
+        100 * (res['own_cpu_share'] or 0),
+        '  FAILED: ' + '; '.join(failed) if failed else '')
+
+
 def run_scaling(args, out):
     image_size = args.image_size_mib * MiB
     methods = args.methods
-    state_dir, temporary = _state_dir(args)
+    # The image, and a loop device a little larger for each node.
+    state_dir, temporary = _state_dir(
+        args, (max(args.nodes) + 1) * (image_size + 16 * MiB))
     variant = _base_variant(args)
     report = {'mode': 'scaling', 'machine': machine(),
               'config': {'nodes': args.nodes, 'image_size': image_size,
@@ -817,6 +930,8 @@ def run_scaling(args, out):
                                'sha256': bench.image.sha256,
                                'nonzero_bytes': bench.nonzero}
             report['torrent'] = bench.torrent(variant.piece_size)[1]
+            print('lab of %d hosts, image and torrent ready in %.0f s' % (
+                max(args.nodes) + 1, time.monotonic() - started), flush=True)
             for n in args.nodes:
                 hosts = bench.swarm.hosts[:n]
                 by_method = {}
@@ -826,19 +941,11 @@ def run_scaling(args, out):
                     else:
                         res = bench.run_bittorrent(hosts, variant)
                     by_method[method] = res
-                    late = max(x['late_start'] for x in res['nodes'])
-                    print('N=%-3d %-10s %s s (cpu busy %.0f%%, ours %.0f%%)'
-                          '%s%s' % (
-                        n, method, _fmt(res['seconds']),
-                        100 * res['cpu']['busy'],
-                        100 * (res['own_cpu_share'] or 0),
-                        ' late start %.2f s' % late if late else '',
-                        '' if res['ok'] else '  FAILED: ' + '; '.join(
-                            '%s: %s' % (x['name'], x['error'][-300:])
-                            for x in res['nodes'] if not x['ok'])),
-                        flush=True)
+                    print(_progress_line(n, method, res), flush=True)
                 bench.close_http()
                 runs.append((n, by_method))
+            if args.sparse:
+                report['zeroing'] = bench.run_zero(bench.swarm.hosts[0])
             if args.publish:
                 report['publish'] = bench.run_publish()
     finally:
@@ -869,6 +976,12 @@ def run_scaling(args, out):
               'for %d non-zero bytes (limit %d)' % (
                   s['worst_downloaded_bytes'], s['worst_wire_rx_bytes'],
                   s['nonzero_bytes'], s['limit_bytes']))
+        z = report.get('zeroing') or {}
+        if 'bytes' in z:
+            print('zeroing %d bytes in %d runs: BLKZEROOUT %.3f s, writing '
+                  'zeros %.3f s' % (z['bytes'], z['runs'],
+                                    z['blkzeroout_seconds'],
+                                    z['write_seconds']))
     if report.get('publish'):
         print_publish(report['publish'])
     os.makedirs(out, exist_ok=True)
@@ -925,7 +1038,8 @@ def print_publish(pub):
 
 def run_levers(args, out):
     image_size = args.image_size_mib * MiB
-    state_dir, temporary = _state_dir(args)
+    state_dir, temporary = _state_dir(
+        args, (max(args.nodes) + 1) * (image_size + 16 * MiB))
     if args.variants_file:
         with open(args.variants_file) as f:
             variants = [Variant(**v) for v in json.load(f)]
@@ -950,7 +1064,7 @@ def run_levers(args, out):
                         res['nodes_count'] = n
                         res['repeat'] = rep
                         report['runs'].append(res)
-                        print('N=%-3d %-22s %7s s  cpu %3.0f%%  seeder up '
+                        print('N=%-3d %-30s %7s s  cpu %3.0f%%  seeder up '
                               '%.2f x F%s' % (
                                   n, variant.name, _fmt(res['seconds']),
                                   100 * res['cpu']['busy'],
@@ -994,11 +1108,11 @@ def run_levers(args, out):
     print('levers: %d MiB random image, %g Mbit/s, F/B = %.2f s, medians of '
           '%d runs' % (image_size // MiB, args.rate_mbit, bound,
                        args.repeat))
-    print('%4s %-22s %8s %7s %6s %6s %5s %6s  %s' % (
+    print('%4s %-30s %8s %7s %6s %6s %5s %6s  %s' % (
         'N', 'variant', 'median s', 'x base', 'x F/B', 'seedup', 'cpu',
         'own s', 'settings'))
     for s in summary:
-        print('%4d %-22s %8s %7s %6s %6s %5s %6s  %s' % (
+        print('%4d %-30s %8s %7s %6s %6s %5s %6s  %s' % (
             s['nodes'], s['variant'], _fmt(s['median']),
             _fmt(s['over_baseline'], '%.3f'), _fmt(s['over_wire']),
             _fmt(s['seeder_up_over_image']), _fmt(s['cpu_busy']),
@@ -1013,6 +1127,11 @@ def run_levers(args, out):
 def run_rss(args, out):
     """Peak RSS of one agent writing a large image over an unshaped link."""
     size = args.rss_image_gib * 1024 * MiB
+    # On disk, not tmpfs: the image and the loop device's file are 2 x the
+    # size, and a disk slower than the link is what fills the writer's
+    # disk queue, the worst case for its memory.
+    if not args.tmp_dir:
+        args.tmp_dir = tempfile.gettempdir()
     state_dir, temporary = _state_dir(args)
     variant = _base_variant(args)
     report = {'mode': 'rss', 'machine': machine(),
@@ -1083,8 +1202,9 @@ def build_parser():
     p.add_argument('--image-size-mib', type=int,
                    help='image size F (default %d, quick %d)' % (
                        FULL['image_size_mib'], QUICK['image_size_mib']))
-    p.add_argument('--rate-mbit', type=float, default=200,
-                   help='link rate B of every host, both directions')
+    p.add_argument('--rate-mbit', type=float, default=DEFAULT_RATE_MBIT,
+                   help='link rate B of every host, both directions '
+                        '(default %d)' % DEFAULT_RATE_MBIT)
     p.add_argument('--sparse', action='store_true',
                    help='a sparse image (10%% non-zero, 4 extents) instead '
                         'of random data')

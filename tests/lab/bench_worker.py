@@ -32,12 +32,16 @@
 ``publish``
     Time torrent creation against ``sha256sum`` and the publisher's
     re-publish cache.
+``zero``
+    Time the writer's zeroing of all-zero pieces: BLKZEROOUT against
+    writing zeros.
 
-Clients (``write``, ``fetch``) import everything, then wait for the common
-``--start-at`` wall-clock time, like agents that are already running when
-the deploy step reaches them; so the benchmark times the transfer, not
-Python's start-up. Every mode prints one JSON object per line on stdout
-(events and results); logs go to stderr.
+Clients (``write``, ``fetch``) import everything, report ``ready``, then
+wait for the benchmark to write the common start time into
+``--start-file``, like agents that are already running when the deploy
+step reaches them; so the benchmark times the transfer, not Python's
+start-up. Every mode prints one JSON object per line on stdout (events and
+results); logs go to stderr.
 """
 
 import argparse
@@ -79,6 +83,18 @@ def _wait_until(when):
         delay = when - time.time()
         if delay > 0:
             time.sleep(delay)
+
+
+def _wait_start(path):
+    """Wait for the benchmark's go: ``path`` holding the start time."""
+    while True:
+        try:
+            with open(path) as f:
+                start = float(f.read())
+            break
+        except (FileNotFoundError, ValueError):
+            time.sleep(0.01)
+    _wait_until(start)
 
 
 def _host_port(value):
@@ -142,7 +158,7 @@ def cmd_seed(args):
         if peers:
             # The conductor handing out peers: connect to every agent as
             # soon as they listen, instead of waiting for them to find us.
-            _wait_until(args.start_at)
+            _wait_start(args.start_file)
             deadline = time.monotonic() + 30
             while not stop.is_set() and time.monotonic() < deadline:
                 for peer_host, peer_port in peers:
@@ -151,21 +167,8 @@ def cmd_seed(args):
                 if stats.get('peers', 0) >= len(peers):
                     break
                 stop.wait(0.2)
-        budget = args.inq_budget
-        last = None
-        while not stop.wait(0.5 if budget else 1):
+        while not stop.wait(1):
             seed.pump_alerts()
-            if budget:
-                # Prototype: share a fixed budget of queued requests among
-                # the connected peers; one peer alone may queue enough to
-                # fill its link, many peers only a few blocks each, so
-                # they do not all wait at the seeder for the same pieces.
-                peers = seed.stats().get(meta.info_hash, {}).get('peers', 0)
-                limit = max(args.inq_min, budget // max(1, peers))
-                if limit != last:
-                    seed._session.apply_settings(
-                        {'max_allowed_in_request_queue': limit})
-                    last = limit
         stats = seed.stats().get(meta.info_hash, {})
         _report(event='done', info_hash=meta.info_hash,
                 uploaded_bytes=stats.get('uploaded', 0))
@@ -183,13 +186,22 @@ def cmd_write(args):
     from ironic_bt.cmd import cli
     from ironic_bt import torrent
 
-    # The moment the image is verified on the target, before lingering:
-    # what the benchmark times (lingering only helps the other nodes).
-    linger = writer._linger
+    # The moment the image is verified on the target, before lingering, is
+    # what the benchmark times. Then the node seeds (for the others) until
+    # the benchmark sends SIGUSR1, once every node is verified: the same
+    # help the product's swarm-aware linger gives, without waiting for its
+    # quiet period at the end of every run.
+    everyone_done = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *_a: everyone_done.set())
 
     def timed_linger(dl, timeout):
         _report(event='verified', at=time.time())
-        return linger(dl, timeout)
+        start = time.monotonic()
+        while (not everyone_done.is_set()
+               and time.monotonic() - start < timeout):
+            dl.status()
+            everyone_done.wait(writer._POLL)
+        return time.monotonic() - start
     writer._linger = timed_linger
 
     if args.diag:
@@ -197,7 +209,7 @@ def cmd_write(args):
     if args.stripe:
         _stripe(writer, *[int(v) for v in args.stripe.split('/')])
     _report(event='ready', at=time.time())
-    _wait_until(args.start_at)
+    _wait_start(args.start_file)
     started = time.time()
     _report(event='started', at=started)
     if args.cli:
@@ -236,7 +248,7 @@ def _flags(p, lt):
     names = []
     for name in ('interesting', 'choked', 'remote_interested',
                  'remote_choked', 'seed', 'snubbed', 'endgame_mode',
-                 'on_parole'):
+                 'on_parole', 'rc4_encrypted', 'plaintext_encrypted'):
         if p.flags & getattr(lt.peer_info, name):
             names.append(name)
     return names
@@ -347,7 +359,7 @@ def cmd_fetch(args):
     view = memoryview(buf)
     digest = hashlib.sha256()
     _report(event='ready', at=time.time())
-    _wait_until(args.start_at)
+    _wait_start(args.start_file)
     started = time.time()
     fd = os.open(args.target, os.O_WRONLY)
     total = 0
@@ -445,6 +457,33 @@ def cmd_publish(args):
     return 0
 
 
+# -- zero ------------------------------------------------------------------
+
+def cmd_zero(args):
+    """Time the writer's zeroing of the all-zero pieces, both ways."""
+    from ipa_extension import writer
+    from ironic_bt import torrent
+
+    meta = torrent.load_file(args.torrent)
+    runs = writer._zero_runs(meta)
+    start = time.monotonic()
+    zeroed = writer.zero_regions(args.target, meta, True)
+    blkzeroout = time.monotonic() - start
+    fd = os.open(args.target, os.O_WRONLY)
+    try:
+        start = time.monotonic()
+        for offset, length in runs:
+            writer._write_zeros(fd, offset, length)
+        os.fsync(fd)
+        written = time.monotonic() - start
+    finally:
+        os.close(fd)
+    _report(event='zero', bytes=zeroed, runs=len(runs),
+            blkzeroout_seconds=round(blkzeroout, 3),
+            write_seconds=round(written, 3))
+    return 0
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(prog='python -m tests.lab.bench_worker')
     parser.add_argument('--debug', action='store_true')
@@ -459,12 +498,8 @@ def main(argv=None):
     p.add_argument('--upload-rate', type=int, default=0)
     p.add_argument('--settings')
     p.add_argument('--super-seed', action='store_true')
-    p.add_argument('--inq-budget', type=int, default=0,
-                   help='prototype: max_allowed_in_request_queue = '
-                        'BUDGET / connected peers')
-    p.add_argument('--inq-min', type=int, default=4)
     p.add_argument('--connect', action='append', default=[])
-    p.add_argument('--start-at', type=float)
+    p.add_argument('--start-file')
     p.add_argument('--cli', action='store_true')
     p.set_defaults(func=cmd_seed)
 
@@ -477,7 +512,7 @@ def main(argv=None):
     p.add_argument('--linger', type=float, default=30)
     p.add_argument('--sha256')
     p.add_argument('--settings')
-    p.add_argument('--start-at', type=float)
+    p.add_argument('--start-file', required=True)
     p.add_argument('--cli', action='store_true')
     p.add_argument('--stripe', metavar='I/N',
                    help='prototype: prefer the I-th of N shares of pieces')
@@ -494,7 +529,7 @@ def main(argv=None):
     p.add_argument('url')
     p.add_argument('target')
     p.add_argument('--sha256')
-    p.add_argument('--start-at', type=float)
+    p.add_argument('--start-file', required=True)
     p.set_defaults(func=cmd_fetch)
 
     p = sub.add_parser('publish')
@@ -502,6 +537,11 @@ def main(argv=None):
     p.add_argument('--listen', required=True)
     p.add_argument('--data-dir', required=True)
     p.set_defaults(func=cmd_publish)
+
+    p = sub.add_parser('zero')
+    p.add_argument('torrent')
+    p.add_argument('target')
+    p.set_defaults(func=cmd_zero)
 
     args = parser.parse_args(argv)
     return args.func(args)
