@@ -208,6 +208,8 @@ def cmd_write(args):
         _diagnose(writer, args.diag)
     if args.stripe:
         _stripe(writer, *[int(v) for v in args.stripe.split('/')])
+    if args.poll:
+        writer._POLL = args.poll
     _report(event='ready', at=time.time())
     _wait_start(args.start_file)
     started = time.time()
@@ -397,6 +399,15 @@ def _drop_cache(path):
         os.close(fd)
 
 
+def _hashlib_sha256(path):
+    """What ironic and IPA use to checksum images (OpenSSL's SHA-256)."""
+    digest = hashlib.sha256()
+    with open(path, 'rb', buffering=0) as f:
+        for chunk in iter(lambda: f.read(4 * 1024 * 1024), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def _timed(func):
     start = time.monotonic()
     result = func()
@@ -414,6 +425,7 @@ def cmd_publish(args):
     # the image to raw, so it usually is there). Cold: from the disk.
     sha256sum()
     warm_sha, _ = _timed(sha256sum)
+    warm_hashlib, _ = _timed(lambda: _hashlib_sha256(image))
     warm_create, meta = _timed(lambda: torrent.build(image))
     _drop_cache(image)
     cold_sha, _ = _timed(sha256sum)
@@ -421,6 +433,7 @@ def cmd_publish(args):
     cold_create, _ = _timed(lambda: torrent.build(image))
     _report(event='create', size=meta.size, piece_length=meta.piece_length,
             sha256sum_warm=round(warm_sha, 3),
+            hashlib_sha256_warm=round(warm_hashlib, 3),
             create_warm=round(warm_create, 3),
             sha256sum_cold=round(cold_sha, 3),
             create_cold=round(cold_create, 3))
@@ -514,6 +527,8 @@ def main(argv=None):
     p.add_argument('--settings')
     p.add_argument('--start-file', required=True)
     p.add_argument('--cli', action='store_true')
+    p.add_argument('--poll', type=float,
+                   help='prototype: the writer polls its status this often')
     p.add_argument('--stripe', metavar='I/N',
                    help='prototype: prefer the I-th of N shares of pieces')
     p.add_argument('--diag', type=float,
