@@ -81,8 +81,10 @@ def test_sparse_image_zero_pieces_never_cross_the_wire(swarm):
     piece = torrent.piece_size_for(image.size)
     for node in result.nodes:
         assert node.ok, node.error
-        # At most the non-zero bytes plus one piece per extent boundary.
-        assert node.downloaded_bytes <= nonzero + 2 * 4 * piece, node
+        # The sparse target of the performance issue: at most 1.1 x the
+        # non-zero bytes (end-game mode may fetch a block twice) plus the
+        # pieces that an extent only partly covers, two per extent.
+        assert node.downloaded_bytes <= 1.1 * nonzero + 2 * 4 * piece, node
         assert node.downloaded_bytes >= nonzero // 2
 
 
