@@ -61,6 +61,9 @@ def _base():
         # of them instead of the internet's tit-for-tat rationing.
         'unchoke_slots_limit': -1,
         'connections_limit': 1000,
+        # libtorrent's backlog of 5 drops connection attempts when a whole
+        # swarm connects at once; a retried SYN costs a node a second.
+        'listen_queue_size': 128,
         'active_downloads': -1,
         'active_seeds': -1,
         'active_limit': -1,

@@ -30,10 +30,11 @@ last node is done. It prints a table (N, unicast seconds, bittorrent seconds,
 their ratio, bittorrent / (F/B)), and writes ``results.json`` and
 ``bench.png`` to ``--output-dir``.
 
-Other modes: ``--levers`` (bittorrent only, the same swarm under libtorrent
-setting overrides, each variant against the baseline in one run), ``--rss``
-(peak RSS of the agent writing a 4 GiB image, unshaped) and ``--publish``
-(torrent creation against ``sha256sum``, and the publisher's cache).
+It also times torrent creation against ``sha256sum`` and publishing the
+same image again (``--no-publish`` skips that). Other modes: ``--levers``
+(bittorrent only: the product's settings against each lever moved, in one
+run) and ``--rss`` (peak RSS of an agent writing a 4 GiB image over an
+unshaped link). See doc/source/performance.rst.
 
 Needs root. ``python -m tests.lab.bench --quick`` finishes in under three
 minutes.
@@ -196,7 +197,8 @@ class Variant:
     settings: dict = dataclasses.field(default_factory=dict)
     writer_settings: dict = dataclasses.field(default_factory=dict)
     seeder_settings: dict = dataclasses.field(default_factory=dict)
-    piece_size: int = None
+    #: bytes; None for the product's policy, 'old' for the one before.
+    piece_size: object = None
     #: announce interval the tracker asks for.
     interval: int = 5
     #: give every writer every other writer as --peer (full mesh at once).
@@ -231,8 +233,8 @@ class Variant:
 
     def describe(self):
         parts = ['%s=%s' % kv for kv in sorted(self.writer().items())]
-        seeder_only = {k: v for k, v in self.seeder_settings.items()}
-        parts += ['seeder:%s=%s' % kv for kv in sorted(seeder_only.items())]
+        parts += ['seeder:%s=%s' % kv
+                  for kv in sorted(self.seeder_settings.items())]
         if self.piece_size == 'old':
             parts.append('piece=old policy')
         elif self.piece_size:
@@ -682,6 +684,8 @@ class Bench:
                 'download_seconds': res.get('download_seconds'),
                 'verify_seconds': res.get('verify_seconds'),
                 'downloaded_bytes': res.get('downloaded_bytes'),
+                'downloaded_from_seeder_bytes': res.get(
+                    'downloaded_from_seeder_bytes'),
                 'uploaded_bytes': res.get('uploaded_bytes'),
                 'zero_bytes': res.get('zero_bytes'),
                 'wire_rx_bytes': wire1[host.name][0] - wire0[host.name][0],
@@ -1236,7 +1240,8 @@ def build_parser():
     p.add_argument('--state-dir', help='keep lab files and logs here')
     p.add_argument('--tmp-dir', default=None,
                    help='where the temporary state directory (loop '
-                        'backing files) goes (default: $TMPDIR or /tmp)')
+                        'backing files) goes (default: /dev/shm if it has '
+                        'room, else $TMPDIR; --rss: $TMPDIR)')
     p.add_argument('--no-publish', dest='publish', action='store_false',
                    help='skip the torrent creation / publisher timing')
     g = p.add_argument_group('experiments (use the library, not the CLI)')
