@@ -90,6 +90,14 @@ class DeployTestCase(base.TestCase):
             setattr(self.node, name, value)
         self.node.save()
 
+    def wait_on_write_step(self):
+        """Put the node where the agent runs write_image_bittorrent."""
+        self.update_node(provision_state=states.DEPLOYWAIT,
+                         target_provision_state=states.ACTIVE,
+                         deploy_step=STEP)
+        self.set_info('driver_internal_info',
+                      bittorrent_info_hash=self.meta.info_hash)
+
     def set_info(self, field, **values):
         info = dict(getattr(self.node, field))
         info.update(values)
@@ -401,11 +409,7 @@ class PostStepHookTestCase(DeployTestCase):
 
     def setUp(self):
         super().setUp()
-        self.update_node(provision_state=states.DEPLOYWAIT,
-                         target_provision_state=states.ACTIVE,
-                         deploy_step=STEP)
-        self.set_info('driver_internal_info',
-                      bittorrent_info_hash=self.meta.info_hash)
+        self.wait_on_write_step()
         self.result = {
             'device': '/dev/sda', 'size': 3 * base.MiB,
             'info_hash': self.meta.info_hash, 'sha256': SHA256,
@@ -503,11 +507,7 @@ class HeartbeatTestCase(DeployTestCase):
 
     def setUp(self):
         super().setUp()
-        self.update_node(provision_state=states.DEPLOYWAIT,
-                         target_provision_state=states.ACTIVE,
-                         deploy_step=STEP)
-        self.set_info('driver_internal_info',
-                      bittorrent_info_hash=self.meta.info_hash)
+        self.wait_on_write_step()
         self.cached = os.path.join(self.tmp, 'cache', 'disk')
 
     def heartbeat(self):
