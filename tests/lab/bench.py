@@ -34,7 +34,9 @@ It also times torrent creation against ``sha256sum`` and publishing the
 same image again (``--no-publish`` skips that). Other modes: ``--levers``
 (bittorrent only: the product's settings against each lever moved, in one
 run) and ``--rss`` (peak RSS of an agent writing a 4 GiB image over an
-unshaped link). See doc/source/performance.rst.
+unshaped link). ``--cloud`` deploys through a real Ironic instead, stock
+``direct`` against ``bittorrent``, on the local cloud
+(:mod:`tests.lab.bench_cloud`). See doc/source/performance.rst.
 
 Needs root. ``python -m tests.lab.bench --quick`` finishes in under three
 minutes.
@@ -1281,6 +1283,11 @@ def build_parser():
     g.add_argument('--rss', action='store_true',
                    help='peak RSS of one writer writing a large image')
     g.add_argument('--rss-image-gib', type=int, default=4)
+    g.add_argument('--cloud', action='store_true',
+                   help='through Ironic on the local cloud: direct against '
+                        'bittorrent (default N=1,2,4,8, 64 MiB; quick '
+                        'N=1,2,4, 16 MiB; output in .bench/cloud); see '
+                        'tests/lab/bench_cloud.py')
     return p
 
 
@@ -1290,6 +1297,9 @@ def main(argv=None):
         print('the benchmark needs root (network namespaces, loop devices)',
               file=sys.stderr)
         return 2
+    if args.cloud:
+        from tests.lab import bench_cloud
+        return bench_cloud.run(args)
     defaults = QUICK if args.quick else FULL
     if args.nodes is None:
         args.nodes = list(defaults['nodes'])
