@@ -41,6 +41,7 @@ import time
 import libtorrent as lt
 from oslo_log import log
 
+from ipa_extension import pieces
 from ironic_bt.i18n import _
 from ironic_bt import swarm
 
@@ -52,7 +53,7 @@ _FALLOC_FL_KEEP_SIZE = 0x01
 _FALLOC_FL_PUNCH_HOLE = 0x02
 _READ_CHUNK = 4 * 1024 * 1024
 _BLOCK = 16 * 1024
-_POLL = 0.25
+_POLL = 0.1
 
 
 class WriterError(Exception):
@@ -202,13 +203,17 @@ def fsync_target(path):
                           % {'t': path, 'e': e})
 
 
-def verify(path, meta):
+def verify(path, meta, expected_sha256=None):
     """Read the image region back from the target and check it.
 
     The page cache is dropped first, so the data comes from the device and
-    not from what libtorrent just wrote into memory.
+    not from what libtorrent just wrote into memory. With the image's
+    sha256 one hash over the region is the proof; the piece hashes are
+    only read again to name the piece that differs. Without it every
+    piece is checked against the torrent.
 
-    :raises: VerifyError naming the first piece that does not match.
+    :raises: VerifyError naming the first piece that does not match, or
+        the mismatching sha256.
     :returns: the hex sha256 of the first ``meta.size`` bytes.
     """
     try:
@@ -217,39 +222,62 @@ def verify(path, meta):
         raise VerifyError(_('Cannot open %(t)s to verify it: %(e)s')
                           % {'t': path, 'e': e})
     try:
-        return _verify_fd(fd, path, meta)
+        if not expected_sha256:
+            return _verify_fd(fd, path, meta, pieces=True)
+        sha256 = _verify_fd(fd, path, meta, pieces=False)
+        if sha256 != expected_sha256.lower():
+            # Name the piece that differs, if one does.
+            _verify_fd(fd, path, meta, pieces=True)
+            raise VerifyError(
+                _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
+                  'checksum is %(want)s. The torrent was not made from this '
+                  'image; publish it again.')
+                % {'ih': meta.info_hash, 't': path, 'got': sha256,
+                   'want': expected_sha256})
+        return sha256
     finally:
         os.close(fd)
 
 
-def _verify_fd(fd, path, meta):
+def _verify_fd(fd, path, meta, pieces):
     whole = hashlib.sha256()
     os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
-    for index in range(meta.num_pieces):
-        length = meta.piece_size(index)
+    plen = meta.piece_length
+    # Whole pieces per read: few system calls, bounded memory.
+    chunk = max(plen, _READ_CHUNK // plen * plen)
+    for offset in range(0, meta.size, chunk):
+        length = min(chunk, meta.size - offset)
         try:
-            data = os.pread(fd, length, index * meta.piece_length)
+            data = os.pread(fd, length, offset)
         except OSError as e:
             raise VerifyError(
-                _('Reading piece %(i)d back from %(t)s failed: %(e)s. The '
-                  'device may be failing; check the kernel log.')
-                % {'i': index, 't': path, 'e': e})
+                _('Reading bytes %(off)d-%(end)d back from %(t)s failed: '
+                  '%(e)s. The device may be failing; check the kernel log.')
+                % {'off': offset, 'end': offset + length - 1, 't': path,
+                   'e': e})
         if len(data) != length:
             raise VerifyError(
-                _('Target %(t)s ends at piece %(i)d of %(n)d: it holds '
-                  'fewer bytes than the %(size)d of the image.')
-                % {'t': path, 'i': index, 'n': meta.num_pieces,
-                   'size': meta.size})
-        if hashlib.sha1(data).digest() != meta.piece_hash(index):
+                _('Target %(t)s ends at byte %(got)d: it holds fewer bytes '
+                  'than the %(size)d of the image.')
+                % {'t': path, 'got': offset + len(data), 'size': meta.size})
+        whole.update(data)
+        if pieces:
+            _check_pieces(memoryview(data), offset, path, meta)
+    return whole.hexdigest()
+
+
+def _check_pieces(data, offset, path, meta):
+    plen = meta.piece_length
+    for start in range(0, len(data), plen):
+        index = (offset + start) // plen
+        piece = data[start:start + plen]
+        if hashlib.sha1(piece).digest() != meta.piece_hash(index):
             raise VerifyError(
                 _('Piece %(i)d (bytes %(off)d-%(end)d) read back from '
                   '%(t)s does not match the image. The device may be '
                   'failing; check its health and the kernel log.')
-                % {'i': index, 'off': index * meta.piece_length,
-                   'end': index * meta.piece_length + length - 1,
-                   't': path})
-        whole.update(data)
-    return whole.hexdigest()
+                % {'i': index, 'off': index * plen,
+                   'end': index * plen + len(piece) - 1, 't': path})
 
 
 def _parse_peer(peer):
@@ -263,7 +291,7 @@ class _Download:
     """One torrent in one session, from add to close."""
 
     def __init__(self, meta, target, trackers, peers, listen_host,
-                 listen_port, settings):
+                 listen_port, settings, share=True):
         self.meta = meta
         self.target = target
         overrides = {
@@ -271,6 +299,13 @@ class _Download:
                               | lt.alert_category.block_progress),
             # Room for the block alerts of a fast link between two polls.
             'alert_queue_size': 100000,
+            # The piece plan may leave nothing to fetch for a moment (all
+            # that is missing is on its way to its owners): stay connected
+            # to the seeds meanwhile.
+            'close_redundant_connections': False,
+            # Disconnecting from the seeder (an IP filter rule) must not
+            # cut the tracker, which usually shares its address.
+            'apply_ip_filter_to_trackers': False,
         }
         overrides.update(settings or {})
         self.session = swarm.make_session(listen_host, listen_port,
@@ -296,6 +331,59 @@ class _Download:
             self.handle.connect_peer(peer)
         self.tracker_error = None
         self.error = None
+        self.plan = pieces.PiecePlan(meta.num_pieces) if share else None
+        self.using_seeder = True
+
+    def share_pieces(self, st):
+        """Apply the piece plan (see :mod:`ipa_extension.pieces`)."""
+        plan = self.plan
+        if plan is None or not plan.active:
+            return
+        me = None
+        incomplete = []
+        seeders = 0
+        for p in self.handle.get_peer_info():
+            if p.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
+                continue
+            me = me or p.local_endpoint()[0]
+            if p.ip[0] in self.seeder_ips:
+                seeders += 1
+            elif not p.flags & lt.peer_info.seed:
+                incomplete.append(p.ip[0])
+        availability = self.handle.piece_availability()
+        if len(availability) != self.meta.num_pieces:
+            # No piece picker yet (or any more): nothing to plan.
+            return
+        if seeders:
+            availability = [a - seeders for a in availability]
+        change = plan.update(time.monotonic(), me, incomplete, st.pieces,
+                             availability)
+        if change == []:
+            if not plan.active:
+                LOG.info('Nothing arrived for %(s).0f s with the piece plan '
+                         'of %(ih)s: fetching the rest from any peer',
+                         {'s': plan.grace, 'ih': self.meta.info_hash})
+            self.handle.prioritize_pieces(
+                [pieces.NORMAL] * self.meta.num_pieces)
+        elif change:
+            self.handle.prioritize_pieces(change)
+        self._use_seeder(plan.need_seeder)
+
+    def _use_seeder(self, use):
+        """Connect to the seeder, or leave its upload to other agents."""
+        if use == self.using_seeder or not self.seeder_ips:
+            return
+        self.using_seeder = use
+        ip_filter = lt.ip_filter()
+        if not use:
+            for ip in self.seeder_ips:
+                ip_filter.add_rule(ip, ip, 1)
+        self.session.set_ip_filter(ip_filter)
+        if use:
+            self.reconnect()
+        LOG.debug('%(what)s the seeder of %(ih)s',
+                  {'what': 'Using' if use else 'Disconnected from',
+                   'ih': self.meta.info_hash})
 
     def pump_alerts(self):
         for alert in self.session.pop_alerts():
@@ -357,7 +445,7 @@ class _Download:
 def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
           listen_port=6881, linger_timeout=300, progress_interval=10,
           stall_timeout=300, expected_sha256=None, settings=None,
-          create=False):
+          create=False, share_pieces=True):
     """Download ``meta`` into ``target``, verify it, linger, and stop.
 
     :param meta: a :class:`ironic_bt.torrent.Metainfo`.
@@ -372,6 +460,8 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     :param expected_sha256: hex sha256 of the image, checked if given.
     :param settings: extra libtorrent settings (see ironic_bt.swarm).
     :param create: create ``target`` as a regular file if it is missing.
+    :param share_pieces: agree with the other agents on who fetches which
+        piece from the seeder (:mod:`ipa_extension.pieces`).
     :raises: TargetError, DownloadError, VerifyError.
     :returns: a :class:`WriteResult`.
     """
@@ -403,21 +493,14 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
                          't': target, 'zero': zeroed})
 
     dl = _Download(meta, target, trackers, peers, listen_host, listen_port,
-                   settings)
+                   settings, share=share_pieces)
     try:
         st = _download(dl, progress_interval, stall_timeout)
         download_seconds = time.monotonic() - start
         fsync_target(target)
         verify_start = time.monotonic()
-        sha256 = verify(target, meta)
+        sha256 = verify(target, meta, expected_sha256)
         verify_seconds = time.monotonic() - verify_start
-        if expected_sha256 and sha256 != expected_sha256.lower():
-            raise VerifyError(
-                _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
-                  'checksum is %(want)s. The torrent was not made from this '
-                  'image; publish it again.')
-                % {'ih': meta.info_hash, 't': target, 'got': sha256,
-                   'want': expected_sha256})
         LOG.info('Verified %(t)s: sha256 %(sha)s in %(s).1f s',
                  {'t': target, 'sha': sha256, 's': verify_seconds})
         linger_seconds = _linger(dl, linger_timeout)
@@ -443,6 +526,8 @@ def _download(dl, progress_interval, stall_timeout):
     while True:
         st = dl.status()
         now = time.monotonic()
+        if not st.is_seeding:
+            dl.share_pieces(st)
         if st.is_seeding:
             LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,

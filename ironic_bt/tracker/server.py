@@ -74,6 +74,10 @@ class _Handler(http.server.BaseHTTPRequestHandler):
 
 class _Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
+    # Every node of a mass deploy announces within the same second; with
+    # socketserver's backlog of 5 the rest of their SYNs are dropped and
+    # retried a second later, and those nodes start a second late.
+    request_queue_size = 1024
 
     def handle_error(self, request, client_address):
         # A client that hangs up early (libtorrent does when its session

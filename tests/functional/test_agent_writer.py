@@ -263,6 +263,12 @@ def test_verify_detects_tampering(tmp_path, image):
     message = str(exc.value)
     assert 'Piece 2 ' in message
     assert target in message
+    # With the image's sha256 the whole-region hash catches it, and the
+    # error still names the piece.
+    with pytest.raises(writer.VerifyError) as exc:
+        writer.verify(target, meta, expected_sha256=sha256(data))
+    assert 'Piece 2 ' in str(exc.value)
+    assert target in str(exc.value)
 
 
 def test_expected_sha256_mismatch(tmp_path, image):

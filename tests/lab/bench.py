@@ -218,6 +218,8 @@ class Variant:
     poll: float = None
     #: sysctls set in every lab host for this variant (e.g. TCP knobs).
     sysctls: dict = dataclasses.field(default_factory=dict)
+    #: the writers' piece plan (ipa_extension.pieces); False: rarest-first.
+    share: bool = True
 
     @property
     def cli(self):
@@ -225,7 +227,7 @@ class Variant:
         return not (self.settings or self.writer_settings
                     or self.seeder_settings or self.connect_out
                     or self.super_seed or self.library or self.stripe
-                    or self.sysctls or self.poll)
+                    or self.sysctls or self.poll or not self.share)
 
     def writer(self):
         return dict(self.settings, **self.writer_settings)
@@ -249,6 +251,8 @@ class Variant:
         for flag in ('mesh', 'connect_out', 'super_seed', 'stripe'):
             if getattr(self, flag):
                 parts.append(flag)
+        if not self.share:
+            parts.append('no piece plan')
         return ' '.join(parts) or ('ironic-bt CLI' if self.cli
                                    else 'library, no overrides')
 
@@ -278,6 +282,9 @@ def lever_variants():
         # Piece size policy.
         product('piece 64K', piece_size=64 * k, library=True),
         product('piece 256K', piece_size=256 * k, library=True),
+        # The agents' piece plan (ipa_extension.pieces) against plain
+        # rarest-first.
+        product('no piece plan', share=False),
         # The seeder's queue of requests per peer (8 now).
         product('seeder queue 4', seeder_settings={
             'max_allowed_in_request_queue': 4}),
@@ -655,6 +662,8 @@ class Bench:
                                                    len(hosts))]
                 if variant.poll:
                     cmd += ['--poll', str(variant.poll)]
+                if not variant.share:
+                    cmd.append('--no-share')
                 clients[host.name] = (host.popen(cmd, log), log)
             start_at = self._go(clients, start_file)
             timeline = []

@@ -210,6 +210,8 @@ def cmd_write(args):
         _stripe(writer, *[int(v) for v in args.stripe.split('/')])
     if args.poll:
         writer._POLL = args.poll
+    if os.environ.get('BENCH_BLOCK_LOG'):
+        _block_log(writer, os.environ['BENCH_BLOCK_LOG'])
     _report(event='ready', at=time.time())
     _wait_start(args.start_file)
     started = time.time()
@@ -235,7 +237,8 @@ def cmd_write(args):
                 listen_host=host, listen_port=port,
                 linger_timeout=args.linger, progress_interval=2,
                 stall_timeout=120, expected_sha256=args.sha256,
-                settings=_settings(args.settings))
+                settings=_settings(args.settings),
+                share_pieces=not args.no_share)
         except writer.WriterError as e:
             print('ironic-bt: error: %s' % e, file=sys.stderr)
             code = 1
@@ -285,6 +288,37 @@ def _diagnose(writer, interval):
                 time.sleep(interval)
         threading.Thread(target=loop, daemon=True).start()
     writer._Download.__init__ = watched_init
+
+
+def _block_log(writer, directory):
+    """Log every block received: time, piece, sender (experiments).
+
+    Set ``BENCH_BLOCK_LOG`` to a directory; each writer appends
+    ``blocks-<pid>.jsonl`` lines "time piece sender-ip", from which the
+    seeder's duplicate sends can be counted.
+    """
+    import libtorrent as lt
+    pump = writer._Download.pump_alerts
+    path = os.path.join(directory, 'blocks-%d.jsonl' % os.getpid())
+
+    def logged_pump(dl):
+        alerts = dl.session.pop_alerts()
+        with open(path, 'a') as f:
+            for a in alerts:
+                if isinstance(a, lt.block_finished_alert):
+                    f.write('%.4f %d %s\n'
+                            % (time.time(), a.piece_index, a.ip[0]))
+        real = dl.session
+
+        class _Popped:
+            def pop_alerts(self):
+                return alerts
+        dl.session = _Popped()
+        try:
+            pump(dl)
+        finally:
+            dl.session = real
+    writer._Download.pump_alerts = logged_pump
 
 
 def _stripe(writer, index, count):
@@ -529,6 +563,8 @@ def main(argv=None):
     p.add_argument('--cli', action='store_true')
     p.add_argument('--poll', type=float,
                    help='prototype: the writer polls its status this often')
+    p.add_argument('--no-share', action='store_true',
+                   help='plain rarest-first: no piece plan')
     p.add_argument('--stripe', metavar='I/N',
                    help='prototype: prefer the I-th of N shares of pieces')
     p.add_argument('--diag', type=float,

@@ -1,0 +1,174 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The agents' piece plan: who asks the seeder for which piece."""
+
+import collections
+import os
+import subprocess
+import sys
+
+from oslotest import base
+
+from ipa_extension import pieces
+
+N = 1024
+ME = '198.18.0.3'
+OTHERS = ['198.18.0.%d' % i for i in range(4, 19)]
+
+
+def _plan(members=None, me=ME, pieces_count=N):
+    plan = pieces.PiecePlan(pieces_count, grace=2.0)
+    have = [False] * pieces_count
+    avail = [0] * pieces_count
+    change = plan.update(0.0, me, members if members is not None
+                         else OTHERS, have, avail)
+    return plan, have, avail, dict(change or [])
+
+
+class TestOwnership(base.BaseTestCase):
+
+    def test_every_piece_has_one_owner_and_shares_are_even(self):
+        members = [ME] + OTHERS
+        owners = {}
+        for me in members:
+            plan, _h, _a, prios = _plan(
+                [m for m in members if m != me], me=me)
+            for piece, prio in prios.items():
+                if prio == pieces.OWN:
+                    # No two agents ask the seeder for the same piece.
+                    self.assertNotIn(piece, owners)
+                    owners[piece] = me
+        self.assertEqual(N, len(owners))
+        shares = collections.Counter(owners.values())
+        self.assertEqual(set(members), set(shares))
+        # 64 each on average; rendezvous hashing keeps them close.
+        self.assertLess(max(shares.values()), 64 * 1.5)
+        self.assertGreater(min(shares.values()), 64 * 0.5)
+
+    def test_all_agents_agree_whatever_order_they_learn_peers(self):
+        a = pieces.PiecePlan(N)
+        b = pieces.PiecePlan(N)
+        have, avail = [False] * N, [0] * N
+        a.update(0.0, ME, OTHERS[:3], have, avail)
+        a.update(0.1, ME, OTHERS, have, avail)
+        b.update(0.0, ME, list(reversed(OTHERS)), have, avail)
+        self.assertEqual([a.owner(i) for i in range(N)],
+                         [b.owner(i) for i in range(N)])
+
+    def test_a_member_leaving_gives_its_pieces_to_the_others(self):
+        plan, have, avail, prios = _plan()
+        gone = OTHERS[0]
+        theirs = [i for i in range(N) if plan.owner(i) == gone]
+        mine = {i for i, p in prios.items() if p == pieces.OWN}
+        self.assertTrue(theirs)
+        change = dict(plan.update(0.1, ME, OTHERS[1:], have, avail))
+        # Only pieces of the member that left change hands.
+        self.assertTrue(all(plan.owner(i) != gone for i in range(N)))
+        for i in mine:
+            self.assertEqual(ME, plan.owner(i))
+        self.assertLessEqual(set(change), set(theirs))
+
+
+class TestPriorities(base.BaseTestCase):
+
+    def test_own_wait_and_normal(self):
+        plan, have, avail, prios = _plan()
+        mine = [i for i in range(N) if plan.owner(i) == ME]
+        theirs = [i for i in range(N) if plan.owner(i) != ME]
+        self.assertTrue(all(prios[i] == pieces.OWN for i in mine))
+        self.assertTrue(all(prios[i] == pieces.WAIT for i in theirs))
+        self.assertTrue(plan.need_seeder)
+
+        # Another agent got one of its pieces: take it from that agent.
+        avail[theirs[0]] = 1
+        # We got one of ours: nothing more to ask for it.
+        have[mine[0]] = True
+        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
+        self.assertEqual({theirs[0]: pieces.NORMAL, mine[0]: pieces.NORMAL},
+                         change)
+        # Nothing else changed: no update at all.
+        self.assertIsNone(plan.update(0.2, ME, OTHERS, have, avail))
+
+    def test_done_with_own_pieces_no_longer_needs_the_seeder(self):
+        plan, have, avail, _p = _plan()
+        for i in range(N):
+            if plan.owner(i) == ME:
+                have[i] = True
+        plan.update(0.1, ME, OTHERS, have, avail)
+        self.assertFalse(plan.need_seeder)
+        self.assertTrue(plan.active)
+
+    def test_own_piece_another_agent_has_comes_from_that_agent(self):
+        plan, have, avail, _p = _plan()
+        mine = [i for i in range(N) if plan.owner(i) == ME]
+        for i in mine:
+            avail[i] = 1
+        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
+        self.assertTrue(all(change[i] == pieces.NORMAL for i in mine))
+        self.assertFalse(plan.need_seeder)
+
+    def test_alone_everything_is_normal(self):
+        plan, have, avail, prios = _plan(members=[])
+        self.assertEqual({}, prios)
+        self.assertTrue(plan.need_seeder)
+        # Peers arrive: the plan starts...
+        self.assertEqual(N, len(plan.update(0.1, ME, OTHERS, have, avail)))
+        # ...and when they are gone again, everything is ours: [] resets.
+        self.assertEqual([], plan.update(0.2, ME, [], have, avail))
+        self.assertTrue(plan.active)
+
+    def test_no_address_yet_means_alone(self):
+        plan, _h, _a, prios = _plan(me=None)
+        self.assertEqual({}, prios)
+        self.assertTrue(plan.need_seeder)
+
+
+class TestGrace(base.BaseTestCase):
+
+    def test_stalled_plan_is_dropped_for_good(self):
+        plan, have, avail, _p = _plan()
+        for i in range(N):
+            if plan.owner(i) == ME:
+                have[i] = True
+        plan.update(1.0, ME, OTHERS, have, avail)
+        self.assertFalse(plan.need_seeder)
+        # Pieces keep arriving: the plan holds.
+        arrived = [i for i in range(N) if not have[i]][0]
+        have[arrived] = True
+        self.assertEqual([(arrived, pieces.NORMAL)],
+                         plan.update(2.5, ME, OTHERS, have, avail))
+        self.assertTrue(plan.active)
+        # Nothing for `grace` seconds (an owner died): back to normal for
+        # every piece, the seeder included, and it stays that way.
+        self.assertEqual([], plan.update(4.6, ME, OTHERS, have, avail))
+        self.assertFalse(plan.active)
+        self.assertTrue(plan.need_seeder)
+        self.assertIsNone(plan.update(5.0, ME, OTHERS[:1], have, avail))
+
+
+class TestHash(base.BaseTestCase):
+
+    def test_ranks_do_not_depend_on_the_python_hash_seed(self):
+        # Every agent must compute the same ranks: nothing may come from
+        # Python's per-process string hashing.
+        code = ('from ipa_extension import pieces; '
+                'print([pieces.weight(p, pieces.member_key(a)) '
+                'for p in range(50) for a in ("198.18.0.3", "fd00::5")])')
+        outputs = set()
+        for seed in ('1', '2'):
+            env = dict(os.environ, PYTHONHASHSEED=seed)
+            outputs.add(subprocess.check_output([sys.executable, '-c', code],
+                                                env=env))
+        self.assertEqual(1, len(outputs))
+        self.assertNotEqual(pieces.member_key('198.18.0.3'),
+                            pieces.member_key('198.18.0.4'))
