@@ -54,6 +54,10 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 _READ_CHUNK = 4 * 1024 * 1024
 _BLOCK = 16 * 1024
 _POLL = 0.1
+#: Seconds without an incomplete peer after which lingering ends. Every
+#: deploy pays it once, so it only bridges the moment between a peer's
+#: last piece and its "completed" announce.
+_QUIET = 0.5
 
 
 class WriterError(Exception):
@@ -576,7 +580,7 @@ def _linger(dl, linger_timeout):
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > 2:
+        elif time.monotonic() - quiet_since > _QUIET:
             break
         time.sleep(_POLL)
     seconds = time.monotonic() - start
