@@ -21,25 +21,32 @@ nodes the seeder's link -- the one link every byte has to cross once --
 carried 1.3 to 1.6 times the image.
 
 The agents agree on who fetches what instead, without talking about it:
-every agent ranks the incomplete members of the swarm it is connected to
-(itself included) for every piece by a hash of (piece, member address), and
-the highest rank owns the piece (rendezvous hashing: a member joining or
-leaving moves only its own share). For the pieces it is missing, an agent
+every agent ranks the agents it is connected to (itself included) for every
+piece by a hash of (piece, member address), and the highest rank owns the
+piece (rendezvous hashing: a member joining or leaving moves only its own
+share). For the pieces it is missing, an agent
 
 * asks first for those it owns that no other agent has (priority 7): they
   can only come from the seeder;
 * takes those some other agent has (priority 4), from whoever has it;
-* leaves alone (priority 0) those it does not own that only the seeder
-  has: their owner is fetching them and will have them a moment later.
+* leaves alone (priority 0) those it does not own that only the seeder has:
+  their owner is fetching them and will have them a moment later.
 
-Once none of its own pieces is left to fetch, the agent does not need the
-seeder any more and leaves its upload to the agents that do (the caller
-disconnects from it). Views of the swarm can differ (an agent just joined,
-a connection is missing) and an owner can die, so the plan never blocks a
-download: when nothing arrived for ``grace`` seconds, it is dropped for
-good and the agent fetches everything missing from anyone, the seeder
-included. Pieces of a member that disconnects are re-owned by the others
-at once.
+Owners do not all get the same share of the seeder's link (TCP flows are
+not equally fast), and libtorrent fills every free request slot on the
+connection to the seeder with whatever piece is rarest, even one another
+agent could give. So when fewer than ``backup`` of its own pieces are left,
+an agent also asks the seeder (priority 6) for the pieces it ranks second
+for, then third: it helps the owners that are behind, and its requests keep
+going to pieces nobody has yet. Once nothing it ranks is left to fetch, the
+agent does not need the seeder any more and leaves its upload to the agents
+that do (the caller disconnects from it).
+
+Views of the swarm can differ (an agent just joined, a connection is
+missing) and an owner can die, so the plan never blocks a download: when
+nothing arrived for ``grace`` seconds, it is dropped for good and the agent
+fetches everything missing from anyone, the seeder included. Pieces of a
+member that disconnects are re-owned by the others at once.
 
 This module is pure logic, so it is tested without libtorrent.
 """
@@ -47,6 +54,7 @@ This module is pure logic, so it is tested without libtorrent.
 import zlib
 
 OWN = 7
+BACKUP = 6
 NORMAL = 4
 WAIT = 0
 
@@ -74,50 +82,69 @@ class PiecePlan:
     :param num_pieces: pieces in the torrent.
     :param grace: seconds without a new piece after which the plan is
         dropped and everything missing is fetched from anyone.
+    :param backup: when fewer than this many of its own pieces are left to
+        fetch from the seeder, an agent also fetches pieces it ranks second
+        (then third) for, so that its requests to the seeder keep going to
+        pieces nobody has yet.
     """
 
-    def __init__(self, num_pieces, grace=2.0):
+    #: ranks kept per piece: owner, then two runners-up.
+    DEPTH = 3
+
+    def __init__(self, num_pieces, grace=2.0, backup=16):
         self.num_pieces = num_pieces
         self.grace = grace
+        self.backup = backup
         self.active = True
         #: whether this agent still needs the seeder.
         self.need_seeder = True
         self._me = None
         self._members = set()
-        self._best = None      # per piece: (weight, address) of its owner
+        self._top = None      # per piece: [(weight, address)], best first
+        self._rank = None     # per piece: our rank, DEPTH if below
+        self._level = 0
         self._prios = None
         self._missing = None
         self._progress_at = None
 
     def _assign(self, members, me):
-        """Owner of every piece among ``members`` (a set of addresses)."""
+        """Rank ``members`` (a set of addresses) for every piece."""
         if me != self._me or not members >= self._members:
             # A member left (or we learnt our address): rank again.
-            self._best = [(-1, None)] * self.num_pieces
+            self._top = [[] for _i in range(self.num_pieces)]
             added = members
         else:
             added = members - self._members
-        best = self._best
+        top = self._top
+        depth = self.DEPTH
         for address in sorted(added):
             key = member_key(address)
             for piece in range(self.num_pieces):
+                ranks = top[piece]
                 w = weight(piece, key)
-                if w > best[piece][0]:
-                    best[piece] = (w, address)
+                if len(ranks) < depth or w > ranks[-1][0]:
+                    ranks.append((w, address))
+                    ranks.sort(reverse=True)
+                    del ranks[depth:]
+        self._rank = [next((i for i, (_w, a) in enumerate(ranks) if a == me),
+                           depth) for ranks in top]
         self._me = me
         self._members = set(members)
 
     def owner(self, piece):
-        return self._best[piece][1] if self._best else None
+        return self._top[piece][0][1] if self._top else None
 
-    def update(self, now, me, incomplete, have, availability):
+    def rank(self, piece):
+        """Our rank for ``piece``: 0 if we own it."""
+        return self._rank[piece] if self._rank else None
+
+    def update(self, now, me, agents, have, availability):
         """New priorities, or None when they have not changed.
 
         :param now: a monotonic time in seconds.
         :param me: this agent's address as its peers see it, or None when
             not known yet (no connection).
-        :param incomplete: addresses of the connected agents that are still
-            downloading (not the seeder, not agents that completed).
+        :param agents: addresses of the connected agents (not the seeder).
         :param have: per piece, whether this agent has it.
         :param availability: per piece, how many connected peers other than
             the seeder have it.
@@ -134,26 +161,39 @@ class PiecePlan:
             # Nothing arrived for a while: an owner may be gone, or views
             # differ. Fetch the rest from anyone.
             return self._stop()
-        if me is None or not incomplete:
+        if me is None or not agents:
             # Alone with the seeder (for now): everything is ours.
             self.need_seeder = True
             return self._normal()
-        members = set(incomplete)
+        members = set(agents)
         members.add(me)
         if members != self._members or me != self._me:
             self._assign(members, me)
-        best = self._best
-        own_left = 0
+        rank = self._rank
+        # Pieces only the seeder has, by our rank for them.
+        counts = [0] * (self.DEPTH + 1)
+        for piece in range(self.num_pieces):
+            if not (have[piece] or availability[piece]):
+                counts[rank[piece]] += 1
+        level = self._level
+        while (level + 1 < self.DEPTH
+               and sum(counts[:level + 1]) < self.backup):
+            # Our own pieces run out: rather than leave our requests to the
+            # seeder idle (libtorrent would fill them with pieces other
+            # agents can give us), help the owners that have more left.
+            level += 1
+        self._level = level
+        self.need_seeder = sum(counts[:level + 1]) > 0
         prios = []
         for piece in range(self.num_pieces):
             if have[piece] or availability[piece]:
                 prios.append(NORMAL)
-            elif best[piece][1] == me:
-                own_left += 1
+            elif rank[piece] == 0:
                 prios.append(OWN)
+            elif rank[piece] <= level:
+                prios.append(BACKUP)
             else:
                 prios.append(WAIT)
-        self.need_seeder = own_left > 0
         old = self._prios
         self._prios = prios
         if old is None:

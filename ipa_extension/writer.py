@@ -33,6 +33,7 @@ import dataclasses
 import errno
 import fcntl
 import hashlib
+import mmap
 import os
 import stat
 import struct
@@ -58,6 +59,8 @@ _POLL = 0.1
 #: deploy pays it once, so it only bridges the moment between a peer's
 #: last piece and its "completed" announce.
 _QUIET = 0.5
+#: See ipa_extension.pieces.PiecePlan.
+_PLAN_BACKUP = 16
 
 
 class WriterError(Exception):
@@ -210,63 +213,91 @@ def fsync_target(path):
 def verify(path, meta, expected_sha256=None):
     """Read the image region back from the target and check it.
 
-    The page cache is dropped first, so the data comes from the device and
-    not from what libtorrent just wrote into memory. With the image's
-    sha256 one hash over the region is the proof; the piece hashes are
-    only read again to name the piece that differs. Without it every
-    piece is checked against the torrent.
+    The data comes from the device, not from what libtorrent just wrote
+    into memory: the target is read with O_DIRECT (or its page cache is
+    dropped first). With the image's sha256 one hash over the region is the
+    proof; the piece hashes are only read again to name the piece that
+    differs. Without it every piece is checked against the torrent.
 
     :raises: VerifyError naming the first piece that does not match, or
         the mismatching sha256.
     :returns: the hex sha256 of the first ``meta.size`` bytes.
     """
+    if not expected_sha256:
+        return _verify_fd(path, meta, pieces=True)
+    sha256 = _verify_fd(path, meta, pieces=False)
+    if sha256 != expected_sha256.lower():
+        # Name the piece that differs, if one does.
+        _verify_fd(path, meta, pieces=True)
+        raise VerifyError(
+            _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
+              'checksum is %(want)s. The torrent was not made from this '
+              'image; publish it again.')
+            % {'ih': meta.info_hash, 't': path, 'got': sha256,
+               'want': expected_sha256})
+    return sha256
+
+
+def _open_direct(path):
+    """Open ``path`` for reading around the page cache, if it allows.
+
+    O_DIRECT reads come from the device itself, and a read-back of the
+    whole image neither fills the page cache nor costs a copy through it.
+    Some file systems refuse O_DIRECT (EINVAL); then the page cache is
+    dropped for the region instead.
+    """
     try:
-        fd = os.open(path, os.O_RDONLY)
+        return os.open(path, os.O_RDONLY | os.O_DIRECT), True
+    except OSError as e:
+        if e.errno != errno.EINVAL:
+            raise
+    return os.open(path, os.O_RDONLY), False
+
+
+def _verify_fd(path, meta, pieces):
+    try:
+        fd, direct = _open_direct(path)
     except OSError as e:
         raise VerifyError(_('Cannot open %(t)s to verify it: %(e)s')
                           % {'t': path, 'e': e})
     try:
-        if not expected_sha256:
-            return _verify_fd(fd, path, meta, pieces=True)
-        sha256 = _verify_fd(fd, path, meta, pieces=False)
-        if sha256 != expected_sha256.lower():
-            # Name the piece that differs, if one does.
-            _verify_fd(fd, path, meta, pieces=True)
-            raise VerifyError(
-                _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
-                  'checksum is %(want)s. The torrent was not made from this '
-                  'image; publish it again.')
-                % {'ih': meta.info_hash, 't': path, 'got': sha256,
-                   'want': expected_sha256})
-        return sha256
+        return _read_back(fd, direct, path, meta, pieces)
     finally:
         os.close(fd)
 
 
-def _verify_fd(fd, path, meta, pieces):
+def _read_back(fd, direct, path, meta, pieces):
     whole = hashlib.sha256()
-    os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
+    if not direct:
+        os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
     plen = meta.piece_length
-    # Whole pieces per read: few system calls, bounded memory.
+    # Whole pieces per read (a multiple of 4 KiB, as O_DIRECT needs): few
+    # system calls, bounded memory. An anonymous map is page aligned.
     chunk = max(plen, _READ_CHUNK // plen * plen)
+    # Freed with the last view of it, also when a check raises.
+    view = memoryview(mmap.mmap(-1, chunk))
     for offset in range(0, meta.size, chunk):
         length = min(chunk, meta.size - offset)
+        # The last read is rounded up to whole 4 KiB blocks; a device holds
+        # more than the image, a file ends early.
+        want = min(chunk, -(-length // 4096) * 4096)
         try:
-            data = os.pread(fd, length, offset)
+            got = os.preadv(fd, [view[:want]], offset)
         except OSError as e:
             raise VerifyError(
                 _('Reading bytes %(off)d-%(end)d back from %(t)s failed: '
                   '%(e)s. The device may be failing; check the kernel log.')
                 % {'off': offset, 'end': offset + length - 1, 't': path,
                    'e': e})
-        if len(data) != length:
+        if got < length:
             raise VerifyError(
                 _('Target %(t)s ends at byte %(got)d: it holds fewer bytes '
                   'than the %(size)d of the image.')
-                % {'t': path, 'got': offset + len(data), 'size': meta.size})
+                % {'t': path, 'got': offset + got, 'size': meta.size})
+        data = view[:length]
         whole.update(data)
         if pieces:
-            _check_pieces(memoryview(data), offset, path, meta)
+            _check_pieces(data, offset, path, meta)
     return whole.hexdigest()
 
 
@@ -335,7 +366,8 @@ class _Download:
             self.handle.connect_peer(peer)
         self.tracker_error = None
         self.error = None
-        self.plan = pieces.PiecePlan(meta.num_pieces) if share else None
+        self.plan = (pieces.PiecePlan(meta.num_pieces, backup=_PLAN_BACKUP)
+                     if share else None)
         self.using_seeder = True
 
     def share_pieces(self, st):
@@ -344,7 +376,7 @@ class _Download:
         if plan is None or not plan.active:
             return
         me = None
-        incomplete = []
+        agents = []
         seeders = 0
         for p in self.handle.get_peer_info():
             if p.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
@@ -352,15 +384,17 @@ class _Download:
             me = me or p.local_endpoint()[0]
             if p.ip[0] in self.seeder_ips:
                 seeders += 1
-            elif not p.flags & lt.peer_info.seed:
-                incomplete.append(p.ip[0])
+            else:
+                # Agents that completed stay members: they own nothing
+                # anybody waits for, and ranking again costs CPU.
+                agents.append(p.ip[0])
         availability = self.handle.piece_availability()
         if len(availability) != self.meta.num_pieces:
             # No piece picker yet (or any more): nothing to plan.
             return
         if seeders:
             availability = [a - seeders for a in availability]
-        change = plan.update(time.monotonic(), me, incomplete, st.pieces,
+        change = plan.update(time.monotonic(), me, agents, st.pieces,
                              availability)
         if change == []:
             if not plan.active:

@@ -17,6 +17,7 @@ writer downloads it into a file or into a loop device made for the test.
 """
 
 import contextlib
+import errno
 import hashlib
 import os
 import shutil
@@ -290,3 +291,30 @@ def test_stall_without_seeder(tmp_path, image):
               stall_timeout=1)
     assert 'stalled' in str(exc.value)
     assert meta.info_hash in str(exc.value)
+
+
+def test_verify_short_target_and_no_direct_io(tmp_path, image, monkeypatch):
+    path, data, meta = image
+    target = str(tmp_path / 'disk.img')
+    with seeding(meta, path) as peer:
+        write(meta, target, [peer])
+
+    # A file system that refuses O_DIRECT: the page cache is dropped for
+    # the region instead, and the result is the same.
+    real_open = os.open
+
+    def no_direct(p, flags, *args):
+        if flags & os.O_DIRECT:
+            raise OSError(errno.EINVAL, 'Invalid argument')
+        return real_open(p, flags, *args)
+    monkeypatch.setattr(os, 'open', no_direct)
+    assert writer.verify(target, meta, expected_sha256=sha256(data)) == (
+        sha256(data))
+    monkeypatch.undo()
+
+    # A target that ends inside the image is named, with where it ends.
+    os.truncate(target, len(data) // 2)
+    with pytest.raises(writer.VerifyError) as exc:
+        writer.verify(target, meta, expected_sha256=sha256(data))
+    assert target in str(exc.value)
+    assert 'ends at byte %d' % (len(data) // 2) in str(exc.value)

@@ -210,6 +210,8 @@ def cmd_write(args):
         _stripe(writer, *[int(v) for v in args.stripe.split('/')])
     if args.poll:
         writer._POLL = args.poll
+    if args.plan_backup is not None:
+        writer._PLAN_BACKUP = args.plan_backup
     if os.environ.get('BENCH_BLOCK_LOG'):
         _block_log(writer, os.environ['BENCH_BLOCK_LOG'])
     _report(event='ready', at=time.time())
@@ -563,6 +565,8 @@ def main(argv=None):
     p.add_argument('--cli', action='store_true')
     p.add_argument('--poll', type=float,
                    help='prototype: the writer polls its status this often')
+    p.add_argument('--plan-backup', type=int,
+                   help='PiecePlan backup threshold (experiments)')
     p.add_argument('--no-share', action='store_true',
                    help='plain rarest-first: no piece plan')
     p.add_argument('--stripe', metavar='I/N',

@@ -64,6 +64,8 @@ class TestOwnership(base.BaseTestCase):
         b.update(0.0, ME, list(reversed(OTHERS)), have, avail)
         self.assertEqual([a.owner(i) for i in range(N)],
                          [b.owner(i) for i in range(N)])
+        self.assertEqual([a.rank(i) for i in range(N)],
+                         [b.rank(i) for i in range(N)])
 
     def test_a_member_leaving_gives_its_pieces_to_the_others(self):
         plan, have, avail, prios = _plan()
@@ -99,19 +101,37 @@ class TestPriorities(base.BaseTestCase):
         # Nothing else changed: no update at all.
         self.assertIsNone(plan.update(0.2, ME, OTHERS, have, avail))
 
+    def test_runner_up_pieces_when_own_pieces_run_out(self):
+        plan, have, avail, _p = _plan()
+        mine = [i for i in range(N) if plan.rank(i) == 0]
+        second = [i for i in range(N) if plan.rank(i) == 1]
+        third = [i for i in range(N) if plan.rank(i) == 2]
+        # All but 10 of ours are in (backup threshold 16): help the owners
+        # of the pieces we rank second for, not those we rank third for.
+        for i in mine[10:]:
+            have[i] = True
+        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
+        self.assertTrue(all(change[i] == pieces.BACKUP for i in second))
+        self.assertFalse(any(i in change for i in third))
+        self.assertTrue(plan.need_seeder)
+        # A piece another agent has comes from that agent, even ours.
+        avail[second[0]] = 1
+        change = dict(plan.update(0.2, ME, OTHERS, have, avail))
+        self.assertEqual({second[0]: pieces.NORMAL}, change)
+
     def test_done_with_own_pieces_no_longer_needs_the_seeder(self):
         plan, have, avail, _p = _plan()
         for i in range(N):
-            if plan.owner(i) == ME:
+            if plan.rank(i) < plan.DEPTH:
                 have[i] = True
         plan.update(0.1, ME, OTHERS, have, avail)
         self.assertFalse(plan.need_seeder)
         self.assertTrue(plan.active)
 
-    def test_own_piece_another_agent_has_comes_from_that_agent(self):
+    def test_pieces_other_agents_have_come_from_them(self):
         plan, have, avail, _p = _plan()
         mine = [i for i in range(N) if plan.owner(i) == ME]
-        for i in mine:
+        for i in range(N):
             avail[i] = 1
         change = dict(plan.update(0.1, ME, OTHERS, have, avail))
         self.assertTrue(all(change[i] == pieces.NORMAL for i in mine))
@@ -138,7 +158,7 @@ class TestGrace(base.BaseTestCase):
     def test_stalled_plan_is_dropped_for_good(self):
         plan, have, avail, _p = _plan()
         for i in range(N):
-            if plan.owner(i) == ME:
+            if plan.rank(i) < plan.DEPTH:
                 have[i] = True
         plan.update(1.0, ME, OTHERS, have, avail)
         self.assertFalse(plan.need_seeder)
