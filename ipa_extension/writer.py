@@ -224,11 +224,11 @@ def verify(path, meta, expected_sha256=None):
     :returns: the hex sha256 of the first ``meta.size`` bytes.
     """
     if not expected_sha256:
-        return _verify_fd(path, meta, pieces=True)
-    sha256 = _verify_fd(path, meta, pieces=False)
+        return _verify_fd(path, meta, check_pieces=True)
+    sha256 = _verify_fd(path, meta, check_pieces=False)
     if sha256 != expected_sha256.lower():
         # Name the piece that differs, if one does.
-        _verify_fd(path, meta, pieces=True)
+        _verify_fd(path, meta, check_pieces=True)
         raise VerifyError(
             _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
               'checksum is %(want)s. The torrent was not made from this '
@@ -254,19 +254,19 @@ def _open_direct(path):
     return os.open(path, os.O_RDONLY), False
 
 
-def _verify_fd(path, meta, pieces):
+def _verify_fd(path, meta, check_pieces):
     try:
         fd, direct = _open_direct(path)
     except OSError as e:
         raise VerifyError(_('Cannot open %(t)s to verify it: %(e)s')
                           % {'t': path, 'e': e})
     try:
-        return _read_back(fd, direct, path, meta, pieces)
+        return _read_back(fd, direct, path, meta, check_pieces)
     finally:
         os.close(fd)
 
 
-def _read_back(fd, direct, path, meta, pieces):
+def _read_back(fd, direct, path, meta, check_pieces):
     whole = hashlib.sha256()
     if not direct:
         os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
@@ -296,7 +296,7 @@ def _read_back(fd, direct, path, meta, pieces):
                 % {'t': path, 'got': offset + got, 'size': meta.size})
         data = view[:length]
         whole.update(data)
-        if pieces:
+        if check_pieces:
             _check_pieces(data, offset, path, meta)
     return whole.hexdigest()
 

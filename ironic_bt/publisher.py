@@ -451,6 +451,7 @@ class Publisher:
                 self._images[meta.info_hash] = image
             image.nodes.add(node_uuid)
             self._nodes[node_uuid] = meta.info_hash
+            self._seeder.expect_nodes(len(self._nodes))
             return self._publication_locked(node_uuid, meta)
 
     def publication(self, node_uuid):
@@ -510,7 +511,10 @@ class Publisher:
         :returns: True if the node held a publication.
         """
         with self._lock:
-            return self._release_locked(node_uuid)
+            released = self._release_locked(node_uuid)
+            if released and self._seeder is not None:
+                self._seeder.expect_nodes(len(self._nodes))
+            return released
 
     def stats(self, info_hash):
         """Seeder statistics of one published image.

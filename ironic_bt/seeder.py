@@ -43,20 +43,44 @@ def _global_class_filter(session):
     return peer_filter
 
 
+#: Requests in flight at the seeder, over all the nodes downloading.
+_IN_FLIGHT = 32
+#: Requests per peer when the number of nodes is not known.
+_DEFAULT_QUEUE = 8
+
+
+def request_queue(nodes):
+    """Requests each peer may queue at the seeder.
+
+    A seeder that queues thousands of requests per peer sends each early
+    peer long runs of pieces nobody else has asked for yet, and requests
+    still queued when the last pieces leave it become duplicates: the
+    seeder's link carries the image more than once while the nodes wait.
+    Too short a queue starves a lone node on a fast link instead (each
+    connection moves at most queue x 16 KiB per round trip). So the
+    seeder keeps about 32 requests (512 KiB) in flight over all the nodes
+    downloading: 32 for one node, 8 for four, 2 for sixteen or more
+    (doc/source/performance.rst).
+
+    :param nodes: how many nodes download at once; None or 0 if unknown.
+    :returns: the ``max_allowed_in_request_queue`` to use (and announce to
+        peers as ``reqq``).
+    """
+    if not nodes:
+        return _DEFAULT_QUEUE
+    return max(2, min(_IN_FLIGHT, -(-_IN_FLIGHT // nodes)))
+
+
 class Seeder:
     """A libtorrent session seeding raw images."""
 
     def __init__(self, listen_host='0.0.0.0', listen_port=6881,
-                 upload_rate_limit=0, settings=None):
+                 upload_rate_limit=0, settings=None, nodes=None):
         overrides = {
-            # A seeder that queues thousands of requests per peer sends
-            # each early peer long runs of pieces nobody else has asked
-            # for yet: it uploads the image twice over while the nodes
-            # wait. A short queue spreads its upload across the swarm and
-            # lets nodes trade what they got (doc/source/performance.rst).
-            'max_allowed_in_request_queue': 8,
+            'max_allowed_in_request_queue': request_queue(nodes),
         }
         overrides.update(settings or {})
+        self._queue = overrides['max_allowed_in_request_queue']
         if upload_rate_limit:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
         self._session = swarm.make_session(listen_host, listen_port,
@@ -75,6 +99,21 @@ class Seeder:
                   '[bittorrent]seeder_listen_host and seeder_port.')
                 % {'host': listen_host, 'port': listen_port})
         LOG.info('Seeder listening on port %d', self.port)
+
+    def expect_nodes(self, nodes):
+        """Size the request queue for ``nodes`` nodes downloading at once.
+
+        Peers learn the queue when they connect; peers connected before a
+        change get the new limit enforced (their excess requests are
+        rejected and asked again).
+        """
+        queue = request_queue(nodes)
+        if queue == self._queue:
+            return
+        self._session.apply_settings({'max_allowed_in_request_queue': queue})
+        LOG.info('Seeder request queue is now %(q)d per peer for %(n)d '
+                 'node(s) downloading', {'q': queue, 'n': nodes})
+        self._queue = queue
 
     @property
     def port(self):

@@ -49,6 +49,17 @@ def _host_port(value, default_port=None):
     return host.strip('[]') or '0.0.0.0', port
 
 
+def _positive_int(value):
+    try:
+        number = int(value)
+        if number < 1:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            _('"%s" is not a whole number of at least 1') % value)
+    return number
+
+
 def _setup_logging(args):
     conf = cfg.ConfigOpts()
     log.register_options(conf)
@@ -133,7 +144,8 @@ def cmd_seed(args):
         trackers.append(tracker.announce_url(
             _announce_host(args.with_tracker[0])))
     seed = seeder.Seeder(args.listen[0], args.listen[1],
-                         upload_rate_limit=args.upload_rate)
+                         upload_rate_limit=args.upload_rate,
+                         nodes=args.nodes)
     try:
         seed.add(meta, args.image, trackers=trackers)
         print(json.dumps({'info_hash': meta.info_hash,
@@ -314,6 +326,9 @@ def build_parser():
                           'serving this torrent'))
     p.add_argument('--interval', type=int, default=10, metavar='SECONDS',
                    help=_('announce interval of the built-in tracker'))
+    p.add_argument('--nodes', type=_positive_int, metavar='N',
+                   help=_('how many nodes will download at once; sizes the '
+                          'request queue per peer (default: 8 requests)'))
     p.add_argument('--upload-rate', type=int, default=0, metavar='BYTES',
                    help=_('upload rate limit in bytes/s (0: unlimited)'))
     p.add_argument('--duration', type=float, metavar='SECONDS',

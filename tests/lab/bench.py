@@ -621,7 +621,10 @@ class Bench:
                         '--listen', '%s:%d' % (seed.ip, SEED_PORT),
                         '--tracker-listen', '%s:%d' % (seed.ip,
                                                        TRACKER_PORT),
-                        '--interval', str(variant.interval)]
+                        '--interval', str(variant.interval),
+                        # What the conductor knows: how many nodes it
+                        # published the image for.
+                        '--nodes', str(len(hosts))]
         if variant.cli:
             cmd.append('--cli')
         else:

@@ -129,6 +129,8 @@ def cmd_seed(args):
         argv = ['seed', args.torrent, args.image, '--listen', args.listen,
                 '--with-tracker', args.tracker_listen,
                 '--interval', str(args.interval)]
+        if args.nodes:
+            argv += ['--nodes', str(args.nodes)]
         code = cli.main(argv)
         _report(event='usage', **_usage())
         return code
@@ -145,7 +147,7 @@ def cmd_seed(args):
                                  args.interval, [meta])
     trackers = [tracker.announce_url(_host_port(args.tracker_listen)[0])]
     seed = seeder.Seeder(host, port, upload_rate_limit=args.upload_rate,
-                         settings=_settings(args.settings))
+                         settings=_settings(args.settings), nodes=args.nodes)
     stop = _stop_event()
     try:
         seed.add(meta, args.image, trackers=trackers)
@@ -547,6 +549,8 @@ def main(argv=None):
     p.add_argument('--upload-rate', type=int, default=0)
     p.add_argument('--settings')
     p.add_argument('--super-seed', action='store_true')
+    p.add_argument('--nodes', type=int,
+                   help='nodes downloading at once (as the conductor knows)')
     p.add_argument('--connect', action='append', default=[])
     p.add_argument('--start-file')
     p.add_argument('--cli', action='store_true')

@@ -21,8 +21,11 @@ from unittest import mock
 import urllib.parse
 import urllib.request
 
+import testtools
+
 from ironic_bt import exception
 from ironic_bt import publisher
+from ironic_bt import seeder
 from ironic_bt import torrent
 from ironic_bt.tracker import bencode
 from tests.unit.conductor import base
@@ -373,3 +376,45 @@ class CheckConfigTestCase(base.TestCase):
         self.assertRaises(exception.InvalidBitTorrentConfig,
                           self.publisher.publish, NODE_A, image)
         self.assertFalse(self.publisher.started)
+
+
+class SeederQueueTestCase(base.TestCase):
+    """The seeder's request queue follows the nodes downloading at once."""
+
+    def setUp(self):
+        super().setUp()
+        self.image = base.make_image(self.tmp)
+
+    def queue(self):
+        session = self.publisher._seeder._session
+        return session.get_settings()['max_allowed_in_request_queue']
+
+    def test_queue_follows_the_nodes_published_for(self):
+        self.publisher.publish(NODE_A, self.image)
+        # One node alone gets a deep queue: a fast link is not starved.
+        self.assertEqual(32, self.queue())
+        others = ['1be26c0b-03f2-4d2e-ae3f-a7f3d0ac%04d' % i
+                  for i in range(15)]
+        for node in others:
+            self.publisher.publish(node, self.image)
+        # Sixteen nodes share 32 requests in flight: 2 each, so that few
+        # are still queued when the last pieces leave the seeder.
+        self.assertEqual(2, self.queue())
+        for node in others[4:]:
+            self.publisher.release(node)
+        self.assertEqual(7, self.queue())
+        self.publisher.release(NODE_A)
+        for node in others[:4]:
+            self.publisher.release(node)
+        # Nobody downloading: back to the default for whoever comes next.
+        self.assertEqual([], self.publisher.nodes())
+        self.assertEqual(8, self.queue())
+
+
+class RequestQueueTestCase(testtools.TestCase):
+
+    def test_sizes(self):
+        self.assertEqual(
+            [8, 8, 32, 16, 11, 8, 4, 2, 2, 2],
+            [seeder.request_queue(n)
+             for n in (None, 0, 1, 2, 3, 4, 8, 16, 17, 500)])
