@@ -294,7 +294,8 @@ def lever_variants():
         # The agents' piece plan (ipa_extension.pieces) against plain
         # rarest-first.
         product('no piece plan', share=False),
-        # The seeder's queue of requests per peer (8 now).
+        # The seeder's queue of requests per peer (sized to the swarm now:
+        # ironic_bt.seeder.request_queue).
         product('seeder queue 4', seeder_settings={
             'max_allowed_in_request_queue': 4}),
         product('seeder queue 16', seeder_settings={
