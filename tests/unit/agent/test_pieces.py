@@ -35,6 +35,13 @@ def _plan(members=None, me=ME, pieces_count=N):
     return plan, have, avail, dict(change or [])
 
 
+def _fetch_everything_ranked(plan, have):
+    """Mark as present every piece this agent would ask the seeder for."""
+    for i in range(N):
+        if plan.rank(i) < plan.DEPTH:
+            have[i] = True
+
+
 class TestOwnership(base.BaseTestCase):
 
     def test_every_piece_has_one_owner_and_shares_are_even(self):
@@ -121,9 +128,7 @@ class TestPriorities(base.BaseTestCase):
 
     def test_done_with_own_pieces_no_longer_needs_the_seeder(self):
         plan, have, avail, _p = _plan()
-        for i in range(N):
-            if plan.rank(i) < plan.DEPTH:
-                have[i] = True
+        _fetch_everything_ranked(plan, have)
         plan.update(0.1, ME, OTHERS, have, avail)
         self.assertFalse(plan.need_seeder)
         self.assertTrue(plan.active)
@@ -157,9 +162,7 @@ class TestGrace(base.BaseTestCase):
 
     def test_stalled_plan_is_dropped_for_good(self):
         plan, have, avail, _p = _plan()
-        for i in range(N):
-            if plan.rank(i) < plan.DEPTH:
-                have[i] = True
+        _fetch_everything_ranked(plan, have)
         plan.update(1.0, ME, OTHERS, have, avail)
         self.assertFalse(plan.need_seeder)
         # Pieces keep arriving: the plan holds.
