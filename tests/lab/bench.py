@@ -857,38 +857,54 @@ def check_targets(rows, image_size, rate_mbit):
     return out
 
 
-def plot(rows, image_size, rate_mbit, path, title_extra=''):
+def plot_scaling(path, rows, series, bound, ylabel, title, guides=()):
+    """Seconds against N (log2 axis), one line per method, to a PNG.
+
+    :param rows: dicts with ``nodes`` and the keys named in ``series``.
+    :param series: (key, style, color, label) per method; points whose
+        value is missing are left out.
+    :param bound: the wire bound F/B, drawn as a grey line.
+    :param guides: extra (ys, linestyle, color, label) lines.
+    """
     import matplotlib
     matplotlib.use('Agg')
     from matplotlib import pyplot
 
-    bound = wire_seconds(image_size, rate_mbit)
     ns = [r['nodes'] for r in rows]
     fig, ax = pyplot.subplots(figsize=(7, 4.5), dpi=110)
-    uni = [(r['nodes'], r['unicast_seconds']) for r in rows
-           if r['unicast_seconds']]
-    bt = [(r['nodes'], r['bittorrent_seconds']) for r in rows
-          if r['bittorrent_seconds']]
-    if uni:
-        ax.plot(*zip(*uni), 'o-', color='tab:red', label='HTTP unicast')
-    if bt:
-        ax.plot(*zip(*bt), 's-', color='tab:blue', label='ironic-bt')
+    for key, style, color, label in series:
+        points = [(r['nodes'], r[key]) for r in rows if r[key]]
+        if points:
+            ax.plot(*zip(*points), style, color=color, label=label)
+    for ys, linestyle, color, label in guides:
+        ax.plot(ns, ys, color=color, linestyle=linestyle, linewidth=1,
+                label=label)
     ax.axhline(bound, color='gray', linestyle='-', linewidth=1,
                label='wire bound F/B = %.1f s' % bound)
-    ax.axhline(1.25 * bound, color='gray', linestyle=':', linewidth=1,
-               label='target 1.25 x F/B')
     ax.set_xscale('log', base=2)
     ax.set_xticks(ns)
     ax.set_xticklabels([str(n) for n in ns])
     ax.set_xlabel('nodes deployed at once (N)')
-    ax.set_ylabel('seconds until the last node is done')
-    ax.set_title('%d MiB image, %g Mbit/s links%s' % (
-        image_size // MiB, rate_mbit, title_extra), fontsize=10)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
     ax.grid(True, which='both', alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path)
     pyplot.close(fig)
+
+
+def plot(rows, image_size, rate_mbit, path, title_extra=''):
+    bound = wire_seconds(image_size, rate_mbit)
+    plot_scaling(
+        path, rows,
+        [('unicast_seconds', 'o-', 'tab:red', 'HTTP unicast'),
+         ('bittorrent_seconds', 's-', 'tab:blue', 'ironic-bt')],
+        bound, 'seconds until the last node is done',
+        '%d MiB image, %g Mbit/s links%s' % (image_size // MiB, rate_mbit,
+                                             title_extra),
+        guides=[([1.25 * bound] * len(rows), ':', 'gray',
+                 'target 1.25 x F/B')])
 
 
 def _write_json(path, data):

@@ -198,36 +198,17 @@ def format_nodes(runs):
 
 
 def plot(rows, image_size, rate_mbit, path):
-    import matplotlib
-    matplotlib.use('Agg')
-    from matplotlib import pyplot
-
     bound = bench.wire_seconds(image_size, rate_mbit)
-    ns = [r['nodes'] for r in rows]
-    fig, ax = pyplot.subplots(figsize=(7, 4.5), dpi=110)
-    for key, style, color, label in (
-            ('direct_seconds', 'o-', 'tab:red',
-             'Ironic direct (HTTP from the conductor)'),
-            ('bittorrent_seconds', 's-', 'tab:blue', 'Ironic bittorrent')):
-        points = [(r['nodes'], r[key]) for r in rows if r[key]]
-        if points:
-            ax.plot(*zip(*points), style, color=color, label=label)
-    ax.plot(ns, [n * bound for n in ns], color='tab:red', linestyle=':',
-            linewidth=1, label='N x F/B (one link, unicast)')
-    ax.axhline(bound, color='gray', linestyle='-', linewidth=1,
-               label='wire bound F/B = %.1f s' % bound)
-    ax.set_xscale('log', base=2)
-    ax.set_xticks(ns)
-    ax.set_xticklabels([str(n) for n in ns])
-    ax.set_xlabel('nodes deployed at once (N)')
-    ax.set_ylabel('seconds from "node deploy" to the last node active')
-    ax.set_title('Through Ironic: %d MiB image, %g Mbit/s links' % (
-        image_size // MiB, rate_mbit), fontsize=10)
-    ax.grid(True, which='both', alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    pyplot.close(fig)
+    bench.plot_scaling(
+        path, rows,
+        [('direct_seconds', 'o-', 'tab:red',
+          'Ironic direct (HTTP from the conductor)'),
+         ('bittorrent_seconds', 's-', 'tab:blue', 'Ironic bittorrent')],
+        bound, 'seconds from "node deploy" to the last node active',
+        'Through Ironic: %d MiB image, %g Mbit/s links' % (
+            image_size // MiB, rate_mbit),
+        guides=[([r['nodes'] * bound for r in rows], ':', 'tab:red',
+                 'N x F/B (one link, unicast)')])
 
 
 # -- the run ------------------------------------------------------------------
