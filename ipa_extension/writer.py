@@ -564,15 +564,16 @@ def _download(dl, progress_interval, stall_timeout):
     while True:
         st = dl.status()
         now = time.monotonic()
-        if not st.is_seeding:
-            dl.share_pieces(st)
         if st.is_seeding:
             LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,
                       's': now - start})
             return st
-        if st.total_wanted_done != last_done:
-            last_done, last_progress = st.total_wanted_done, now
+        dl.share_pieces(st)
+        # Bytes present, not "wanted": the piece plan changes what is
+        # wanted while it runs.
+        if st.total_done != last_done:
+            last_done, last_progress = st.total_done, now
         elif now - last_progress > stall_timeout:
             raise DownloadError(
                 _('Download of %(ih)s stalled at %(pct).1f%% for %(s)d s '
