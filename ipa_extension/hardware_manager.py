@@ -37,6 +37,7 @@ from ironic_python_agent import hardware
 from ironic_python_agent import partition_utils
 from oslo_log import log
 
+from ipa_extension import device as bt_device
 from ipa_extension import writer
 from ironic_bt.i18n import _
 from ironic_bt import torrent
@@ -250,7 +251,7 @@ def _check_device(node_uuid, image, meta, device):
     regular file there, in the ramdisk's memory.
     """
     try:
-        size = writer.target_size(device)
+        size = bt_device.target_size(device)
     except (writer.TargetError, OSError) as e:
         raise _write_error(node_uuid, image, device, e)
     if size is None:

@@ -15,68 +15,87 @@
 This is the agent side of ironic-bt, usable without ironic-python-agent (the
 ``ironic-bt write`` command runs it too). One call of :func:`write`:
 
-1. checks the target can hold the image, before writing anything;
+1. checks the target can hold the image, before writing anything, and holds
+   it open until the end (see :mod:`ipa_extension.device`);
 2. zeroes the all-zero pieces locally (they never cross the wire);
 3. downloads every other piece with libtorrent's POSIX disk backend, which
    writes with ``pwrite`` at the piece's offset: no temporary copy, and
    memory bounded by libtorrent's queues rather than by the image size;
-4. fsyncs, drops the target's page cache and reads the region back,
-   checking every piece hash and computing the sha256 of the region: the
-   proof that the disk holds the image;
+   meanwhile it reads the pieces back from the disk behind the download
+   front, checking each, and flushes the disk every second, so that a
+   failing disk stops the download at once with an error that blames it;
+4. flushes the target and reads the rest back: the proof that the disk
+   holds the image (every piece's sha1, and the sha256 of the region);
 5. keeps seeding while other peers are still incomplete, up to
    ``linger_timeout`` seconds, then closes the session, so that nothing is
    served once the caller starts writing (config drive, boot loader).
+
+:class:`Tuning` and :class:`Observer` are the seams for experiments and
+benchmarks: they change or watch the product's own code paths, never
+replace them.
 """
 
-import ctypes
 import dataclasses
-import errno
-import fcntl
-import hashlib
-import mmap
-import os
-import stat
-import struct
 import time
 
 import libtorrent as lt
 from oslo_log import log
 
+from ipa_extension import device
+from ipa_extension import errors
 from ipa_extension import pieces
 from ironic_bt.i18n import _
 from ironic_bt import swarm
 
 LOG = log.getLogger(__name__)
 
-_BLKGETSIZE64 = 0x80081272
-_BLKZEROOUT = 0x127f
-_FALLOC_FL_KEEP_SIZE = 0x01
-_FALLOC_FL_PUNCH_HOLE = 0x02
-_READ_CHUNK = 4 * 1024 * 1024
-_BLOCK = 16 * 1024
-_POLL = 0.1
-#: Seconds without an incomplete peer after which lingering ends. Every
-#: deploy pays it once, so it only bridges the moment between a peer's
-#: last piece and its "completed" announce.
-_QUIET = 0.5
-#: See ipa_extension.pieces.PiecePlan.
-_PLAN_BACKUP = 16
+# The errors, where callers have always found them.
+WriterError = errors.WriterError
+TargetError = errors.TargetError
+DownloadError = errors.DownloadError
+VerifyError = errors.VerifyError
 
 
-class WriterError(Exception):
-    """An error of :func:`write`; its text is meant for operators."""
+@dataclasses.dataclass
+class Tuning:
+    """Knobs of the writer's loop; the defaults are the product's."""
+
+    #: Seconds between two looks at the torrent: piece plan, progress,
+    #: read-back, accounting.
+    poll_interval: float = 0.1
+    #: See :class:`ipa_extension.pieces.PiecePlan`.
+    plan_backup: int = 16
+    #: Seconds without an incomplete peer after which lingering ends. Every
+    #: deploy pays it once, so it only bridges the moment between a peer's
+    #: last piece and its "completed" announce.
+    linger_quiet: float = 0.5
+    #: Seconds between flushes of the target while downloading (0: only
+    #: at the end); each one reports write errors since the last.
+    flush_interval: float = 1.0
+    #: Read the image back behind the download front (else only after it).
+    overlap_read_back: bool = True
+    #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
+    settings: dict = dataclasses.field(default_factory=dict)
 
 
-class TargetError(WriterError):
-    """The target cannot take the image, or writing to it failed."""
+class Observer:
+    """Watches a write; every method is a no-op here.
 
+    Subclass it to report progress elsewhere, to log peers in experiments,
+    or to time the phases of a write.
+    """
 
-class DownloadError(WriterError):
-    """The pieces could not be fetched from the swarm."""
+    def alert(self, alert):
+        """A libtorrent alert the writer popped."""
 
+    def peers(self, peer_info):
+        """The connected peers (``lt.peer_info`` list), every poll."""
 
-class VerifyError(WriterError):
-    """What was read back from the target is not the image."""
+    def progress(self, present, size):
+        """Bytes of the image on the disk (never decreasing), every poll."""
+
+    def verified(self, sha256):
+        """The disk holds the image; lingering starts."""
 
 
 @dataclasses.dataclass
@@ -95,224 +114,11 @@ class WriteResult:
     verify_seconds: float
     linger_seconds: float
     sha256: str
+    #: Pieces that failed their hash check (bad data from a peer).
+    hash_failures: int = 0
 
     def to_dict(self):
         return dataclasses.asdict(self)
-
-
-def target_size(path, create=False):
-    """Size of a block device, or None for a regular file (it may grow).
-
-    :param create: accept a path that does not exist yet (a new file).
-    :raises: TargetError if the path is neither, or missing and not
-        ``create``.
-    """
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        if create:
-            return None
-        raise TargetError(_('Target %s does not exist. Check the device '
-                            'name (a typo would otherwise create a file).')
-                          % path)
-    except OSError as e:
-        raise TargetError(_('Cannot access target %(t)s: %(e)s')
-                          % {'t': path, 'e': e})
-    if stat.S_ISREG(st.st_mode):
-        return None
-    if not stat.S_ISBLK(st.st_mode):
-        raise TargetError(_('Target %s is neither a block device nor a '
-                            'regular file.') % path)
-    try:
-        with open(path, 'rb') as f:
-            buf = fcntl.ioctl(f.fileno(), _BLKGETSIZE64, b'\0' * 8)
-    except OSError as e:
-        raise TargetError(_('Cannot read the size of block device %(t)s: '
-                            '%(e)s') % {'t': path, 'e': e})
-    return struct.unpack('Q', buf)[0]
-
-
-def _zero_runs(meta):
-    """Contiguous byte ranges (offset, length) of the all-zero pieces."""
-    runs = []
-    for index in sorted(meta.zero_pieces):
-        offset = index * meta.piece_length
-        length = meta.piece_size(index)
-        if runs and runs[-1][0] + runs[-1][1] == offset:
-            runs[-1] = (runs[-1][0], runs[-1][1] + length)
-        else:
-            runs.append((offset, length))
-    return runs
-
-
-def _punch_hole(fd, offset, length):
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int,
-                               ctypes.c_int64, ctypes.c_int64]
-    mode = _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE
-    if libc.fallocate(fd, mode, offset, length) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
-def _write_zeros(fd, offset, length):
-    zeros = bytes(min(length, _READ_CHUNK))
-    end = offset + length
-    while offset < end:
-        offset += os.pwrite(fd, zeros[:end - offset], offset)
-
-
-def zero_regions(path, meta, is_block):
-    """Make the all-zero pieces of ``meta`` read as zeros on the target.
-
-    Block devices get BLKZEROOUT, which thin-provisioned and loop devices turn
-    into unmap, and others into zero writes without a round trip through
-    user space. Files get holes punched. Either falls back to writing zeros.
-    """
-    runs = _zero_runs(meta)
-    flags = os.O_WRONLY | (0 if is_block else os.O_CREAT)
-    fd = os.open(path, flags, 0o600)
-    try:
-        if not is_block and os.fstat(fd).st_size < meta.size:
-            os.ftruncate(fd, meta.size)
-        for offset, length in runs:
-            try:
-                if is_block:
-                    fcntl.ioctl(fd, _BLKZEROOUT,
-                                struct.pack('QQ', offset, length))
-                else:
-                    _punch_hole(fd, offset, length)
-            except OSError as e:
-                if e.errno not in (errno.EOPNOTSUPP, errno.ENOTTY,
-                                   errno.EINVAL):
-                    raise
-                _write_zeros(fd, offset, length)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return sum(length for _offset, length in runs)
-
-
-def fsync_target(path):
-    """Flush the target to stable storage.
-
-    :raises: TargetError naming the target if the device reports an error.
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise TargetError(_('Flushing %(t)s to disk failed: %(e)s. The '
-                            'device may be failing; check the kernel log.')
-                          % {'t': path, 'e': e})
-
-
-def verify(path, meta, expected_sha256=None):
-    """Read the image region back from the target and check it.
-
-    The data comes from the device, not from what libtorrent just wrote
-    into memory: the target is read with O_DIRECT (or its page cache is
-    dropped first). With the image's sha256 one hash over the region is the
-    proof; the piece hashes are only read again to name the piece that
-    differs. Without it every piece is checked against the torrent.
-
-    :raises: VerifyError naming the first piece that does not match, or
-        the mismatching sha256.
-    :returns: the hex sha256 of the first ``meta.size`` bytes.
-    """
-    if not expected_sha256:
-        return _verify_fd(path, meta, check_pieces=True)
-    sha256 = _verify_fd(path, meta, check_pieces=False)
-    if sha256 != expected_sha256.lower():
-        # Name the piece that differs, if one does.
-        _verify_fd(path, meta, check_pieces=True)
-        raise VerifyError(
-            _('Image %(ih)s on %(t)s has sha256 %(got)s, but the image '
-              'checksum is %(want)s. The torrent was not made from this '
-              'image; publish it again.')
-            % {'ih': meta.info_hash, 't': path, 'got': sha256,
-               'want': expected_sha256})
-    return sha256
-
-
-def _open_direct(path):
-    """Open ``path`` for reading around the page cache, if it allows.
-
-    O_DIRECT reads come from the device itself, and a read-back of the
-    whole image neither fills the page cache nor costs a copy through it.
-    Some file systems refuse O_DIRECT (EINVAL); then the page cache is
-    dropped for the region instead.
-    """
-    try:
-        return os.open(path, os.O_RDONLY | os.O_DIRECT), True
-    except OSError as e:
-        if e.errno != errno.EINVAL:
-            raise
-    return os.open(path, os.O_RDONLY), False
-
-
-def _verify_fd(path, meta, check_pieces):
-    try:
-        fd, direct = _open_direct(path)
-    except OSError as e:
-        raise VerifyError(_('Cannot open %(t)s to verify it: %(e)s')
-                          % {'t': path, 'e': e})
-    try:
-        return _read_back(fd, direct, path, meta, check_pieces)
-    finally:
-        os.close(fd)
-
-
-def _read_back(fd, direct, path, meta, check_pieces):
-    whole = hashlib.sha256()
-    if not direct:
-        os.posix_fadvise(fd, 0, meta.size, os.POSIX_FADV_DONTNEED)
-    plen = meta.piece_length
-    # Whole pieces per read (a multiple of 4 KiB, as O_DIRECT needs): few
-    # system calls, bounded memory. An anonymous map is page aligned.
-    chunk = max(plen, _READ_CHUNK // plen * plen)
-    # Freed with the last view of it, also when a check raises.
-    view = memoryview(mmap.mmap(-1, chunk))
-    for offset in range(0, meta.size, chunk):
-        length = min(chunk, meta.size - offset)
-        # The last read is rounded up to whole 4 KiB blocks; a device holds
-        # more than the image, a file ends early.
-        want = min(chunk, -(-length // 4096) * 4096)
-        try:
-            got = os.preadv(fd, [view[:want]], offset)
-        except OSError as e:
-            raise VerifyError(
-                _('Reading bytes %(off)d-%(end)d back from %(t)s failed: '
-                  '%(e)s. The device may be failing; check the kernel log.')
-                % {'off': offset, 'end': offset + length - 1, 't': path,
-                   'e': e})
-        if got < length:
-            raise VerifyError(
-                _('Target %(t)s ends at byte %(got)d: it holds fewer bytes '
-                  'than the %(size)d of the image.')
-                % {'t': path, 'got': offset + got, 'size': meta.size})
-        data = view[:length]
-        whole.update(data)
-        if check_pieces:
-            _check_pieces(data, offset, path, meta)
-    return whole.hexdigest()
-
-
-def _check_pieces(data, offset, path, meta):
-    plen = meta.piece_length
-    for start in range(0, len(data), plen):
-        index = (offset + start) // plen
-        piece = data[start:start + plen]
-        if hashlib.sha1(piece).digest() != meta.piece_hash(index):
-            raise VerifyError(
-                _('Piece %(i)d (bytes %(off)d-%(end)d) read back from '
-                  '%(t)s does not match the image. The device may be '
-                  'failing; check its health and the kernel log.')
-                % {'i': index, 'off': index * plen,
-                   'end': index * plen + len(piece) - 1, 't': path})
 
 
 def _parse_peer(peer):
@@ -322,18 +128,60 @@ def _parse_peer(peer):
     return host.strip('[]'), int(port)
 
 
+class _PeerBytes:
+    """Payload bytes received from the seeder and from other agents.
+
+    Counted from the peers' own counters, looked at every poll, instead of
+    from an alert per 16 KiB block. A connection's counter vanishes with it
+    (seeds disconnect once we complete), so its last value is kept; what
+    arrived after the last look is given to whichever kind of peer was
+    connected then (the seeder when both were).
+    """
+
+    def __init__(self, seeder_ips):
+        self.seeder_ips = seeder_ips
+        self._live = {}
+        self._closed = {True: 0, False: 0}
+        self._seeder_last = True
+
+    def update(self, peer_info):
+        live = {}
+        for p in peer_info:
+            live[(p.ip[0], p.ip[1])] = (p.ip[0] in self.seeder_ips,
+                                        p.total_download)
+        for key, (is_seeder, total) in self._live.items():
+            if key not in live:
+                self._closed[is_seeder] += total
+        self._live = live
+        if live:
+            self._seeder_last = any(s for s, _t in live.values())
+
+    def counted(self, is_seeder):
+        return self._closed[is_seeder] + sum(
+            t for s, t in self._live.values() if s == is_seeder)
+
+    def from_seeder(self, total):
+        """Bytes from the seeder, given the torrent's total payload."""
+        seeder = self.counted(True)
+        rest = total - seeder - self.counted(False)
+        if rest > 0 and self._seeder_last:
+            seeder += rest
+        return max(0, min(seeder, total))
+
+
 class _Download:
     """One torrent in one session, from add to close."""
 
     def __init__(self, meta, target, trackers, peers, listen_host,
-                 listen_port, settings, share=True):
+                 listen_port, tuning, observer, share=True):
         self.meta = meta
         self.target = target
+        self.tuning = tuning
+        self.observer = observer
         overrides = {
-            'alert_mask': int(swarm.ALERT_MASK
-                              | lt.alert_category.block_progress),
-            # Room for the block alerts of a fast link between two polls.
-            'alert_queue_size': 100000,
+            # Bans are worth a warning: they should only ever hit a peer
+            # that sent bad data, never one our own disk made look bad.
+            'alert_mask': int(swarm.ALERT_MASK | lt.alert_category.peer),
             # The piece plan may leave nothing to fetch for a moment (all
             # that is missing is on its way to its owners): stay connected
             # to the seeds meanwhile.
@@ -342,13 +190,13 @@ class _Download:
             # cut the tracker, which usually shares its address.
             'apply_ip_filter_to_trackers': False,
         }
-        overrides.update(settings or {})
+        overrides.update(tuning.settings)
         self.session = swarm.make_session(listen_host, listen_port,
                                           **overrides)
         params = lt.add_torrent_params()
         params.ti = meta.torrent_info()
-        params.save_path = os.path.dirname(os.path.abspath(target))
-        params.renamed_files = {0: os.path.basename(target)}
+        params.save_path = device.save_path(target.path)
+        params.renamed_files = {0: device.file_name(target.path)}
         # The zero pieces were just zeroed: declare them present and skip
         # reading the whole target to check it, which on a fresh disk would
         # find nothing and cost a full read of the device.
@@ -360,17 +208,50 @@ class _Download:
         params.trackers = list(trackers)
         self.handle = self.session.add_torrent(params)
         self.peers = list(peers)
-        self.seeder_ips = {host for host, _port in self.peers}
-        self.from_seeder = 0
+        self.bytes = _PeerBytes({host for host, _port in self.peers})
         for peer in self.peers:
             self.handle.connect_peer(peer)
         self.tracker_error = None
         self.error = None
-        self.plan = (pieces.PiecePlan(meta.num_pieces, backup=_PLAN_BACKUP)
+        self.hash_failures = 0
+        self.present = 0
+        self.plan = (pieces.PiecePlan(meta.num_pieces,
+                                      backup=tuning.plan_backup)
                      if share else None)
         self.using_seeder = True
 
-    def share_pieces(self, st):
+    def poll(self, downloading=True):
+        """Look at the torrent once: alerts, status, peers, the plan.
+
+        :raises: TargetError if the disk failed.
+        :returns: the torrent's status.
+        """
+        st = self.status()
+        peer_info = self.handle.get_peer_info()
+        self.bytes.update(peer_info)
+        self.observer.peers(peer_info)
+        if downloading:
+            self._share_pieces(st, peer_info)
+        return st
+
+    def present_bytes(self, st):
+        """Bytes of the image on the disk, never decreasing.
+
+        Counted from the pieces that passed their hash check, not from
+        libtorrent's ``progress``, which counts only the pieces wanted at
+        the moment (the piece plan changes which ones are).
+        """
+        meta = self.meta
+        have = st.num_pieces
+        present = have * meta.piece_length
+        if have and st.pieces and st.pieces[-1]:
+            present -= meta.piece_length - meta.piece_size(
+                meta.num_pieces - 1)
+        self.present = max(self.present, min(present, meta.size))
+        self.observer.progress(self.present, meta.size)
+        return self.present
+
+    def _share_pieces(self, st, peer_info):
         """Apply the piece plan (see :mod:`ipa_extension.pieces`)."""
         plan = self.plan
         if plan is None or not plan.active:
@@ -378,11 +259,11 @@ class _Download:
         me = None
         agents = []
         seeders = 0
-        for p in self.handle.get_peer_info():
+        for p in peer_info:
             if p.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
                 continue
             me = me or p.local_endpoint()[0]
-            if p.ip[0] in self.seeder_ips:
+            if p.ip[0] in self.bytes.seeder_ips:
                 seeders += 1
             else:
                 # Agents that completed stay members: they own nothing
@@ -409,12 +290,13 @@ class _Download:
 
     def _use_seeder(self, use):
         """Connect to the seeder, or leave its upload to other agents."""
-        if use == self.using_seeder or not self.seeder_ips:
+        seeder_ips = self.bytes.seeder_ips
+        if use == self.using_seeder or not seeder_ips:
             return
         self.using_seeder = use
         ip_filter = lt.ip_filter()
         if not use:
-            for ip in self.seeder_ips:
+            for ip in seeder_ips:
                 ip_filter.add_rule(ip, ip, 1)
         self.session.set_ip_filter(ip_filter)
         if use:
@@ -425,12 +307,8 @@ class _Download:
 
     def pump_alerts(self):
         for alert in self.session.pop_alerts():
-            if isinstance(alert, lt.block_finished_alert):
-                # Per-block accounting: a peer's byte counters vanish when
-                # it disconnects, which seeds do as soon as we complete.
-                if alert.ip[0] in self.seeder_ips:
-                    self.from_seeder += _BLOCK
-            elif isinstance(alert, lt.tracker_error_alert):
+            self.observer.alert(alert)
+            if isinstance(alert, lt.tracker_error_alert):
                 if 'skipping tracker announce' in alert.message():
                     # libtorrent does not announce from its loopback listen
                     # socket to a remote tracker: expected, not an error.
@@ -440,12 +318,29 @@ class _Download:
                 LOG.warning('Tracker error for %(ih)s: %(msg)s',
                             {'ih': self.meta.info_hash,
                              'msg': alert.message()})
-            elif isinstance(alert, (lt.file_error_alert,
-                                    lt.torrent_error_alert)):
+            elif isinstance(alert, lt.file_error_alert):
+                self.error = _('%(op)s failed: %(e)s') % {
+                    'op': alert.op, 'e': device.describe_os_error(
+                        OSError(alert.error.value(),
+                                alert.error.message()))}
+            elif isinstance(alert, lt.torrent_error_alert):
                 self.error = alert.message()
             elif isinstance(alert, lt.hash_failed_alert):
-                LOG.warning('Piece failed its hash check and will be '
-                            'fetched again: %s', alert.message())
+                self.hash_failures += 1
+                # libtorrent hashed what the page cache holds, which is
+                # what the peer sent unless the disk already failed to
+                # store earlier writes: ask the disk first, so a failing
+                # disk is named at once and not taken for a bad peer.
+                self.target.flush()
+                LOG.warning('Piece %(p)d of %(ih)s failed its hash check '
+                            'and will be fetched again; the disk is fine, '
+                            'so a peer sent bad data',
+                            {'p': alert.piece_index,
+                             'ih': self.meta.info_hash})
+            elif isinstance(alert, lt.peer_ban_alert):
+                LOG.warning('Banned peer %(ip)s of %(ih)s: it sent data that '
+                            'failed the hash check',
+                            {'ip': alert.ip[0], 'ih': self.meta.info_hash})
 
     def status(self):
         self.pump_alerts()
@@ -453,8 +348,8 @@ class _Download:
         if self.error or st.errc.value():
             raise TargetError(
                 _('Writing %(ih)s to %(t)s failed: %(err)s. Check the '
-                  'device and the kernel log.')
-                % {'ih': self.meta.info_hash, 't': self.target,
+                  'disk\'s health and the kernel log (dmesg).')
+                % {'ih': self.meta.info_hash, 't': self.target.path,
                    'err': self.error or st.errc.message()})
         return st
 
@@ -483,7 +378,7 @@ class _Download:
 def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
           listen_port=6881, linger_timeout=300, progress_interval=10,
           stall_timeout=300, expected_sha256=None, settings=None,
-          create=False, share_pieces=True):
+          create=False, share_pieces=True, tuning=None, observer=None):
     """Download ``meta`` into ``target``, verify it, linger, and stop.
 
     :param meta: a :class:`ironic_bt.torrent.Metainfo`.
@@ -496,91 +391,102 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     :param progress_interval: seconds between progress log lines.
     :param stall_timeout: seconds without progress before giving up.
     :param expected_sha256: hex sha256 of the image, checked if given.
-    :param settings: extra libtorrent settings (see ironic_bt.swarm).
+    :param settings: extra libtorrent settings (see ironic_bt.swarm), on top
+        of ``tuning.settings``.
     :param create: create ``target`` as a regular file if it is missing.
     :param share_pieces: agree with the other agents on who fetches which
         piece from the seeder (:mod:`ipa_extension.pieces`).
-    :raises: TargetError, DownloadError, VerifyError.
+    :param tuning: a :class:`Tuning`; the defaults if None.
+    :param observer: an :class:`Observer`.
+    :raises: TargetError (the disk), DownloadError (the swarm),
+        VerifyError (what the disk holds is not the image).
     :returns: a :class:`WriteResult`.
     """
     start = time.monotonic()
+    tuning = dataclasses.replace(tuning or Tuning())
+    if settings:
+        tuning.settings = dict(tuning.settings, **settings)
+    observer = observer or Observer()
     # Refuse every bad argument before the first byte is written.
     peers = [_parse_peer(p) for p in peers]
-    size = target_size(target, create=create)
-    is_block = size is not None
-    if is_block and size < meta.size:
-        raise TargetError(
-            _('Image %(ih)s is %(img)d bytes but target %(t)s holds only '
-              '%(dev)d bytes. Choose a larger disk (root device hints) or a '
-              'smaller image.')
-            % {'ih': meta.info_hash, 'img': meta.size, 't': target,
-               'dev': size})
+    dev = device.Target(target, create=create)
+    dev.check_fits(meta)
     if not trackers and not peers:
         raise DownloadError(_('No tracker and no peer given for %s: there '
                               'is no one to download from.')
                             % meta.info_hash)
-    try:
-        zeroed = zero_regions(target, meta, is_block)
-    except OSError as e:
-        raise TargetError(_('Cannot write to target %(t)s: %(e)s')
-                          % {'t': target, 'e': e})
-    LOG.info('Writing %(ih)s (%(size)d bytes, %(pieces)d pieces of '
-             '%(plen)d) to %(t)s; %(zero)d bytes are zero and were zeroed '
-             'locally', {'ih': meta.info_hash, 'size': meta.size,
-                         'pieces': meta.num_pieces, 'plen': meta.piece_length,
-                         't': target, 'zero': zeroed})
-
-    dl = _Download(meta, target, trackers, peers, listen_host, listen_port,
-                   settings, share=share_pieces)
-    try:
-        st = _download(dl, progress_interval, stall_timeout)
-        download_seconds = time.monotonic() - start
-        fsync_target(target)
-        verify_start = time.monotonic()
-        sha256 = verify(target, meta, expected_sha256)
-        verify_seconds = time.monotonic() - verify_start
-        LOG.info('Verified %(t)s: sha256 %(sha)s in %(s).1f s',
-                 {'t': target, 'sha': sha256, 's': verify_seconds})
-        linger_seconds = _linger(dl, linger_timeout)
-        st = dl.handle.status()
-    finally:
-        dl.close()
+    with dev:
+        zeroed = dev.zero(meta)
+        LOG.info('Writing %(ih)s (%(size)d bytes, %(pieces)d pieces of '
+                 '%(plen)d) to %(t)s; %(zero)d bytes are zero and were '
+                 'zeroed locally',
+                 {'ih': meta.info_hash, 'size': meta.size,
+                  'pieces': meta.num_pieces, 'plen': meta.piece_length,
+                  't': target, 'zero': zeroed})
+        readback = device.ReadBack(dev, meta,
+                                   flush_interval=tuning.flush_interval)
+        try:
+            dl = _Download(meta, dev, trackers, peers, listen_host,
+                           listen_port, tuning, observer,
+                           share=share_pieces)
+            try:
+                st = _download(dl, readback, progress_interval,
+                               stall_timeout)
+                download_seconds = time.monotonic() - start
+                dev.flush()
+                verify_start = time.monotonic()
+                sha256 = readback.finish()
+                device.check_sha256(meta, target, sha256, expected_sha256)
+                verify_seconds = time.monotonic() - verify_start
+                LOG.info('Verified %(t)s: sha256 %(sha)s, %(s).1f s after '
+                         'the last piece arrived',
+                         {'t': target, 'sha': sha256, 's': verify_seconds})
+                observer.verified(sha256)
+                linger_seconds = _linger(dl, linger_timeout)
+                st = dl.handle.status()
+                from_seeder = dl.bytes.from_seeder(st.total_payload_download)
+            finally:
+                dl.close()
+        finally:
+            readback.close()
     return WriteResult(
         target=target, size=meta.size, info_hash=meta.info_hash,
         downloaded_bytes=st.total_payload_download,
-        downloaded_from_seeder_bytes=min(dl.from_seeder,
-                                         st.total_payload_download),
+        downloaded_from_seeder_bytes=from_seeder,
         uploaded_bytes=st.total_payload_upload,
         zero_bytes=zeroed, seconds=round(time.monotonic() - start, 3),
         download_seconds=round(download_seconds, 3),
         verify_seconds=round(verify_seconds, 3),
-        linger_seconds=round(linger_seconds, 3), sha256=sha256)
+        linger_seconds=round(linger_seconds, 3), sha256=sha256,
+        hash_failures=dl.hash_failures)
 
 
-def _download(dl, progress_interval, stall_timeout):
+def _download(dl, readback, progress_interval, stall_timeout):
     meta = dl.meta
+    poll = dl.tuning.poll_interval
     start = last_log = last_progress = time.monotonic()
-    last_done = -1
+    last_present = -1
     while True:
-        st = dl.status()
+        st = dl.poll()
+        readback.check()
         now = time.monotonic()
+        present = dl.present_bytes(st)
+        if dl.tuning.overlap_read_back and present != last_present:
+            readback.update(st.pieces)
         if st.is_seeding:
             LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,
                       's': now - start})
             return st
-        dl.share_pieces(st)
-        # Bytes present, not "wanted": the piece plan changes what is
-        # wanted while it runs.
-        if st.total_done != last_done:
-            last_done, last_progress = st.total_done, now
+        if present != last_present:
+            last_present, last_progress = present, now
         elif now - last_progress > stall_timeout:
             raise DownloadError(
                 _('Download of %(ih)s stalled at %(pct).1f%% for %(s)d s '
                   'with %(p)d peers. Last tracker error: %(err)s. Check that '
                   'the conductor\'s tracker and seeder are reachable from '
                   'this node.')
-                % {'ih': meta.info_hash, 'pct': st.progress * 100,
+                % {'ih': meta.info_hash, 'pct': 100.0 * present / meta.size,
                    's': stall_timeout, 'p': st.num_peers,
                    'err': dl.tracker_error or _('none')})
         if st.num_peers == 0 and now - last_progress > 5:
@@ -588,15 +494,15 @@ def _download(dl, progress_interval, stall_timeout):
             dl.reconnect()
         if now - last_log >= progress_interval:
             last_log = now
-            LOG.info('%(ih)s: %(pct).1f%% of %(size)d bytes, %(rate).1f '
-                     'MiB/s down, %(up).1f MiB/s up, %(peers)d peers '
-                     '(%(seeds)d seeds)',
-                     {'ih': meta.info_hash, 'pct': st.progress * 100,
-                      'size': meta.size,
+            LOG.info('%(ih)s: %(pct).1f%% of %(size)d bytes on the disk, '
+                     '%(rate).1f MiB/s down, %(up).1f MiB/s up, %(peers)d '
+                     'peers (%(seeds)d seeds)',
+                     {'ih': meta.info_hash,
+                      'pct': 100.0 * present / meta.size, 'size': meta.size,
                       'rate': st.download_payload_rate / 1048576.0,
                       'up': st.upload_payload_rate / 1048576.0,
                       'peers': st.num_peers, 'seeds': st.num_seeds})
-        time.sleep(_POLL)
+        time.sleep(poll)
 
 
 def _linger(dl, linger_timeout):
@@ -605,7 +511,7 @@ def _linger(dl, linger_timeout):
     quiet_since = None
     while time.monotonic() - start < linger_timeout:
         try:
-            st = dl.status()
+            st = dl.poll(downloading=False)
         except TargetError as e:
             # The disk was verified already; a read error while serving
             # others ends our seeding, not our deploy.
@@ -615,9 +521,9 @@ def _linger(dl, linger_timeout):
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()
-        elif time.monotonic() - quiet_since > _QUIET:
+        elif time.monotonic() - quiet_since > dl.tuning.linger_quiet:
             break
-        time.sleep(_POLL)
+        time.sleep(dl.tuning.poll_interval)
     seconds = time.monotonic() - start
     LOG.info('Stopped seeding %(ih)s after lingering %(s).1f s, %(up)d bytes '
              'uploaded', {'ih': dl.meta.info_hash, 's': seconds,

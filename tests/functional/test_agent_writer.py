@@ -27,6 +27,7 @@ import time
 import libtorrent as lt
 import pytest
 
+from ipa_extension import device
 from ipa_extension import writer
 from ironic_bt import swarm
 from ironic_bt import torrent
@@ -252,7 +253,7 @@ def test_verify_detects_tampering(tmp_path, image):
     target = str(tmp_path / 'disk.img')
     with seeding(meta, path) as peer:
         write(meta, target, [peer])
-    assert writer.verify(target, meta) == sha256(data)
+    assert device.verify(target, meta) == sha256(data)
 
     # Flip bytes in the middle of piece 2, as a failing disk might.
     offset = 2 * PIECE + PIECE // 2
@@ -260,14 +261,14 @@ def test_verify_detects_tampering(tmp_path, image):
         f.seek(offset)
         f.write(bytes(b ^ 0xff for b in data[offset:offset + 16]))
     with pytest.raises(writer.VerifyError) as exc:
-        writer.verify(target, meta)
+        device.verify(target, meta)
     message = str(exc.value)
     assert 'Piece 2 ' in message
     assert target in message
     # With the image's sha256 the whole-region hash catches it, and the
     # error still names the piece.
     with pytest.raises(writer.VerifyError) as exc:
-        writer.verify(target, meta, expected_sha256=sha256(data))
+        device.verify(target, meta, expected_sha256=sha256(data))
     assert 'Piece 2 ' in str(exc.value)
     assert target in str(exc.value)
 
@@ -308,13 +309,13 @@ def test_verify_short_target_and_no_direct_io(tmp_path, image, monkeypatch):
             raise OSError(errno.EINVAL, 'Invalid argument')
         return real_open(p, flags, *args)
     monkeypatch.setattr(os, 'open', no_direct)
-    assert writer.verify(target, meta, expected_sha256=sha256(data)) == (
+    assert device.verify(target, meta, expected_sha256=sha256(data)) == (
         sha256(data))
     monkeypatch.undo()
 
     # A target that ends inside the image is named, with where it ends.
     os.truncate(target, len(data) // 2)
     with pytest.raises(writer.VerifyError) as exc:
-        writer.verify(target, meta, expected_sha256=sha256(data))
+        device.verify(target, meta, expected_sha256=sha256(data))
     assert target in str(exc.value)
     assert 'ends at byte %d' % (len(data) // 2) in str(exc.value)

@@ -216,10 +216,12 @@ class Variant:
     library: bool = False
     #: writers log their peers this often (seconds; experiments).
     diag: float = None
-    #: prototype: writer i of N prefers the i-th N-th of the pieces.
-    stripe: bool = False
-    #: prototype: the writer polls libtorrent this often (0.25 s now).
+    #: the writer polls libtorrent this often (Tuning.poll_interval).
     poll: float = None
+    #: read back only after the download (Tuning.overlap_read_back off).
+    no_overlap: bool = False
+    #: Tuning.flush_interval (None: the product's).
+    flush_interval: float = None
     #: sysctls set in every lab host for this variant (e.g. TCP knobs).
     sysctls: dict = dataclasses.field(default_factory=dict)
     #: the writers' piece plan (ipa_extension.pieces); False: rarest-first.
@@ -232,9 +234,10 @@ class Variant:
         """Whether the real ``ironic-bt seed``/``write`` commands run."""
         return not (self.settings or self.writer_settings
                     or self.seeder_settings or self.connect_out
-                    or self.super_seed or self.library or self.stripe
+                    or self.super_seed or self.library
                     or self.sysctls or self.poll or not self.share
-                    or self.plan_backup is not None)
+                    or self.plan_backup is not None or self.no_overlap
+                    or self.flush_interval is not None)
 
     def writer(self):
         return dict(self.settings, **self.writer_settings)
@@ -255,7 +258,9 @@ class Variant:
         parts += ['sysctl %s=%s' % kv for kv in sorted(self.sysctls.items())]
         if self.poll:
             parts.append('poll %gs' % self.poll)
-        for flag in ('mesh', 'connect_out', 'super_seed', 'stripe'):
+        if self.flush_interval is not None:
+            parts.append('flush every %gs' % self.flush_interval)
+        for flag in ('mesh', 'connect_out', 'super_seed', 'no_overlap'):
             if getattr(self, flag):
                 parts.append(flag)
         if not self.share:
@@ -337,9 +342,9 @@ def lever_variants():
         product('seeder connects out', connect_out=True),
         product('mesh peers', mesh=True, library=True),
         product('tracker interval 1', interval=1, library=True),
-        # Prototypes of writer changes (monkeypatched in bench_worker).
-        product('stripe (prototype)', stripe=True),
-        product('poll 50 ms (prototype)', poll=0.05),
+        # The writer's own knobs (writer.Tuning).
+        product('poll 50 ms', poll=0.05),
+        product('read back after the download', no_overlap=True),
         product('listen queue 128', settings={'listen_queue_size': 128}),
     ]
 
@@ -462,7 +467,7 @@ class Bench:
             proc.wait()
 
     def _wait_clients(self, clients, start_at, hosts, rss=None,
-                      timeline=None, extra_pids=(), release=False):
+                      timeline=None, extra_pids=()):
         """Wait for every client to be done; CPU use over [start, done].
 
         Meanwhile, samples what each host received and the seeder sent
@@ -502,11 +507,6 @@ class Bench:
         for pid in pids:
             own1[pid] = max(own1[pid], _proc_cpu(pid))
         own = sum(own1.values()) - sum(own0.values())
-        if release:
-            # Every node is done: stop lingering (see bench_worker).
-            for proc, _log in clients.values():
-                if proc.poll() is None:
-                    proc.send_signal(signal.SIGUSR1)
         for proc, _log in clients.values():
             try:
                 proc.wait(max(1, deadline - time.monotonic()))
@@ -670,9 +670,10 @@ class Bench:
                     cmd += ['--settings', json.dumps(variant.writer())]
                 if variant.diag:
                     cmd += ['--diag', str(variant.diag)]
-                if variant.stripe:
-                    cmd += ['--stripe', '%d/%d' % (hosts.index(host),
-                                                   len(hosts))]
+                if variant.no_overlap:
+                    cmd.append('--no-overlap')
+                if variant.flush_interval is not None:
+                    cmd += ['--flush-interval', str(variant.flush_interval)]
                 if variant.poll:
                     cmd += ['--poll', str(variant.poll)]
                 if not variant.share:
@@ -684,7 +685,7 @@ class Bench:
             timeline = []
             cpu = self._wait_clients(clients, start_at, hosts, rss=rss,
                                      timeline=timeline,
-                                     extra_pids=[seeder.pid], release=True)
+                                     extra_pids=[seeder.pid])
             wire1 = wire_counters(hosts + [seed])
         finally:
             for proc, _log in clients.values():

@@ -188,39 +188,13 @@ def cmd_write(args):
     from ironic_bt.cmd import cli
     from ironic_bt import torrent
 
-    # The moment the image is verified on the target, before lingering, is
-    # what the benchmark times. Then the node seeds (for the others) until
-    # the benchmark sends SIGUSR1, once every node is verified: the same
-    # help the product's swarm-aware linger gives, without waiting for its
-    # quiet period at the end of every run.
-    everyone_done = threading.Event()
-    signal.signal(signal.SIGUSR1, lambda *_a: everyone_done.set())
-
-    def timed_linger(dl, timeout):
-        _report(event='verified', at=time.time())
-        start = time.monotonic()
-        while (not everyone_done.is_set()
-               and time.monotonic() - start < timeout):
-            dl.status()
-            everyone_done.wait(writer._POLL)
-        return time.monotonic() - start
-    writer._linger = timed_linger
-
-    if args.diag:
-        _diagnose(writer, args.diag)
-    if args.stripe:
-        _stripe(writer, *[int(v) for v in args.stripe.split('/')])
-    if args.poll:
-        writer._POLL = args.poll
-    if args.plan_backup is not None:
-        writer._PLAN_BACKUP = args.plan_backup
-    if os.environ.get('BENCH_BLOCK_LOG'):
-        _block_log(writer, os.environ['BENCH_BLOCK_LOG'])
     _report(event='ready', at=time.time())
     _wait_start(args.start_file)
     started = time.time()
     _report(event='started', at=started)
     if args.cli:
+        # The command as operators run it; its output says when it is
+        # done, and lingering is over by then: time what it reports.
         argv = ['write', args.torrent, args.target, '--listen', args.listen,
                 '--linger', str(args.linger), '--progress-interval', '2',
                 '--stall-timeout', '120', '--json']
@@ -230,19 +204,36 @@ def cmd_write(args):
             argv += ['--peer', peer]
         if args.sha256:
             argv += ['--sha256', args.sha256]
-        code = cli.main(argv)
+        code = _cli_write(cli, argv)
     else:
         _setup_logging(args.debug)
         host, port = _host_port(args.listen)
         meta = torrent.load_file(args.torrent)
+        tuning = writer.Tuning(settings=_settings(args.settings) or {})
+        if args.poll:
+            tuning.poll_interval = args.poll
+        if args.plan_backup is not None:
+            tuning.plan_backup = args.plan_backup
+        if args.no_overlap:
+            tuning.overlap_read_back = False
+        if args.flush_interval is not None:
+            tuning.flush_interval = args.flush_interval
+        block_log = os.environ.get('BENCH_BLOCK_LOG')
+        if block_log:
+            import libtorrent as lt
+
+            from ironic_bt import swarm
+            tuning.settings['alert_mask'] = int(
+                swarm.ALERT_MASK | lt.alert_category.block_progress)
+        observer = _bench_observer(args.diag, block_log)
         try:
             result = writer.write(
                 meta, args.target, trackers=args.tracker, peers=args.peer,
                 listen_host=host, listen_port=port,
                 linger_timeout=args.linger, progress_interval=2,
                 stall_timeout=120, expected_sha256=args.sha256,
-                settings=_settings(args.settings),
-                share_pieces=not args.no_share)
+                share_pieces=not args.no_share, tuning=tuning,
+                observer=observer)
         except writer.WriterError as e:
             print('ironic-bt: error: %s' % e, file=sys.stderr)
             code = 1
@@ -250,6 +241,25 @@ def cmd_write(args):
             print(json.dumps(result.to_dict()), flush=True)
             code = 0
     _report(event='usage', **_usage())
+    return code
+
+
+def _cli_write(cli, argv):
+    """Run ``ironic-bt write``; report "verified" when it is done."""
+    import contextlib
+    import io
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = cli.main(argv)
+    for line in out.getvalue().splitlines():
+        print(line, flush=True)
+        with contextlib.suppress(ValueError):
+            result = json.loads(line)
+            if 'sha256' in result:
+                # Lingering is not part of the deploy's time.
+                _report(event='verified',
+                        at=time.time() - result.get('linger_seconds', 0))
     return code
 
 
@@ -263,86 +273,51 @@ def _flags(p, lt):
     return names
 
 
-def _diagnose(writer, interval):
-    """Log the writer's peers every ``interval`` seconds (experiments)."""
-    import libtorrent as lt
+def _bench_observer(diag, block_log):
+    from ipa_extension import writer
 
-    init = writer._Download.__init__
+    class BenchObserver(writer.Observer):
+        """What the benchmark watches, through the writer's seam.
 
-    def watched_init(dl, *a, **kw):
-        init(dl, *a, **kw)
-        start = time.time()
+        * ``verified``: the moment the image is verified on the target,
+          before lingering, is what the benchmark times;
+        * ``diag`` seconds: the peers, logged for experiments;
+        * ``block_log``: a directory where every block received is logged
+          ("time piece sender-ip" in ``blocks-<pid>.jsonl``), from which
+          the seeder's duplicate sends can be counted.
+        """
 
-        def loop():
-            while dl.handle is not None:
-                try:
-                    peers = dl.handle.get_peer_info()
-                    st = dl.handle.status()
-                except Exception:
-                    return
-                _report(event='peers', t=round(time.time() - start, 2),
-                        progress=round(st.progress, 3),
-                        down=st.download_payload_rate,
-                        peers=[{'ip': p.ip[0], 'down': p.payload_down_speed,
-                                'up': p.payload_up_speed,
-                                'dq': p.download_queue_length,
-                                'uq': p.upload_queue_length,
-                                'rtt': p.rtt, 'sendbuf': p.used_send_buffer,
-                                'flags': _flags(p, lt)} for p in peers])
-                time.sleep(interval)
-        threading.Thread(target=loop, daemon=True).start()
-    writer._Download.__init__ = watched_init
+        def __init__(self, diag=None, block_log=None):
+            self.diag = diag
+            self.block_log = block_log and os.path.join(
+                block_log, 'blocks-%d.jsonl' % os.getpid())
+            self.start = time.time()
+            self.last_diag = 0
 
+        def verified(self, sha256):
+            _report(event='verified', at=time.time())
 
-def _block_log(writer, directory):
-    """Log every block received: time, piece, sender (experiments).
+        def alert(self, alert):
+            import libtorrent as lt
+            if self.block_log and isinstance(alert, lt.block_finished_alert):
+                with open(self.block_log, 'a') as f:
+                    f.write('%.4f %d %s\n' % (time.time(), alert.piece_index,
+                                              alert.ip[0]))
 
-    Set ``BENCH_BLOCK_LOG`` to a directory; each writer appends
-    ``blocks-<pid>.jsonl`` lines "time piece sender-ip", from which the
-    seeder's duplicate sends can be counted.
-    """
-    import libtorrent as lt
-    pump = writer._Download.pump_alerts
-    path = os.path.join(directory, 'blocks-%d.jsonl' % os.getpid())
-
-    def logged_pump(dl):
-        alerts = dl.session.pop_alerts()
-        with open(path, 'a') as f:
-            for a in alerts:
-                if isinstance(a, lt.block_finished_alert):
-                    f.write('%.4f %d %s\n'
-                            % (time.time(), a.piece_index, a.ip[0]))
-        real = dl.session
-
-        class _Popped:
-            def pop_alerts(self):
-                return alerts
-        dl.session = _Popped()
-        try:
-            pump(dl)
-        finally:
-            dl.session = real
-    writer._Download.pump_alerts = logged_pump
-
-
-def _stripe(writer, index, count):
-    """Prototype: agent ``index`` of ``count`` fetches its 1/count first.
-
-    Raising the priority of a contiguous share of the pieces makes the
-    agents ask the seeder for disjoint pieces at first, instead of racing
-    for the same rarest pieces; everything else still comes rarest-first
-    from whoever has it.
-    """
-    init = writer._Download.__init__
-
-    def striped_init(dl, *a, **kw):
-        init(dl, *a, **kw)
-        pieces = dl.meta.num_pieces
-        first = pieces * index // count
-        last = pieces * (index + 1) // count
-        prios = [7 if first <= i < last else 4 for i in range(pieces)]
-        dl.handle.prioritize_pieces(prios)
-    writer._Download.__init__ = striped_init
+        def peers(self, peer_info):
+            import libtorrent as lt
+            now = time.time()
+            if not self.diag or now - self.last_diag < self.diag:
+                return
+            self.last_diag = now
+            _report(event='peers', t=round(now - self.start, 2),
+                    peers=[{'ip': p.ip[0], 'down': p.payload_down_speed,
+                            'up': p.payload_up_speed,
+                            'dq': p.download_queue_length,
+                            'uq': p.upload_queue_length,
+                            'rtt': p.rtt, 'sendbuf': p.used_send_buffer,
+                            'flags': _flags(p, lt)} for p in peer_info])
+    return BenchObserver(diag, block_log)
 
 
 # -- http -----------------------------------------------------------------
@@ -512,19 +487,20 @@ def cmd_publish(args):
 
 def cmd_zero(args):
     """Time the writer's zeroing of the all-zero pieces, both ways."""
-    from ipa_extension import writer
+    from ipa_extension import device
     from ironic_bt import torrent
 
     meta = torrent.load_file(args.torrent)
-    runs = writer._zero_runs(meta)
+    runs = device.zero_runs(meta)
     start = time.monotonic()
-    zeroed = writer.zero_regions(args.target, meta, True)
+    with device.Target(args.target) as target:
+        zeroed = target.zero(meta)
     blkzeroout = time.monotonic() - start
     fd = os.open(args.target, os.O_WRONLY)
     try:
         start = time.monotonic()
         for offset, length in runs:
-            writer._write_zeros(fd, offset, length)
+            device.write_zeros(fd, offset, length)
         os.fsync(fd)
         written = time.monotonic() - start
     finally:
@@ -573,8 +549,10 @@ def main(argv=None):
                    help='PiecePlan backup threshold (experiments)')
     p.add_argument('--no-share', action='store_true',
                    help='plain rarest-first: no piece plan')
-    p.add_argument('--stripe', metavar='I/N',
-                   help='prototype: prefer the I-th of N shares of pieces')
+    p.add_argument('--no-overlap', action='store_true',
+                   help='read the image back only after the download')
+    p.add_argument('--flush-interval', type=float,
+                   help='seconds between flushes while downloading')
     p.add_argument('--diag', type=float,
                    help='log the peers every DIAG seconds')
     p.set_defaults(func=cmd_write)

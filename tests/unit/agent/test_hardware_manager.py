@@ -28,6 +28,7 @@ from ironic_python_agent import hardware
 from ironic_python_agent import partition_utils
 from ironic_python_agent.tests.unit import base
 
+from ipa_extension import device
 from ipa_extension import hardware_manager
 from ipa_extension import writer
 from ironic_bt import torrent
@@ -70,7 +71,7 @@ class HardwareManagerTestCase(base.IronicAgentTest):
         if self.mock_dispatch:
             self.dispatch = self._patch(hardware, 'dispatch_to_managers',
                                         return_value=DEVICE)
-        self.target_size = self._patch(writer, 'target_size',
+        self.target_size = self._patch(device, 'target_size',
                                        return_value=DEVICE_SIZE)
         self.write = self._patch(writer, 'write',
                                  return_value=self._write_result())
@@ -94,7 +95,7 @@ class HardwareManagerTestCase(base.IronicAgentTest):
             downloaded_from_seeder_bytes=262144,
             uploaded_bytes=131072, zero_bytes=524288, seconds=4.2,
             download_seconds=3.0, verify_seconds=0.7, linger_seconds=0.5,
-            sha256='5e' * 32)
+            sha256='5e' * 32, hash_failures=1)
 
     def _run(self, **kwargs):
         args = {'torrent': self.torrent, 'trackers': TRACKERS,
@@ -166,7 +167,7 @@ class TestWriteImage(HardwareManagerTestCase):
              'uploaded_bytes': 131072, 'zero_bytes': 524288,
              'zero_pieces': 2, 'seconds': 4.2, 'download_seconds': 3.0,
              'verify_seconds': 0.7, 'linger_seconds': 0.5,
-             'sha256': '5e' * 32}, result)
+             'sha256': '5e' * 32, 'hash_failures': 1}, result)
 
     def test_defaults(self):
         self.hwm.write_image_bittorrent(_node(), [], torrent=self.torrent,
