@@ -269,20 +269,28 @@ class ReadBack:
 
     The writer tells it which pieces are on the disk (:meth:`update`); a
     thread reads the longest run of present pieces after the last one it
-    read, checks each against the torrent's sha1, and feeds the sha256 of
-    the region. Every ``flush_interval`` seconds it also flushes the target,
-    so that a failed write surfaces while the download goes on.
-    :meth:`check` raises what the thread found, :meth:`finish` waits for the
-    last piece.
+    read and feeds the sha256 of the region. Every ``flush_interval``
+    seconds it also flushes the target, so that a failed write surfaces
+    while the download goes on. :meth:`check` raises what the thread found,
+    :meth:`finish` waits for the last piece.
+
+    With the image's sha256 that one hash is the proof; the pieces' sha1s
+    are only read again, in a second pass, to name the piece that differs
+    if the sha256 does not match. Without it, every piece is checked
+    against the torrent as it is read.
 
     :param target: an open :class:`Target`.
     :param meta: a :class:`ironic_bt.torrent.Metainfo`.
+    :param expected_sha256: hex sha256 of the image, if known.
     :param flush_interval: seconds between flushes; 0 disables them.
     """
 
-    def __init__(self, target, meta, flush_interval=1.0):
+    def __init__(self, target, meta, expected_sha256=None,
+                 flush_interval=1.0):
         self.target = target
         self.meta = meta
+        self.expected_sha256 = expected_sha256
+        self._check_pieces = not expected_sha256
         self.flush_interval = flush_interval
         try:
             self._fd, self._direct = _open_direct(target.path)
@@ -333,7 +341,13 @@ class ReadBack:
             raise errors.VerifyError(
                 _('Reading %(t)s back took longer than %(s)d s.')
                 % {'t': self.target.path, 's': timeout})
-        return self._sha256.hexdigest()
+        sha256 = self._sha256.hexdigest()
+        if self.expected_sha256 and sha256 != self.expected_sha256.lower():
+            # Name the piece that differs, if one does.
+            verify(self.target.path, self.meta)
+            check_sha256(self.meta, self.target.path, sha256,
+                         self.expected_sha256)
+        return sha256
 
     def close(self):
         with self._cond:
@@ -422,16 +436,18 @@ class ReadBack:
                    'size': meta.size})
         data = view[:length]
         self._sha256.update(data)
+        if not self._check_pieces:
+            return
         for start in range(0, length, plen):
             index = first + start // plen
             piece = data[start:start + plen]
             if hashlib.sha1(piece).digest() != meta.piece_hash(index):
                 raise errors.VerifyError(
                     _('Piece %(i)d (bytes %(off)d-%(end)d) read back from '
-                      '%(t)s is not what was written there: the piece had '
-                      'passed its hash check when it was written. The disk '
-                      'is failing or returns wrong data; check its health '
-                      'and the kernel log (dmesg).')
+                      '%(t)s does not match the image, although it passed '
+                      'its hash check when it was written. The disk is '
+                      'failing or returns wrong data; check its health and '
+                      'the kernel log (dmesg).')
                     % {'i': index, 'off': index * plen,
                        'end': index * plen + len(piece) - 1,
                        't': self.target.path})
@@ -459,10 +475,9 @@ def verify(path, meta, expected_sha256=None):
         mismatching sha256.
     :returns: the hex sha256 of the first ``meta.size`` bytes.
     """
-    readback = ReadBack(Target(path), meta, flush_interval=0)
+    readback = ReadBack(Target(path), meta, expected_sha256=expected_sha256,
+                        flush_interval=0)
     try:
-        sha256 = readback.finish()
+        return readback.finish()
     finally:
         readback.close()
-    check_sha256(meta, path, sha256, expected_sha256)
-    return sha256

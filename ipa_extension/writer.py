@@ -74,6 +74,9 @@ class Tuning:
     flush_interval: float = 1.0
     #: Read the image back behind the download front (else only after it).
     overlap_read_back: bool = True
+    #: Fetch pieces in order within each priority (libtorrent's
+    #: sequential download), so that the read-back keeps up with the front.
+    sequential: bool = False
     #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
 
@@ -205,6 +208,8 @@ class _Download:
         params.flags |= lt.torrent_flags.no_verify_files
         params.flags &= ~(lt.torrent_flags.auto_managed
                           | lt.torrent_flags.paused)
+        if tuning.sequential:
+            params.flags |= lt.torrent_flags.sequential_download
         params.trackers = list(trackers)
         self.handle = self.session.add_torrent(params)
         self.peers = list(peers)
@@ -423,7 +428,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
                  {'ih': meta.info_hash, 'size': meta.size,
                   'pieces': meta.num_pieces, 'plen': meta.piece_length,
                   't': target, 'zero': zeroed})
-        readback = device.ReadBack(dev, meta,
+        readback = device.ReadBack(dev, meta, expected_sha256,
                                    flush_interval=tuning.flush_interval)
         try:
             dl = _Download(meta, dev, trackers, peers, listen_host,
@@ -436,7 +441,6 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
                 dev.flush()
                 verify_start = time.monotonic()
                 sha256 = readback.finish()
-                device.check_sha256(meta, target, sha256, expected_sha256)
                 verify_seconds = time.monotonic() - verify_start
                 LOG.info('Verified %(t)s: sha256 %(sha)s, %(s).1f s after '
                          'the last piece arrived',

@@ -31,6 +31,7 @@ from ipa_extension import device
 from ipa_extension import writer
 from ironic_bt import swarm
 from ironic_bt import torrent
+from tests.lab import faulty
 
 MiB = 1024 * 1024
 PIECE = torrent.MIN_PIECE_SIZE
@@ -39,6 +40,9 @@ PATTERN = b'\xa5'
 requires_root = pytest.mark.skipif(
     os.geteuid() != 0 or shutil.which('losetup') is None,
     reason='loop devices need root and losetup to attach them')
+requires_fuse = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.path.exists('/dev/fuse'),
+    reason='a failing disk is a loop device over a FUSE file (root)')
 
 
 def make_image(path, size, extents):
@@ -319,3 +323,94 @@ def test_verify_short_target_and_no_direct_io(tmp_path, image, monkeypatch):
         device.verify(target, meta, expected_sha256=sha256(data))
     assert target in str(exc.value)
     assert 'ends at byte %d' % (len(data) // 2) in str(exc.value)
+
+
+class _Alerts(writer.Observer):
+    """Keeps the bans the writer's session reported."""
+
+    def __init__(self):
+        self.bans = []
+
+    def alert(self, alert):
+        if isinstance(alert, lt.peer_ban_alert):
+            self.bans.append(alert.message())
+
+
+def _bigger_image(tmp_path):
+    # Enough pieces that the download is still running when the bad
+    # range is written back.
+    path = tmp_path / 'big.raw'
+    data = make_image(path, 64 * PIECE, [(0, 64 * PIECE)])
+    return str(path), data, torrent.build(str(path))
+
+
+@requires_fuse
+def test_disk_failing_writes_is_named_at_once(tmp_path):
+    path, data, meta = _bigger_image(tmp_path)
+    # The writes of piece 20 and on fail, as a dying disk's would.
+    bad = (20 * PIECE, 4 * PIECE)
+    observer = _Alerts()
+    with seeding(meta, path) as peer, faulty.FaultyDisk(
+            tmp_path, 8 * MiB, fail_writes=bad) as disk:
+        dev = disk.device
+        start = time.monotonic()
+        with pytest.raises(writer.TargetError) as exc:
+            write(meta, dev, [peer], observer=observer, stall_timeout=300)
+        elapsed = time.monotonic() - start
+
+    message = str(exc.value)
+    print(message)
+    assert dev in message
+    assert 'EIO' in message
+    assert 'kernel log' in message
+    assert 'network is not at fault' in message
+    assert not isinstance(exc.value, writer.DownloadError)
+    # Long before the stall timeout, and nobody was blamed for it.
+    assert elapsed < 15
+    assert observer.bans == []
+
+
+@requires_fuse
+def test_disk_returning_wrong_data_is_named_at_once(tmp_path):
+    path, data, meta = _bigger_image(tmp_path)
+    # Writes land, but reads of piece 33 come back different.
+    bad = (33 * PIECE + 100, 10)
+    observer = _Alerts()
+    with seeding(meta, path) as peer, faulty.FaultyDisk(
+            tmp_path, 8 * MiB, corrupt_reads=bad) as disk:
+        dev = disk.device
+        start = time.monotonic()
+        with pytest.raises(writer.VerifyError) as exc:
+            write(meta, dev, [peer], observer=observer,
+                  expected_sha256=sha256(data), stall_timeout=300)
+        elapsed = time.monotonic() - start
+
+    message = str(exc.value)
+    print(message)
+    assert dev in message
+    assert 'Piece 33 ' in message
+    assert 'disk' in message
+    assert elapsed < 15
+    assert observer.bans == []
+
+
+def test_progress_counts_bytes_on_disk_and_never_decreases(tmp_path, image):
+    path, data, meta = image
+
+    class Progress(writer.Observer):
+        def __init__(self):
+            self.seen = []
+
+        def progress(self, present, size):
+            self.seen.append((present, size))
+
+    observer = Progress()
+    with seeding(meta, path) as peer:
+        write(meta, str(tmp_path / 'disk.img'), [peer], observer=observer)
+
+    values = [present for present, _size in observer.seen]
+    assert {size for _present, size in observer.seen} == {SIZE}
+    # The zero pieces are on the disk before the first byte arrives.
+    assert values[0] >= meta.zero_bytes
+    assert values[-1] == SIZE
+    assert values == sorted(values)

@@ -188,6 +188,8 @@ def nonzero_bytes(path, block=4096):
 
 
 def wire_seconds(size, rate_mbit):
+    if not rate_mbit:
+        return None  # unshaped: no wire bound to speak of
     """F/B: the time to carry ``size`` bytes at the link rate."""
     return size * 8 / (rate_mbit * 1e6)
 
@@ -222,6 +224,8 @@ class Variant:
     no_overlap: bool = False
     #: Tuning.flush_interval (None: the product's).
     flush_interval: float = None
+    #: Tuning.sequential.
+    sequential: bool = False
     #: sysctls set in every lab host for this variant (e.g. TCP knobs).
     sysctls: dict = dataclasses.field(default_factory=dict)
     #: the writers' piece plan (ipa_extension.pieces); False: rarest-first.
@@ -237,6 +241,7 @@ class Variant:
                     or self.super_seed or self.library
                     or self.sysctls or self.poll or not self.share
                     or self.plan_backup is not None or self.no_overlap
+                    or self.sequential
                     or self.flush_interval is not None)
 
     def writer(self):
@@ -260,7 +265,8 @@ class Variant:
             parts.append('poll %gs' % self.poll)
         if self.flush_interval is not None:
             parts.append('flush every %gs' % self.flush_interval)
-        for flag in ('mesh', 'connect_out', 'super_seed', 'no_overlap'):
+        for flag in ('mesh', 'connect_out', 'super_seed', 'no_overlap',
+                     'sequential'):
             if getattr(self, flag):
                 parts.append(flag)
         if not self.share:
@@ -672,6 +678,8 @@ class Bench:
                     cmd += ['--diag', str(variant.diag)]
                 if variant.no_overlap:
                     cmd.append('--no-overlap')
+                if variant.sequential:
+                    cmd.append('--sequential')
                 if variant.flush_interval is not None:
                     cmd += ['--flush-interval', str(variant.flush_interval)]
                 if variant.poll:
@@ -1163,7 +1171,8 @@ def run_levers(args, out):
                 'median': med,
                 'over_baseline': round(med / base_med, 3)
                 if med and base_med else None,
-                'over_wire': round(med / bound, 2) if med else None,
+                'over_wire': round(med / bound, 2) if med and bound
+                else None,
                 'seeder_up_over_image': round(statistics.median(
                     (r['seeder_uploaded_bytes'] or 0) / image_size
                     for r in mine), 2) if mine else None,
@@ -1175,7 +1184,7 @@ def run_levers(args, out):
     report['summary'] = summary
     print()
     print('levers: %d MiB random image, %g Mbit/s, F/B = %.2f s, medians of '
-          '%d runs' % (image_size // MiB, args.rate_mbit, bound,
+          '%d runs' % (image_size // MiB, args.rate_mbit, bound or 0,
                        args.repeat))
     print('%4s %-30s %8s %7s %6s %6s %5s %6s  %s' % (
         'N', 'variant', 'median s', 'x base', 'x F/B', 'seedup', 'cpu',
