@@ -74,9 +74,11 @@ class Tuning:
     flush_interval: float = 1.0
     #: Read the image back behind the download front (else only after it).
     overlap_read_back: bool = True
-    #: Fetch pieces in order within each priority (libtorrent's
-    #: sequential download), so that the read-back keeps up with the front.
-    sequential: bool = False
+    #: Fetch pieces in order (libtorrent's sequential download) while no
+    #: other agent is connected, so that the read-back, which hashes the
+    #: image in order, keeps up with the download front; with other agents
+    #: the piece plan and rarest-first decide. False: never in order.
+    sequential_alone: bool = True
     #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
 
@@ -208,8 +210,6 @@ class _Download:
         params.flags |= lt.torrent_flags.no_verify_files
         params.flags &= ~(lt.torrent_flags.auto_managed
                           | lt.torrent_flags.paused)
-        if tuning.sequential:
-            params.flags |= lt.torrent_flags.sequential_download
         params.trackers = list(trackers)
         self.handle = self.session.add_torrent(params)
         self.peers = list(peers)
@@ -224,6 +224,7 @@ class _Download:
                                       backup=tuning.plan_backup)
                      if share else None)
         self.using_seeder = True
+        self.sequential = False
 
     def poll(self, downloading=True):
         """Look at the torrent once: alerts, status, peers, the plan.
@@ -236,8 +237,25 @@ class _Download:
         self.bytes.update(peer_info)
         self.observer.peers(peer_info)
         if downloading:
+            self._in_order(peer_info)
             self._share_pieces(st, peer_info)
         return st
+
+    def _in_order(self, peer_info):
+        """Fetch in order while there is nobody to share pieces with.
+
+        A lone node gains nothing from rarest-first, and pieces in order
+        let the read-back hash the image right behind the download.
+        """
+        alone = self.tuning.sequential_alone and not any(
+            p.ip[0] not in self.bytes.seeder_ips for p in peer_info)
+        if alone == self.sequential:
+            return
+        self.sequential = alone
+        if alone:
+            self.handle.set_flags(lt.torrent_flags.sequential_download)
+        else:
+            self.handle.unset_flags(lt.torrent_flags.sequential_download)
 
     def present_bytes(self, st):
         """Bytes of the image on the disk, never decreasing.

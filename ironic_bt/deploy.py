@@ -84,7 +84,8 @@ RESULT = 'bittorrent_result'
 #: driver_internal_info: download progress while the agent downloads.
 PROGRESS = 'bittorrent_progress'
 RESULT_FIELDS = ('downloaded_bytes', 'downloaded_from_seeder_bytes',
-                 'uploaded_bytes', 'seconds', 'sha256', 'size')
+                 'uploaded_bytes', 'seconds', 'sha256', 'size',
+                 'hash_failures')
 
 #: A node in these states may still need its publication.
 _DEPLOY_STATES = frozenset((states.DEPLOYING, states.DEPLOYWAIT,
@@ -470,9 +471,12 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         """
         node = task.node
         progress = publisher.get_publisher().progress(node.uuid)
-        if progress is None or (
-                node.driver_internal_info.get(PROGRESS, {}).get('left')
-                == progress['left']):
+        recorded = node.driver_internal_info.get(PROGRESS, {}).get('left')
+        # Progress shown to operators never goes back: an announce that
+        # says more is left (a stale one, or an agent that started again)
+        # waits until the node is past what was shown.
+        if progress is None or (recorded is not None
+                                and progress['left'] >= recorded):
             return
         # NodeLocked from here just skips this round (node_periodic).
         task.upgrade_lock(retry=False)

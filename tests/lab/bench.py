@@ -224,8 +224,8 @@ class Variant:
     no_overlap: bool = False
     #: Tuning.flush_interval (None: the product's).
     flush_interval: float = None
-    #: Tuning.sequential.
-    sequential: bool = False
+    #: Tuning.sequential_alone off.
+    no_sequential: bool = False
     #: sysctls set in every lab host for this variant (e.g. TCP knobs).
     sysctls: dict = dataclasses.field(default_factory=dict)
     #: the writers' piece plan (ipa_extension.pieces); False: rarest-first.
@@ -241,7 +241,7 @@ class Variant:
                     or self.super_seed or self.library
                     or self.sysctls or self.poll or not self.share
                     or self.plan_backup is not None or self.no_overlap
-                    or self.sequential
+                    or self.no_sequential
                     or self.flush_interval is not None)
 
     def writer(self):
@@ -266,7 +266,7 @@ class Variant:
         if self.flush_interval is not None:
             parts.append('flush every %gs' % self.flush_interval)
         for flag in ('mesh', 'connect_out', 'super_seed', 'no_overlap',
-                     'sequential'):
+                     'no_sequential'):
             if getattr(self, flag):
                 parts.append(flag)
         if not self.share:
@@ -351,6 +351,7 @@ def lever_variants():
         # The writer's own knobs (writer.Tuning).
         product('poll 50 ms', poll=0.05),
         product('read back after the download', no_overlap=True),
+        product('never in order', no_sequential=True),
         product('listen queue 128', settings={'listen_queue_size': 128}),
     ]
 
@@ -678,8 +679,8 @@ class Bench:
                     cmd += ['--diag', str(variant.diag)]
                 if variant.no_overlap:
                     cmd.append('--no-overlap')
-                if variant.sequential:
-                    cmd.append('--sequential')
+                if variant.no_sequential:
+                    cmd.append('--no-sequential')
                 if variant.flush_interval is not None:
                     cmd += ['--flush-interval', str(variant.flush_interval)]
                 if variant.poll:
@@ -1330,6 +1331,11 @@ def build_parser():
                         'the baseline)')
     g.add_argument('--repeat', type=int, default=2,
                    help='with --levers: runs per variant')
+    g.add_argument('--speed', action='store_true',
+                   help='line rate: 1->1 unshaped (1 GiB), 1->4 and 1->8 at '
+                        '1 Gbit/s (256 MiB), HTTP against bittorrent with '
+                        'CPU per GiB and peak RSS; --nodes picks cases; '
+                        'output in speed.json (tests/lab/bench_speed.py)')
     g.add_argument('--rss', action='store_true',
                    help='peak RSS of one writer writing a large image')
     g.add_argument('--rss-image-gib', type=int, default=4)
@@ -1350,6 +1356,9 @@ def main(argv=None):
     if args.cloud:
         from tests.lab import bench_cloud
         return bench_cloud.run(args)
+    if args.speed:
+        from tests.lab import bench_speed
+        return bench_speed.run(args, os.path.abspath(args.output_dir))
     defaults = QUICK if args.quick else FULL
     if args.nodes is None:
         args.nodes = list(defaults['nodes'])

@@ -218,8 +218,8 @@ def cmd_write(args):
             tuning.overlap_read_back = False
         if args.flush_interval is not None:
             tuning.flush_interval = args.flush_interval
-        if args.sequential:
-            tuning.sequential = True
+        if args.no_sequential:
+            tuning.sequential_alone = False
         block_log = os.environ.get('BENCH_BLOCK_LOG')
         if block_log:
             import libtorrent as lt
@@ -553,8 +553,8 @@ def main(argv=None):
                    help='plain rarest-first: no piece plan')
     p.add_argument('--no-overlap', action='store_true',
                    help='read the image back only after the download')
-    p.add_argument('--sequential', action='store_true',
-                   help='fetch pieces in order within each priority')
+    p.add_argument('--no-sequential', action='store_true',
+                   help='never fetch pieces in order, even alone')
     p.add_argument('--flush-interval', type=float,
                    help='seconds between flushes while downloading')
     p.add_argument('--diag', type=float,

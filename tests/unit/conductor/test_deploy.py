@@ -418,7 +418,7 @@ class PostStepHookTestCase(DeployTestCase):
             'uploaded_bytes': base.MiB, 'zero_bytes': base.MiB,
             'zero_pieces': 4, 'seconds': 4.5,
             'download_seconds': 3.0, 'verify_seconds': 1.0,
-            'linger_seconds': 0.5,
+            'linger_seconds': 0.5, 'hash_failures': 0,
         }
 
     def finish(self, result):
@@ -445,7 +445,7 @@ class PostStepHookTestCase(DeployTestCase):
             {'downloaded_bytes': 2 * base.MiB,
              'downloaded_from_seeder_bytes': base.MiB // 2,
              'uploaded_bytes': base.MiB, 'seconds': 4.5, 'sha256': SHA256,
-             'size': 3 * base.MiB},
+             'size': 3 * base.MiB, 'hash_failures': 0},
             self.node.driver_internal_info[deploy.RESULT])
         # The node no longer needs the image; others may still.
         release_mock.assert_called_once_with(self.publisher, self.node.uuid)
@@ -658,6 +658,21 @@ class ProgressTestCase(DeployTestCase):
         self.manager.iter_nodes.assert_called_once_with(
             filters={'provision_state': states.DEPLOYWAIT}, fields=())
         self.assertEqual(self.PROGRESS,
+                         self.node.driver_internal_info[deploy.PROGRESS])
+
+    def test_never_goes_back(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = dict(self.PROGRESS)
+        self.run_periodic()
+        progress_mock.return_value = dict(self.PROGRESS, percent=33.3,
+                                          left=2 * base.MiB)
+        self.run_periodic()
+        self.assertEqual(self.PROGRESS,
+                         self.node.driver_internal_info[deploy.PROGRESS])
+        ahead = dict(self.PROGRESS, percent=83.3, left=base.MiB // 2)
+        progress_mock.return_value = dict(ahead)
+        self.run_periodic()
+        self.assertEqual(ahead,
                          self.node.driver_internal_info[deploy.PROGRESS])
 
     def test_not_published_here(self, nodes_mock, progress_mock):

@@ -391,8 +391,9 @@ class SeederQueueTestCase(base.TestCase):
 
     def test_queue_follows_the_nodes_published_for(self):
         self.publisher.publish(NODE_A, self.image)
-        # One node alone gets a deep queue: a fast link is not starved.
-        self.assertEqual(32, self.queue())
+        # A lone node gets a deep queue: nobody can get duplicates, and a
+        # fast link is not starved.
+        self.assertEqual(256, self.queue())
         others = ['1be26c0b-03f2-4d2e-ae3f-a7f3d0ac%04d' % i
                   for i in range(15)]
         for node in others:
@@ -415,6 +416,6 @@ class RequestQueueTestCase(testtools.TestCase):
 
     def test_sizes(self):
         self.assertEqual(
-            [8, 8, 32, 16, 11, 8, 4, 2, 2, 2],
+            [8, 8, 256, 16, 11, 8, 4, 2, 2, 2],
             [seeder.request_queue(n)
              for n in (None, 0, 1, 2, 3, 4, 8, 16, 17, 500)])
