@@ -237,18 +237,23 @@ class _Download:
         self.bytes.update(peer_info)
         self.observer.peers(peer_info)
         if downloading:
-            self._in_order(peer_info)
+            self._in_order(st, peer_info)
             self._share_pieces(st, peer_info)
         return st
 
-    def _in_order(self, peer_info):
+    def _in_order(self, st, peer_info):
         """Fetch in order while there is nobody to share pieces with.
 
         A lone node gains nothing from rarest-first, and pieces in order
-        let the read-back hash the image right behind the download.
+        let the read-back hash the image right behind the download. Alone
+        means the tracker counts no other incomplete peer (its count
+        includes us) and no agent is connected: nodes that start together
+        must not all ask the seeder for the same first pieces.
         """
-        alone = self.tuning.sequential_alone and not any(
-            p.ip[0] not in self.bytes.seeder_ips for p in peer_info)
+        alone = (self.tuning.sequential_alone
+                 and 0 <= st.num_incomplete <= 1
+                 and not any(p.ip[0] not in self.bytes.seeder_ips
+                             for p in peer_info))
         if alone == self.sequential:
             return
         self.sequential = alone

@@ -1,0 +1,52 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The writer's count of the bytes that came from the conductor's seeder."""
+
+import types
+
+from ipa_extension import writer
+
+SEEDER = '198.18.0.1'
+
+
+def peer(ip, port, total):
+    return types.SimpleNamespace(ip=(ip, port), total_download=total)
+
+
+def test_counts_survive_disconnects():
+    counts = writer._PeerBytes({SEEDER})
+    counts.update([peer(SEEDER, 6881, 100), peer('198.18.0.2', 6881, 50)])
+    counts.update([peer(SEEDER, 6881, 300), peer('198.18.0.2', 6881, 80)])
+    # The seeder disconnects (we completed), then connects again anew.
+    counts.update([peer('198.18.0.2', 6881, 90)])
+    counts.update([peer(SEEDER, 6881, 20), peer('198.18.0.2', 6881, 90)])
+    assert counts.from_seeder(410) == 320
+
+
+def test_bytes_after_the_last_look_go_to_who_was_there():
+    counts = writer._PeerBytes({SEEDER})
+    counts.update([peer(SEEDER, 6881, 700)])
+    # 300 more bytes arrived before the seeder's connection closed.
+    counts.update([])
+    assert counts.from_seeder(1000) == 1000
+
+    agents_only = writer._PeerBytes({SEEDER})
+    agents_only.update([peer('198.18.0.2', 6881, 700)])
+    agents_only.update([])
+    assert agents_only.from_seeder(1000) == 0
+
+
+def test_never_more_than_downloaded():
+    counts = writer._PeerBytes({SEEDER})
+    counts.update([peer(SEEDER, 6881, 5000)])
+    assert counts.from_seeder(4096) == 4096
