@@ -27,9 +27,9 @@ names the device and the errno, instead of a piece that fails its hash and
 a seeder banned for it.
 
 :class:`ReadBack` reads the image region back from the device behind the
-download front, with O_DIRECT, while the download goes on: each piece that
-is read is checked against the torrent's hash, and the sha256 of the whole
-region is computed on the way. Its ``fsync`` every ``flush_interval``
+download front, with O_DIRECT, while the download goes on, computing the
+sha256 of the region (and, without the image's sha256, checking each piece
+against the torrent's hash). Its ``fsync`` every ``flush_interval``
 seconds and the write-back that O_DIRECT reads force bring a failed write
 to light within about a second of the kernel writing it.
 """
@@ -153,6 +153,7 @@ class Target:
         self.size = target_size(path, create=create)
         self.is_block = self.size is not None
         self._fd = None
+        self._flush_error = None
 
     def check_fits(self, meta):
         """Refuse an image larger than the device, before writing.
@@ -231,21 +232,26 @@ class Target:
     def flush(self):
         """Write everything out to stable storage, reporting any failure.
 
-        An ``fsync`` on the held descriptor reports every write-back error
-        since it was opened, including those of libtorrent's own writes
-        through descriptors it has closed since.
+        An ``fsync`` on the held descriptor reports a write-back error that
+        happened while it was open, including those of libtorrent's own
+        writes through descriptors it has closed since; the kernel reports
+        it once per descriptor, so the first one is kept and raised again by
+        every later call, from whichever thread.
 
         :raises: TargetError naming the device and the errno.
         """
+        if self._flush_error is not None:
+            raise self._flush_error
         self.open()
         try:
             os.fsync(self._fd)
         except OSError as e:
-            raise errors.TargetError(
+            self._flush_error = errors.TargetError(
                 _('Writing to %(t)s failed: %(e)s. The disk did not store '
                   'what was written to it; check the disk\'s health and the '
                   'kernel log (dmesg). The network is not at fault.')
                 % {'t': self.path, 'e': describe_os_error(e)})
+            raise self._flush_error
 
 
 def _open_direct(path):
@@ -300,8 +306,12 @@ class ReadBack:
                 % {'t': target.path, 'e': describe_os_error(e)})
         plen = meta.piece_length
         self._chunk_pieces = max(1, READ_CHUNK // plen)
-        # An anonymous map is page aligned, as O_DIRECT needs.
-        self._buf = mmap.mmap(-1, self._chunk_pieces * plen)
+        try:
+            # An anonymous map is page aligned, as O_DIRECT needs.
+            self._buf = mmap.mmap(-1, self._chunk_pieces * plen)
+        except BaseException:
+            os.close(self._fd)
+            raise
         self._sha256 = hashlib.sha256()
         self._next = 0
         self._have = None
@@ -344,16 +354,26 @@ class ReadBack:
         sha256 = self._sha256.hexdigest()
         if self.expected_sha256 and sha256 != self.expected_sha256.lower():
             # Name the piece that differs, if one does.
-            verify(self.target.path, self.meta)
-            check_sha256(self.meta, self.target.path, sha256,
+            again = verify(self.target.path, self.meta)
+            if again == self.expected_sha256.lower():
+                raise errors.VerifyError(
+                    _('Reading %(t)s back twice gave different bytes (sha256 '
+                      '%(one)s, then %(two)s): the disk returns unstable '
+                      'data. Check its health and the kernel log (dmesg).')
+                    % {'t': self.target.path, 'one': sha256, 'two': again})
+            check_sha256(self.meta, self.target.path, again,
                          self.expected_sha256)
         return sha256
 
-    def close(self):
+    def close(self, timeout=30):
         with self._cond:
             self._stop = True
             self._cond.notify()
-        self._thread.join()
+        # A thread stuck in a dying disk's read or fsync is left behind (it
+        # is a daemon): the writer must still return its error.
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
@@ -390,7 +410,8 @@ class ReadBack:
                     self._read(self._next, end)
                     self._next = end
         except errors.WriterError as e:
-            self._error = e
+            # Without its traceback, which holds views of the buffer.
+            self._error = e.with_traceback(None)
         except Exception as e:  # noqa: any failure must reach the writer
             self._error = errors.VerifyError(
                 _('Reading %(t)s back failed: %(e)s')
@@ -417,6 +438,9 @@ class ReadBack:
         view = memoryview(self._buf)
         try:
             if not self._direct:
+                # Only clean pages can be dropped: write the range out
+                # first, so that what is read comes from the file system.
+                os.fdatasync(self._fd)
                 os.posix_fadvise(self._fd, offset, length,
                                  os.POSIX_FADV_DONTNEED)
             got = os.preadv(self._fd, [view[:want]], offset)

@@ -21,11 +21,12 @@ This is the agent side of ironic-bt, usable without ironic-python-agent (the
 3. downloads every other piece with libtorrent's POSIX disk backend, which
    writes with ``pwrite`` at the piece's offset: no temporary copy, and
    memory bounded by libtorrent's queues rather than by the image size;
-   meanwhile it reads the pieces back from the disk behind the download
-   front, checking each, and flushes the disk every second, so that a
-   failing disk stops the download at once with an error that blames it;
+   meanwhile it reads the image back from the disk behind the download
+   front and flushes the disk every second, so that a failing disk stops
+   the download at once with an error that blames it;
 4. flushes the target and reads the rest back: the proof that the disk
-   holds the image (every piece's sha1, and the sha256 of the region);
+   holds the image (the sha256 of the region against the image's, or
+   without it every piece's sha1);
 5. keeps seeding while other peers are still incomplete, up to
    ``linger_timeout`` seconds, then closes the session, so that nothing is
    served once the caller starts writing (config drive, boot loader).
@@ -74,10 +75,11 @@ class Tuning:
     flush_interval: float = 1.0
     #: Read the image back behind the download front (else only after it).
     overlap_read_back: bool = True
-    #: Fetch pieces in order (libtorrent's sequential download) while no
-    #: other agent is connected, so that the read-back, which hashes the
-    #: image in order, keeps up with the download front; with other agents
-    #: the piece plan and rarest-first decide. False: never in order.
+    #: Fetch pieces in order (libtorrent's sequential download) while the
+    #: tracker counts no other incomplete peer and no other agent is
+    #: connected, so that the read-back, which hashes the image in order,
+    #: keeps up with the download front; with other agents the piece plan
+    #: and rarest-first decide. False: never in order.
     sequential_alone: bool = True
     #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
@@ -155,7 +157,9 @@ class _PeerBytes:
             live[(p.ip[0], p.ip[1])] = (p.ip[0] in self.seeder_ips,
                                         p.total_download)
         for key, (is_seeder, total) in self._live.items():
-            if key not in live:
+            # Gone, or connected anew between two looks (its counter
+            # started again from zero).
+            if key not in live or live[key][1] < total:
                 self._closed[is_seeder] += total
         self._live = live
         if live:
@@ -174,13 +178,23 @@ class _PeerBytes:
         return max(0, min(seeder, total))
 
 
+def _file_error(alert):
+    """What a file_error_alert says, with the errno when it is one."""
+    code = alert.error
+    if code.category().name() in ('system', 'generic'):
+        return '%s: %s' % (alert.filename(), device.describe_os_error(
+            OSError(code.value(), code.message())))
+    return alert.message()
+
+
 class _Download:
     """One torrent in one session, from add to close."""
 
-    def __init__(self, meta, target, trackers, peers, listen_host,
+    def __init__(self, meta, target, readback, trackers, peers, listen_host,
                  listen_port, tuning, observer, share=True):
         self.meta = meta
         self.target = target
+        self.readback = readback
         self.tuning = tuning
         self.observer = observer
         overrides = {
@@ -347,10 +361,7 @@ class _Download:
                             {'ih': self.meta.info_hash,
                              'msg': alert.message()})
             elif isinstance(alert, lt.file_error_alert):
-                self.error = _('%(op)s failed: %(e)s') % {
-                    'op': alert.op, 'e': device.describe_os_error(
-                        OSError(alert.error.value(),
-                                alert.error.message()))}
+                self.error = _file_error(alert)
             elif isinstance(alert, lt.torrent_error_alert):
                 self.error = alert.message()
             elif isinstance(alert, lt.hash_failed_alert):
@@ -360,6 +371,7 @@ class _Download:
                 # store earlier writes: ask the disk first, so a failing
                 # disk is named at once and not taken for a bad peer.
                 self.target.flush()
+                self.readback.check()
                 LOG.warning('Piece %(p)d of %(ih)s failed its hash check '
                             'and will be fetched again; the disk is fine, '
                             'so a peer sent bad data',
@@ -454,7 +466,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
         readback = device.ReadBack(dev, meta, expected_sha256,
                                    flush_interval=tuning.flush_interval)
         try:
-            dl = _Download(meta, dev, trackers, peers, listen_host,
+            dl = _Download(meta, dev, readback, trackers, peers, listen_host,
                            listen_port, tuning, observer,
                            share=share_pieces)
             try:

@@ -305,6 +305,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 or not task.driver.storage.should_write_image(task)):
             return
         node.del_driver_internal_info(RESULT)
+        # A new deploy's progress starts from nothing.
+        node.del_driver_internal_info(PROGRESS)
         publication = self._publish(task, force=True)
         node.set_driver_internal_info(INFO_HASH, publication.info_hash)
         node.save()

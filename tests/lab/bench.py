@@ -525,6 +525,12 @@ class Bench:
         window = sum(cpu1.values()) - sum(cpu0.values())
         busy['ours'] = round(own * _HZ / window, 3) if window else None
         busy['ours_seconds'] = round(own, 2)
+        # Per process, from the common start until the last node was done:
+        # what the transfer cost, without start-up or lingering.
+        names = {proc.pid: name for name, (proc, _log) in clients.items()}
+        busy['window_cpu_seconds'] = {
+            names.get(pid, 'server'): round(own1[pid] - own0[pid], 3)
+            for pid in pids}
         return busy
 
     def run_unicast(self, hosts):

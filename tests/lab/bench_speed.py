@@ -21,7 +21,8 @@ one run:
 * 1 -> 4 and 1 -> 8 at 1 Gbit/s per link, 256 MiB.
 
 For each: seconds until the last node is done, the ratio, CPU seconds per
-GiB written (the writers, and the server side: HTTP server or seeder),
+GiB written (the writers, and the server side: HTTP server or seeder;
+each process's CPU from the common start until the last node was done),
 peak RSS, and how busy the machine's CPUs were (on a 2-core machine that
 also runs the seeder and every node, a busy machine measures the machine).
 """
@@ -62,10 +63,14 @@ def _per_gib(cpu, written):
         else None
 
 
-def _summary(res, size, server_cpu, server_hwm):
+def _summary(res, size, server_hwm):
     nodes = res['nodes']
     written = size * len(nodes)
-    writer_cpu = sum(n.get('cpu_seconds') or 0 for n in nodes)
+    # CPU from the common start until the last node was done, per process:
+    # not Python's start-up, not lingering.
+    window = res['cpu'].get('window_cpu_seconds') or {}
+    writer_cpu = sum(window.get(n['name'], 0) for n in nodes)
+    server_cpu = window.get('server')
     return {
         'ok': res['ok'], 'seconds': res['seconds'],
         'writer_cpu_per_gib': _per_gib(writer_cpu, written),
@@ -90,11 +95,9 @@ def run_case(args, label, n, size_mib, rate, variant):
             b.torrent(variant.piece_size)
             uni = b.run_unicast(hosts)
             usage = _server_usage(b)
-            http = _summary(uni, size, usage.get('cpu_seconds'),
-                            usage.get('vmhwm_kib'))
+            http = _summary(uni, size, usage.get('vmhwm_kib'))
             bt = b.run_bittorrent(hosts, variant)
-            torrent = _summary(bt, size, bt.get('seeder_cpu_seconds'),
-                               bt.get('seeder_vmhwm_kib'))
+            torrent = _summary(bt, size, bt.get('seeder_vmhwm_kib'))
     finally:
         if temporary:
             shutil.rmtree(state_dir, ignore_errors=True)

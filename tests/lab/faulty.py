@@ -140,6 +140,7 @@ class FaultyDisk:
         self.device = None
         self._proc = None
         self._mounted = False
+        self._created = False
 
     def __enter__(self):
         try:
@@ -151,6 +152,7 @@ class FaultyDisk:
 
     def _start(self):
         with open(self.backing, 'xb') as f:
+            self._created = True
             f.truncate(self.size)
         os.mkdir(self.mountpoint)
         cmd = [sys.executable, '-m', 'tests.lab.faulty', self.mountpoint,
@@ -212,8 +214,10 @@ class FaultyDisk:
             self._proc = None
         with contextlib.suppress(FileNotFoundError, OSError):
             os.rmdir(self.mountpoint)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.backing)
+        if self._created:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.backing)
+            self._created = False
 
 
 def main(argv=None):

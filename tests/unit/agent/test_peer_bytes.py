@@ -50,3 +50,11 @@ def test_never_more_than_downloaded():
     counts = writer._PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 5000)])
     assert counts.from_seeder(4096) == 4096
+
+
+def test_reconnect_between_two_looks_keeps_the_old_bytes():
+    counts = writer._PeerBytes({SEEDER})
+    counts.update([peer(SEEDER, 6881, 400)])
+    # Same address and port, a new connection: its counter started again.
+    counts.update([peer(SEEDER, 6881, 100)])
+    assert counts.from_seeder(500) == 500
