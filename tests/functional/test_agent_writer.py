@@ -344,54 +344,54 @@ def _bigger_image(tmp_path):
     return str(path), data, torrent.build(str(path))
 
 
-@requires_fuse
-def test_disk_failing_writes_is_named_at_once(tmp_path):
+def _write_to_faulty_disk(tmp_path, error_class, **faults):
+    """Write a 64-piece image to a FaultyDisk with ``faults``.
+
+    :returns: the device, the ``error_class`` error raised, the seconds it
+        took, and the bans the writer's session reported.
+    """
     path, data, meta = _bigger_image(tmp_path)
-    # The writes of piece 20 and on fail, as a dying disk's would.
-    bad = (20 * PIECE, 4 * PIECE)
     observer = _Alerts()
     with seeding(meta, path) as peer, faulty.FaultyDisk(
-            tmp_path, 8 * MiB, fail_writes=bad) as disk:
+            tmp_path, 8 * MiB, **faults) as disk:
         dev = disk.device
         start = time.monotonic()
-        with pytest.raises(writer.TargetError) as exc:
-            write(meta, dev, [peer], observer=observer, stall_timeout=300)
+        with pytest.raises(error_class) as exc:
+            write(meta, dev, [peer], observer=observer,
+                  expected_sha256=sha256(data), stall_timeout=300)
         elapsed = time.monotonic() - start
+    return dev, exc.value, elapsed, observer.bans
 
-    message = str(exc.value)
-    print(message)
+
+@requires_fuse
+def test_disk_failing_writes_is_named_at_once(tmp_path):
+    # The writes of piece 20 and on fail, as a dying disk's would.
+    dev, error, elapsed, bans = _write_to_faulty_disk(
+        tmp_path, writer.TargetError, fail_writes=(20 * PIECE, 4 * PIECE))
+
+    message = str(error)
     assert dev in message
     assert 'EIO' in message
     assert 'kernel log' in message
     assert 'network is not at fault' in message
-    assert not isinstance(exc.value, writer.DownloadError)
+    assert not isinstance(error, writer.DownloadError)
     # Long before the stall timeout, and nobody was blamed for it.
     assert elapsed < 15
-    assert observer.bans == []
+    assert bans == []
 
 
 @requires_fuse
 def test_disk_returning_wrong_data_is_named_at_once(tmp_path):
-    path, data, meta = _bigger_image(tmp_path)
     # Writes land, but reads of piece 33 come back different.
-    bad = (33 * PIECE + 100, 10)
-    observer = _Alerts()
-    with seeding(meta, path) as peer, faulty.FaultyDisk(
-            tmp_path, 8 * MiB, corrupt_reads=bad) as disk:
-        dev = disk.device
-        start = time.monotonic()
-        with pytest.raises(writer.VerifyError) as exc:
-            write(meta, dev, [peer], observer=observer,
-                  expected_sha256=sha256(data), stall_timeout=300)
-        elapsed = time.monotonic() - start
+    dev, error, elapsed, bans = _write_to_faulty_disk(
+        tmp_path, writer.VerifyError, corrupt_reads=(33 * PIECE + 100, 10))
 
-    message = str(exc.value)
-    print(message)
+    message = str(error)
     assert dev in message
     assert 'Piece 33 ' in message
     assert 'disk' in message
     assert elapsed < 15
-    assert observer.bans == []
+    assert bans == []
 
 
 def test_progress_counts_bytes_on_disk_and_never_decreases(tmp_path, image):

@@ -47,15 +47,11 @@ CASES = [
 EZIO_1_TO_4 = 6.8
 
 
-def _events(log):
-    return bench._events(log)
-
-
 def _server_usage(b):
     """Usage of the HTTP server since it started (it is stopped here)."""
     log = b.log('http')
     b.close_http()
-    return bench._event(_events(log), 'done') or {}
+    return bench._event(bench._events(log), 'done') or {}
 
 
 def _per_gib(cpu, written):
