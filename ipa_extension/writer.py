@@ -397,10 +397,15 @@ class _Download:
         for peer in self.peers:
             self.handle.connect_peer(peer)
 
-    def incomplete_peers(self, st):
-        connected = sum(1 for p in self.handle.get_peer_info()
-                        if not p.flags & lt.peer_info.seed)
-        return max(connected, st.num_incomplete)
+    def connected_incomplete(self):
+        """Connected peers that do not have every piece yet."""
+        return sum(1 for p in self.handle.get_peer_info()
+                   if not p.flags & lt.peer_info.seed)
+
+    def refresh_swarm_counts(self):
+        """Announce now, so the tracker's counts in the status are fresh."""
+        self.handle.force_reannounce(
+            0, -1, lt.reannounce_flags_t.ignore_min_interval)
 
     def close(self):
         """Stop seeding and release the target before returning.
@@ -548,6 +553,7 @@ def _linger(dl, linger_timeout):
     """Seed while the swarm has incomplete peers, at most linger_timeout."""
     start = time.monotonic()
     quiet_since = None
+    refreshed = False
     while time.monotonic() - start < linger_timeout:
         try:
             st = dl.poll(downloading=False)
@@ -556,7 +562,19 @@ def _linger(dl, linger_timeout):
             # others ends our seeding, not our deploy.
             LOG.warning('Stopped seeding early: %s', e)
             break
-        if dl.incomplete_peers(st) > 0:
+        connected = dl.connected_incomplete()
+        if connected:
+            refreshed = False
+        elif st.num_incomplete > 0 and not refreshed:
+            # The tracker's count dates from our last announce, often the
+            # "completed" one, when the peers around us were still
+            # downloading. Now that every connected peer has the image,
+            # ask again rather than linger until the next interval; once
+            # per time the connected peers all finish, so the tracker sees
+            # at most a few extra announces per node.
+            dl.refresh_swarm_counts()
+            refreshed = True
+        if connected or st.num_incomplete > 0:
             quiet_since = None
         elif quiet_since is None:
             quiet_since = time.monotonic()

@@ -103,6 +103,23 @@ opts = [
                       '("bittorrent_progress": percent, bytes left, '
                       'downloaded and uploaded, as the node last announced '
                       'them to the built-in tracker). 0 disables it.')),
+    cfg.FloatOpt('finish_check_interval',
+                 default=1.0, min=0,
+                 help=_('Seconds between checks of the agents that told the '
+                        'built-in tracker they stopped: the conductor asks '
+                        'each such agent for the result of its step and '
+                        'moves the deploy on at once, instead of waiting '
+                        'for the agent\'s next heartbeat (which '
+                        'ironic-python-agent sends up to 5 s after a step '
+                        'ends). Cheap: only nodes whose download just '
+                        'ended are checked, for at most '
+                        'finish_check_window seconds. 0 disables it; the '
+                        'heartbeat then moves every deploy on.')),
+    cfg.IntOpt('finish_check_window',
+               default=30, min=1,
+               help=_('Seconds after an agent\'s "stopped" announce during '
+                      'which the conductor keeps checking its step (see '
+                      'finish_check_interval).')),
     cfg.IntOpt('stall_timeout',
                default=300, min=10,
                help=_('Seconds without a single byte downloaded after which '

@@ -196,6 +196,7 @@ class Publisher:
         self._tracker = None
         self._images = {}       # hex v1 info-hash -> _Image
         self._nodes = {}        # node UUID -> hex v1 info-hash
+        self._stopped = {}      # node UUID -> when its agent announced stop
         self._building = {}     # cache key -> [lock, waiters]
 
     # Paths are read from the options on use, so that tests (and a
@@ -234,7 +235,8 @@ class Publisher:
         if not opts.tracker_url:
             table = protocol.SwarmTable(max_swarms=opts.max_swarms,
                                         max_peers=opts.max_peers_per_swarm,
-                                        interval=opts.announce_interval)
+                                        interval=opts.announce_interval,
+                                        on_stopped=self._agent_stopped)
             try:
                 tracker = server.TrackerServer(
                     table, opts.tracker_listen_host, opts.tracker_port)
@@ -474,7 +476,39 @@ class Publisher:
         with self._lock:
             return sorted(self._nodes)
 
+    def _agent_stopped(self, node_uuid):
+        # Called by the tracker. Only nodes holding a publication are
+        # remembered, so an announcer cannot grow this dict.
+        with self._lock:
+            if node_uuid in self._nodes:
+                self._stopped[node_uuid] = time.monotonic()
+
+    def stopped_nodes(self, max_age):
+        """Nodes whose agent told the built-in tracker it stopped.
+
+        An agent announces ``stopped`` when its download ends, just before
+        its deploy step returns (or fails); the conductor can then ask the
+        agent for the step's result instead of waiting for its next
+        heartbeat. Entries older than ``max_age`` seconds are dropped: by
+        then the heartbeat has done it.
+
+        :param max_age: seconds.
+        :returns: sorted node UUIDs holding a publication.
+        """
+        deadline = time.monotonic() - max_age
+        with self._lock:
+            for node_uuid, when in list(self._stopped.items()):
+                if when < deadline or node_uuid not in self._nodes:
+                    del self._stopped[node_uuid]
+            return sorted(self._stopped)
+
+    def forget_stopped(self, node_uuid):
+        """Stop reporting the node in :meth:`stopped_nodes`."""
+        with self._lock:
+            self._stopped.pop(node_uuid, None)
+
     def _release_locked(self, node_uuid):
+        self._stopped.pop(node_uuid, None)
         info_hash = self._nodes.pop(node_uuid, None)
         if info_hash is None:
             return False
@@ -604,6 +638,7 @@ class Publisher:
             self._seeder = self._table = self._tracker = None
             self._images.clear()
             self._nodes.clear()
+            self._stopped.clear()
 
 
 _publisher = None

@@ -268,7 +268,7 @@ class SwarmTable:
     """
 
     def __init__(self, max_swarms=256, max_peers=2000, interval=10,
-                 peer_ttl=None, clock=time.monotonic):
+                 peer_ttl=None, clock=time.monotonic, on_stopped=None):
         """Create an empty table.
 
         :param max_swarms: most torrents published at once.
@@ -279,12 +279,18 @@ class SwarmTable:
             three announce intervals by default, so one lost announce does
             not drop a peer.
         :param clock: monotonic time source, replaceable in tests.
+        :param on_stopped: called with the ``node`` parameter of every
+            ``stopped`` announce that carries one, outside the table's
+            lock: an agent that stops announcing has ended its download,
+            successfully or not. The parameter is the announcer's claim,
+            so it may only prompt a check, never decide anything.
         """
         self.max_swarms = max_swarms
         self.max_peers = max_peers
         self.interval = interval
         self.peer_ttl = 3 * interval if peer_ttl is None else peer_ttl
         self._clock = clock
+        self._on_stopped = on_stopped
         self._lock = threading.Lock()
         self._random = random.Random()
         self._swarms = {}   # every alias -> _Swarm
@@ -373,6 +379,9 @@ class SwarmTable:
             chosen = self._random.sample(
                 candidates, min(req.numwant, len(candidates)))
             complete, incomplete = swarm.counts()
+        if (req.event == 'stopped' and req.node
+                and self._on_stopped is not None):
+            self._on_stopped(req.node)
         reply = {
             'interval': self.interval,
             'min interval': self.interval,

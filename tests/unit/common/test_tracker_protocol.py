@@ -258,6 +258,20 @@ def test_stopped_removes_peer(table):
     assert bencode.decode(reply)[b'incomplete'] == 1
 
 
+def test_stopped_announce_of_a_node_is_reported(clock):
+    stopped = []
+    table = protocol.SwarmTable(interval=10, clock=clock,
+                                on_stopped=stopped.append)
+    table.publish([V1, V2], 'image-a', size=4096)
+    node = '1be26c0b-03f2-4d2d-ae87-c02d7f33c123'
+    table.announce(request(node=node))
+    table.announce(request(node=node, left='0', event='completed'))
+    table.announce(request(ip='198.18.0.3', event='stopped'))
+    assert stopped == []
+    table.announce(request(node=node, event='stopped'))
+    assert stopped == [node]
+
+
 def test_silent_peers_expire(table, clock):
     table.announce(request(ip='198.18.0.2'))
     clock.now += 20

@@ -30,6 +30,7 @@ from ironic.drivers.modules import fake
 from ironic.drivers.modules.storage import noop as noop_storage
 from ironic.drivers import utils as driver_utils
 from ironic.tests.unit.objects import utils as obj_utils
+from oslo_config import cfg
 
 from ironic_bt import deploy
 from ironic_bt import exception as bt_exception
@@ -38,6 +39,7 @@ from ironic_bt import torrent
 from tests.unit.conductor import base
 from tests.unit.conductor import test_publisher
 
+CONF = cfg.CONF
 SHA256 = 'ab' * 32
 IMAGE_SOURCE = 'http://images.example.com/img/image.raw?sig=secret'
 INSTANCE_INFO = {
@@ -625,6 +627,106 @@ class ReleaseTestCase(DeployTestCase):
             release_mock.call_args_list)
         self.node.refresh()
         self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+
+
+@mock.patch.object(deployments, 'continue_node_deploy', autospec=True)
+@mock.patch.object(agent_client.AgentClient, 'get_commands_status',
+                   autospec=True)
+@mock.patch.object(publisher.Publisher, 'forget_stopped', autospec=True)
+@mock.patch.object(publisher.Publisher, 'stopped_nodes', autospec=True)
+class FinishCheckTestCase(DeployTestCase):
+    """The deploy moves on when the agent stops announcing."""
+
+    def setUp(self):
+        super().setUp()
+        self.wait_on_write_step()
+        self.set_info('driver_internal_info',
+                      agent_url='https://198.18.0.2:9999')
+
+    def check(self):
+        started = deploy.BitTorrentDeploy()._check_finished(mock.Mock(),
+                                                            self.context)
+        for future in started:
+            future.result(timeout=30)
+        self.node.refresh()
+
+    def command(self, status, **result):
+        return [{'command_name': 'execute_deploy_step',
+                 'command_status': status,
+                 'command_error': result.pop('error', None),
+                 'command_result': dict(result, deploy_step=STEP)}]
+
+    def test_finished_step_moves_on(self, stopped_mock, forget_mock,
+                                    commands_mock, continue_mock):
+        stopped_mock.return_value = [self.node.uuid]
+        commands_mock.return_value = self.command(
+            'SUCCEEDED', deploy_result={'sha256': SHA256,
+                                        'size': 3 * base.MiB})
+        self.check()
+        stopped_mock.assert_called_once_with(
+            self.publisher, CONF.bittorrent.finish_check_window)
+        continue_mock.assert_called_once_with(mock.ANY)
+        self.assertEqual(states.DEPLOYING, self.node.provision_state)
+        self.assertEqual(SHA256, self.node.driver_internal_info[
+            deploy.RESULT]['sha256'])
+        forget_mock.assert_called_once_with(self.publisher, self.node.uuid)
+
+    def test_running_step_is_asked_again(self, stopped_mock, forget_mock,
+                                         commands_mock, continue_mock):
+        stopped_mock.return_value = [self.node.uuid]
+        commands_mock.return_value = self.command('RUNNING')
+        self.check()
+        continue_mock.assert_not_called()
+        forget_mock.assert_not_called()
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+
+    @mock.patch.object(driver_utils, 'collect_ramdisk_logs', autospec=True)
+    def test_failed_step_fails_the_deploy(self, logs_mock, stopped_mock,
+                                          forget_mock, commands_mock,
+                                          continue_mock):
+        stopped_mock.return_value = [self.node.uuid]
+        commands_mock.return_value = self.command(
+            'FAILED', error={'type': 'DeploymentError',
+                             'message': 'write to /dev/sda failed: EIO'})
+        self.check()
+        continue_mock.assert_not_called()
+        self.assertEqual(states.DEPLOYFAIL, self.node.provision_state)
+        self.assertIn('write to /dev/sda failed: EIO', self.node.last_error)
+        forget_mock.assert_called_once_with(self.publisher, self.node.uuid)
+
+    def test_agent_unreachable_fails_like_a_heartbeat(
+            self, stopped_mock, forget_mock, commands_mock, continue_mock):
+        stopped_mock.return_value = [self.node.uuid]
+        commands_mock.side_effect = exception.AgentConnectionFailed(
+            reason='connection refused')
+        with mock.patch.object(driver_utils, 'collect_ramdisk_logs',
+                               autospec=True):
+            self.check()
+        self.assertEqual(states.DEPLOYFAIL, self.node.provision_state)
+        self.assertIn('Failed to process the next deploy step',
+                      self.node.last_error)
+        self.assertIn('connection refused', self.node.last_error)
+
+    def test_node_elsewhere_is_forgotten(self, stopped_mock, forget_mock,
+                                         commands_mock, continue_mock):
+        stopped_mock.return_value = [self.node.uuid]
+        self.update_node(deploy_step={'interface': 'deploy',
+                                      'step': 'deploy', 'priority': 100,
+                                      'args': {}})
+        self.check()
+        commands_mock.assert_not_called()
+        forget_mock.assert_called_once_with(self.publisher, self.node.uuid)
+
+    def test_locked_or_deleted_node(self, stopped_mock, forget_mock,
+                                    commands_mock, continue_mock):
+        deleted = '00000000-0000-0000-0000-00000000000c'
+        stopped_mock.return_value = [deleted, self.node.uuid]
+        self.update_node(reservation='other-conductor')
+        self.check()
+        commands_mock.assert_not_called()
+        # The locked node is asked again next time; the deleted one not.
+        forget_mock.assert_called_once_with(self.publisher, deleted)
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
 
 
 @mock.patch.object(publisher.Publisher, 'progress', autospec=True)

@@ -103,6 +103,38 @@ class PublisherTestCase(base.TestCase):
              if k != 'seconds_since_seen'})
         self.assertIsNone(self.publisher.progress(NODE_B))
 
+    def announce_stopped(self, pub):
+        query = urllib.parse.urlencode({
+            'info_hash': pub.meta.info_hash_v1,
+            'peer_id': b'-XX0000-000000051413', 'port': 51413,
+            'uploaded': 0, 'downloaded': 0, 'left': 0, 'event': 'stopped'})
+        with urllib.request.urlopen(pub.trackers[0] + '&' + query,
+                                    timeout=5) as response:
+            self.assertNotIn(b'failure reason', response.read())
+
+    def test_stopped_nodes(self):
+        pub = self.publisher.publish(NODE_A, self.image, name='image.raw')
+        self.publisher.publish(NODE_B, self.image, name='image.raw')
+        self.assertEqual([], self.publisher.stopped_nodes(30))
+        announce(pub.trackers[0], pub.meta, left=0)
+        self.assertEqual([], self.publisher.stopped_nodes(30))
+
+        self.announce_stopped(pub)
+        self.assertEqual([NODE_A], self.publisher.stopped_nodes(30))
+        # Reported until forgotten, released or too old.
+        self.assertEqual([NODE_A], self.publisher.stopped_nodes(30))
+        self.publisher.forget_stopped(NODE_A)
+        self.assertEqual([], self.publisher.stopped_nodes(30))
+        self.announce_stopped(pub)
+        self.assertEqual([], self.publisher.stopped_nodes(0))
+        self.announce_stopped(pub)
+        self.publisher.release(NODE_A)
+        self.assertEqual([], self.publisher.stopped_nodes(30))
+        # A node without a publication (released, or never published
+        # here) is not remembered, whatever it announces.
+        self.announce_stopped(pub)
+        self.assertEqual([], self.publisher.stopped_nodes(30))
+
     def test_refcount_by_node(self):
         with mock.patch.object(torrent, 'build', autospec=True,
                                side_effect=torrent.build) as build:
