@@ -352,13 +352,6 @@ class Cloud:
         if rc:
             raise CloudError('ironic-dbsync failed (exit %d): see %s'
                              % (rc, dbsync_log))
-        # SQLite's default rollback journal locks the whole file for every
-        # write, so with several nodes deploying at once the conductor's
-        # writers queue behind each other and oslo.db retries after
-        # "database is locked" with sleeps of about a second, a cost no
-        # MySQL-backed site has. Write-ahead logging lets readers go on
-        # while one writer commits; the mode is kept in the file.
-        cloud_conf.use_wal(cloud_conf.database_path(dirs))
 
         out = self.path('logs', 'ironic.out')
         proc, record = self._spawn(

@@ -20,7 +20,6 @@ decides where things live and runs the processes.
 import configparser
 import io
 import os
-import sqlite3
 
 #: Entry point group IPA loads hardware managers from.
 HWM_GROUP = 'ironic_python_agent.hardware_managers'
@@ -50,22 +49,6 @@ def _render(sections):
 def database_path(dirs):
     """The all-in-one ironic's SQLite database, under ``dirs['ironic']``."""
     return os.path.join(dirs['ironic'], 'ironic.sqlite')
-
-
-def use_wal(path):
-    """Switch an SQLite database to write-ahead logging, for good.
-
-    :param path: the database file (ironic-dbsync created it).
-    :raises: RuntimeError if SQLite kept another journal mode.
-    """
-    con = sqlite3.connect(path)
-    try:
-        mode = con.execute('PRAGMA journal_mode=WAL').fetchone()[0]
-    finally:
-        con.close()
-    if mode.lower() != 'wal':
-        raise RuntimeError('SQLite database %s stayed in journal mode %s '
-                           'instead of WAL' % (path, mode))
 
 
 def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
