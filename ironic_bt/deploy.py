@@ -621,6 +621,11 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                       'again later', node_uuid)
         except exception.NodeNotFound:
             pub.forget_stopped(node_uuid)
+        except Exception:
+            # In a worker thread nobody would see it otherwise; the
+            # heartbeat still moves the deploy on.
+            LOG.exception('Cannot check the finished download of node %s',
+                          node_uuid)
 
     @periodics.periodic(
         spacing=lambda: CONF.bittorrent.publication_check_interval,
