@@ -601,18 +601,9 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 if not _waiting_for_write(node):
                     pub.forget_stopped(node_uuid)
                     return
-                try:
-                    task.driver.deploy.process_next_step(task, 'deploy')
-                except Exception as e:
-                    # What ironic's heartbeat handler does with it.
-                    last_error = _('Failed to process the next deploy '
-                                   'step: %s') % e
-                    LOG.exception('Asynchronous exception for node '
-                                  '%(node)s: %(err)s',
-                                  {'node': node_uuid, 'err': last_error})
-                    if node.provision_state in (states.DEPLOYING,
-                                                states.DEPLOYWAIT):
-                        deploy_utils.set_failed_state(task, last_error)
+                # Ironic's own handling of a heartbeat in "wait call-back",
+                # failures included; this class inherits it.
+                task.driver.deploy._heartbeat_deploy_wait(task)
                 if node.provision_state != states.DEPLOYWAIT:
                     pub.forget_stopped(node_uuid)
         except exception.NodeLocked:

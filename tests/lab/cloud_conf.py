@@ -46,11 +46,6 @@ def _render(sections):
     return out.getvalue()
 
 
-def database_path(dirs):
-    """The all-in-one ironic's SQLite database, under ``dirs['ironic']``."""
-    return os.path.join(dirs['ironic'], 'ironic.sqlite')
-
-
 def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
                 deploy_interfaces, default_deploy_interface,
                 hardware_types=('fake-hardware',), callback_timeout=90,
@@ -107,7 +102,8 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
             'ramdisk_heartbeat_timeout': heartbeat_timeout,
         },
         'database': {
-            'connection': 'sqlite:///%s' % database_path(dirs),
+            'connection': 'sqlite:///%s' % os.path.join(state,
+                                                        'ironic.sqlite'),
         },
         'dhcp': {'dhcp_provider': 'none'},
         'conductor': {

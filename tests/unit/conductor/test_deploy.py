@@ -640,8 +640,11 @@ class FinishCheckTestCase(DeployTestCase):
     def setUp(self):
         super().setUp()
         self.wait_on_write_step()
+        # As in a real deploy: ironic cached the agent's steps before the
+        # write step started.
         self.set_info('driver_internal_info',
-                      agent_url='https://198.18.0.2:9999')
+                      agent_url='https://198.18.0.2:9999',
+                      agent_cached_deploy_steps={'deploy': [STEP]})
 
     def check(self):
         started = deploy.BitTorrentDeploy()._check_finished(mock.Mock(),
