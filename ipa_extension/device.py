@@ -55,7 +55,7 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 #: Bytes per read-back (whole pieces, at least one): few system calls,
 #: bounded memory.
 READ_CHUNK = 4 * 1024 * 1024
-_ALIGN = 4096
+ALIGN = 4096
 
 
 def describe_os_error(error):
@@ -254,7 +254,7 @@ class Target:
             raise self._flush_error
 
 
-def _open_direct(path):
+def open_direct(path):
     """Open ``path`` for reading around the page cache, if it allows.
 
     O_DIRECT reads come from the device itself, and a read-back of the
@@ -299,7 +299,7 @@ class ReadBack:
         self._check_pieces = not expected_sha256
         self.flush_interval = flush_interval
         try:
-            self._fd, self._direct = _open_direct(target.path)
+            self._fd, self._direct = open_direct(target.path)
         except OSError as e:
             raise errors.VerifyError(
                 _('Cannot open %(t)s to verify it: %(e)s')
@@ -434,7 +434,7 @@ class ReadBack:
         length = min(end * plen, meta.size) - offset
         # The last read is rounded up to whole 4 KiB blocks; a device holds
         # more than the image, a file ends early.
-        want = -(-length // _ALIGN) * _ALIGN
+        want = -(-length // ALIGN) * ALIGN
         view = memoryview(self._buf)
         try:
             if not self._direct:

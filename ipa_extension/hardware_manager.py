@@ -91,6 +91,24 @@ ARGSINFO = {
                        'step fails. Defaults to 300.',
         'required': False,
     },
+    'web_seeds': {
+        'description': 'HTTP(S) URLs of the raw image (BEP 19 web seeds), '
+                       'used only for the pieces no peer has once the '
+                       'seeder has been out of reach for web_seed_delay '
+                       'seconds. None or empty: no HTTP fallback.',
+        'required': False,
+    },
+    'web_seed_delay': {
+        'description': 'Seconds the seeder must be out of reach before the '
+                       'web seeds are used. Defaults to 5.',
+        'required': False,
+    },
+    'unreachable_timeout': {
+        'description': 'Seconds with no source connected and no progress '
+                       'after which the step fails, naming every source. '
+                       'Defaults to 60.',
+        'required': False,
+    },
 }
 
 
@@ -153,7 +171,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                peers=None, image_sha256=None,
                                configdrive=None, listen_port=6881,
                                linger_timeout=300, progress_interval=10,
-                               stall_timeout=300):
+                               stall_timeout=300, web_seeds=None,
+                               web_seed_delay=5, unreachable_timeout=60):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -171,6 +190,10 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         :param linger_timeout: most seconds to seed after verifying.
         :param progress_interval: seconds between progress log lines.
         :param stall_timeout: seconds without progress before failing.
+        :param web_seeds: HTTP(S) URLs of the raw image for the fallback.
+        :param web_seed_delay: seconds without the seeder before using them.
+        :param unreachable_timeout: seconds with no source connected before
+            failing.
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -190,10 +213,11 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
 
         LOG.info('Writing image %(image)s (torrent %(ih)s, %(size)d bytes) '
                  'to %(dev)s of node %(node)s from %(t)d trackers and '
-                 '%(p)d peers', {'image': image, 'ih': meta.info_hash,
-                                 'size': meta.size, 'dev': device,
-                                 'node': node_uuid, 't': len(trackers or ()),
-                                 'p': len(peers or ())})
+                 '%(p)d peers (%(w)d web seeds as the fallback)',
+                 {'image': image, 'ih': meta.info_hash, 'size': meta.size,
+                  'dev': device, 'node': node_uuid,
+                  't': len(trackers or ()), 'p': len(peers or ()),
+                  'w': len(web_seeds or ())})
         try:
             result = writer.write(
                 meta, device, trackers=trackers or (), peers=peers or (),
@@ -201,7 +225,9 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                 listen_host='0.0.0.0', listen_port=listen_port,
                 linger_timeout=linger_timeout,
                 progress_interval=progress_interval,
-                stall_timeout=stall_timeout, expected_sha256=image_sha256)
+                stall_timeout=stall_timeout, expected_sha256=image_sha256,
+                web_seeds=web_seeds or (), web_seed_delay=web_seed_delay,
+                unreachable_timeout=unreachable_timeout)
         except writer.DownloadError as e:
             raise errors.ImageDownloadError(
                 image, _('node %(node)s could not download it to %(dev)s: '

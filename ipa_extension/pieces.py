@@ -202,6 +202,13 @@ class PiecePlan:
                    if p != q]
         return changed or None
 
+    def hold(self, now):
+        """Nothing that only a seed has can arrive now (none is connected):
+        do not count the wait as the lack of progress that drops the plan.
+        """
+        if self.active and self._progress_at is not None:
+            self._progress_at = now
+
     def _normal(self):
         had_plan = self._prios is not None
         self._prios = None

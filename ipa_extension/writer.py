@@ -38,6 +38,7 @@ replace them.
 
 import dataclasses
 import time
+from urllib import parse
 
 import libtorrent as lt
 from oslo_log import log
@@ -45,6 +46,8 @@ from oslo_log import log
 from ipa_extension import device
 from ipa_extension import errors
 from ipa_extension import pieces
+from ipa_extension import resume
+from ipa_extension import sources
 from ironic_bt.i18n import _
 from ironic_bt import swarm
 
@@ -81,6 +84,12 @@ class Tuning:
     #: keeps up with the download front; with other agents the piece plan
     #: and rarest-first decide. False: never in order.
     sequential_alone: bool = True
+    #: Seconds between attempts to reach the seeder again while it is
+    #: needed and not connected (the conductor may have restarted).
+    seeder_retry: float = 2.0
+    #: Pieces sampled to decide whether the target holds part of the image
+    #: (see :mod:`ipa_extension.resume`); 0 never looks.
+    resume_samples: int = resume.SAMPLES
     #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
 
@@ -123,6 +132,10 @@ class WriteResult:
     sha256: str
     #: Pieces that failed their hash check (bad data from a peer).
     hash_failures: int = 0
+    #: Of downloaded_bytes, what came over HTTP from web seeds.
+    downloaded_from_web_seed_bytes: int = 0
+    #: Bytes of the image found on the target already (a restarted agent).
+    resumed_bytes: int = 0
 
     def to_dict(self):
         return dataclasses.asdict(self)
@@ -135,8 +148,13 @@ def _parse_peer(peer):
     return host.strip('[]'), int(port)
 
 
+SEEDER = 'seeder'
+AGENT = 'agent'
+WEB_SEED = 'web seed'
+
+
 class _PeerBytes:
-    """Payload bytes received from the seeder and from other agents.
+    """Payload bytes received from the seeder, other agents and web seeds.
 
     Counted from the peers' own counters, looked at every poll, instead of
     from an alert per 16 KiB block. A connection's counter vanishes with it
@@ -148,31 +166,42 @@ class _PeerBytes:
     def __init__(self, seeder_ips):
         self.seeder_ips = seeder_ips
         self._live = {}
-        self._closed = {True: 0, False: 0}
+        self._closed = {SEEDER: 0, AGENT: 0, WEB_SEED: 0}
         self._seeder_last = True
+
+    def kind(self, p):
+        """SEEDER, AGENT or WEB_SEED, for an ``lt.peer_info``."""
+        if p.connection_type != lt.peer_info.standard_bittorrent:
+            return WEB_SEED
+        return SEEDER if p.ip[0] in self.seeder_ips else AGENT
 
     def update(self, peer_info):
         live = {}
         for p in peer_info:
-            live[(p.ip[0], p.ip[1])] = (p.ip[0] in self.seeder_ips,
-                                        p.total_download)
-        for key, (is_seeder, total) in self._live.items():
+            kind = self.kind(p)
+            live[(kind, p.ip[0], p.ip[1])] = p.total_download
+        for key, total in self._live.items():
             # Gone, or connected anew between two looks (its counter
             # started again from zero).
-            if key not in live or live[key][1] < total:
-                self._closed[is_seeder] += total
+            if key not in live or live[key] < total:
+                self._closed[key[0]] += total
         self._live = live
         if live:
-            self._seeder_last = any(s for s, _t in live.values())
+            self._seeder_last = any(k[0] != AGENT for k in live)
 
-    def counted(self, is_seeder):
-        return self._closed[is_seeder] + sum(
-            t for s, t in self._live.values() if s == is_seeder)
+    def counted(self, kind):
+        return self._closed[kind] + sum(
+            t for k, t in self._live.items() if k[0] == kind)
+
+    def from_web_seeds(self):
+        """Bytes received over HTTP from web seeds."""
+        return self.counted(WEB_SEED)
 
     def from_seeder(self, total):
         """Bytes from the seeder, given the torrent's total payload."""
-        seeder = self.counted(True)
-        rest = total - seeder - self.counted(False)
+        seeder = self.counted(SEEDER)
+        rest = (total - seeder - self.counted(AGENT)
+                - self.counted(WEB_SEED))
         if rest > 0 and self._seeder_last:
             seeder += rest
         return max(0, min(seeder, total))
@@ -191,7 +220,8 @@ class _Download:
     """One torrent in one session, from add to close."""
 
     def __init__(self, meta, target, readback, trackers, peers, listen_host,
-                 listen_port, tuning, observer, share=True):
+                 listen_port, tuning, observer, share=True, present=(),
+                 web_seeds=(), web_seed_delay=5.0):
         self.meta = meta
         self.target = target
         self.readback = readback
@@ -200,7 +230,8 @@ class _Download:
         overrides = {
             # Bans are worth a warning: they should only ever hit a peer
             # that sent bad data, never one our own disk made look bad.
-            'alert_mask': int(swarm.ALERT_MASK | lt.alert_category.peer),
+            'alert_mask': int(swarm.ALERT_MASK | lt.alert_category.peer
+                              | lt.alert_category.connect),
             # The piece plan may leave nothing to fetch for a moment (all
             # that is missing is on its way to its owners): stay connected
             # to the seeds meanwhile.
@@ -208,7 +239,16 @@ class _Download:
             # Disconnecting from the seeder (an IP filter rule) must not
             # cut the tracker, which usually shares its address.
             'apply_ip_filter_to_trackers': False,
+            # A web seed that failed is tried again soon: it is the
+            # fallback, used only when the seeder is gone.
+            'urlseed_wait_retry': 5,
         }
+        if any(parse.urlsplit(url).query for url in web_seeds):
+            # libtorrent refuses web seeds on private addresses whose URL
+            # has a query string, against torrents that point peers at
+            # local services. These URLs come from the conductor, not from
+            # a torrent file (Swift temporary URLs have a query).
+            overrides['ssrf_mitigation'] = False
         overrides.update(tuning.settings)
         self.session = swarm.make_session(listen_host, listen_port,
                                           **overrides)
@@ -219,7 +259,8 @@ class _Download:
         # The zero pieces were just zeroed: declare them present and skip
         # reading the whole target to check it, which on a fresh disk would
         # find nothing and cost a full read of the device.
-        params.have_pieces = [i in meta.zero_pieces
+        # So are the pieces found on the disk already (an agent restarted).
+        params.have_pieces = [i in meta.zero_pieces or i in present
                               for i in range(meta.num_pieces)]
         params.flags |= lt.torrent_flags.no_verify_files
         params.flags &= ~(lt.torrent_flags.auto_managed
@@ -230,7 +271,6 @@ class _Download:
         self.bytes = _PeerBytes({host for host, _port in self.peers})
         for peer in self.peers:
             self.handle.connect_peer(peer)
-        self.tracker_error = None
         self.error = None
         self.hash_failures = 0
         self.present = 0
@@ -239,6 +279,11 @@ class _Download:
                      if share else None)
         self.using_seeder = True
         self.sequential = False
+        self.sources = sources.Sources(trackers, self.peers, web_seeds)
+        self.fallback = sources.Fallback(web_seeds, web_seed_delay)
+        self._seeder_tried = time.monotonic()
+        self.web_seeds_added = False
+        self.connected = 0
 
     def poll(self, downloading=True):
         """Look at the torrent once: alerts, status, peers, the plan.
@@ -248,11 +293,16 @@ class _Download:
         """
         st = self.status()
         peer_info = self.handle.get_peer_info()
+        self.connected = sum(
+            1 for p in peer_info
+            if not p.flags & (lt.peer_info.connecting
+                              | lt.peer_info.handshake))
         self.bytes.update(peer_info)
         self.observer.peers(peer_info)
         if downloading:
             self._in_order(st, peer_info)
-            self._share_pieces(st, peer_info)
+            needed = self._share_pieces(st, peer_info)
+            self._fall_back(peer_info, needed)
         return st
 
     def _in_order(self, st, peer_info):
@@ -266,7 +316,7 @@ class _Download:
         """
         alone = (self.tuning.sequential_alone
                  and 0 <= st.num_incomplete <= 1
-                 and not any(p.ip[0] not in self.bytes.seeder_ips
+                 and not any(self.bytes.kind(p) == AGENT
                              for p in peer_info))
         if alone == self.sequential:
             return
@@ -294,27 +344,33 @@ class _Download:
         return self.present
 
     def _share_pieces(self, st, peer_info):
-        """Apply the piece plan (see :mod:`ipa_extension.pieces`)."""
+        """Apply the piece plan (see :mod:`ipa_extension.pieces`).
+
+        :returns: whether this agent needs a seed: the seeder, or the web
+            seeds in its place.
+        """
         plan = self.plan
         if plan is None or not plan.active:
-            return
+            return True
         me = None
         agents = []
         seeders = 0
         for p in peer_info:
             if p.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
                 continue
-            me = me or p.local_endpoint()[0]
-            if p.ip[0] in self.bytes.seeder_ips:
-                seeders += 1
-            else:
+            if self.bytes.kind(p) == AGENT:
                 # Agents that completed stay members: they own nothing
                 # anybody waits for, and ranking again costs CPU.
+                me = me or p.local_endpoint()[0]
                 agents.append(p.ip[0])
+            else:
+                # The seeder, or a web seed: both have every piece.
+                me = me or p.local_endpoint()[0]
+                seeders += 1
         availability = self.handle.piece_availability()
         if len(availability) != self.meta.num_pieces:
             # No piece picker yet (or any more): nothing to plan.
-            return
+            return True
         if seeders:
             availability = [a - seeders for a in availability]
         change = plan.update(time.monotonic(), me, agents, st.pieces,
@@ -329,6 +385,46 @@ class _Download:
         elif change:
             self.handle.prioritize_pieces(change)
         self._use_seeder(plan.need_seeder)
+        return plan.need_seeder
+
+    def _fall_back(self, peer_info, needed):
+        """Use the web seeds while the seeder is gone, and only then."""
+        now = time.monotonic()
+        seeder_up = web_up = False
+        for p in peer_info:
+            kind = self.bytes.kind(p)
+            up = not p.flags & (lt.peer_info.connecting
+                                | lt.peer_info.handshake)
+            seeder_up = seeder_up or (up and kind == SEEDER)
+            web_up = web_up or kind == WEB_SEED
+        if (needed and not seeder_up and self.using_seeder
+                and now - self._seeder_tried >= self.tuning.seeder_retry):
+            # The conductor may have restarted: its address stays.
+            self._seeder_tried = now
+            self.reconnect()
+        use = self.fallback.update(now, seeder_up, needed)
+        if use != self.web_seeds_added:
+            self.web_seeds_added = use
+            for url in self.fallback.urls:
+                if use:
+                    self.handle.add_url_seed(url)
+                else:
+                    self.handle.remove_url_seed(url)
+            if use:
+                LOG.warning('The seeder of %(ih)s has been out of reach for '
+                            '%(s).0f s: fetching the pieces that no peer has '
+                            'from %(urls)s',
+                            {'ih': self.meta.info_hash,
+                             's': self.fallback.delay,
+                             'urls': ', '.join(sources.redact(u) for u in
+                                               self.fallback.urls)})
+            elif seeder_up:
+                LOG.info('The seeder of %s is back: no more web seeds',
+                         self.meta.info_hash)
+        if self.plan is not None and needed and not (seeder_up or web_up):
+            # Nothing arrives that only a seed has while none is connected:
+            # do not take that for an owner that died.
+            self.plan.hold(now)
 
     def _use_seeder(self, use):
         """Connect to the seeder, or leave its upload to other agents."""
@@ -350,13 +446,17 @@ class _Download:
     def pump_alerts(self):
         for alert in self.session.pop_alerts():
             self.observer.alert(alert)
-            if isinstance(alert, lt.tracker_error_alert):
+            if isinstance(alert, lt.tracker_reply_alert):
+                self.sources.tracker(alert.tracker_url(), _(
+                    'answered with %d peers') % alert.num_peers)
+            elif isinstance(alert, lt.tracker_error_alert):
                 if 'skipping tracker announce' in alert.message():
                     # libtorrent does not announce from its loopback listen
                     # socket to a remote tracker: expected, not an error.
                     LOG.debug('%s', alert.message())
                     continue
-                self.tracker_error = alert.message()
+                self.sources.tracker(alert.tracker_url(),
+                                     alert.error.message())
                 LOG.warning('Tracker error for %(ih)s: %(msg)s',
                             {'ih': self.meta.info_hash,
                              'msg': alert.message()})
@@ -377,6 +477,24 @@ class _Download:
                             'so a peer sent bad data',
                             {'p': alert.piece_index,
                              'ih': self.meta.info_hash})
+            elif isinstance(alert, lt.url_seed_alert):
+                self.sources.web_seed(alert.server_url(),
+                                      alert.error_message()
+                                      or alert.error.message())
+                LOG.warning('Web seed %(url)s of %(ih)s: %(err)s',
+                            {'url': sources.redact(alert.server_url()),
+                             'ih': self.meta.info_hash,
+                             'err': alert.error_message()
+                             or alert.error.message()})
+            elif isinstance(alert, (lt.peer_error_alert,
+                                    lt.peer_disconnected_alert)):
+                if alert.ip[0] in self.bytes.seeder_ips:
+                    self.sources.seeder(alert.ip[0], alert.ip[1],
+                                        alert.error.message())
+            elif isinstance(alert, lt.peer_connect_alert):
+                if alert.ip[0] in self.bytes.seeder_ips:
+                    self.sources.seeder(alert.ip[0], alert.ip[1],
+                                        _('connected'))
             elif isinstance(alert, lt.peer_ban_alert):
                 LOG.warning('Banned peer %(ip)s of %(ih)s: it sent data that '
                             'failed the hash check',
@@ -423,7 +541,8 @@ class _Download:
 def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
           listen_port=6881, linger_timeout=300, progress_interval=10,
           stall_timeout=300, expected_sha256=None, settings=None,
-          create=False, share_pieces=True, tuning=None, observer=None):
+          create=False, share_pieces=True, tuning=None, observer=None,
+          web_seeds=(), web_seed_delay=5.0, unreachable_timeout=60):
     """Download ``meta`` into ``target``, verify it, linger, and stop.
 
     :param meta: a :class:`ironic_bt.torrent.Metainfo`.
@@ -443,6 +562,13 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
         piece from the seeder (:mod:`ipa_extension.pieces`).
     :param tuning: a :class:`Tuning`; the defaults if None.
     :param observer: an :class:`Observer`.
+    :param web_seeds: HTTP(S) URLs of the raw image (BEP 19 web seeds),
+        used only for the pieces no peer has, once the seeder has been out
+        of reach for ``web_seed_delay`` seconds.
+    :param web_seed_delay: see ``web_seeds``.
+    :param unreachable_timeout: seconds without any connected source (no
+        seeder, peer or web seed) and no progress after which the write
+        fails, naming every source and what happened to it.
     :raises: TargetError (the disk), DownloadError (the swarm),
         VerifyError (what the disk holds is not the image).
     :returns: a :class:`WriteResult`.
@@ -456,10 +582,14 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     peers = [_parse_peer(p) for p in peers]
     dev = device.Target(target, create=create)
     dev.check_fits(meta)
-    if not trackers and not peers:
-        raise DownloadError(_('No tracker and no peer given for %s: there '
-                              'is no one to download from.')
+    if not trackers and not peers and not web_seeds:
+        raise DownloadError(_('No tracker, peer or web seed given for %s: '
+                              'there is no one to download from.')
                             % meta.info_hash)
+    for url in web_seeds:
+        if parse.urlsplit(url).scheme not in ('http', 'https'):
+            raise DownloadError(_('Web seed "%s" is not an HTTP(S) URL.')
+                                % sources.redact(url))
     with dev:
         zeroed = dev.zero(meta)
         LOG.info('Writing %(ih)s (%(size)d bytes, %(pieces)d pieces of '
@@ -468,15 +598,27 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
                  {'ih': meta.info_hash, 'size': meta.size,
                   'pieces': meta.num_pieces, 'plen': meta.piece_length,
                   't': target, 'zero': zeroed})
+        present, seconds = resume.present_pieces(
+            target, meta, samples=tuning.resume_samples)
+        resumed = sum(meta.piece_size(i) for i in present)
+        if present:
+            LOG.info('%(t)s already holds %(n)d of the %(all)d pieces of '
+                     '%(ih)s (%(b)d bytes, found in %(s).1f s): downloading '
+                     'only the rest',
+                     {'t': target, 'n': len(present),
+                      'all': meta.num_pieces - len(meta.zero_pieces),
+                      'ih': meta.info_hash, 'b': resumed, 's': seconds})
         readback = device.ReadBack(dev, meta, expected_sha256,
                                    flush_interval=tuning.flush_interval)
         try:
             dl = _Download(meta, dev, readback, trackers, peers, listen_host,
                            listen_port, tuning, observer,
-                           share=share_pieces)
+                           share=share_pieces, present=present,
+                           web_seeds=web_seeds,
+                           web_seed_delay=web_seed_delay)
             try:
                 st = _download(dl, readback, progress_interval,
-                               stall_timeout)
+                               stall_timeout, unreachable_timeout)
                 download_seconds = time.monotonic() - start
                 dev.flush()
                 verify_start = time.monotonic()
@@ -489,6 +631,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
                 linger_seconds = _linger(dl, linger_timeout)
                 st = dl.handle.status()
                 from_seeder = dl.bytes.from_seeder(st.total_payload_download)
+                web_bytes = dl.bytes.from_web_seeds()
             finally:
                 dl.close()
         finally:
@@ -502,13 +645,15 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
         download_seconds=round(download_seconds, 3),
         verify_seconds=round(verify_seconds, 3),
         linger_seconds=round(linger_seconds, 3), sha256=sha256,
-        hash_failures=dl.hash_failures)
+        hash_failures=dl.hash_failures,
+        downloaded_from_web_seed_bytes=web_bytes, resumed_bytes=resumed)
 
 
-def _download(dl, readback, progress_interval, stall_timeout):
+def _download(dl, readback, progress_interval, stall_timeout,
+              unreachable_timeout):
     meta = dl.meta
     poll = dl.tuning.poll_interval
-    start = last_log = last_progress = time.monotonic()
+    start = last_log = last_progress = last_reachable = time.monotonic()
     last_present = -1
     while True:
         st = dl.poll()
@@ -522,20 +667,29 @@ def _download(dl, readback, progress_interval, stall_timeout):
                      {'ih': meta.info_hash, 'b': st.total_payload_download,
                       's': now - start})
             return st
+        if present != last_present or dl.connected:
+            last_reachable = now
         if present != last_present:
             last_present, last_progress = present, now
+        elif now - last_reachable > unreachable_timeout:
+            raise DownloadError(
+                _('Download of %(ih)s made no progress for %(s)d s with '
+                  'nothing to download from, at %(pct).1f%%: %(sources)s. '
+                  'Check that the conductor\'s tracker, seeder and web '
+                  'server are reachable from this node on the provisioning '
+                  'network.')
+                % {'ih': meta.info_hash, 's': unreachable_timeout,
+                   'pct': 100.0 * present / meta.size,
+                   'sources': dl.sources.describe()})
         elif now - last_progress > stall_timeout:
             raise DownloadError(
                 _('Download of %(ih)s stalled at %(pct).1f%% for %(s)d s '
-                  'with %(p)d peers. Last tracker error: %(err)s. Check that '
-                  'the conductor\'s tracker and seeder are reachable from '
-                  'this node.')
+                  'with %(p)d peers: %(sources)s. Check that the '
+                  'conductor\'s tracker and seeder are reachable from this '
+                  'node.')
                 % {'ih': meta.info_hash, 'pct': 100.0 * present / meta.size,
                    's': stall_timeout, 'p': st.num_peers,
-                   'err': dl.tracker_error or _('none')})
-        if st.num_peers == 0 and now - last_progress > 5:
-            # The seeder may have restarted; its address does not change.
-            dl.reconnect()
+                   'sources': dl.sources.describe()})
         if now - last_log >= progress_interval:
             last_log = now
             LOG.info('%(ih)s: %(pct).1f%% of %(size)d bytes on the disk, '

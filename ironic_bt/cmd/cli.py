@@ -208,7 +208,9 @@ def cmd_write(args):
         listen_host=args.listen[0], listen_port=args.listen[1],
         linger_timeout=args.linger, progress_interval=args.progress_interval,
         stall_timeout=args.stall_timeout, expected_sha256=args.sha256,
-        create=args.create)
+        create=args.create, web_seeds=args.web_seed,
+        web_seed_delay=args.web_seed_delay,
+        unreachable_timeout=args.unreachable_timeout)
     if args.json:
         print(json.dumps(result.to_dict()), flush=True)
     else:
@@ -378,6 +380,19 @@ def build_parser():
     p.add_argument('--stall-timeout', type=float, default=300,
                    metavar='SECONDS',
                    help=_('give up after this long without progress'))
+    p.add_argument('--web-seed', action='append', default=[], metavar='URL',
+                   help=_('HTTP(S) URL of the raw image, fetched only for '
+                          'the pieces no peer has once the seeder has been '
+                          'out of reach for --web-seed-delay (repeatable)'))
+    p.add_argument('--web-seed-delay', type=float, default=5,
+                   metavar='SECONDS',
+                   help=_('seconds the seeder must be out of reach before '
+                          'the web seeds are used (default 5)'))
+    p.add_argument('--unreachable-timeout', type=float, default=60,
+                   metavar='SECONDS',
+                   help=_('give up after this long with no source '
+                          'connected and no progress, naming every source '
+                          '(default 60)'))
     p.add_argument('--sha256', metavar='HEX',
                    help=_('expected sha256 of the image'))
     p.add_argument('--create', action='store_true',

@@ -39,6 +39,7 @@ DEVICE = '/dev/sda'
 DEVICE_SIZE = 10 * 1024 ** 3
 TRACKERS = ['http://198.18.0.1:6969/announce?node=%s' % NODE_UUID]
 PEERS = ['198.18.0.1:6881']
+WEB_SEED = 'http://198.18.0.1:8080/bittorrent/image'
 CONFIGDRIVE = 'H4sICDw7fWkAA2NvbmZpZ2RyaXZlAAMAAAAAAAAAAAA='
 
 
@@ -95,7 +96,8 @@ class HardwareManagerTestCase(base.IronicAgentTest):
             downloaded_from_seeder_bytes=262144,
             uploaded_bytes=131072, zero_bytes=524288, seconds=4.2,
             download_seconds=3.0, verify_seconds=0.7, linger_seconds=0.5,
-            sha256='5e' * 32, hash_failures=1)
+            sha256='5e' * 32, hash_failures=1,
+            downloaded_from_web_seed_bytes=65536, resumed_bytes=131072)
 
     def _run(self, **kwargs):
         args = {'torrent': self.torrent, 'trackers': TRACKERS,
@@ -130,7 +132,8 @@ class TestManager(HardwareManagerTestCase):
         self.assertEqual(
             {'torrent', 'trackers', 'peers', 'image_sha256', 'configdrive',
              'listen_port', 'linger_timeout', 'progress_interval',
-             'stall_timeout'}, set(hardware_manager.ARGSINFO))
+             'stall_timeout', 'web_seeds', 'web_seed_delay',
+             'unreachable_timeout'}, set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]
         self.assertEqual(['torrent'], required)
@@ -147,7 +150,9 @@ class TestWriteImage(HardwareManagerTestCase):
 
     def test_write(self):
         result = self._run(listen_port=6999, linger_timeout=30,
-                           progress_interval=5, stall_timeout=60)
+                           progress_interval=5, stall_timeout=60,
+                           web_seeds=[WEB_SEED], web_seed_delay=3,
+                           unreachable_timeout=20)
 
         self.dispatch.assert_called_once_with('get_os_install_device',
                                               permit_refresh=True)
@@ -156,7 +161,8 @@ class TestWriteImage(HardwareManagerTestCase):
             self.meta, DEVICE, trackers=TRACKERS, peers=PEERS,
             listen_host='0.0.0.0', listen_port=6999, linger_timeout=30,
             progress_interval=5, stall_timeout=60,
-            expected_sha256='ab' * 32)
+            expected_sha256='ab' * 32, web_seeds=[WEB_SEED],
+            web_seed_delay=3, unreachable_timeout=20)
         meta = self.write.call_args.args[0]
         self.assertEqual(self.meta.info_hash, meta.info_hash)
         self.assertEqual(self.meta.zero_pieces, meta.zero_pieces)
@@ -167,7 +173,9 @@ class TestWriteImage(HardwareManagerTestCase):
              'uploaded_bytes': 131072, 'zero_bytes': 524288,
              'zero_pieces': 2, 'seconds': 4.2, 'download_seconds': 3.0,
              'verify_seconds': 0.7, 'linger_seconds': 0.5,
-             'sha256': '5e' * 32, 'hash_failures': 1}, result)
+             'sha256': '5e' * 32, 'hash_failures': 1,
+             'downloaded_from_web_seed_bytes': 65536,
+             'resumed_bytes': 131072}, result)
 
     def test_defaults(self):
         self.hwm.write_image_bittorrent(_node(), [], torrent=self.torrent,
@@ -175,7 +183,8 @@ class TestWriteImage(HardwareManagerTestCase):
         self.write.assert_called_once_with(
             self.meta, DEVICE, trackers=(), peers=PEERS,
             listen_host='0.0.0.0', listen_port=6881, linger_timeout=300,
-            progress_interval=10, stall_timeout=300, expected_sha256=None)
+            progress_interval=10, stall_timeout=300, expected_sha256=None,
+            web_seeds=(), web_seed_delay=5, unreachable_timeout=60)
         self.configdrive.assert_not_called()
 
     def test_disk_finished_after_seeding_stopped(self):

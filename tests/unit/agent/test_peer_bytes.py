@@ -10,17 +10,22 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The writer's count of the bytes that came from the conductor's seeder."""
+"""The writer's count of the bytes from the seeder, agents and web seeds."""
 
 import types
+
+import libtorrent as lt
 
 from ipa_extension import writer
 
 SEEDER = '198.18.0.1'
 
 
-def peer(ip, port, total):
-    return types.SimpleNamespace(ip=(ip, port), total_download=total)
+def peer(ip, port, total, web=False):
+    return types.SimpleNamespace(
+        ip=(ip, port), total_download=total,
+        connection_type=(lt.peer_info.web_seed if web
+                         else lt.peer_info.standard_bittorrent))
 
 
 def test_counts_survive_disconnects():
@@ -58,3 +63,16 @@ def test_reconnect_between_two_looks_keeps_the_old_bytes():
     # Same address and port, a new connection: its counter started again.
     counts.update([peer(SEEDER, 6881, 100)])
     assert counts.from_seeder(500) == 500
+
+
+def test_web_seed_bytes_are_counted_apart_from_the_seeder():
+    # The conductor's web server shares the seeder's address.
+    counts = writer._PeerBytes({SEEDER})
+    counts.update([peer(SEEDER, 6881, 300), peer('198.18.0.2', 6881, 100)])
+    # The seeder dies; the web seed on port 8080 takes over.
+    counts.update([peer('198.18.0.2', 6881, 150),
+                   peer(SEEDER, 8080, 200, web=True)])
+    counts.update([peer(SEEDER, 8080, 450, web=True)])
+    assert counts.from_web_seeds() == 450
+    assert counts.from_seeder(900) == 300
+    assert counts.counted(writer.AGENT) == 150
