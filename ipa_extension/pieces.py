@@ -98,6 +98,11 @@ class PiecePlan:
         self.active = True
         #: whether this agent still needs the seeder.
         self.need_seeder = True
+        #: whether to help owners that are behind (see ``backup``). Off
+        #: while the pieces only a seed has come over HTTP from web seeds:
+        #: a piece fetched twice there costs a whole response, and the
+        #: seed's link is all there is.
+        self.backups = True
         self._me = None
         self._members = set()
         self._top = None      # per piece: [(weight, address)], best first
@@ -175,8 +180,8 @@ class PiecePlan:
         for piece in range(self.num_pieces):
             if not (have[piece] or availability[piece]):
                 counts[rank[piece]] += 1
-        level = self._level
-        while (level + 1 < self.DEPTH
+        level = self._level if self.backups else 0
+        while (self.backups and level + 1 < self.DEPTH
                and sum(counts[:level + 1]) < self.backup):
             # Our own pieces run out: rather than leave our requests to the
             # seeder idle (libtorrent would fill them with pieces other

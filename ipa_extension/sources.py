@@ -99,6 +99,9 @@ class Fallback:
         self.urls = list(urls)
         self.delay = delay
         self.in_use = False
+        #: whether the seeder has been gone long enough that the web seeds
+        #: stand in for it (until it is back), needed right now or not.
+        self.engaged = False
         self._gone_since = None
 
     def update(self, now, seeder_connected, needed):
@@ -111,14 +114,13 @@ class Fallback:
         """
         if not self.urls or seeder_connected:
             self._gone_since = None
-            self.in_use = False
-        elif needed:
-            if self._gone_since is None:
-                self._gone_since = now
-            self.in_use = now - self._gone_since >= self.delay
-        else:
-            # Nothing to fetch that only a seed has: leave the web seeds to
-            # the agents that need them, and keep counting the seeder's
-            # absence.
-            self.in_use = False
+            self.engaged = False
+        elif needed and self._gone_since is None:
+            self._gone_since = now
+        if self._gone_since is not None and needed:
+            self.engaged = self.engaged or (
+                now - self._gone_since >= self.delay)
+        # With nothing to fetch that only a seed has, leave the web seeds
+        # to the agents that need them.
+        self.in_use = self.engaged and needed
         return self.in_use

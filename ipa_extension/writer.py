@@ -242,6 +242,15 @@ class _Download:
             # A web seed that failed is tried again soon: it is the
             # fallback, used only when the seeder is gone.
             'urlseed_wait_retry': 5,
+            # One request at a time on a web seed connection: libtorrent
+            # fills every free request slot with whatever piece it can get,
+            # also those other agents have, and what an HTTP response
+            # carries cannot be cancelled once a peer delivered the piece.
+            'urlseed_pipeline_size': 1,
+            # libtorrent extends a web seed request over the pieces next to
+            # the one it picked (up to 16 MiB), which other agents have:
+            # one piece per request.
+            'urlseed_max_request_bytes': meta.piece_length,
         }
         if any(parse.urlsplit(url).query for url in web_seeds):
             # libtorrent refuses web seeds on private addresses whose URL
@@ -302,7 +311,7 @@ class _Download:
         if downloading:
             self._in_order(st, peer_info)
             needed = self._share_pieces(st, peer_info)
-            self._fall_back(peer_info, needed)
+            self._fall_back(peer_info, needed and not st.is_seeding)
         return st
 
     def _in_order(self, st, peer_info):
@@ -402,7 +411,23 @@ class _Download:
             # The conductor may have restarted: its address stays.
             self._seeder_tried = now
             self.reconnect()
+        engaged = self.fallback.engaged
         use = self.fallback.update(now, seeder_up, needed)
+        if self.fallback.engaged != engaged:
+            if self.plan is not None:
+                # Each piece from its owner only, while over HTTP.
+                self.plan.backups = not self.fallback.engaged
+            if self.fallback.engaged:
+                LOG.warning('The seeder of %(ih)s has been out of reach for '
+                            '%(s).0f s: fetching the pieces that no peer has '
+                            'from %(urls)s until it is back',
+                            {'ih': self.meta.info_hash,
+                             's': self.fallback.delay,
+                             'urls': ', '.join(sources.redact(u) for u in
+                                               self.fallback.urls)})
+            else:
+                LOG.info('The seeder of %s is back: no more web seeds',
+                         self.meta.info_hash)
         if use != self.web_seeds_added:
             self.web_seeds_added = use
             for url in self.fallback.urls:
@@ -410,17 +435,8 @@ class _Download:
                     self.handle.add_url_seed(url)
                 else:
                     self.handle.remove_url_seed(url)
-            if use:
-                LOG.warning('The seeder of %(ih)s has been out of reach for '
-                            '%(s).0f s: fetching the pieces that no peer has '
-                            'from %(urls)s',
-                            {'ih': self.meta.info_hash,
-                             's': self.fallback.delay,
-                             'urls': ', '.join(sources.redact(u) for u in
-                                               self.fallback.urls)})
-            elif seeder_up:
-                LOG.info('The seeder of %s is back: no more web seeds',
-                         self.meta.info_hash)
+            self.sources.web_seeds_unused(
+                _('in use') if use else _('not needed any more'))
         if self.plan is not None and needed and not (seeder_up or web_up):
             # Nothing arrives that only a seed has while none is connected:
             # do not take that for an owner that died.

@@ -52,6 +52,11 @@ class NodeResult:
     uploaded_bytes: int
     sha256: str
     error: str = ''
+    from_seeder_bytes: int = 0
+    #: What the writer counted from web seeds (HTTP).
+    web_seed_bytes: int = 0
+    resumed_bytes: int = 0
+    hash_failures: int = 0
 
 
 @dataclasses.dataclass
@@ -62,6 +67,8 @@ class SwarmResult:
     nodes: list
     seconds: float
     seeder_uploaded_bytes: int
+    #: Bytes the web seed's HTTP server sent, per client address.
+    http_sent: dict = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self):
@@ -139,6 +146,44 @@ class Swarm:
                         log_path=self.log('seeder'))
         return proc
 
+    def start_http(self, root):
+        """Serve ``root`` over HTTP from the seed host, as the conductor's
+        web server serves ``[deploy]http_root``; a process of its own, so
+        it outlives the seeder."""
+        ip = self.seed_host.ip
+        proc = self.seed_host.popen(
+            [PYTHON, '-m', 'tests.lab.cloud_http', '--bind', ip,
+             '--port', str(HTTP_PORT), '--root', root,
+             '--stats', self.http_stats], self.log('http'))
+        procs.wait_port(ip, HTTP_PORT, timeout=30,
+                        netns=self.seed_host.netns, proc=proc,
+                        log_path=self.log('http'))
+        return proc
+
+    @property
+    def http_stats(self):
+        return os.path.join(self.state_dir, 'http-stats.json')
+
+    def http_sent(self):
+        try:
+            with open(self.http_stats) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return {}
+
+    def web_seed_url(self, name):
+        return 'http://%s:%d/%s' % (self.seed_host.ip, HTTP_PORT, name)
+
+    def dirty(self, size):
+        """Fill the first ``size`` bytes of every disk with a pattern, so a
+        run finds none of the image a previous run wrote."""
+        for dev in self.devices.values():
+            disks.assert_lab_loop(dev, self.lab)
+            with open(dev, 'r+b') as f:
+                for offset in range(0, size, 1 << 20):
+                    f.write(b'\xa5' * min(1 << 20, size - offset))
+                os.fsync(f.fileno())
+
     @property
     def tracker_url(self):
         return 'http://%s:%d/announce' % (self.seed_host.ip, TRACKER_PORT)
@@ -169,18 +214,38 @@ class Swarm:
                                    image.size) == image.sha256
 
 
-def run_bittorrent(swarm, image, linger=30, timeout=600):
-    """Seed ``image`` and write it to every node; verify every disk."""
+def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
+                   fault=None, writer_extra=()):
+    """Seed ``image`` and write it to every node; verify every disk.
+
+    :param web_seed: also serve the image over HTTP from the seed host, in
+        a process of its own, and give its URL to the writers as their web
+        seed (the fallback).
+    :param fault: called as ``fault(swarm, seeder, writers, start)`` once
+        every writer runs, to inject a fault; it may replace processes in
+        ``writers`` (a dict of host name to process).
+    """
     torrent_path = os.path.join(swarm.state_dir, 'image.torrent')
     subprocess_run = swarm.lab.host('seed').run
     subprocess_run(CLI + ['create', image.path, '-o', torrent_path],
                    check=True, capture_output=True)
+    extra = list(writer_extra)
+    http = None
+    if web_seed:
+        if os.path.exists(swarm.http_stats):
+            os.unlink(swarm.http_stats)
+        http = swarm.start_http(os.path.dirname(image.path))
+        extra += ['--web-seed',
+                  swarm.web_seed_url(os.path.basename(image.path))]
     seeder = swarm.start_seeder(torrent_path, image.path)
     start = time.monotonic()
-    writers = {h.name: swarm.start_writer(h, torrent_path, linger=linger)
+    writers = {h.name: swarm.start_writer(h, torrent_path, linger=linger,
+                                          extra=extra)
                for h in swarm.hosts}
     results = []
     try:
+        if fault is not None:
+            seeder = fault(swarm, seeder, writers, start) or seeder
         for host in swarm.hosts:
             proc = writers[host.name]
             remaining = max(1, timeout - (time.monotonic() - start))
@@ -200,11 +265,19 @@ def run_bittorrent(swarm, image, linger=30, timeout=600):
                          if res else -1),
                 downloaded_bytes=res['downloaded_bytes'] if res else 0,
                 uploaded_bytes=res['uploaded_bytes'] if res else 0,
-                sha256=res['sha256'] if res else '', error=error))
+                sha256=res['sha256'] if res else '', error=error,
+                from_seeder_bytes=(res['downloaded_from_seeder_bytes']
+                                   if res else 0),
+                web_seed_bytes=(res['downloaded_from_web_seed_bytes']
+                                if res else 0),
+                resumed_bytes=res['resumed_bytes'] if res else 0,
+                hash_failures=res['hash_failures'] if res else 0))
     finally:
         for proc in writers.values():
             swarm.stop(proc)
         swarm.stop(seeder)
+        if http is not None:
+            swarm.stop(http)
     seeder_lines = _json_lines(swarm.log('seeder'))
     uploaded = seeder_lines[-1].get('uploaded_bytes', 0) if seeder_lines \
         else 0
@@ -212,7 +285,7 @@ def run_bittorrent(swarm, image, linger=30, timeout=600):
         method='bittorrent', image_size=image.size,
         image_sha256=image.sha256, nodes=results,
         seconds=max((n.seconds for n in results), default=0),
-        seeder_uploaded_bytes=uploaded)
+        seeder_uploaded_bytes=uploaded, http_sent=swarm.http_sent())
 
 
 def summary(result):
