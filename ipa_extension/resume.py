@@ -21,7 +21,7 @@ its network thread before the download starts.
 This module does it before the torrent is added, reading with O_DIRECT
 and hashing each piece against its v1 (sha1) hash, but only when a sample
 says it is worth it: ``samples`` pieces spread evenly over the image are
-read first, and if none of them matches, the disk is taken to hold nothing
+read first (at random places), and if none of them matches, the disk is taken to hold nothing
 of this image (a fresh disk, or another image) and nothing more is read.
 Missing a few present pieces that way costs little: when a fraction f of
 the pieces is present, all samples miss with probability (1 - f) **
@@ -32,6 +32,7 @@ samples, so the expected bytes fetched again are at most about
 import hashlib
 import mmap
 import os
+import random
 import time
 
 from ipa_extension import device
@@ -110,8 +111,10 @@ def present_pieces(path, meta, samples=SAMPLES):
         return set(), 0.0
     reader = _Reader(path, meta)
     try:
-        stride = max(1, len(wanted) // samples)
-        probe = wanted[stride // 2::stride][:samples]
+        # Spread at random, not at a fixed stride, which a regular pattern
+        # of present pieces could fall between.
+        probe = random.Random(meta.num_pieces).sample(
+            wanted, min(samples, len(wanted)))
         if not any(reader.matching(i, i + 1) for i in probe):
             return set(), time.monotonic() - start
         found = set()

@@ -120,6 +120,47 @@ opts = [
                help=_('Seconds after an agent\'s "stopped" announce during '
                       'which the conductor keeps checking its step (see '
                       'finish_check_interval).')),
+    cfg.ListOpt('web_seed_sources',
+                default=['conductor'],
+                item_type=cfg.types.String(choices=[
+                    ('conductor', _('the conductor\'s own copy of the raw '
+                                    'image, linked into [deploy]http_root '
+                                    'and served from [deploy]http_url')),
+                    ('image_source', _('the node\'s image_source, when it '
+                                       'is an HTTP(S) URL of a raw '
+                                       'image')),
+                ]),
+                help=_('HTTP sources of the image that the agents may use '
+                       'as BEP 19 web seeds when the conductor\'s seeder is '
+                       'out of reach (it died or restarts), for the pieces '
+                       'that no peer has; each such piece comes over HTTP '
+                       'about once across the swarm and then spreads peer '
+                       'to peer. A healthy swarm never uses them. An empty '
+                       'list turns the HTTP fallback off: the agents get no '
+                       'URL at all.')),
+    cfg.FloatOpt('web_seed_delay',
+                 default=5.0, min=0,
+                 help=_('Seconds the seeder must have been out of reach, '
+                        'while an agent needs pieces that no peer has, '
+                        'before that agent uses the web seeds. Short enough '
+                        'that a dead seeder costs little, long enough that '
+                        'a reconnect does not go to HTTP.')),
+    cfg.IntOpt('unreachable_timeout',
+               default=60, min=5,
+               help=_('Seconds an agent waits with nothing connected to '
+                      'download from (no seeder, peer or web seed) and no '
+                      'progress before the deploy fails, with a message '
+                      'that names every tracker, seeder and web seed and '
+                      'what happened to it. The default outlasts a '
+                      'conductor restart and several announce intervals.')),
+    cfg.IntOpt('agent_restart_retries',
+               default=3, min=0,
+               help=_('How many times the write step is started again on '
+                      'a node whose agent restarted while it ran (the new '
+                      'agent resumes from the pieces already on the disk). '
+                      'Each retry is logged and counted in the node\'s '
+                      'driver_internal_info ("bittorrent_agent_restarts"). '
+                      'After that many, the deploy fails.')),
     cfg.IntOpt('stall_timeout',
                default=300, min=10,
                help=_('Seconds without a single byte downloaded after which '

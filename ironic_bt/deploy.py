@@ -53,6 +53,7 @@ the image again; both are cheap because the torrent is cached.
 """
 
 import base64
+import urllib.parse
 from concurrent import futures
 import threading
 
@@ -91,7 +92,11 @@ INFO_HASH = 'bittorrent_info_hash'
 RESULT = 'bittorrent_result'
 #: driver_internal_info: download progress while the agent downloads.
 PROGRESS = 'bittorrent_progress'
+#: driver_internal_info: times the write step was started again because the
+#: agent restarted while it ran.
+AGENT_RESTARTS = 'bittorrent_agent_restarts'
 RESULT_FIELDS = ('downloaded_bytes', 'downloaded_from_seeder_bytes',
+                 'downloaded_from_web_seed_bytes', 'resumed_bytes',
                  'uploaded_bytes', 'seconds', 'sha256', 'size',
                  'hash_failures')
 
@@ -127,6 +132,20 @@ def _waiting_for_write(node):
             and (node.deploy_step or {}).get('step') == STEP
             and not node.driver_internal_info.get(
                 async_steps.DEPLOYMENT_POLLING))
+
+
+def _web_seeds(node, publication):
+    """The HTTP URLs of the image the agent may fall back to."""
+    sources = CONF.bittorrent.web_seed_sources
+    urls = list(publication.web_seeds) if 'conductor' in sources else []
+    image_source = node.instance_info.get('image_source') or ''
+    if ('image_source' in sources
+            and node.instance_info.get('image_disk_format') == 'raw'
+            and urllib.parse.urlsplit(image_source).scheme in ('http',
+                                                               'https')):
+        # The torrent was made from these very bytes (no conversion).
+        urls.append(image_source)
+    return urls
 
 
 def _image_label(image_source):
@@ -395,8 +414,14 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         node = task.node
         publication = self._publish(task)
         node.set_driver_internal_info(INFO_HASH, publication.info_hash)
+        node.del_driver_internal_info(AGENT_RESTARTS)
         node.save()
+        return self._start_agent_step(task, publication)
+
+    def _start_agent_step(self, task, publication):
+        node = task.node
         opts = CONF.bittorrent
+        web_seeds = _web_seeds(node, publication)
         step = {
             'interface': 'deploy',
             'step': STEP,
@@ -411,14 +436,18 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'linger_timeout': opts.linger_timeout,
                 'progress_interval': opts.progress_interval,
                 'stall_timeout': opts.stall_timeout,
+                'web_seeds': web_seeds,
+                'web_seed_delay': opts.web_seed_delay,
+                'unreachable_timeout': opts.unreachable_timeout,
             },
         }
         LOG.info('Node %(node)s: downloading torrent %(ih)s (%(size)d '
-                 'bytes) from trackers %(trackers)s and peers %(peers)s',
+                 'bytes) from trackers %(trackers)s and peers %(peers)s, '
+                 'with %(web)d web seeds as the fallback',
                  {'node': node.uuid, 'ih': publication.info_hash,
                   'size': publication.meta.size,
                   'trackers': publication.trackers,
-                  'peers': publication.peers})
+                  'peers': publication.peers, 'web': len(web_seeds)})
         client = agent_client.get_client(task)
         return agent_base.execute_step(task, step, 'deploy', client=client)
 
@@ -449,6 +478,47 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'deploy_result'))
         finally:
             publisher.get_publisher().release(node.uuid)
+
+    def process_next_step(self, task, step_type, **kwargs):
+        """Go on with the steps, running ours again on a restarted agent.
+
+        An agent that restarts forgets its commands. Ironic takes an agent
+        with no command for a freshly booted one after a reboot a step
+        asked for and moves on to the next step, which here would leave a
+        half-written disk behind. While our write step runs, such an agent
+        gets the step again instead (it resumes from the pieces already on
+        the disk), at most ``[bittorrent]agent_restart_retries`` times.
+        """
+        node = task.node
+        if step_type == 'deploy' and _waiting_for_write(node):
+            commands = agent_client.get_client(task).get_commands_status(
+                node)
+            if not any(c.get('command_name') == 'execute_deploy_step'
+                       for c in commands or ()):
+                return self._restart_write(task)
+        return super().process_next_step(task, step_type, **kwargs)
+
+    def _restart_write(self, task):
+        node = task.node
+        restarts = node.driver_internal_info.get(AGENT_RESTARTS, 0) + 1
+        limit = CONF.bittorrent.agent_restart_retries
+        if restarts > limit:
+            raise exception.InstanceDeployFailure(
+                _('The agent of node %(node)s restarted while writing the '
+                  'image %(n)d times; [bittorrent]agent_restart_retries '
+                  'allows %(limit)d. Check the agent\'s console and logs '
+                  'for why it restarts (out of memory, a crash, a reboot).')
+                % {'node': node.uuid, 'n': restarts, 'limit': limit})
+        node.set_driver_internal_info(AGENT_RESTARTS, restarts)
+        node.save()
+        LOG.warning('The agent of node %(node)s restarted while writing the '
+                    'image: starting %(step)s again (retry %(n)d of '
+                    '%(limit)d); it resumes from what is on the disk',
+                    {'node': node.uuid, 'step': STEP, 'n': restarts,
+                     'limit': limit})
+        # Publishing is idempotent, and seeds again after a conductor
+        # restart.
+        return self._start_agent_step(task, self._publish(task))
 
     @METRICS.timer('BitTorrentDeploy.heartbeat')
     def heartbeat(self, task, callback_url, agent_version,

@@ -65,6 +65,8 @@ LOG = log.getLogger(__name__)
 
 SEEDING_DIR = 'seeding'
 TORRENT_DIR = 'torrents'
+#: Sub-directory of [deploy]http_root holding the web seed links.
+WEB_SEED_DIR = 'bittorrent'
 #: Cached .torrent files unused for this long are removed. A cache entry
 #: only saves re-hashing an image that is still in ironic's image cache,
 #: whose entries expire after a week by default ([pxe]image_cache_ttl).
@@ -81,6 +83,9 @@ class Publication:
     trackers: list
     #: ``host:port`` of the conductor's seeder, for the agent to connect to.
     peers: list
+    #: HTTP URLs of the conductor's copy of the image (BEP 19 web seeds),
+    #: for the agent's fallback when the seeder is out of reach.
+    web_seeds: list = dataclasses.field(default_factory=list)
 
     @property
     def info_hash(self):
@@ -93,6 +98,8 @@ class _Image:
     link: str
     name: str
     nodes: set
+    #: The link in [deploy]http_root that the web seed URL serves, if any.
+    web_link: str = None
 
 
 def _cache_key(st):
@@ -208,6 +215,13 @@ class Publisher:
     def _seeding_path(self, info_hash):
         return os.path.join(self._data_dir, SEEDING_DIR, info_hash + '.img')
 
+    @staticmethod
+    def _web_seed_dir():
+        if ('conductor' not in CONF.bittorrent.web_seed_sources
+                or not CONF.deploy.http_root or not CONF.deploy.http_url):
+            return None
+        return os.path.join(CONF.deploy.http_root, WEB_SEED_DIR)
+
     def _torrent_path(self, key):
         return os.path.join(self._data_dir, TORRENT_DIR, key + '.torrent')
 
@@ -285,6 +299,10 @@ class Publisher:
             seeding = os.path.join(self._data_dir, SEEDING_DIR)
             for entry in os.scandir(seeding):
                 _unlink_quiet(entry.path)
+            web = self._web_seed_dir()
+            if web is not None and os.path.isdir(web):
+                for entry in os.scandir(web):
+                    _unlink_quiet(entry.path)
         cutoff = time.time() - TORRENT_CACHE_TTL
         for entry in os.scandir(os.path.join(self._data_dir, TORRENT_DIR)):
             try:
@@ -394,7 +412,14 @@ class Publisher:
                 urllib.parse.urlencode({'node': node_uuid}))]
         peers = [_host_port(CONF.bittorrent.advertise_host,
                             self._seeder.port)]
-        return Publication(meta=meta, trackers=trackers, peers=peers)
+        web_seeds = []
+        image = self._images.get(meta.info_hash)
+        if image is not None and image.web_link is not None:
+            web_seeds.append('/'.join((CONF.deploy.http_url.rstrip('/'),
+                                       WEB_SEED_DIR,
+                                       os.path.basename(image.web_link))))
+        return Publication(meta=meta, trackers=trackers, peers=peers,
+                           web_seeds=web_seeds)
 
     def _add_locked(self, node_uuid, image_path, meta, name):
         link = self._seeding_path(meta.info_hash)
@@ -412,7 +437,44 @@ class Publisher:
                  'bytes) for node %(node)s',
                  {'name': name, 'ih': meta.info_hash, 'size': meta.size,
                   'node': node_uuid})
-        return _Image(meta=meta, link=link, name=name, nodes=set())
+        return _Image(meta=meta, link=link, name=name, nodes=set(),
+                      web_link=self._web_link(node_uuid, link, meta))
+
+    def _web_link(self, node_uuid, link, meta):
+        """Link the image into [deploy]http_root for the web seed fallback.
+
+        A hard link where the file systems allow it, else a symbolic link
+        (web servers follow them, as for ironic's own http images). Without
+        it the deploy goes on without the fallback: it is not needed while
+        the seeder lives.
+
+        :returns: the link's path, or None.
+        """
+        directory = self._web_seed_dir()
+        if directory is None:
+            return None
+        path = os.path.join(directory, meta.info_hash + '.img')
+        tmp = path + '.tmp'
+        try:
+            os.makedirs(directory, exist_ok=True)
+            _unlink_quiet(tmp)
+            try:
+                os.link(link, tmp)
+            except OSError as e:
+                if e.errno not in (errno.EXDEV, errno.EPERM):
+                    raise
+                os.symlink(link, tmp)
+            os.replace(tmp, path)
+        except OSError as e:
+            _unlink_quiet(tmp)
+            LOG.warning('Node %(node)s: cannot link image %(ih)s into '
+                        '[deploy]http_root for the HTTP fallback, so agents '
+                        'get no web seed: %(err)s. Check that %(dir)s is '
+                        'writable by the conductor.',
+                        {'node': node_uuid, 'ih': meta.info_hash, 'err': e,
+                         'dir': directory})
+            return None
+        return path
 
     def publish(self, node_uuid, image_path, name=None):
         """Seed an image for a node; idempotent.
@@ -527,6 +589,8 @@ class Publisher:
         if self._table is not None:
             self._table.unpublish(image.meta.info_hash_v1)
         _unlink_quiet(image.link)
+        if image.web_link is not None:
+            _unlink_quiet(image.web_link)
         self._sweep()
         LOG.info('Unpublished image %(name)s (torrent %(ih)s) after node '
                  '%(node)s, the last to need it, released it; the seeder '

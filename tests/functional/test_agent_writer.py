@@ -211,11 +211,14 @@ def test_write_again_over_present_image(tmp_path, image):
     backing = backing_file(tmp_path / 'loop.img', 4 * MiB)
     with seeding(meta, path) as peer, loop_device(backing) as device:
         first = write(meta, device, [peer])
-        # The writer does not hash-check the target before downloading
-        # (that would read a whole fresh disk), so a second run downloads
-        # again; what matters is that it ends with the same bytes.
+        # A sample of pieces matches the torrent: the writer finds the
+        # whole image on the disk and downloads nothing.
         second = write(meta, device, [peer], expected_sha256=sha256(data))
 
+        assert first.resumed_bytes == 0
+        assert first.downloaded_bytes == SIZE - meta.zero_bytes
+        assert second.resumed_bytes == SIZE - meta.zero_bytes
+        assert second.downloaded_bytes == 0
         assert first.sha256 == second.sha256 == sha256(data)
         assert sha256(read(device, SIZE)) == sha256(data)
 

@@ -226,3 +226,42 @@ def test_nothing_reachable_fails_naming_every_source(swarm4, image4):
     assert 's3cr3t' not in proc.stderr
     # The documented default (60 s), plus start-up.
     assert 60 <= elapsed < 75
+
+
+@pytest.fixture(scope='module')
+def swarm8(tmp_path_factory):
+    state = tmp_path_factory.mktemp('faults8')
+    with lab_swarm.Swarm(str(state), nodes=8, disk_size=SIZE + 8 * MiB,
+                         rate_mbit=RATE, prefix='ibg') as s:
+        yield s
+
+
+def test_node_cut_off_halfway_does_not_hold_up_the_others(swarm8):
+    image = images.make_random_image(
+        os.path.join(swarm8.state_dir, 'image.raw'), SIZE, seed=12)
+    swarm8.dirty(SIZE)
+    clean = lab_swarm.run_bittorrent(swarm8, image, linger=5)
+    assert clean.ok, lab_swarm.summary(clean)
+    victim = swarm8.hosts[-1]
+
+    def cut_off(swarm, seeder, writers, start):
+        _sleep_until(start + clean.seconds / 2)
+        # As a node that loses power: its link goes, nobody is told.
+        subprocess.run(['ip', 'link', 'set', victim.veth_root, 'down'],
+                       check=True)
+        writers[victim.name].kill()
+        writers[victim.name].wait()
+
+    swarm8.dirty(SIZE)
+    faulty = lab_swarm.run_bittorrent(swarm8, image, linger=5,
+                                      fault=cut_off)
+
+    others = [n for n in faulty.nodes if n.name != victim.name]
+    for node in others:
+        assert node.ok, lab_swarm.summary(faulty)
+        assert disks.sha256_region(swarm8.devices[node.name],
+                                   SIZE) == image.sha256
+    slowest = max(n.seconds for n in others)
+    _report('node cut off', clean_s=clean.seconds, faulty_s=slowest,
+            ratio=round(slowest / clean.seconds, 2))
+    assert slowest <= 1.2 * clean.seconds

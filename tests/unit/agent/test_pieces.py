@@ -126,6 +126,32 @@ class TestPriorities(base.BaseTestCase):
         change = dict(plan.update(0.2, ME, OTHERS, have, avail))
         self.assertEqual({second[0]: pieces.NORMAL}, change)
 
+    def test_no_runner_up_pieces_over_http(self):
+        plan, have, avail, _p = _plan()
+        mine = [i for i in range(N) if plan.rank(i) == 0]
+        # The web seeds stand in for the seeder: each piece from its owner
+        # only, even when ours run out.
+        plan.backups = False
+        for i in mine[10:]:
+            have[i] = True
+        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
+        self.assertNotIn(pieces.BACKUP, change.values())
+        self.assertTrue(plan.need_seeder)
+        for i in mine:
+            have[i] = True
+        plan.update(0.2, ME, OTHERS, have, avail)
+        self.assertFalse(plan.need_seeder)
+
+    def test_held_while_no_seed_is_connected(self):
+        plan, have, avail, _p = _plan()
+        plan.update(1.0, ME, OTHERS, have, avail)
+        # The seeder is gone and no web seed is connected yet: waiting is
+        # not the owners' fault, the plan stays.
+        for t in (2.0, 3.0, 4.0, 5.0):
+            plan.hold(t)
+            self.assertIsNone(plan.update(t, ME, OTHERS, have, avail))
+        self.assertTrue(plan.active)
+
     def test_done_with_own_pieces_no_longer_needs_the_seeder(self):
         plan, have, avail, _p = _plan()
         _fetch_everything_ranked(plan, have)

@@ -41,6 +41,7 @@ from tests.unit.conductor import test_publisher
 
 CONF = cfg.CONF
 SHA256 = 'ab' * 32
+WEB_SEED = 'http://198.18.0.1:8080/bittorrent/%s.img' % ('12' * 20)
 IMAGE_SOURCE = 'http://images.example.com/img/image.raw?sig=secret'
 INSTANCE_INFO = {
     'image_source': IMAGE_SOURCE,
@@ -85,7 +86,8 @@ class DeployTestCase(base.TestCase):
             meta=self.meta,
             trackers=['http://198.18.0.1:6969/announce?node=%s'
                       % self.node.uuid],
-            peers=['198.18.0.1:6881'])
+            peers=['198.18.0.1:6881'],
+            web_seeds=[WEB_SEED])
 
     def update_node(self, **fields):
         for name, value in fields.items():
@@ -116,6 +118,9 @@ class DeployTestCase(base.TestCase):
             'linger_timeout': 300,
             'progress_interval': 10,
             'stall_timeout': 300,
+            'web_seeds': [WEB_SEED],
+            'web_seed_delay': 5.0,
+            'unreachable_timeout': 60,
         }
         args.update(overrides)
         return {'interface': 'deploy', 'step': 'write_image_bittorrent',
@@ -421,6 +426,8 @@ class PostStepHookTestCase(DeployTestCase):
             'zero_pieces': 4, 'seconds': 4.5,
             'download_seconds': 3.0, 'verify_seconds': 1.0,
             'linger_seconds': 0.5, 'hash_failures': 0,
+            'downloaded_from_web_seed_bytes': base.MiB // 4,
+            'resumed_bytes': base.MiB // 8,
         }
 
     def finish(self, result):
@@ -447,7 +454,9 @@ class PostStepHookTestCase(DeployTestCase):
             {'downloaded_bytes': 2 * base.MiB,
              'downloaded_from_seeder_bytes': base.MiB // 2,
              'uploaded_bytes': base.MiB, 'seconds': 4.5, 'sha256': SHA256,
-             'size': 3 * base.MiB, 'hash_failures': 0},
+             'size': 3 * base.MiB, 'hash_failures': 0,
+             'downloaded_from_web_seed_bytes': base.MiB // 4,
+             'resumed_bytes': base.MiB // 8},
             self.node.driver_internal_info[deploy.RESULT])
         # The node no longer needs the image; others may still.
         release_mock.assert_called_once_with(self.publisher, self.node.uuid)
@@ -730,6 +739,115 @@ class FinishCheckTestCase(DeployTestCase):
         # The locked node is asked again next time; the deleted one not.
         forget_mock.assert_called_once_with(self.publisher, deleted)
         self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+
+
+@mock.patch.object(deployments, 'continue_node_deploy', autospec=True)
+@mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                   autospec=True)
+@mock.patch.object(agent_client.AgentClient, 'get_commands_status',
+                   autospec=True)
+@mock.patch.object(publisher.Publisher, 'publish', autospec=True)
+@mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+class AgentRestartTestCase(DeployTestCase):
+    """An agent that restarts while the write step runs gets it again."""
+
+    def setUp(self):
+        super().setUp()
+        self.wait_on_write_step()
+        self.set_info('driver_internal_info',
+                      agent_url='https://198.18.0.2:9999',
+                      agent_cached_deploy_steps={'deploy': [STEP]})
+
+    def heartbeat(self):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy._heartbeat_deploy_wait(task)
+        self.node.refresh()
+
+    def test_step_started_again(self, publication_mock, publish_mock,
+                                commands_mock, execute_mock, continue_mock):
+        publication_mock.return_value = self.publication
+        # What a freshly started agent reports: no command at all.
+        commands_mock.return_value = []
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with mock.patch.object(deploy.LOG, 'warning',
+                               autospec=True) as warning_mock:
+            self.heartbeat()
+
+        execute_mock.assert_called_once_with(
+            mock.ANY, self.expected_args(), mock.ANY, mock.ANY)
+        # Not taken for the end of a step that rebooted the agent.
+        continue_mock.assert_not_called()
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+        self.assertIsNone(self.node.last_error)
+        self.assertEqual(1, self.node.driver_internal_info[
+            deploy.AGENT_RESTARTS])
+        message = warning_mock.call_args.args[0] % (
+            warning_mock.call_args.args[1])
+        self.assertIn(self.node.uuid, message)
+        self.assertIn('retry 1 of 3', message)
+
+    def test_running_step_is_left_alone(self, publication_mock, publish_mock,
+                                        commands_mock, execute_mock,
+                                        continue_mock):
+        commands_mock.return_value = [
+            {'command_name': 'execute_deploy_step',
+             'command_status': 'RUNNING',
+             'command_result': None, 'command_error': None}]
+        self.heartbeat()
+        execute_mock.assert_not_called()
+        self.assertNotIn(deploy.AGENT_RESTARTS,
+                         self.node.driver_internal_info)
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+
+    @mock.patch.object(driver_utils, 'collect_ramdisk_logs', autospec=True)
+    def test_bounded(self, logs_mock, publication_mock, publish_mock,
+                     commands_mock, execute_mock, continue_mock):
+        self.config(group='bittorrent', agent_restart_retries=2)
+        self.set_info('driver_internal_info', bittorrent_agent_restarts=2)
+        commands_mock.return_value = []
+        self.heartbeat()
+        execute_mock.assert_not_called()
+        continue_mock.assert_not_called()
+        self.assertEqual(states.DEPLOYFAIL, self.node.provision_state)
+        self.assertIn('restarted while writing the image 3 times',
+                      self.node.last_error)
+        self.assertIn('agent_restart_retries allows 2',
+                      self.node.last_error)
+
+
+@mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                   autospec=True)
+@mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+class WebSeedSourcesTestCase(DeployTestCase):
+
+    def run_step(self, publication_mock, execute_mock):
+        publication_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+        return execute_mock.call_args.args[1]['args']['web_seeds']
+
+    def test_off(self, publication_mock, execute_mock):
+        self.config(group='bittorrent', web_seed_sources=[])
+        self.assertEqual([], self.run_step(publication_mock, execute_mock))
+
+    def test_raw_http_image_source(self, publication_mock, execute_mock):
+        url = 'https://images.example/disk.raw?temp_url_sig=abc'
+        self.set_info('instance_info', image_source=url,
+                      image_disk_format='raw')
+        self.config(group='bittorrent',
+                    web_seed_sources=['conductor', 'image_source'])
+        self.assertEqual([WEB_SEED, url],
+                         self.run_step(publication_mock, execute_mock))
+
+    def test_converted_image_source_is_not_a_web_seed(self, publication_mock,
+                                                      execute_mock):
+        # The bytes behind a qcow2 URL are not the raw image's.
+        self.set_info('instance_info',
+                      image_source='http://images.example/disk.qcow2',
+                      image_disk_format='qcow2')
+        self.config(group='bittorrent', web_seed_sources=['image_source'])
+        self.assertEqual([], self.run_step(publication_mock, execute_mock))
 
 
 @mock.patch.object(publisher.Publisher, 'progress', autospec=True)

@@ -88,6 +88,53 @@ class PublisherTestCase(base.TestCase):
         self.assertEqual('image.raw', swarm['name'])
         self.assertIn(NODE_A, [peer['node'] for peer in swarm['peers']])
 
+    def test_web_seed_link_in_http_root(self):
+        http_root = os.path.join(self.tmp, 'httpboot')
+        self.config(group='deploy', http_root=http_root,
+                    http_url='http://127.0.0.1:8080/')
+        pub = self.publisher.publish(NODE_A, self.image)
+
+        link = os.path.join(http_root, 'bittorrent', pub.info_hash + '.img')
+        self.assertEqual(
+            ['http://127.0.0.1:8080/bittorrent/%s.img' % pub.info_hash],
+            pub.web_seeds)
+        self.assertTrue(os.path.samefile(self.image, link))
+        # Another node of the same image gets the same URL; the link goes
+        # with the last node.
+        self.assertEqual(pub.web_seeds,
+                         self.publisher.publish(NODE_B, self.image).web_seeds)
+        self.publisher.release(NODE_A)
+        self.assertTrue(os.path.exists(link))
+        self.publisher.release(NODE_B)
+        self.assertFalse(os.path.exists(link))
+        self.assertEqual(1, os.stat(self.image).st_nlink)
+
+    def test_web_seed_off_or_unlinkable(self):
+        http_root = os.path.join(self.tmp, 'httpboot')
+        self.config(group='deploy', http_root=http_root,
+                    http_url='http://127.0.0.1:8080/')
+        self.config(group='bittorrent', web_seed_sources=[])
+        self.assertEqual([], self.publisher.publish(NODE_A,
+                                                    self.image).web_seeds)
+        self.assertFalse(os.path.exists(os.path.join(http_root,
+                                                     'bittorrent')))
+        self.publisher.release(NODE_A)
+
+        # An http_root the conductor cannot write: no fallback, but the
+        # deploy goes on (the seeder is what serves it).
+        self.config(group='bittorrent', web_seed_sources=['conductor'])
+        with open(http_root, 'w'):
+            pass
+        with mock.patch.object(publisher.LOG, 'warning',
+                               autospec=True) as warning_mock:
+            pub = self.publisher.publish(NODE_A, self.image)
+        self.assertEqual([], pub.web_seeds)
+        message = warning_mock.call_args.args[0] % (
+            warning_mock.call_args.args[1])
+        self.assertIn('agents get no web seed', message)
+        self.assertIn(NODE_A, message)
+        self.assertIn(http_root, message)
+
     def test_progress_per_node(self):
         pub = self.publisher.publish(NODE_A, self.image, name='image.raw')
         self.assertIsNone(self.publisher.progress(NODE_A))
