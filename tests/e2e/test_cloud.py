@@ -19,14 +19,18 @@ compared with the image afterwards. The tests run in order and share the
 nodes: each deploy first returns its nodes to ``available``.
 """
 
+import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 
 import pytest
 
+from ironic_bt import torrent
 from tests.lab import cloud as lab_cloud
+from tests.lab import images
 from tests.lab import net
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -40,6 +44,12 @@ CALLBACK_TIMEOUT = 60
 DEPLOY_TIMEOUT = 300
 SWARM = ['node0', 'node1', 'node2']
 SOLO = ['node3']
+# The fault cases run on shaped links with an image of 64 MiB of data, so
+# that the fault lands while the agents still download: alone, a node takes
+# about 21 s at 25 Mbit/s.
+FAULT_RATE_MBIT = 25
+FAULT_IMAGE_MIB = 96
+FAULT_PAYLOAD_MIB = 64
 
 
 @pytest.fixture(scope='module')
@@ -116,6 +126,79 @@ def test_dead_agent(cloud):
     assert failed['uuid'] in failed['last_error'], failed
     _assert_active_and_verified(report, [n for n in SWARM if n != victim])
     assert report['ok']
+
+
+def _ironic_log(cloud):
+    with open(cloud.path('logs', 'ironic.log'), errors='replace') as f:
+        return f.read()
+
+
+@pytest.fixture(scope='module')
+def fault_image(cloud):
+    path = cloud.path('fault-image.img')
+    if not os.path.exists(path):
+        images.make_disk_image(path, size_mib=FAULT_IMAGE_MIB,
+                               payload_mib=FAULT_PAYLOAD_MIB, seed=5)
+    return path
+
+
+@pytest.fixture
+def shaped(cloud):
+    lab_cloud._reshape(cloud, FAULT_RATE_MBIT)
+    try:
+        yield cloud
+    finally:
+        lab_cloud._reshape(cloud, None)
+
+
+def test_conductor_restart(shaped, fault_image):
+    cloud = shaped
+    fault = lab_cloud.RestartConductor(SWARM, delay=5)
+    report = cloud.deploy(interface='bittorrent', image=fault_image,
+                          names=SWARM, fault=fault, timeout=DEPLOY_TIMEOUT)
+    print(json.dumps({'conductor_restart': report['faults'],
+                      'slowest_s': report['slowest_active_seconds']}))
+
+    assert fault.events, 'ironic was never restarted'
+    _assert_active_and_verified(report, SWARM)
+    assert report['ok']
+    log = _ironic_log(cloud)
+    for row in report['nodes']:
+        # The new conductor seeded the same torrent again for each node.
+        assert re.search(r'Seeding torrent [0-9a-f]{40} again for node %s'
+                         % row['uuid'], log), row
+
+
+def test_agent_restart_resumes(shaped, fault_image):
+    cloud = shaped
+    victim, = SOLO
+    fault = lab_cloud.RestartAgent(victim, delay=10)
+    report = cloud.deploy(interface='bittorrent', image=fault_image,
+                          names=SOLO, fault=fault, timeout=DEPLOY_TIMEOUT)
+
+    assert fault.events, 'the agent was never restarted'
+    _assert_active_and_verified(report, SOLO)
+    assert report['ok']
+    row = _rows(report)[victim]
+    size = report['image']['size']
+    meta = torrent.build(report['image']['path'])
+    # The conductor ran the step again on the new agent, once, and it
+    # found what the first agent had written.
+    assert row['agent_restarts'] == 1, row
+    assert row['resumed'] > 0.2 * (size - meta.zero_bytes), row
+    assert 'restarted while writing the image: starting' in \
+        _ironic_log(cloud)
+    # Alone with the seeder, everything the node got came from it: the
+    # seeder sent the image once, plus at most 10 % again.
+    uploaded = [int(m) for m in re.findall(
+        r'after node %s, the last to need it, released it; the seeder '
+        r'uploaded (\d+) bytes' % row['uuid'], _ironic_log(cloud))][-1]
+    again = uploaded - (size - meta.zero_bytes)
+    print(json.dumps({'agent_restart': {
+        'resumed': row['resumed'], 'downloaded': row['downloaded'],
+        'seeder_uploaded': uploaded,
+        'downloaded_again_fraction': round(again / float(size), 4)}}))
+    assert again <= 0.1 * size
 
 
 # Run in a child: the lab manager patches IPA at import, which must not

@@ -46,6 +46,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -291,16 +292,14 @@ class Cloud:
             'conf': self.path('ipa', '%s.conf' % name),
             'json': self.path('ipa', '%s.json' % name),
             'log': self.path('logs', 'ipa-%s.log' % name),
+            'run_dir': self.path('ipa', '%s-run' % name),
         }
         with open(node['json'], 'w') as f:
             json.dump({'name': name, 'interface': host.veth_ns,
                        'mac': host.mac, 'ip': host.ip, 'device': device,
                        'state_dir': self.state_dir,
-                       'run_dir': self.path('ipa', '%s-run' % name),
+                       'run_dir': node['run_dir'],
                        'log_file': node['log']}, f, indent=1)
-        with open(node['conf'], 'w') as f:
-            f.write(cloud_conf.ipa_conf(node, self.state['api_url'],
-                                        node['log'], AGENT_PORT))
         self.nodes[name] = node
         _log('%s: %s %s, disk %s (%d MiB)', name, host.ip, host.mac,
              device, self.state['disk_bytes'] // MIB)
@@ -353,10 +352,14 @@ class Cloud:
             raise CloudError('ironic-dbsync failed (exit %d): see %s'
                              % (rc, dbsync_log))
 
+        self._start_ironic(lab)
+
+    def _start_ironic(self, lab):
+        gw = self.state['gateway_ip']
         out = self.path('logs', 'ironic.out')
         proc, record = self._spawn(
             lab, 'ironic', [os.path.join(BINDIR, 'ironic'), '--config-file',
-                            conf], out)
+                            self.state['ironic_conf']], out)
         self.state['services']['ironic'] = record
         self.save()
         log_path = self.path('logs', 'ironic.log')
@@ -372,6 +375,30 @@ class Cloud:
         procs.wait_for(driver_ready, 120, 1, 'the conductor to register '
                        'fake-hardware', proc=proc, log_path=log_path)
         _log('ironic API %s (log %s)', self.state['api_url'], log_path)
+
+    def restart_ironic(self, signum=signal.SIGTERM, timeout=90):
+        """Stop the all-in-one ironic (by its recorded PID) and start it
+        again, as ``systemctl restart`` would; its seeder and tracker go
+        and come back with it.
+
+        :returns: seconds from the signal to the API answering again.
+        """
+        record = self.state['services']['ironic']
+        start = time.monotonic()
+        stat = net._proc_stat(record['pid'])
+        if stat is not None and stat['starttime'] == record['starttime']:
+            os.killpg(record['pid'], signum)
+
+            def gone():
+                st = net._proc_stat(record['pid'])
+                return st is None or st['state'] in ('Z', 'X')
+            try:
+                procs.wait_for(gone, timeout, 0.2, 'ironic to exit')
+            except Exception:
+                os.killpg(record['pid'], signal.SIGKILL)
+                procs.wait_for(gone, 10, 0.2, 'ironic to exit')
+        self._start_ironic(self.lab)
+        return time.monotonic() - start
 
     def _enrol(self):
         bm = self.conn.baremetal
@@ -422,9 +449,31 @@ class Cloud:
         os.killpg(record['pid'], signum)
         return True
 
-    def start_agent(self, name):
-        """Power the node on and boot its "ramdisk": a fresh agent."""
+    def agent_token(self, name):
+        """The node's agent token, from the conductor's database."""
+        db = sqlite3.connect(self.path('ironic', 'ironic.sqlite'), timeout=10)
+        try:
+            row = db.execute('SELECT driver_internal_info FROM nodes WHERE '
+                             'uuid = ?', (self.nodes[name]['uuid'],)).fetchone()
+        finally:
+            db.close()
+        return json.loads(row[0] or '{}').get('agent_secret_token')
+
+    def start_agent(self, name, agent_token=None, tls_files=None):
+        """Power the node on and boot its "ramdisk": a fresh agent.
+
+        :param agent_token: give the agent this token in its configuration,
+            as virtual media gives it on the kernel command line.
+        :param tls_files: (certificate, key) for a static TLS identity.
+        """
         node = self.nodes[name]
+        fd = os.open(node['conf'], os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(cloud_conf.ipa_conf(node, self.state['api_url'],
+                                        node['log'], AGENT_PORT,
+                                        agent_token=agent_token,
+                                        tls_files=tls_files))
         if self.agent_alive(name):
             self.stop_agent(name, signal.SIGKILL)
             procs.wait_for(lambda: not self.agent_alive(name), 10, 0.1,
@@ -543,13 +592,17 @@ class Cloud:
 
     def deploy(self, interface=None, image=None, image_size_mib=64,
                names=None, kill_agent=None, kill_delay=0.0, timeout=900,
-               wipe=True, strict=None, out=sys.stdout):
+               wipe=True, strict=None, fault=None, out=sys.stdout):
         """Deploy nodes with the real client and verify their disks.
 
         :param kill_agent: name of a node whose agent is killed (SIGKILL,
             by PID) ``kill_delay`` seconds after it was handed the image
             write step: the fault case. The conductor notices when the
             agent's heartbeats stop ([conductor]deploy_callback_timeout).
+        :param fault: a :class:`RestartAgent` or :class:`RestartConductor`
+            (or anything with ``step(cloud, nodes, watcher)`` and an
+            ``events`` list), stepped once a second during the deploy; the
+            nodes are expected to end ``active`` all the same.
         :param strict: require the image's exact bytes on disk. By default
             this holds for ``bittorrent``; for ``direct`` a backup GPT
             moved to the end of the disk (what IPA's standby extension
@@ -613,6 +666,8 @@ class Cloud:
             if kill_agent and kill_agent not in killed:
                 self._maybe_kill(kill_agent, nodes[kill_agent], kill_delay,
                                  killed, watcher)
+            if fault is not None:
+                fault.step(self, nodes, watcher)
             for name, node in nodes.items():
                 # The node's part: once active it has rebooted into the
                 # instance, so its ramdisk (the agent) is gone.
@@ -631,6 +686,11 @@ class Cloud:
         report = cloud_report.build_report(
             self, names, nodes, interface, img, started, watcher,
             http_before, killed, strict)
+        if fault is not None:
+            report['faults'] = fault.events
+            if not fault.events:
+                # Asked for a fault that never happened: not a pass.
+                report['ok'] = False
         cloud_report.print_summary(report, out=out)
         if kill_agent and kill_agent not in killed:
             # Asked for a fault that never happened: not a pass.
@@ -686,6 +746,70 @@ class Cloud:
             'or: python -m tests.lab.cloud {status,deploy,down} '
             '--state-dir %s' % self.state_dir,
         ])
+
+
+def _writing(node):
+    """Whether the conductor waits for the node's agent to write."""
+    step = (node.deploy_step or {}).get('step') or ''
+    return (node.provision_state == 'wait call-back'
+            and step.startswith('write_image'))
+
+
+class RestartAgent:
+    """Kill a node's agent ``delay`` seconds into its write step and boot
+    a fresh one, as a crashing ramdisk service restarts."""
+
+    def __init__(self, name, delay):
+        self.name = name
+        self.delay = delay
+        self.events = []
+        self._since = None
+
+    def step(self, cloud, nodes, watcher):
+        if self.events or not _writing(nodes[self.name]):
+            return
+        self._since = self._since or time.monotonic()
+        if time.monotonic() - self._since < self.delay:
+            return
+        node = cloud.nodes[self.name]
+        pid = node['agent']['pid']
+        # The new agent keeps the identity of the first: the token the
+        # conductor gave it (a ramdisk booted from virtual media has it on
+        # its kernel command line) and its TLS certificate (a ramdisk with
+        # its own). Ironic refuses a restarted agent without both.
+        cloud.start_agent(
+            self.name, agent_token=cloud.agent_token(self.name),
+            tls_files=(os.path.join(node['run_dir'], 'agent.crt'),
+                       os.path.join(node['run_dir'], 'agent.key')))
+        self.events.append({'restarted_agent': self.name, 'pid': pid,
+                            'at': time.time()})
+        watcher.note('killed the agent of %s (pid %d) while it wrote, and '
+                     'started a new one' % (self.name, pid))
+
+
+class RestartConductor:
+    """Restart ironic ``delay`` seconds after every node in ``names``
+    started writing."""
+
+    def __init__(self, names, delay):
+        self.names = names
+        self.delay = delay
+        self.events = []
+        self._since = None
+
+    def step(self, cloud, nodes, watcher):
+        if self.events:
+            return
+        if not all(_writing(nodes[n]) for n in self.names):
+            return
+        self._since = self._since or time.monotonic()
+        if time.monotonic() - self._since < self.delay:
+            return
+        seconds = cloud.restart_ironic()
+        self.events.append({'restarted_conductor': True, 'at': time.time(),
+                            'down_seconds': round(seconds, 1)})
+        watcher.note('restarted ironic while %s wrote; its API answered '
+                     'again after %.1f s' % (', '.join(self.names), seconds))
 
 
 def down(state_dir, purge=False):

@@ -158,19 +158,33 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
     return _render(sections)
 
 
-def ipa_conf(node, api_url, log_file, heartbeat_port=9999, debug=True):
+def ipa_conf(node, api_url, log_file, heartbeat_port=9999, debug=True,
+             agent_token=None, tls_files=None):
     """One agent's configuration file.
 
     :param node: a dict with at least ``ip``.
     :param api_url: the ironic API as the agents reach it.
+    :param agent_token: the node's agent token, as a ramdisk booted from
+        virtual media gets it on its kernel command line
+        (``ipa-agent-token``); without it a restarted agent cannot
+        authenticate again, and IPA locks itself down.
+    :param tls_files: (certificate, key) for a static TLS identity, as a
+        ramdisk built with its own certificate has; the default is IPA's
+        automatic TLS, whose new certificate after a restart ironic
+        refuses ("Detected change in ramdisk provided agent_verify_ca").
     """
-    return _render({'DEFAULT': {
+    extra = {'agent_token': agent_token} if agent_token else {}
+    if tls_files:
+        extra.update({'listen_tls': True, 'tls_cert_file': tls_files[0],
+                      'tls_key_file': tls_files[1],
+                      'advertise_protocol': 'https'})
+    return _render({'DEFAULT': dict(extra, **{
         'api_url': api_url,
         'listen_host': node['ip'],
         'listen_port': heartbeat_port,
         'advertise_host': node['ip'],
         'advertise_port': heartbeat_port,
-        'enable_auto_tls': True,
+        'enable_auto_tls': not tls_files,
         # The agent keeps looking up until a deploy (or fast track) lets
         # it in; never give up and exit.
         'lookup_timeout': 86400,
@@ -183,7 +197,7 @@ def ipa_conf(node, api_url, log_file, heartbeat_port=9999, debug=True):
         'debug': debug,
         'log_file': log_file,
         'use_stderr': False,
-    }})
+    })})
 
 
 def write_agent_site(site_dir):

@@ -197,6 +197,15 @@ def bittorrent_figures(node, announced):
     return None, None, None, 'none'
 
 
+def fault_figures(node):
+    """What the conductor recorded about faults the node's deploy met."""
+    info = node.driver_internal_info or {}
+    result = info.get('bittorrent_result') or {}
+    return {'resumed': result.get('resumed_bytes'),
+            'web_seed_bytes': result.get('downloaded_from_web_seed_bytes'),
+            'agent_restarts': info.get('bittorrent_agent_restarts', 0)}
+
+
 # What IPA's stock write path (standby's fix_gpt_partition, "sgdisk -e")
 # changes when the disk is bigger than a GPT image: it moves the backup
 # GPT to the end of the disk, which rewrites the protective MBR's
@@ -300,6 +309,7 @@ def build_report(cloud, names, nodes, interface, image, started, progress,
             'agent_killed': name in killed,
             'last_error': node.last_error,
         })
+        rows[-1].update(fault_figures(node))
     done = [r['seconds'] for r in rows if r['state'] == 'active'
             and r['seconds'] is not None]
     gateway = cloud.state['gateway_ip']
