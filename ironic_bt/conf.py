@@ -153,6 +153,15 @@ opts = [
                       'that names every tracker, seeder and web seed and '
                       'what happened to it. The default outlasts a '
                       'conductor restart and several announce intervals.')),
+    cfg.IntOpt('resume_check_interval',
+               default=5, min=0,
+               help=_('Seconds between checks for nodes whose agent is '
+                      'downloading an image this conductor does not seed: '
+                      'after a conductor restart, the seeder and the '
+                      'tracker come back with the same torrent within '
+                      'this time, instead of at each node\'s next '
+                      'heartbeat. 0 disables the check; heartbeats still '
+                      'publish again.')),
     cfg.IntOpt('agent_restart_retries',
                default=3, min=0,
                help=_('How many times the write step is started again on '

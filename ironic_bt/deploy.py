@@ -688,6 +688,25 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             LOG.exception('Cannot check the finished download of node %s',
                           node_uuid)
 
+    @periodics.node_periodic(
+        purpose='seeding again for nodes downloading after a restart',
+        spacing=lambda: CONF.bittorrent.resume_check_interval,
+        enabled=lambda: CONF.bittorrent.resume_check_interval > 0,
+        filters={'provision_state': states.DEPLOYWAIT},
+        predicate_extra_fields=('deploy_step',),
+        predicate=lambda n: ((n.deploy_step or {}).get('step') == STEP
+                             and n.uuid not in
+                             publisher.get_publisher().nodes()))
+    def _resume_publications(self, task, manager, context):
+        """Seed again for the agents still downloading, without waiting
+        for their heartbeats (see :meth:`_resume_seeding`).
+
+        :param task: a TaskManager instance with a shared lock.
+        :param manager: the conductor manager.
+        :param context: an admin context.
+        """
+        self._resume_seeding(task)
+
     @periodics.periodic(
         spacing=lambda: CONF.bittorrent.publication_check_interval,
         enabled=lambda: CONF.bittorrent.publication_check_interval > 0)

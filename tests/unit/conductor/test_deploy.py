@@ -850,6 +850,48 @@ class WebSeedSourcesTestCase(DeployTestCase):
         self.assertEqual([], self.run_step(publication_mock, execute_mock))
 
 
+@mock.patch.object(publisher.Publisher, 'publish', autospec=True)
+@mock.patch.object(publisher.Publisher, 'nodes', autospec=True)
+@mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+class ResumePublicationsTestCase(DeployTestCase):
+    """After a restart the conductor seeds again without a heartbeat."""
+
+    def setUp(self):
+        super().setUp()
+        self.wait_on_write_step()
+        self.manager = mock.Mock(spec=['iter_nodes'])
+        self.manager.iter_nodes.return_value = [
+            (self.node.uuid, self.node.driver, self.node.conductor_group,
+             self.node.deploy_step)]
+
+    def run_periodic(self):
+        deploy.BitTorrentDeploy()._resume_publications(self.manager,
+                                                       self.context)
+
+    def test_seeds_again(self, cache_mock, nodes_mock, publish_mock):
+        cached = os.path.join(self.tmp, 'cache', 'disk')
+        cache_mock.return_value = (IMAGE_SOURCE, cached, 'raw')
+        nodes_mock.return_value = []
+        publish_mock.return_value = self.publication
+        self.run_periodic()
+        self.manager.iter_nodes.assert_called_once_with(
+            filters={'provision_state': states.DEPLOYWAIT},
+            fields=('deploy_step',))
+        publish_mock.assert_called_once_with(
+            self.publisher, self.node.uuid, cached, name='image.raw')
+
+    def test_already_seeded_or_other_step(self, cache_mock, nodes_mock,
+                                          publish_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        self.run_periodic()
+        nodes_mock.return_value = []
+        self.manager.iter_nodes.return_value = [
+            (self.node.uuid, self.node.driver, self.node.conductor_group,
+             {'interface': 'deploy', 'step': 'deploy'})]
+        self.run_periodic()
+        publish_mock.assert_not_called()
+
+
 @mock.patch.object(publisher.Publisher, 'progress', autospec=True)
 @mock.patch.object(publisher.Publisher, 'nodes', autospec=True)
 class ProgressTestCase(DeployTestCase):
