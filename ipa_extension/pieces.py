@@ -208,8 +208,10 @@ class PiecePlan:
         return changed or None
 
     def hold(self, now):
-        """Nothing that only a seed has can arrive now (none is connected):
-        do not count the wait as the lack of progress that drops the plan.
+        """Do not count the time until ``now`` against the grace.
+
+        Nothing that only a seed has can arrive while none is connected:
+        the wait is not the lack of progress that drops the plan.
         """
         if self.active and self._progress_at is not None:
             self._progress_at = now

@@ -20,9 +20,10 @@ its network thread before the download starts.
 
 This module does it before the torrent is added, reading with O_DIRECT
 and hashing each piece against its v1 (sha1) hash, but only when a sample
-says it is worth it: ``samples`` pieces spread evenly over the image are
-read first (at random places), and if none of them matches, the disk is taken to hold nothing
-of this image (a fresh disk, or another image) and nothing more is read.
+says it is worth it: ``samples`` pieces at random places in the image
+are read first, and if none of them matches, the disk is taken to hold
+nothing of this image (a fresh disk, or another image) and nothing more
+is read.
 Missing a few present pieces that way costs little: when a fraction f of
 the pieces is present, all samples miss with probability (1 - f) **
 samples, so the expected bytes fetched again are at most about

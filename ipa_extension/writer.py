@@ -17,13 +17,18 @@ This is the agent side of ironic-bt, usable without ironic-python-agent (the
 
 1. checks the target can hold the image, before writing anything, and holds
    it open until the end (see :mod:`ipa_extension.device`);
-2. zeroes the all-zero pieces locally (they never cross the wire);
+2. zeroes the all-zero pieces locally (they never cross the wire), and
+   keeps the pieces the target already holds (see
+   :mod:`ipa_extension.resume`);
 3. downloads every other piece with libtorrent's POSIX disk backend, which
    writes with ``pwrite`` at the piece's offset: no temporary copy, and
    memory bounded by libtorrent's queues rather than by the image size;
    meanwhile it reads the image back from the disk behind the download
    front and flushes the disk every second, so that a failing disk stops
-   the download at once with an error that blames it;
+   the download at once with an error that blames it. When the seeder
+   is gone, the pieces no peer has come from web seeds (see
+   :mod:`ipa_extension.sources`); with no source at all, the write fails
+   naming each;
 4. flushes the target and reads the rest back: the proof that the disk
    holds the image (the sha256 of the region against the image's, or
    without it every piece's sha1);
