@@ -30,8 +30,10 @@ from ironic_bt.i18n import _
 
 
 def redact(url):
-    """A URL fit for logs: no query (temporary URLs carry signatures) and
-    no user information."""
+    """A URL fit for logs.
+
+    No query (temporary URLs carry signatures) and no user information.
+    """
     parts = parse.urlsplit(url)
     host = parts.hostname or ''
     if ':' in host:

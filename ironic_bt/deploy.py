@@ -53,9 +53,9 @@ the image again; both are cheap because the torrent is cached.
 """
 
 import base64
-import urllib.parse
 from concurrent import futures
 import threading
+import urllib.parse
 
 from ironic.common import async_steps
 from ironic.common import checksum_utils
@@ -698,8 +698,9 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                              and n.uuid not in
                              publisher.get_publisher().nodes()))
     def _resume_publications(self, task, manager, context):
-        """Seed again for the agents still downloading, without waiting
-        for their heartbeats (see :meth:`_resume_seeding`).
+        """Seed again for the agents still downloading.
+
+        Without waiting for their heartbeats (see :meth:`_resume_seeding`).
 
         :param task: a TaskManager instance with a shared lock.
         :param manager: the conductor manager.

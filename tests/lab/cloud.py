@@ -377,9 +377,10 @@ class Cloud:
         _log('ironic API %s (log %s)', self.state['api_url'], log_path)
 
     def restart_ironic(self, signum=signal.SIGTERM, timeout=90):
-        """Stop the all-in-one ironic (by its recorded PID) and start it
-        again, as ``systemctl restart`` would; its seeder and tracker go
-        and come back with it.
+        """Stop the all-in-one ironic (by its recorded PID), start it again.
+
+        As ``systemctl restart`` would; its seeder and tracker go and come
+        back with it.
 
         :returns: seconds from the signal to the API answering again.
         """
@@ -453,8 +454,9 @@ class Cloud:
         """The node's agent token, from the conductor's database."""
         db = sqlite3.connect(self.path('ironic', 'ironic.sqlite'), timeout=10)
         try:
-            row = db.execute('SELECT driver_internal_info FROM nodes WHERE '
-                             'uuid = ?', (self.nodes[name]['uuid'],)).fetchone()
+            row = db.execute(
+                'SELECT driver_internal_info FROM nodes WHERE uuid = ?',
+                (self.nodes[name]['uuid'],)).fetchone()
         finally:
             db.close()
         return json.loads(row[0] or '{}').get('agent_secret_token')
@@ -756,8 +758,11 @@ def _writing(node):
 
 
 class RestartAgent:
-    """Kill a node's agent ``delay`` seconds into its write step and boot
-    a fresh one, as a crashing ramdisk service restarts."""
+    """Kill a node's agent while it writes, and boot a fresh one.
+
+    ``delay`` seconds into the write step, as a crashing ramdisk service
+    restarts.
+    """
 
     def __init__(self, name, delay):
         self.name = name
@@ -788,8 +793,10 @@ class RestartAgent:
 
 
 class RestartConductor:
-    """Restart ironic ``delay`` seconds after every node in ``names``
-    started writing."""
+    """Restart ironic while nodes write.
+
+    ``delay`` seconds after every node in ``names`` started writing.
+    """
 
     def __init__(self, names, delay):
         self.names = names

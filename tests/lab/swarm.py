@@ -147,9 +147,11 @@ class Swarm:
         return proc
 
     def start_http(self, root):
-        """Serve ``root`` over HTTP from the seed host, as the conductor's
-        web server serves ``[deploy]http_root``; a process of its own, so
-        it outlives the seeder."""
+        """Serve ``root`` over HTTP from the seed host.
+
+        As the conductor's web server serves ``[deploy]http_root``: a
+        process of its own, so it outlives the seeder.
+        """
         ip = self.seed_host.ip
         proc = self.seed_host.popen(
             [PYTHON, '-m', 'tests.lab.cloud_http', '--bind', ip,
@@ -175,8 +177,10 @@ class Swarm:
         return 'http://%s:%d/%s' % (self.seed_host.ip, HTTP_PORT, name)
 
     def dirty(self, size):
-        """Fill the first ``size`` bytes of every disk with a pattern, so a
-        run finds none of the image a previous run wrote."""
+        """Fill the first ``size`` bytes of every disk with a pattern.
+
+        So that a run finds none of the image a previous run wrote.
+        """
         for dev in self.devices.values():
             disks.assert_lab_loop(dev, self.lab)
             with open(dev, 'r+b') as f:
