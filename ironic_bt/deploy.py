@@ -182,11 +182,14 @@ def _record_result(node, result):
         raise bt_exception.ImageVerificationFailed(
             node=node.uuid, actual=actual or _('nothing'), expected=expected)
     LOG.info('Node %(node)s: wrote %(size)s bytes in %(secs)s s '
-             '(downloaded %(down)s bytes, uploaded %(up)s bytes to other '
-             'nodes), sha256 %(sha)s',
+             '(downloaded %(down)s bytes, %(web)s of them over HTTP from web '
+             'seeds; %(resumed)s bytes were on the disk already; uploaded '
+             '%(up)s bytes to other nodes), sha256 %(sha)s',
              {'node': node.uuid, 'size': summary['size'],
               'secs': summary['seconds'],
               'down': summary['downloaded_bytes'],
+              'web': summary['downloaded_from_web_seed_bytes'] or 0,
+              'resumed': summary['resumed_bytes'] or 0,
               'up': summary['uploaded_bytes'], 'sha': summary['sha256']})
 
 

@@ -44,12 +44,16 @@ def _report(name, **figures):
     print('\n%s: %s' % (name, json.dumps(figures, sort_keys=True)))
 
 
+def _swarm(tmp_path_factory, nodes, prefix):
+    state = tmp_path_factory.mktemp('faults%d' % nodes)
+    with lab_swarm.Swarm(str(state), nodes=nodes, disk_size=SIZE + 8 * MiB,
+                         rate_mbit=RATE, prefix=prefix) as s:
+        yield s
+
+
 @pytest.fixture(scope='module')
 def swarm4(tmp_path_factory):
-    state = tmp_path_factory.mktemp('faults4')
-    with lab_swarm.Swarm(str(state), nodes=4, disk_size=SIZE + 8 * MiB,
-                         rate_mbit=RATE, prefix='ibf') as s:
-        yield s
+    yield from _swarm(tmp_path_factory, 4, 'ibf')
 
 
 @pytest.fixture(scope='module')
@@ -230,10 +234,7 @@ def test_nothing_reachable_fails_naming_every_source(swarm4, image4):
 
 @pytest.fixture(scope='module')
 def swarm8(tmp_path_factory):
-    state = tmp_path_factory.mktemp('faults8')
-    with lab_swarm.Swarm(str(state), nodes=8, disk_size=SIZE + 8 * MiB,
-                         rate_mbit=RATE, prefix='ibg') as s:
-        yield s
+    yield from _swarm(tmp_path_factory, 8, 'ibg')
 
 
 def test_node_cut_off_halfway_does_not_hold_up_the_others(swarm8):

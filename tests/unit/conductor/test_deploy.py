@@ -102,6 +102,16 @@ class DeployTestCase(base.TestCase):
         self.set_info('driver_internal_info',
                       bittorrent_info_hash=self.meta.info_hash)
 
+    def agent_writes(self):
+        """Put the node where its agent writes, as in a real deploy.
+
+        Ironic cached the agent's steps before the write step started.
+        """
+        self.wait_on_write_step()
+        self.set_info('driver_internal_info',
+                      agent_url='https://198.18.0.2:9999',
+                      agent_cached_deploy_steps={'deploy': [STEP]})
+
     def set_info(self, field, **values):
         info = dict(getattr(self.node, field))
         info.update(values)
@@ -648,12 +658,7 @@ class FinishCheckTestCase(DeployTestCase):
 
     def setUp(self):
         super().setUp()
-        self.wait_on_write_step()
-        # As in a real deploy: ironic cached the agent's steps before the
-        # write step started.
-        self.set_info('driver_internal_info',
-                      agent_url='https://198.18.0.2:9999',
-                      agent_cached_deploy_steps={'deploy': [STEP]})
+        self.agent_writes()
 
     def check(self):
         started = deploy.BitTorrentDeploy()._check_finished(mock.Mock(),
@@ -753,10 +758,7 @@ class AgentRestartTestCase(DeployTestCase):
 
     def setUp(self):
         super().setUp()
-        self.wait_on_write_step()
-        self.set_info('driver_internal_info',
-                      agent_url='https://198.18.0.2:9999',
-                      agent_cached_deploy_steps={'deploy': [STEP]})
+        self.agent_writes()
 
     def heartbeat(self):
         with task_manager.acquire(self.context, self.node.uuid) as task:
