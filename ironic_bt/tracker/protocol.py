@@ -37,10 +37,13 @@ MAX_NUMWANT = 200
 MAX_NODE_LENGTH = 64
 MAX_KEY_LENGTH = 64
 EVENTS = ('', 'started', 'completed', 'stopped', 'paused')
+#: Byte counts above this are clamped to it (a signed 64-bit integer, what
+#: clients and bencoding tools can take back).
+MAX_COUNT = (1 << 63) - 1
 
 # Decimal digits only: int() would also take '+5', ' 5', '5_0' and '-5'.
-# 20 digits hold any byte count a disk can have and keep int() cheap.
-_UINT_RE = re.compile(rb'[0-9]{1,20}')
+# Longer numbers are clamped, not refused; 64 digits keep int() cheap.
+_UINT_RE = re.compile(rb'[0-9]{1,64}')
 
 
 class TrackerError(Exception):
@@ -65,11 +68,13 @@ class AnnounceRequest:
     event: str = ''
     numwant: int = DEFAULT_NUMWANT
     compact: bool = True
+    no_peer_id: bool = False
     node: str | None = None
-    key: str | None = None
+    #: The client's opaque ``key`` (any bytes, at most MAX_KEY_LENGTH).
+    key: bytes | None = None
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(slots=True)
 class Peer:
     """What the table knows about one peer of one swarm."""
 
@@ -87,6 +92,17 @@ class Peer:
     # ``downloaded``: libtorrent sends "completed" once per info-hash of a
     # hybrid torrent, and that is still one download.
     counted: bool = False
+    #: The BEP 23 / BEP 7 form, packed once: address then big-endian port.
+    packed: bytes = b''
+    v6: bool = False
+    #: Index in its swarm's list of seeds or of leechers.
+    slot: int = -1
+
+    def __post_init__(self):
+        if not self.packed:
+            self.packed = (ipaddress.ip_address(self.ip).packed
+                           + self.port.to_bytes(2, 'big'))
+            self.v6 = len(self.packed) == 18
 
     @property
     def complete(self):
@@ -94,8 +110,7 @@ class Peer:
 
     def compact(self):
         """The BEP 23 / BEP 7 form: packed address then big-endian port."""
-        return (ipaddress.ip_address(self.ip).packed
-                + self.port.to_bytes(2, 'big'))
+        return self.packed
 
 
 def _split_query(query):
@@ -113,7 +128,8 @@ def _split_query(query):
                urllib.parse.unquote_to_bytes(value))
 
 
-def _uint(params, name, default=None):
+def _uint(params, name, default=None, limit=MAX_COUNT):
+    """A non-negative integer parameter, clamped to ``limit``."""
     value = params.get(name)
     if value is None:
         if default is None:
@@ -124,7 +140,7 @@ def _uint(params, name, default=None):
                              'a non-negative integer')
                            % {'name': name,
                               'value': value[:32].decode('latin-1')})
-    return int(value)
+    return min(int(value), limit)
 
 
 def _hash20(value, name):
@@ -134,6 +150,15 @@ def _hash20(value, name):
         raise TrackerError(_('invalid parameter %(name)s: must be 20 bytes, '
                              'got %(length)d') %
                            {'name': name, 'length': len(value)})
+    return value
+
+
+def _opaque(params, name, limit):
+    value = params.get(name)
+    if value is not None and len(value) > limit:
+        raise TrackerError(_('invalid parameter %(name)s: must be at most '
+                             '%(limit)d bytes')
+                           % {'name': name, 'limit': limit})
     return value
 
 
@@ -189,7 +214,7 @@ def parse_announce(query, remote_ip):
         params.setdefault(key.decode('latin-1'), value)
     info_hash = _hash20(params.get('info_hash'), 'info_hash')
     peer_id = _hash20(params.get('peer_id'), 'peer_id')
-    port = _uint(params, 'port')
+    port = _uint(params, 'port', limit=1 << 64)
     if not 1 <= port <= 65535:
         raise TrackerError(_('invalid parameter port=%d: must be 1 to '
                              '65535') % port)
@@ -209,12 +234,14 @@ def parse_announce(query, remote_ip):
         uploaded=_uint(params, 'uploaded', 0),
         downloaded=_uint(params, 'downloaded', 0),
         event=event,
-        numwant=min(_uint(params, 'numwant', DEFAULT_NUMWANT), MAX_NUMWANT),
-        # The reply is always compact (BEP 23), which every client we serve
-        # (libtorrent) asks for; the flag is kept for completeness only.
+        numwant=_uint(params, 'numwant', DEFAULT_NUMWANT, MAX_NUMWANT),
+        # Compact (BEP 23) unless the client asks for BEP 3's list of
+        # dictionaries.
         compact=params.get('compact', b'1') != b'0',
+        no_peer_id=params.get('no_peer_id', b'0') == b'1',
         node=_text(params, 'node', MAX_NODE_LENGTH),
-        key=_text(params, 'key', MAX_KEY_LENGTH),
+        # An opaque token: aria2 sends raw bytes.
+        key=_opaque(params, 'key', MAX_KEY_LENGTH),
     )
 
 
@@ -239,25 +266,85 @@ def failure(reason):
 
 
 class _Swarm:
+    """The peers of one torrent.
+
+    Every operation of an announce costs O(1) or O(numwant), whatever the
+    swarm's size: peers are kept by address in order of last announce (so
+    expiry and eviction only look at the front), and in two lists, seeds
+    and leechers, from which a random sample is drawn by index.
+    """
+
     def __init__(self, name, info_hashes, size=None):
         self.name = name
         self.size = size
         self.info_hashes = info_hashes
-        # Ordered from least to most recently seen, so both expiry and
-        # eviction only ever look at the front.
         self.peers = collections.OrderedDict()
+        self.seeds = []
+        self.leechers = []
         self.downloaded = 0
+
+    def _list(self, peer):
+        return self.seeds if peer.complete else self.leechers
+
+    def add(self, address, peer):
+        self.peers[address] = peer
+        peers = self._list(peer)
+        peer.slot = len(peers)
+        peers.append(peer)
+
+    def _unlist(self, peer):
+        peers = self._list(peer)
+        last = peers.pop()
+        if last is not peer:
+            peers[peer.slot] = last
+            last.slot = peer.slot
+
+    def remove(self, address):
+        peer = self.peers.pop(address, None)
+        if peer is not None:
+            self._unlist(peer)
+
+    def set_left(self, peer, left):
+        if (left == 0) != peer.complete:
+            self._unlist(peer)
+            peer.left = left
+            peers = self._list(peer)
+            peer.slot = len(peers)
+            peers.append(peer)
+        else:
+            peer.left = left
+
+    def pop_oldest(self):
+        _address, peer = self.peers.popitem(last=False)
+        self._unlist(peer)
 
     def expire(self, deadline):
         while self.peers:
             peer = next(iter(self.peers.values()))
             if peer.last_seen >= deadline:
                 break
-            self.peers.popitem(last=False)
+            self.pop_oldest()
 
     def counts(self):
-        complete = sum(1 for peer in self.peers.values() if peer.complete)
-        return complete, len(self.peers) - complete
+        return len(self.seeds), len(self.leechers)
+
+    def sample(self, rng, requester, count, leechers_only):
+        """Up to ``count`` random peers other than ``requester``."""
+        pools = [self.leechers] if leechers_only else [self.leechers,
+                                                       self.seeds]
+        total = sum(len(pool) for pool in pools)
+        if not total or not count:
+            return []
+        chosen = []
+        for index in rng.sample(range(total), min(total, count + 1)):
+            for pool in pools:
+                if index < len(pool):
+                    peer = pool[index]
+                    break
+                index -= len(pool)
+            if peer is not requester:
+                chosen.append(peer)
+        return chosen[:count]
 
 
 class SwarmTable:
@@ -370,15 +457,22 @@ class SwarmTable:
             swarm.expire(now - self.peer_ttl)
             address = (req.ip, req.port)
             if req.event == 'stopped':
-                swarm.peers.pop(address, None)
+                swarm.remove(address)
+                requester = None
             else:
-                self._update(swarm, address, req, now)
-            candidates = [peer for key, peer in swarm.peers.items()
-                          if key != address
-                          and not (req.left == 0 and peer.complete)]
-            chosen = self._random.sample(
-                candidates, min(req.numwant, len(candidates)))
+                requester = self._update(swarm, address, req, now)
+            chosen = swarm.sample(self._random, requester, req.numwant,
+                                  leechers_only=req.left == 0)
             complete, incomplete = swarm.counts()
+            if req.compact:
+                peers = b''.join(p.packed for p in chosen if not p.v6)
+                peers6 = b''.join(p.packed for p in chosen if p.v6)
+            else:
+                peers = [{'ip': p.ip, 'port': p.port}
+                         if req.no_peer_id else
+                         {'peer id': p.peer_id, 'ip': p.ip, 'port': p.port}
+                         for p in chosen]
+                peers6 = b''
         if (req.event == 'stopped' and req.node
                 and self._on_stopped is not None):
             self._on_stopped(req.node)
@@ -387,10 +481,8 @@ class SwarmTable:
             'min interval': self.interval,
             'complete': complete,
             'incomplete': incomplete,
-            'peers': b''.join(peer.compact() for peer in chosen
-                              if ':' not in peer.ip),
+            'peers': peers,
         }
-        peers6 = b''.join(peer.compact() for peer in chosen if ':' in peer.ip)
         if peers6:
             reply['peers6'] = peers6
         return bencode.encode(reply)
@@ -399,16 +491,16 @@ class SwarmTable:
         peer = swarm.peers.get(address)
         if peer is None:
             if len(swarm.peers) >= self.max_peers:
-                swarm.peers.popitem(last=False)
+                swarm.pop_oldest()
             peer = Peer(ip=req.ip, port=req.port, peer_id=req.peer_id,
                         left=req.left, uploaded=req.uploaded,
                         downloaded=req.downloaded, node=req.node,
                         first_seen=now, last_seen=now, event=req.event)
-            swarm.peers[address] = peer
+            swarm.add(address, peer)
         else:
             swarm.peers.move_to_end(address)
             peer.peer_id = req.peer_id
-            peer.left = req.left
+            swarm.set_left(peer, req.left)
             peer.uploaded = req.uploaded
             peer.downloaded = req.downloaded
             peer.node = req.node or peer.node
@@ -418,6 +510,7 @@ class SwarmTable:
         if req.event == 'completed' and not peer.counted:
             peer.counted = True
             swarm.downloaded += 1
+        return peer
 
     def scrape(self, info_hashes):
         """Build the bencoded scrape reply (BEP 48).
@@ -425,6 +518,7 @@ class SwarmTable:
         :param info_hashes: the requested keys; empty means every published
             torrent, each under its first (v1) key.
         :returns: the bencoded ``files`` dict; unknown keys are omitted.
+        :raises: TrackerError if keys were asked for and none is published.
         """
         now = self._clock()
         files = {}
@@ -432,6 +526,11 @@ class SwarmTable:
             if info_hashes:
                 wanted = {key: self._swarms[key] for key in info_hashes
                           if key in self._swarms}
+                if not wanted:
+                    raise TrackerError(
+                        _('unknown info_hash %s: this tracker only serves '
+                          'images published by this ironic-bt deployment')
+                        % info_hashes[0].hex())
             else:
                 wanted = self._unique_swarms()
             for key, swarm in wanted.items():

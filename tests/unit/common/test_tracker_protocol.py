@@ -12,6 +12,7 @@
 
 """Tests for the sans-IO tracker protocol."""
 
+import collections
 import ipaddress
 import urllib.parse
 
@@ -85,7 +86,7 @@ def test_parse_announce_decodes_binary_values():
         info_hash=V1, peer_id=b'-LT2110-abcdefghijkl', ip='198.18.0.2',
         port=6881, uploaded=5, downloaded=7, left=0, event='started',
         numwant=20, compact=True,
-        node='1be26c0b-03f2-4d2d-ae87-c02d7f33c123', key='a1b2c3d4')
+        node='1be26c0b-03f2-4d2d-ae87-c02d7f33c123', key=b'a1b2c3d4')
 
 
 def test_parse_announce_defaults():
@@ -97,6 +98,27 @@ def test_parse_announce_defaults():
 
 def test_parse_announce_clamps_numwant():
     assert request(numwant='100000').numwant == protocol.MAX_NUMWANT
+    assert request(numwant='9' * 25).numwant == protocol.MAX_NUMWANT
+
+
+def test_parse_announce_clamps_huge_counts():
+    req = request(uploaded='9' * 40, downloaded='1' * 30, left='7' * 64)
+    assert (req.uploaded, req.downloaded, req.left) == (
+        protocol.MAX_COUNT,) * 3
+    with pytest.raises(protocol.TrackerError, match='must be 1 to 65535'):
+        request(port='9' * 30)
+    with pytest.raises(protocol.TrackerError,
+                       match='must be a non-negative integer'):
+        request(left='9' * 65)
+
+
+def test_parse_announce_key_is_opaque():
+    # aria2 sends raw bytes as its key.
+    assert request(key=b'\xff\x00\x9c').key == b'\xff\x00\x9c'
+    with pytest.raises(protocol.TrackerError,
+                       match='invalid parameter key: must be at most 64 '
+                             'bytes'):
+        request(key=b'k' * 65)
 
 
 def test_parse_announce_ignores_ip_parameter():
@@ -225,6 +247,55 @@ def test_numwant_limits_peers_to_a_random_subset(table):
     assert len(seen) > 5
     assert peers_of(table.announce(request(ip='198.18.0.1',
                                            numwant='0'))) == set()
+
+
+def test_compact_0_gets_bep3_dictionaries(table):
+    table.announce(request(ip='198.18.0.2', peer_id=b'A' * 20))
+    table.announce(request(ip='2001:db8::2', peer_id=b'B' * 20))
+    reply = bencode.decode(table.announce(request(ip='198.18.0.3',
+                                                  compact='0')))
+    assert sorted(reply[b'peers'], key=lambda p: p[b'ip']) == [
+        {b'peer id': b'A' * 20, b'ip': b'198.18.0.2', b'port': 6881},
+        {b'peer id': b'B' * 20, b'ip': b'2001:db8::2', b'port': 6881}]
+    assert b'peers6' not in reply
+    reply = bencode.decode(table.announce(request(
+        ip='198.18.0.3', compact='0', no_peer_id='1')))
+    assert {p[b'ip'] for p in reply[b'peers']} == {b'198.18.0.2',
+                                                   b'2001:db8::2'}
+    assert all(b'peer id' not in p for p in reply[b'peers'])
+
+
+def test_seeds_and_leechers_move_as_left_changes(table):
+    # Counts come from the lists, not from a scan: they must follow every
+    # change of "left", both ways, and departures.
+    for i in range(2, 12):
+        table.announce(request(ip='198.18.0.%d' % i))
+    for i in range(2, 6):
+        table.announce(request(ip='198.18.0.%d' % i, left='0'))
+    table.announce(request(ip='198.18.0.5', left='10'))
+    table.announce(request(ip='198.18.0.11', event='stopped'))
+    reply = bencode.decode(table.announce(request(ip='198.18.0.2',
+                                                  left='0', numwant='200')))
+    assert (reply[b'complete'], reply[b'incomplete']) == (3, 6)
+    # A seed is given every leecher and no seed.
+    assert peers_of(table.announce(request(
+        ip='198.18.0.2', left='0', numwant='200'))) == {
+            ('198.18.0.%d' % i, 6881) for i in range(5, 11)}
+
+
+def test_sample_is_uniform_and_never_the_requester(table):
+    for i in range(2, 22):
+        table.announce(request(ip='198.18.0.%d' % i))
+    seen = collections.Counter()
+    for _ in range(2000):
+        peers = peers_of(table.announce(request(ip='198.18.0.2',
+                                                numwant='5')))
+        assert len(peers) == 5
+        assert ('198.18.0.2', 6881) not in peers
+        seen.update(peers)
+    assert len(seen) == 19
+    # 2000 * 5 / 19 = 526 each on average.
+    assert min(seen.values()) > 400 and max(seen.values()) < 660
 
 
 def test_ipv6_peers_go_to_peers6(table):
@@ -356,7 +427,10 @@ def test_scrape_counts_each_completion_once(table):
     assert bencode.decode(table.scrape([])) == {b'files': {
         V1: {b'complete': 1, b'downloaded': 1, b'incomplete': 1},
         OTHER: {b'complete': 0, b'downloaded': 0, b'incomplete': 0}}}
-    assert table.scrape([unknown]) == b'd5:filesdee'
+    # Asked only for what it does not serve: a reason, not an empty list.
+    with pytest.raises(protocol.TrackerError,
+                       match='unknown info_hash %s' % unknown.hex()):
+        table.scrape([unknown])
 
 
 def test_status_shows_each_node_progress(table, clock):
