@@ -12,13 +12,33 @@
 
 """The HTTP adapter of the tracker: moves bytes to and from the protocol.
 
-All tracker logic lives in :mod:`ironic_bt.tracker.protocol`.
+All tracker logic lives in :mod:`ironic_bt.tracker.protocol`. This module
+is a small HTTP/1.1 server that a provisioning network full of nodes, or a
+hostile neighbour on it, cannot starve:
+
+* one thread with an asyncio event loop serves every connection; announces
+  are answered in the loop, in microseconds, so there is no thread per
+  connection and nothing to run out of;
+* HTTP/1.1 keep-alive (and pipelining): a client announces again on the
+  same connection;
+* at most ``max_connections`` connections; a new one past the cap closes
+  the one that has been quiet the longest, so idle or half-sent requests
+  held open cannot lock out the nodes;
+* a request (line and headers) must arrive whole within
+  ``request_timeout`` seconds and fit in ``MAX_REQUEST_BYTES``; a
+  connection idle for ``idle_timeout`` seconds between requests is closed;
+* request bodies are refused, so memory per connection is bounded;
+* the listening socket is made and bound here, from a numeric address: no
+  name is ever resolved (``http.server`` looks its own name up in DNS).
+
+Replies of the tracker are bencoded, HTTP errors included, and every reply
+has a proper HTTP/1.1 status line.
 """
 
-import http.server
+import asyncio
+import collections
 import json
 import socket
-import sys
 import threading
 
 from oslo_log import log
@@ -27,94 +47,245 @@ from ironic_bt.tracker import protocol
 
 LOG = log.getLogger(__name__)
 
+#: Most bytes of a request line and its headers.
+MAX_REQUEST_BYTES = 8192
+#: Connections kept at once; below the 1024 file descriptors a conductor
+#: usually may open, whatever its other sockets.
+MAX_CONNECTIONS = 512
+#: Seconds for a request to arrive whole, once it started.
+REQUEST_TIMEOUT = 10.0
+#: Seconds a keep-alive connection may wait for its next request.
+IDLE_TIMEOUT = 60.0
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    server_version = 'ironic-bt-tracker'
+_REASONS = {200: 'OK', 400: 'Bad Request', 404: 'Not Found',
+            405: 'Method Not Allowed', 408: 'Request Timeout',
+            413: 'Content Too Large',
+            431: 'Request Header Fields Too Large',
+            500: 'Internal Server Error', 505: 'HTTP Version Not Supported'}
 
-    def do_GET(self):
-        # http.server decodes the request line as latin-1, so this gives
-        # back the raw, still percent-encoded query bytes.
-        path, _sep, query = self.path.partition('?')
-        query = query.encode('latin-1')
-        table = self.server.table
+
+def _http_error(code, reason, close=True, extra=()):
+    return code, 'text/plain', protocol.failure(reason), close, extra
+
+
+class _Connection(asyncio.Protocol):
+    """One client connection: parse requests, answer them in order."""
+
+    def __init__(self, server):
+        self.server = server
+        self.transport = None
+        self.peer = None
+        self.buffer = bytearray()
+        self.timer = None
+        self.closing = False
+
+    # -- asyncio callbacks ---------------------------------------------
+
+    def connection_made(self, transport):
+        self.transport = transport
+        peer = transport.get_extra_info('peername') or ('', 0)
+        self.peer = peer[0]
+        self.server.opened(self)
+        self._arm(self.server.idle_timeout)
+
+    def connection_lost(self, exc):
+        self.closing = True
+        if self.timer is not None:
+            self.timer.cancel()
+        self.server.closed(self)
+
+    def data_received(self, data):
+        if self.closing:
+            return
+        if not self.buffer:
+            # A request starts: it must arrive whole in time.
+            self._arm(self.server.request_timeout)
+        self.buffer += data
+        self.server.touched(self)
+        while not self.closing:
+            end = self.buffer.find(b'\r\n\r\n')
+            if end < 0:
+                if len(self.buffer) > MAX_REQUEST_BYTES:
+                    self._send(*_http_error(
+                        431, 'request line and headers exceed %d bytes'
+                        % MAX_REQUEST_BYTES))
+                return
+            if end > MAX_REQUEST_BYTES:
+                self._send(*_http_error(
+                    431, 'request line and headers exceed %d bytes'
+                    % MAX_REQUEST_BYTES))
+                return
+            head = bytes(self.buffer[:end])
+            del self.buffer[:end + 4]
+            try:
+                reply = self.server.respond(head, self.peer)
+            except Exception:
+                LOG.exception('Tracker failed to answer %s', self.peer)
+                reply = _http_error(500, 'internal error')
+            self._send(*reply)
+            if not self.closing:
+                self._arm(self.server.request_timeout if self.buffer
+                          else self.server.idle_timeout)
+
+    # -- helpers -------------------------------------------------------
+
+    def _arm(self, seconds):
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer = self.server.loop.call_later(seconds, self._timed_out)
+
+    def _timed_out(self):
+        if self.closing:
+            return
+        if self.buffer:
+            self._send(*_http_error(408, 'request not received in time'))
+        else:
+            self.close()
+
+    def _send(self, code, content_type, body, close, extra=()):
+        headers = ['HTTP/1.1 %d %s' % (code, _REASONS.get(code, 'Error')),
+                   'Content-Type: %s' % content_type,
+                   'Content-Length: %d' % len(body)]
+        headers.extend(extra)
+        if close:
+            headers.append('Connection: close')
+        self.transport.write(('\r\n'.join(headers) + '\r\n\r\n').encode(
+            'latin-1') + body)
+        if close:
+            self.close()
+
+    def close(self):
+        if not self.closing:
+            self.closing = True
+            self.transport.close()
+
+    def abort(self):
+        self.closing = True
+        self.transport.abort()
+
+
+def _target(raw):
+    """The path and raw query of an origin- or absolute-form target."""
+    if raw[:7].lower() == b'http://' or raw[:8].lower() == b'https://':
+        # Absolute form (RFC 9112 3.2.2): drop the scheme and authority.
+        start = raw.find(b'/', raw.find(b'//') + 2)
+        raw = raw[start:] if start >= 0 else b'/'
+    path, _sep, query = raw.partition(b'?')
+    return path, query
+
+
+class _Router:
+    """From a request head to a reply; no I/O."""
+
+    def __init__(self, table):
+        self.table = table
+
+    def respond(self, head, client):
+        """Answer one request.
+
+        :returns: (status, content type, body, close, extra headers).
+        """
+        lines = head.split(b'\r\n')
+        parts = lines[0].split(b' ')
+        if len(parts) != 3 or not parts[2].startswith(b'HTTP/'):
+            # HTTP/0.9 and garbage: a status line all the same.
+            return _http_error(400, 'malformed request line')
+        method, raw_target, version = parts
+        if version not in (b'HTTP/1.1', b'HTTP/1.0'):
+            return _http_error(505, 'only HTTP/1.0 and HTTP/1.1')
+        headers = {}
+        for line in lines[1:]:
+            name, sep, value = line.partition(b':')
+            if not sep or not name or name != name.strip():
+                return _http_error(400, 'malformed header line')
+            headers[name.strip().lower()] = value.strip()
+        connection = headers.get(b'connection', b'').lower()
+        if version == b'HTTP/1.1':
+            close = connection == b'close'
+        else:
+            close = connection != b'keep-alive'
+        length = headers.get(b'content-length', b'0')
+        if length != b'0' or b'transfer-encoding' in headers:
+            # A tracker takes no body; reading one would cost memory.
+            return _http_error(413, 'request bodies are not accepted')
+        if method != b'GET':
+            return _http_error(405, 'only GET', close=close,
+                               extra=('Allow: GET',))
+        path, query = _target(raw_target)
+        code, content_type, body = self._route(path, query, client)
+        return code, content_type, body, close, ()
+
+    def _route(self, path, query, client):
+        table = self.table
         # Exactly "/announce": libtorrent's SSRF mitigation refuses to
         # announce to a tracker on localhost under any other path.
-        if path in ('/announce', '/scrape'):
+        if path in (b'/announce', b'/scrape'):
             try:
-                if path == '/announce':
+                if path == b'/announce':
                     body = table.announce(protocol.parse_announce(
-                        query, self.client_address[0]))
+                        query, client))
                 else:
                     body = table.scrape(protocol.parse_scrape(query))
             except protocol.TrackerError as e:
                 LOG.debug('Refused %(path)s from %(client)s: %(reason)s',
-                          {'path': path, 'client': self.client_address[0],
+                          {'path': path.decode('latin-1'), 'client': client,
                            'reason': e})
                 body = protocol.failure(str(e))
             # Failures too are 200: clients only read "failure reason"
             # from a successful HTTP reply.
-            self._reply(200, 'text/plain', body)
-        elif path == '/status':
-            self._reply(200, 'application/json',
-                        json.dumps(table.status()).encode('utf-8'))
-        else:
-            self._reply(404, 'text/plain', b'not found\n')
-
-    def _reply(self, code, content_type, body):
-        self.send_response(code)
-        self.send_header('Content-Type', content_type)
-        self.send_header('Content-Length', str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format, *args):
-        LOG.debug('%(client)s: %(message)s',
-                  {'client': self.address_string(), 'message': format % args})
-
-
-class _Server(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-    # Every node of a mass deploy announces within the same second; with
-    # socketserver's backlog of 5 the rest of their SYNs are dropped and
-    # retried a second later, and those nodes start a second late.
-    request_queue_size = 1024
-
-    def handle_error(self, request, client_address):
-        # A client that hangs up early (libtorrent does when its session
-        # closes during a "stopped" announce) is routine, not a failure.
-        error = sys.exc_info()[1]
-        if isinstance(error, ConnectionError):
-            LOG.debug('Tracker client %s disconnected early', client_address)
-        else:
-            # Called from socketserver's except clause: log the traceback.
-            LOG.error('Tracker failed to answer %s', client_address,
-                      exc_info=error)
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
+            return 200, 'text/plain', body
+        if path == b'/status':
+            return 200, 'application/json', json.dumps(
+                table.status()).encode('utf-8')
+        return 404, 'text/plain', protocol.failure('not found')
 
 
 class TrackerServer:
     """The tracker's HTTP server, answering on a daemon thread."""
 
-    def __init__(self, table, host='0.0.0.0', port=6969):
+    def __init__(self, table, host='0.0.0.0', port=6969,
+                 max_connections=MAX_CONNECTIONS,
+                 request_timeout=REQUEST_TIMEOUT, idle_timeout=IDLE_TIMEOUT):
         """Bind the listening socket.
 
         :param table: the :class:`~ironic_bt.tracker.protocol.SwarmTable`.
-        :param host: address to listen on; IPv6 if it contains ':'.
+        :param host: numeric address to listen on; IPv6 if it contains ':'.
         :param port: TCP port; 0 picks a free one (see :attr:`port`).
+        :param max_connections: most connections at once.
+        :param request_timeout: seconds for a request to arrive whole.
+        :param idle_timeout: seconds a connection may wait between requests.
         :raises: OSError if the address cannot be bound.
         """
-        cls = _Server6 if ':' in host else _Server
-        self._server = cls((host, port), _Handler)
-        self._server.table = table
+        self._router = _Router(table)
+        self.max_connections = max_connections
+        self.request_timeout = request_timeout
+        self.idle_timeout = idle_timeout
+        family = socket.AF_INET6 if ':' in host else socket.AF_INET
+        flags = socket.AI_NUMERICHOST | socket.AI_PASSIVE
+        # AI_NUMERICHOST: a name is refused instead of looked up.
+        address = socket.getaddrinfo(host or None, port, family,
+                                     socket.SOCK_STREAM, 0, flags)[0][4]
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._sock.bind(address)
+            # Every node of a mass deploy announces within the same second.
+            self._sock.listen(1024)
+            self._sock.setblocking(False)
+        except BaseException:
+            self._sock.close()
+            raise
+        self._address = self._sock.getsockname()
+        self.loop = None
         self._thread = None
+        self._ready = threading.Event()
+        # Connections by last activity, the quietest first.
+        self._connections = collections.OrderedDict()
 
     @property
     def port(self):
         """The TCP port actually bound."""
-        return self._server.server_address[1]
+        return self._address[1]
 
     def announce_url(self, host):
         """Return the announce URL of this tracker as reached at ``host``.
@@ -125,23 +296,66 @@ class TrackerServer:
             host = '[%s]' % host
         return 'http://%s:%d/announce' % (host, self.port)
 
+    # -- called from the loop --------------------------------------------
+
+    def respond(self, head, client):
+        return self._router.respond(head, client)
+
+    def opened(self, conn):
+        self._connections[conn] = None
+        while len(self._connections) > self.max_connections:
+            quietest = next(iter(self._connections))
+            del self._connections[quietest]
+            LOG.debug('Tracker at %(max)d connections: closing the quietest '
+                      'one, from %(peer)s',
+                      {'max': self.max_connections, 'peer': quietest.peer})
+            quietest.abort()
+
+    def touched(self, conn):
+        if conn in self._connections:
+            self._connections.move_to_end(conn)
+
+    def closed(self, conn):
+        self._connections.pop(conn, None)
+
+    # -- lifecycle -----------------------------------------------------
+
+    def _run(self):
+        loop = asyncio.new_event_loop()
+        self.loop = loop
+        try:
+            server = loop.run_until_complete(loop.create_server(
+                lambda: _Connection(self), sock=self._sock))
+        except BaseException:
+            self._ready.set()
+            loop.close()
+            raise
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            server.close()
+            for conn in list(self._connections):
+                conn.abort()
+            loop.run_until_complete(server.wait_closed())
+            loop.close()
+
     def start(self):
         """Start answering requests on a daemon thread."""
-        self._thread = threading.Thread(target=self._server.serve_forever,
+        self._thread = threading.Thread(target=self._run,
                                         name='ironic-bt-tracker',
                                         daemon=True)
         self._thread.start()
+        self._ready.wait()
         LOG.info('BitTorrent tracker listening on %(host)s port %(port)d',
-                 {'host': self._server.server_address[0], 'port': self.port})
+                 {'host': self._address[0], 'port': self.port})
 
     def stop(self):
-        """Stop answering and close the listening socket."""
-        # shutdown() waits for serve_forever(), which never runs if the
-        # server was not started.
+        """Stop answering; close every connection and the listening socket.
+        """
         if self._thread is not None:
-            self._server.shutdown()
-        self._server.server_close()
-        if self._thread is not None:
+            self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()
             self._thread = None
+        self._sock.close()
         LOG.info('BitTorrent tracker on port %d stopped', self.port)

@@ -13,6 +13,7 @@
 """Tests for the tracker's HTTP server, over real HTTP."""
 
 import json
+import socket
 import os
 import time
 import urllib.error
@@ -202,3 +203,144 @@ def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
     finally:
         del session
         tracker.stop()
+
+
+# The HTTP server itself, over raw sockets.
+
+ANNOUNCE = ('/announce?info_hash=%s&peer_id=-LT2110-000000000001&port=6881'
+            '&left=100' % urllib.parse.quote_from_bytes(V1, safe=''))
+
+
+def raw(tracker, data, timeout=5):
+    """Send ``data`` on a fresh connection; return all bytes received."""
+    sock = socket.create_connection(('127.0.0.1', tracker.port), timeout)
+    try:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b''.join(chunks)
+            chunks.append(chunk)
+    finally:
+        sock.close()
+
+
+def replies(data):
+    """Split pipelined HTTP replies into (status line, headers, body)."""
+    out = []
+    while data:
+        head, _sep, data = data.partition(b'\r\n\r\n')
+        lines = head.split(b'\r\n')
+        headers = dict(line.split(b': ', 1) for line in lines[1:])
+        length = int(headers[b'Content-Length'])
+        out.append((lines[0], headers, data[:length]))
+        data = data[length:]
+    return out
+
+
+def test_keep_alive_and_pipelining(tracker):
+    request = ('GET %s HTTP/1.1\r\nHost: t\r\n\r\n' % ANNOUNCE).encode()
+    got = replies(raw(tracker, request * 3))
+    assert [r[0] for r in got] == [b'HTTP/1.1 200 OK'] * 3
+    assert all(b'Connection' not in r[1] for r in got)
+    assert bencode.decode(got[2][2])[b'incomplete'] == 1
+
+
+def test_http_1_0_closes_unless_keep_alive(tracker):
+    request = ('GET %s HTTP/1.0\r\n\r\n' % ANNOUNCE).encode()
+    got = replies(raw(tracker, request * 2))
+    assert len(got) == 1
+    assert got[0][1][b'Connection'] == b'close'
+
+
+def test_absolute_form_target(tracker):
+    request = ('GET http://127.0.0.1:%d%s HTTP/1.1\r\n\r\n'
+               % (tracker.port, ANNOUNCE)).encode()
+    (status, _h, body), = replies(raw(tracker, request))
+    assert status == b'HTTP/1.1 200 OK'
+    assert b'interval' in bencode.decode(body)
+
+
+@pytest.mark.parametrize('request_bytes, status, reason', [
+    (b'POST /announce HTTP/1.1\r\nContent-Length: 0\r\n\r\n',
+     b'HTTP/1.1 405 Method Not Allowed', b'only GET'),
+    (b'GET /announce\r\n\r\n', b'HTTP/1.1 400 Bad Request',
+     b'malformed request line'),
+    (b'\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n',
+     b'HTTP/1.1 400 Bad Request', b'malformed request line'),
+    (b'GET /announce HTTP/2.0\r\n\r\n',
+     b'HTTP/1.1 505 HTTP Version Not Supported', b'only HTTP/1.0'),
+    (b'GET /announce HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello',
+     b'HTTP/1.1 413 Content Too Large', b'request bodies'),
+    (b'GET /announce HTTP/1.1\r\nbad header\r\n\r\n',
+     b'HTTP/1.1 400 Bad Request', b'malformed header line'),
+    (b'GET /x HTTP/1.1\r\nX: ' + b'a' * 9000 + b'\r\n\r\n',
+     b'HTTP/1.1 431 Request Header Fields Too Large', b'exceed 8192'),
+])
+def test_bad_requests_get_a_status_line_and_a_bencoded_reason(
+        tracker, request_bytes, status, reason):
+    (line, headers, body), = replies(raw(tracker, request_bytes))
+    assert line == status
+    assert reason in bencode.decode(body)[b'failure reason']
+    if b'405' in status:
+        assert headers[b'Allow'] == b'GET'
+
+
+def test_slow_sender_times_out(table):
+    tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
+                                   request_timeout=0.3, idle_timeout=0.3)
+    tracker.start()
+    try:
+        sock = socket.create_connection(('127.0.0.1', tracker.port), 5)
+        sock.sendall(b'GET /announce?info')
+        start = time.monotonic()
+        data = sock.recv(65536)
+        assert time.monotonic() - start < 3
+        assert data.startswith(b'HTTP/1.1 408 Request Timeout')
+        # An idle connection is closed without a word.
+        idle = socket.create_connection(('127.0.0.1', tracker.port), 5)
+        assert idle.recv(10) == b''
+        sock.close()
+        idle.close()
+    finally:
+        tracker.stop()
+
+
+def test_idle_connections_cannot_lock_nodes_out(table):
+    tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
+                                   max_connections=8)
+    tracker.start()
+    held = []
+    try:
+        for _ in range(50):
+            sock = socket.create_connection(('127.0.0.1', tracker.port), 5)
+            sock.sendall(b'GET /announce?half-sent')
+            held.append(sock)
+        start = time.monotonic()
+        status, _ctype, body = get(tracker.announce_url('127.0.0.1')
+                                   + ANNOUNCE[len('/announce'):])
+        assert time.monotonic() - start < 1
+        assert status == 200 and b'interval' in body
+        # Only max_connections stayed open: the quietest were closed.
+        open_ = 0
+        for sock in held:
+            sock.settimeout(0.05)
+            try:
+                open_ += sock.recv(1) != b''
+            except socket.timeout:
+                open_ += 1
+            except ConnectionResetError:
+                pass
+        assert open_ <= 8
+    finally:
+        for sock in held:
+            sock.close()
+        tracker.stop()
+
+
+def test_names_are_never_resolved(table):
+    # A host name would need DNS: refused at once, never looked up.
+    with pytest.raises(socket.gaierror):
+        server.TrackerServer(table, host='tracker.invalid', port=0)
