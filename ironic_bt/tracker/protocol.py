@@ -113,7 +113,7 @@ class Peer:
         return self.packed
 
 
-def _split_query(query):
+def split_query(query):
     """Yield (key, value) byte pairs of a raw query string.
 
     Each part is percent-decoded to bytes: info_hash and peer_id are binary,
@@ -162,8 +162,16 @@ def _opaque(params, name, limit):
     return value
 
 
+def node_label(value):
+    """The ``node`` parameter, validated: None, or short printable text."""
+    return _checked_text(value, 'node', MAX_NODE_LENGTH)
+
+
 def _text(params, name, limit):
-    value = params.get(name)
+    return _checked_text(params.get(name), name, limit)
+
+
+def _checked_text(value, name, limit):
     if value is None:
         return None
     try:
@@ -209,7 +217,7 @@ def parse_announce(query, remote_ip):
     :raises: TrackerError naming the offending parameter.
     """
     params = {}
-    for key, value in _split_query(query):
+    for key, value in split_query(query):
         # First occurrence wins; clients never repeat announce parameters.
         params.setdefault(key.decode('latin-1'), value)
     info_hash = _hash20(params.get('info_hash'), 'info_hash')
@@ -253,7 +261,7 @@ def parse_scrape(query):
     :raises: TrackerError if an info_hash is not 20 bytes.
     """
     return [_hash20(value, 'info_hash')
-            for key, value in _split_query(query) if key == b'info_hash']
+            for key, value in split_query(query) if key == b'info_hash']
 
 
 def failure(reason):
@@ -437,13 +445,42 @@ class SwarmTable:
             return True
 
     def announce(self, req):
-        """Record an announce and build the reply.
+        """Record an announce and build the HTTP reply.
 
         :param req: an :class:`AnnounceRequest`.
-        :returns: the bencoded reply, with at most ``req.numwant`` peers
-            other than the requester, chosen at random. A seed is only
-            given peers that still download: seeds have nothing to
-            exchange.
+        :returns: the bencoded reply (see :meth:`record`), peers compact
+            (BEP 23, BEP 7) or, for ``compact=0``, BEP 3 dictionaries.
+        :raises: TrackerError if the info-hash is not published.
+        """
+        complete, incomplete, chosen = self.record(req)
+        if req.compact:
+            peers = b''.join(p.packed for p in chosen if not p.v6)
+            peers6 = b''.join(p.packed for p in chosen if p.v6)
+        else:
+            peers = [{'ip': p.ip, 'port': p.port}
+                     if req.no_peer_id else
+                     {'peer id': p.peer_id, 'ip': p.ip, 'port': p.port}
+                     for p in chosen]
+            peers6 = b''
+        reply = {
+            'interval': self.interval,
+            'min interval': self.interval,
+            'complete': complete,
+            'incomplete': incomplete,
+            'peers': peers,
+        }
+        if peers6:
+            reply['peers6'] = peers6
+        return bencode.encode(reply)
+
+    def record(self, req):
+        """Record an announce and choose the peers to hand out.
+
+        :param req: an :class:`AnnounceRequest`.
+        :returns: (complete, incomplete, peers): the swarm's counts and at
+            most ``req.numwant`` :class:`Peer` other than the requester,
+            chosen at random. A seed is only given peers that still
+            download: seeds have nothing to exchange.
         :raises: TrackerError if the info-hash is not published.
         """
         now = self._clock()
@@ -464,28 +501,10 @@ class SwarmTable:
             chosen = swarm.sample(self._random, requester, req.numwant,
                                   leechers_only=req.left == 0)
             complete, incomplete = swarm.counts()
-            if req.compact:
-                peers = b''.join(p.packed for p in chosen if not p.v6)
-                peers6 = b''.join(p.packed for p in chosen if p.v6)
-            else:
-                peers = [{'ip': p.ip, 'port': p.port}
-                         if req.no_peer_id else
-                         {'peer id': p.peer_id, 'ip': p.ip, 'port': p.port}
-                         for p in chosen]
-                peers6 = b''
         if (req.event == 'stopped' and req.node
                 and self._on_stopped is not None):
             self._on_stopped(req.node)
-        reply = {
-            'interval': self.interval,
-            'min interval': self.interval,
-            'complete': complete,
-            'incomplete': incomplete,
-            'peers': peers,
-        }
-        if peers6:
-            reply['peers6'] = peers6
-        return bencode.encode(reply)
+        return complete, incomplete, chosen
 
     def _update(self, swarm, address, req, now):
         peer = swarm.peers.get(address)
@@ -515,9 +534,21 @@ class SwarmTable:
     def scrape(self, info_hashes):
         """Build the bencoded scrape reply (BEP 48).
 
+        See :meth:`scrape_counts`.
+        """
+        return bencode.encode({'files': {
+            key: {'complete': complete, 'downloaded': downloaded,
+                  'incomplete': incomplete}
+            for key, (complete, downloaded, incomplete)
+            in self.scrape_counts(info_hashes).items()}})
+
+    def scrape_counts(self, info_hashes):
+        """The counts of each torrent asked for.
+
         :param info_hashes: the requested keys; empty means every published
             torrent, each under its first (v1) key.
-        :returns: the bencoded ``files`` dict; unknown keys are omitted.
+        :returns: {key: (complete, downloaded, incomplete)}; unknown keys
+            are omitted.
         :raises: TrackerError if keys were asked for and none is published.
         """
         now = self._clock()
@@ -536,10 +567,8 @@ class SwarmTable:
             for key, swarm in wanted.items():
                 swarm.expire(now - self.peer_ttl)
                 complete, incomplete = swarm.counts()
-                files[key] = {'complete': complete,
-                              'downloaded': swarm.downloaded,
-                              'incomplete': incomplete}
-        return bencode.encode({'files': files})
+                files[key] = (complete, swarm.downloaded, incomplete)
+        return files
 
     def status(self):
         """Return a JSON-serialisable snapshot for operators.

@@ -44,6 +44,7 @@ import threading
 from oslo_log import log
 
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import udp
 
 LOG = log.getLogger(__name__)
 
@@ -240,41 +241,80 @@ class _Router:
         return 404, 'text/plain', protocol.failure('not found')
 
 
-class TrackerServer:
-    """The tracker's HTTP server, answering on a daemon thread."""
+class _Datagrams(asyncio.DatagramProtocol):
+    """The UDP tracker (BEP 15): one reply datagram per request."""
 
-    def __init__(self, table, host='0.0.0.0', port=6969,
+    def __init__(self, tracker):
+        self.tracker = tracker
+        self.transport = None
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def datagram_received(self, data, addr):
+        try:
+            reply = self.tracker.handle(data, addr[0], addr[1])
+        except Exception:
+            LOG.exception('UDP tracker failed to answer %s', addr[0])
+            return
+        if reply is not None:
+            self.transport.sendto(reply, addr)
+
+    def error_received(self, exc):
+        LOG.debug('UDP tracker: %s', exc)
+
+
+def _bind(host, port, kind):
+    family = socket.AF_INET6 if ':' in host else socket.AF_INET
+    flags = socket.AI_NUMERICHOST | socket.AI_PASSIVE
+    # AI_NUMERICHOST: a name is refused instead of looked up.
+    address = socket.getaddrinfo(host or None, port, family, kind, 0,
+                                 flags)[0][4]
+    sock = socket.socket(family, kind)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        if kind == socket.SOCK_STREAM:
+            # Every node of a mass deploy announces within the same second.
+            sock.listen(1024)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class TrackerServer:
+    """The tracker's HTTP (and UDP) server, answering on a daemon thread."""
+
+    def __init__(self, table, host='0.0.0.0', port=6969, udp_port=None,
                  max_connections=MAX_CONNECTIONS,
                  request_timeout=REQUEST_TIMEOUT, idle_timeout=IDLE_TIMEOUT):
-        """Bind the listening socket.
+        """Bind the listening sockets.
 
         :param table: the :class:`~ironic_bt.tracker.protocol.SwarmTable`.
         :param host: numeric address to listen on; IPv6 if it contains ':'.
         :param port: TCP port; 0 picks a free one (see :attr:`port`).
+        :param udp_port: UDP port of the BEP 15 tracker; None for none, 0
+            picks a free one (see :attr:`udp_port`).
         :param max_connections: most connections at once.
         :param request_timeout: seconds for a request to arrive whole.
         :param idle_timeout: seconds a connection may wait between requests.
-        :raises: OSError if the address cannot be bound.
+        :raises: OSError if an address cannot be bound.
         """
         self._router = _Router(table)
         self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
-        family = socket.AF_INET6 if ':' in host else socket.AF_INET
-        flags = socket.AI_NUMERICHOST | socket.AI_PASSIVE
-        # AI_NUMERICHOST: a name is refused instead of looked up.
-        address = socket.getaddrinfo(host or None, port, family,
-                                     socket.SOCK_STREAM, 0, flags)[0][4]
-        self._sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            self._sock.bind(address)
-            # Every node of a mass deploy announces within the same second.
-            self._sock.listen(1024)
-            self._sock.setblocking(False)
-        except BaseException:
-            self._sock.close()
-            raise
+        self._sock = _bind(host, port, socket.SOCK_STREAM)
+        self._udp_sock = None
+        if udp_port is not None:
+            try:
+                self._udp_sock = _bind(host, udp_port, socket.SOCK_DGRAM)
+            except BaseException:
+                self._sock.close()
+                raise
+        self._udp = udp.UdpTracker(table)
         self._address = self._sock.getsockname()
         self.loop = None
         self._thread = None
@@ -286,6 +326,19 @@ class TrackerServer:
     def port(self):
         """The TCP port actually bound."""
         return self._address[1]
+
+    @property
+    def udp_port(self):
+        """The UDP port actually bound, or None."""
+        if self._udp_sock is None:
+            return None
+        return self._udp_sock.getsockname()[1]
+
+    def udp_announce_url(self, host):
+        """The ``udp://`` announce URL as reached at ``host``, or None."""
+        if self._udp_sock is None:
+            return None
+        return udp.announce_url(host, self.udp_port)
 
     def announce_url(self, host):
         """Return the announce URL of this tracker as reached at ``host``.
@@ -300,6 +353,9 @@ class TrackerServer:
 
     def respond(self, head, client):
         return self._router.respond(head, client)
+
+    def handle(self, data, ip, port):
+        return self._udp.handle(data, ip, port)
 
     def opened(self, conn):
         self._connections[conn] = None
@@ -323,9 +379,14 @@ class TrackerServer:
     def _run(self):
         loop = asyncio.new_event_loop()
         self.loop = loop
+        datagrams = None
         try:
             server = loop.run_until_complete(loop.create_server(
                 lambda: _Connection(self), sock=self._sock))
+            if self._udp_sock is not None:
+                datagrams, _protocol = loop.run_until_complete(
+                    loop.create_datagram_endpoint(lambda: _Datagrams(self),
+                                                  sock=self._udp_sock))
         except BaseException:
             self._ready.set()
             loop.close()
@@ -335,6 +396,8 @@ class TrackerServer:
             loop.run_forever()
         finally:
             server.close()
+            if datagrams is not None:
+                datagrams.close()
             for conn in list(self._connections):
                 conn.abort()
             loop.run_until_complete(server.wait_closed())
@@ -347,8 +410,11 @@ class TrackerServer:
                                         daemon=True)
         self._thread.start()
         self._ready.wait()
-        LOG.info('BitTorrent tracker listening on %(host)s port %(port)d',
-                 {'host': self._address[0], 'port': self.port})
+        LOG.info('BitTorrent tracker listening on %(host)s TCP port '
+                 '%(port)d%(udp)s',
+                 {'host': self._address[0], 'port': self.port,
+                  'udp': '' if self.udp_port is None
+                  else ' and UDP port %d' % self.udp_port})
 
     def stop(self):
         """Stop answering; close every connection and the listening socket.
@@ -358,4 +424,6 @@ class TrackerServer:
             self._thread.join()
             self._thread = None
         self._sock.close()
+        if self._udp_sock is not None:
+            self._udp_sock.close()
         LOG.info('BitTorrent tracker on port %d stopped', self.port)

@@ -675,7 +675,11 @@ class Cloud:
                 # instance, so its ramdisk (the agent) is gone.
                 if node.provision_state == ACTIVE and self.agent_alive(name):
                     self.stop_agent(name)
-            if all(n.provision_state in TERMINAL for n in nodes.values()):
+            # A failed node is saved in its new state a moment before its
+            # last_error: wait for both.
+            if all(n.provision_state in TERMINAL
+                   and (n.provision_state == ACTIVE or n.last_error)
+                   for n in nodes.values()):
                 break
             if time.monotonic() > deadline:
                 watcher.finish()

@@ -1,0 +1,283 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The tracker under load and under abuse, on loopback.
+
+The product's own tracker (:class:`ironic_bt.tracker.server.TrackerServer`
+over a :class:`~ironic_bt.tracker.protocol.SwarmTable`) runs in a child
+process, as in a conductor; the load comes from this process, each client
+from an address of its own in 127.0.0.0/8, so one swarm holds ``--peers``
+distinct peers. Nothing leaves the machine.
+
+``python -m tests.lab.bench_tracker`` measures announces per second over
+HTTP/1.1 keep-alive, latency percentiles and the tracker's CPU time per
+announce, at ``--clients`` concurrent clients. ``--abuse`` then holds
+``--idle`` idle connections open and sends ``--fuzz`` malformed requests
+while one client keeps announcing, and reports the slowest valid announce
+and the tracker's peak RSS. One JSON line ends the output.
+"""
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import random
+import resource
+import socket
+import sys
+import time
+import urllib.parse
+
+INFO_HASH = bytes(range(0x20, 0x34))
+
+
+def _serve(port_pipe, interval):
+    from ironic_bt.tracker import protocol
+    from ironic_bt.tracker import server
+    table = protocol.SwarmTable(interval=interval, max_peers=20000)
+    table.publish([INFO_HASH], 'bench', size=1 << 30)
+    tracker = server.TrackerServer(table, host='127.0.0.1', port=0)
+    tracker.start()
+    port_pipe.send(tracker.port)
+    port_pipe.recv()   # until told to stop
+    tracker.stop()
+
+
+def _cpu_seconds(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def _rss_mib(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1]) / 1024.0
+    return 0.0
+
+
+def _announce(peer, left=1000):
+    query = ('info_hash=%s&peer_id=%s&port=%d&uploaded=0&downloaded=0'
+             '&left=%d&numwant=50&compact=1') % (
+        urllib.parse.quote_from_bytes(INFO_HASH, safe=''),
+        urllib.parse.quote_from_bytes(b'-BE0001-%012d' % peer, safe=''),
+        6881 + peer % 1000, left)
+    return ('GET /announce?%s HTTP/1.1\r\nHost: bench\r\n\r\n'
+            % query).encode()
+
+
+def _address(i):
+    return '127.%d.%d.%d' % (1 + i // 65536 % 250, i // 256 % 256,
+                             1 + i % 250)
+
+
+async def _read_reply(reader):
+    head = await reader.readuntil(b'\r\n\r\n')
+    length = 0
+    for line in head.split(b'\r\n'):
+        if line.lower().startswith(b'content-length:'):
+            length = int(line.split(b':', 1)[1])
+    body = await reader.readexactly(length)
+    if not head.startswith(b'HTTP/1.1 200') or b'failure' in body:
+        raise RuntimeError('bad reply: %r %r' % (head[:40], body[:80]))
+    return body
+
+
+async def _connect(port, source):
+    return await asyncio.open_connection('127.0.0.1', port,
+                                         local_addr=(source, 0))
+
+
+async def _populate(port, peers):
+    sem = asyncio.Semaphore(50)
+
+    async def one(i):
+        async with sem:
+            reader, writer = await _connect(port, _address(i))
+            writer.write(_announce(i))
+            await _read_reply(reader)
+            writer.close()
+    await asyncio.gather(*(one(i) for i in range(peers)))
+
+
+async def _load(port, clients, seconds, peers):
+    latencies = []
+    stop = time.monotonic() + seconds
+
+    async def client(c):
+        # Each client re-announces as a few of the swarm's peers.
+        reader, writer = await _connect(port, _address(c))
+        mine = [p for p in range(c, peers, clients)] or [c]
+        n = 0
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            writer.write(_announce(mine[n % len(mine)]))
+            await _read_reply(reader)
+            latencies.append(time.perf_counter() - start)
+            n += 1
+        writer.close()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return latencies
+
+
+def _percentile(values, fraction):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(fraction * len(values)))]
+
+
+_FUZZ = [
+    lambda r: b'GET /announce?' + os.urandom(r.randrange(1, 200))
+    + b' HTTP/1.1\r\n\r\n',
+    lambda r: os.urandom(r.randrange(1, 2000)) + b'\r\n\r\n',
+    lambda r: b'GET /announce?info_hash=' + b'%ff' * r.randrange(0, 40)
+    + b'&left=' + b'9' * r.randrange(1, 100) + b' HTTP/1.1\r\n\r\n',
+    lambda r: b'GET /announce HTTP/1.1\r\nX: ' + b'a' * r.randrange(
+        1, 20000) + b'\r\n\r\n',
+    lambda r: b'POST /announce HTTP/1.1\r\nContent-Length: 99999\r\n\r\n',
+    lambda r: b'GET http://x/announce?port=0&left=-1 HTTP/1.1\r\n\r\n',
+    lambda r: b'GET /scrape?info_hash=' + b'%00' * 20 + b' HTTP/1.0\r\n\r\n',
+    lambda r: b'\x16\x03\x01' + os.urandom(100),
+    lambda r: b'GET /' + b'../' * r.randrange(1, 500) + b' HTTP/1.1\r\n\r\n',
+]
+
+
+async def _abuse(port, idle, fuzz, seconds_between):
+    rng = random.Random(7)
+    held = []
+    worst = 0.0
+    valid = 0
+    reader, writer = await _connect(port, '127.0.0.1')
+
+    async def check():
+        nonlocal worst, valid
+        start = time.perf_counter()
+        try:
+            writer.write(_announce(1))
+            await _read_reply(reader)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            return False
+        worst = max(worst, time.perf_counter() - start)
+        valid += 1
+        return True
+
+    last = time.monotonic()
+    for i in range(idle):
+        try:
+            _r, w = await _connect(port, _address(100000 + i))
+        except OSError:
+            break
+        w.write(b'GET /announce?half')
+        held.append(w)
+        if time.monotonic() - last > seconds_between:
+            last = time.monotonic()
+            if not await check():
+                # Our own connection may be the quietest one: reconnect, as
+                # a client does.
+                reader, writer = await _connect(port, '127.0.0.1')
+                await check()
+    sem = asyncio.Semaphore(100)
+
+    async def junk(i):
+        async with sem:
+            try:
+                r, w = await _connect(port, _address(200000 + i % 60000))
+                w.write(_FUZZ[i % len(_FUZZ)](rng))
+                w.write_eof()
+                await asyncio.wait_for(r.read(), 10)
+                w.close()
+            except (OSError, asyncio.TimeoutError):
+                pass
+
+    batch = 500
+    for first in range(0, fuzz, batch):
+        await asyncio.gather(*(junk(i) for i in range(
+            first, min(fuzz, first + batch))))
+        if not await check():
+            reader, writer = await _connect(port, '127.0.0.1')
+            await check()
+    for w in held:
+        w.close()
+    return worst, valid, len(held)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog='python -m tests.lab.bench_tracker',
+                                     description=__doc__.splitlines()[0])
+    parser.add_argument('--peers', type=int, default=1000)
+    parser.add_argument('--clients', type=int, default=100)
+    parser.add_argument('--seconds', type=float, default=10)
+    parser.add_argument('--abuse', action='store_true')
+    parser.add_argument('--idle', type=int, default=10000)
+    parser.add_argument('--fuzz', type=int, default=100000)
+    args = parser.parse_args(argv)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, args.idle + 4096)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+    ctx = multiprocessing.get_context('spawn')
+    ours, theirs = ctx.Pipe()
+    child = ctx.Process(target=_serve, args=(theirs, 10), daemon=True)
+    child.start()
+    result = {}
+    try:
+        port = ours.recv()
+        asyncio.run(_populate(port, args.peers))
+        cpu0 = _cpu_seconds(child.pid)
+        t0 = time.monotonic()
+        latencies = asyncio.run(_load(port, args.clients, args.seconds,
+                                      args.peers))
+        wall = time.monotonic() - t0
+        cpu = _cpu_seconds(child.pid) - cpu0
+        result.update({
+            'peers': args.peers, 'clients': args.clients,
+            'announces': len(latencies),
+            'announces_per_s': round(len(latencies) / wall),
+            'p50_ms': round(1000 * _percentile(latencies, 0.5), 2),
+            'p99_ms': round(1000 * _percentile(latencies, 0.99), 2),
+            'tracker_cpu_us_per_announce': round(
+                1e6 * cpu / max(1, len(latencies)), 1),
+        })
+        print('HTTP keep-alive, %(clients)d clients, %(peers)d peers: '
+              '%(announces_per_s)d announces/s, p50 %(p50_ms).2f ms, p99 '
+              '%(p99_ms).2f ms, tracker CPU %(tracker_cpu_us_per_announce)'
+              '.1f us per announce' % result, flush=True)
+        if args.abuse:
+            worst, valid, held = asyncio.run(_abuse(port, args.idle,
+                                                    args.fuzz, 0.5))
+            result.update({
+                'idle_connections_opened': held,
+                'fuzzed_requests': args.fuzz,
+                'valid_announces_during_abuse': valid,
+                'slowest_valid_announce_ms': round(1000 * worst, 1),
+                'tracker_peak_rss_mib': round(_rss_mib(child.pid), 1),
+                'tracker_alive': child.is_alive(),
+            })
+            print('abuse: %(idle_connections_opened)d idle connections, '
+                  '%(fuzzed_requests)d fuzzed requests; %(valid_announces_'
+                  'during_abuse)d valid announces, the slowest %(slowest_'
+                  'valid_announce_ms).1f ms; tracker peak RSS %(tracker_'
+                  'peak_rss_mib).1f MiB, alive: %(tracker_alive)s' % result,
+                  flush=True)
+    finally:
+        ours.send('stop')
+        child.join(10)
+        if child.is_alive():
+            child.kill()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
