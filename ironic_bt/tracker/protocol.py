@@ -22,6 +22,7 @@ accepted any info-hash would be an open tracker on the provisioning network.
 
 import collections
 import dataclasses
+import functools
 import ipaddress
 import random
 import re
@@ -188,6 +189,7 @@ def _checked_text(value, name, limit):
     return text
 
 
+@functools.lru_cache(maxsize=65536)
 def normalise_ip(address):
     """Return the canonical text form of a peer address.
 
@@ -337,21 +339,36 @@ class _Swarm:
         return len(self.seeds), len(self.leechers)
 
     def sample(self, rng, requester, count, leechers_only):
-        """Up to ``count`` random peers other than ``requester``."""
+        """Up to ``count`` random peers other than ``requester``.
+
+        A window of ``count + 1`` consecutive peers at a random place in
+        the lists (seen as one ring): each peer is handed out with the same
+        probability, and the copy is done by list slicing, not one peer at
+        a time. The lists' order is the announce order shuffled by every
+        removal, so windows of neighbours do not repeat.
+        """
         pools = [self.leechers] if leechers_only else [self.leechers,
                                                        self.seeds]
         total = sum(len(pool) for pool in pools)
         if not total or not count:
             return []
+        want = min(total, count + 1)
+        start = rng.randrange(total) if want < total else 0
         chosen = []
-        for index in rng.sample(range(total), min(total, count + 1)):
+        while want:
+            offset = start
             for pool in pools:
-                if index < len(pool):
-                    peer = pool[index]
+                if offset < len(pool):
+                    piece = pool[offset:offset + want]
+                    chosen.extend(piece)
+                    want -= len(piece)
+                    start += len(piece)
                     break
-                index -= len(pool)
-            if peer is not requester:
-                chosen.append(peer)
+                offset -= len(pool)
+            else:
+                start = 0
+        if requester is not None:
+            chosen = [peer for peer in chosen if peer is not requester]
         return chosen[:count]
 
 

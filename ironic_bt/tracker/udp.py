@@ -74,8 +74,8 @@ class UdpTracker:
 
     def _valid(self, cid, ip, port):
         window = int(self._clock() // ID_WINDOW)
-        return cid in (self.connection_id(ip, port, window),
-                       self.connection_id(ip, port, window - 1))
+        return (cid == self.connection_id(ip, port, window)
+                or cid == self.connection_id(ip, port, window - 1))
 
     def handle(self, data, ip, port):
         """Answer one datagram.

@@ -46,9 +46,10 @@ def _serve(port_pipe, interval):
     from ironic_bt.tracker import server
     table = protocol.SwarmTable(interval=interval, max_peers=20000)
     table.publish([INFO_HASH], 'bench', size=1 << 30)
-    tracker = server.TrackerServer(table, host='127.0.0.1', port=0)
+    tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
+                                   udp_port=0)
     tracker.start()
-    port_pipe.send(tracker.port)
+    port_pipe.send((tracker.port, tracker.udp_port))
     port_pipe.recv()   # until told to stop
     tracker.stop()
 
@@ -129,6 +130,79 @@ async def _load(port, clients, seconds, peers):
         writer.close()
     await asyncio.gather(*(client(c) for c in range(clients)))
     return latencies
+
+
+class _UdpClient(asyncio.DatagramProtocol):
+    """One BEP 15 client: connect once, then announce in a loop."""
+
+    def __init__(self):
+        self.waiter = None
+
+    def datagram_received(self, data, addr):
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(data)
+
+    async def ask(self, transport, packet):
+        self.waiter = asyncio.get_running_loop().create_future()
+        transport.sendto(packet)
+        return await asyncio.wait_for(self.waiter, 5)
+
+
+def _udp_announce(cid, peer, txid):
+    import struct
+    return struct.pack('>QII20s20sQQQIIIiH', cid, 1, txid, INFO_HASH,
+                       b'-BE0001-%012d' % peer, 0, 1000, 0, 0, 0, 0, 50,
+                       6881 + peer % 1000)
+
+
+async def _load_udp(port, clients, seconds, peers):
+    import struct
+    loop = asyncio.get_running_loop()
+    latencies = []
+    stop = time.monotonic() + seconds
+
+    async def client(c):
+        transport, proto = await loop.create_datagram_endpoint(
+            _UdpClient, local_addr=(_address(c), 0),
+            remote_addr=('127.0.0.1', port))
+        reply = await proto.ask(transport, struct.pack('>QII', 0x41727101980,
+                                                       0, c))
+        cid = struct.unpack('>IIQ', reply)[2]
+        mine = [p for p in range(c, peers, clients)] or [c]
+        n = 0
+        while time.monotonic() < stop:
+            start = time.perf_counter()
+            reply = await proto.ask(transport, _udp_announce(
+                cid, mine[n % len(mine)], n))
+            if struct.unpack_from('>I', reply)[0] != 1:
+                raise RuntimeError('UDP error: %r' % reply[8:80])
+            latencies.append(time.perf_counter() - start)
+            n += 1
+        transport.close()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    return latencies
+
+
+def _measure(name, child, run, result):
+    cpu0 = _cpu_seconds(child.pid)
+    t0 = time.monotonic()
+    latencies = run()
+    wall = time.monotonic() - t0
+    cpu = _cpu_seconds(child.pid) - cpu0
+    figures = {
+        'announces': len(latencies),
+        'announces_per_s': round(len(latencies) / wall),
+        'p50_ms': round(1000 * _percentile(latencies, 0.5), 2),
+        'p99_ms': round(1000 * _percentile(latencies, 0.99), 2),
+        'tracker_cpu_us_per_announce': round(
+            1e6 * cpu / max(1, len(latencies)), 1),
+    }
+    result[name] = figures
+    print('%s: %d announces/s, p50 %.2f ms, p99 %.2f ms, tracker CPU %.1f '
+          'us per announce' % (name, figures['announces_per_s'],
+                               figures['p50_ms'], figures['p99_ms'],
+                               figures['tracker_cpu_us_per_announce']),
+          flush=True)
 
 
 def _percentile(values, fraction):
@@ -232,30 +306,18 @@ def main(argv=None):
     child.start()
     result = {}
     try:
-        port = ours.recv()
+        port, udp_port = ours.recv()
         asyncio.run(_populate(port, args.peers))
-        cpu0 = _cpu_seconds(child.pid)
-        t0 = time.monotonic()
-        latencies = asyncio.run(_load(port, args.clients, args.seconds,
-                                      args.peers))
-        wall = time.monotonic() - t0
-        cpu = _cpu_seconds(child.pid) - cpu0
-        result.update({
-            'peers': args.peers, 'clients': args.clients,
-            'announces': len(latencies),
-            'announces_per_s': round(len(latencies) / wall),
-            'p50_ms': round(1000 * _percentile(latencies, 0.5), 2),
-            'p99_ms': round(1000 * _percentile(latencies, 0.99), 2),
-            'tracker_cpu_us_per_announce': round(
-                1e6 * cpu / max(1, len(latencies)), 1),
-        })
-        print('HTTP keep-alive, %(clients)d clients, %(peers)d peers: '
-              '%(announces_per_s)d announces/s, p50 %(p50_ms).2f ms, p99 '
-              '%(p99_ms).2f ms, tracker CPU %(tracker_cpu_us_per_announce)'
-              '.1f us per announce' % result, flush=True)
+        result.update({'peers': args.peers, 'clients': args.clients})
+        print('%d clients, %d peers in the swarm' % (args.clients,
+                                                     args.peers))
+        _measure('http_keep_alive', child, lambda: asyncio.run(_load(
+            port, args.clients, args.seconds, args.peers)), result)
+        _measure('udp', child, lambda: asyncio.run(_load_udp(
+            udp_port, args.clients, args.seconds, args.peers)), result)
         if args.abuse:
             worst, valid, held = asyncio.run(_abuse(port, args.idle,
-                                                    args.fuzz, 0.5))
+                                                    args.fuzz, 0.2))
             result.update({
                 'idle_connections_opened': held,
                 'fuzzed_requests': args.fuzz,
