@@ -128,6 +128,12 @@ class _Connection(asyncio.Protocol):
                 self._arm(self.server.request_timeout if self.buffer
                           else self.server.idle_timeout)
 
+    def eof_received(self):
+        if self.buffer and not self.closing:
+            # The client finished sending without ending its request.
+            self._send(*_http_error(400, 'incomplete request'))
+        return False
+
     # -- helpers -------------------------------------------------------
 
     def _arm(self, seconds):

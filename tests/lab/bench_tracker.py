@@ -231,15 +231,18 @@ async def _abuse(port, idle, fuzz, seconds_between):
     held = []
     worst = 0.0
     valid = 0
+    answered = {'status_line': 0, 'other': 0, 'refused': 0}
+    reconnects = 0
     reader, writer = await _connect(port, '127.0.0.1')
 
     async def check():
-        nonlocal worst, valid
+        nonlocal worst, valid, reconnects
         start = time.perf_counter()
         try:
             writer.write(_announce(1))
             await _read_reply(reader)
         except (ConnectionError, asyncio.IncompleteReadError):
+            reconnects += 1
             return False
         worst = max(worst, time.perf_counter() - start)
         valid += 1
@@ -268,10 +271,15 @@ async def _abuse(port, idle, fuzz, seconds_between):
                 r, w = await _connect(port, _address(200000 + i % 60000))
                 w.write(_FUZZ[i % len(_FUZZ)](rng))
                 w.write_eof()
-                await asyncio.wait_for(r.read(), 10)
+                reply = await asyncio.wait_for(r.read(), 10)
                 w.close()
             except (OSError, asyncio.TimeoutError):
-                pass
+                answered['refused'] += 1
+                return
+            if reply.startswith(b'HTTP/1.1 '):
+                answered['status_line'] += 1
+            else:
+                answered['other'] += 1
 
     batch = 500
     for first in range(0, fuzz, batch):
@@ -282,7 +290,7 @@ async def _abuse(port, idle, fuzz, seconds_between):
             await check()
     for w in held:
         w.close()
-    return worst, valid, len(held)
+    return worst, valid, len(held), answered, reconnects
 
 
 def main(argv=None):
@@ -316,9 +324,13 @@ def main(argv=None):
         _measure('udp', child, lambda: asyncio.run(_load_udp(
             udp_port, args.clients, args.seconds, args.peers)), result)
         if args.abuse:
-            worst, valid, held = asyncio.run(_abuse(port, args.idle,
-                                                    args.fuzz, 0.2))
+            worst, valid, held, answered, reconnects = asyncio.run(
+                _abuse(port, args.idle, args.fuzz, 0.2))
             result.update({
+                'fuzz_replies_with_status_line': answered['status_line'],
+                'fuzz_other_replies': answered['other'],
+                'fuzz_connections_refused_or_reset': answered['refused'],
+                'valid_client_reconnects': reconnects,
                 'idle_connections_opened': held,
                 'fuzzed_requests': args.fuzz,
                 'valid_announces_during_abuse': valid,
@@ -330,7 +342,10 @@ def main(argv=None):
                   '%(fuzzed_requests)d fuzzed requests; %(valid_announces_'
                   'during_abuse)d valid announces, the slowest %(slowest_'
                   'valid_announce_ms).1f ms; tracker peak RSS %(tracker_'
-                  'peak_rss_mib).1f MiB, alive: %(tracker_alive)s' % result,
+                  'peak_rss_mib).1f MiB, alive: %(tracker_alive)s; fuzz '
+                  'replies with a status line %(fuzz_replies_with_status_'
+                  'line)d, others %(fuzz_other_replies)d, reset '
+                  '%(fuzz_connections_refused_or_reset)d' % result,
                   flush=True)
     finally:
         ours.send('stop')
