@@ -244,6 +244,10 @@ class _Download:
             # Disconnecting from the seeder (an IP filter rule) must not
             # cut the tracker, which usually shares its address.
             'apply_ip_filter_to_trackers': False,
+            # Trackers are tiers in order of preference (UDP, then HTTP):
+            # announce to the first that answers, not to all of them.
+            'announce_to_all_tiers': False,
+            'announce_to_all_trackers': False,
             # A web seed that failed is tried again soon: it is the
             # fallback, used only when the seeder is gone.
             'urlseed_wait_retry': 5,
@@ -280,6 +284,9 @@ class _Download:
         params.flags &= ~(lt.torrent_flags.auto_managed
                           | lt.torrent_flags.paused)
         params.trackers = list(trackers)
+        # Each tracker a tier of its own (BEP 12): tried in the order given,
+        # the next only when the one before does not answer.
+        params.tracker_tiers = list(range(len(params.trackers)))
         self.handle = self.session.add_torrent(params)
         self.peers = list(peers)
         self.bytes = _PeerBytes({host for host, _port in self.peers})

@@ -253,7 +253,8 @@ class Publisher:
                                         on_stopped=self._agent_stopped)
             try:
                 tracker = server.TrackerServer(
-                    table, opts.tracker_listen_host, opts.tracker_port)
+                    table, opts.tracker_listen_host, opts.tracker_port,
+                    udp_port=opts.tracker_udp_port)
             except OSError as e:
                 raise exception.PublisherStartFailed(
                     image=image_path, node=node_uuid,
@@ -407,9 +408,12 @@ class Publisher:
         if CONF.bittorrent.tracker_url:
             trackers = [CONF.bittorrent.tracker_url]
         else:
-            trackers = ['%s?%s' % (
-                self._tracker.announce_url(CONF.bittorrent.advertise_host),
-                urllib.parse.urlencode({'node': node_uuid}))]
+            # In order of preference: the agents try each in turn.
+            host = CONF.bittorrent.advertise_host
+            query = urllib.parse.urlencode({'node': node_uuid})
+            trackers = ['%s?%s' % (url, query) for url in (
+                self._tracker.udp_announce_url(host),
+                self._tracker.announce_url(host)) if url]
         peers = [_host_port(CONF.bittorrent.advertise_host,
                             self._seeder.port)]
         web_seeds = []

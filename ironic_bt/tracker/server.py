@@ -423,8 +423,7 @@ class TrackerServer:
                   else ' and UDP port %d' % self.udp_port})
 
     def stop(self):
-        """Stop answering; close every connection and the listening socket.
-        """
+        """Stop answering; close the connections and listening sockets."""
         if self._thread is not None:
             self.loop.call_soon_threadsafe(self.loop.stop)
             self._thread.join()

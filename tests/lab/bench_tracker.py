@@ -33,7 +33,6 @@ import multiprocessing
 import os
 import random
 import resource
-import socket
 import sys
 import time
 import urllib.parse

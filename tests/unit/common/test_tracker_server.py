@@ -13,8 +13,8 @@
 """Tests for the tracker's HTTP server, over real HTTP."""
 
 import json
-import socket
 import os
+import socket
 import time
 import urllib.error
 import urllib.parse

@@ -12,11 +12,15 @@
 
 """The UDP tracker (BEP 15): the codec, and a real socket."""
 
+import os
 import socket
 import struct
+import time
 
+import libtorrent as lt
 import pytest
 
+from ironic_bt import swarm
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 from ironic_bt.tracker import udp
@@ -174,4 +178,90 @@ def test_real_socket_beside_http(table):
             udp.ANNOUNCE, 2, 10, 1, 0)
         sock.close()
     finally:
+        tracker.stop()
+
+
+def test_libtorrent_announces_over_udp_first(tmp_path):
+    """A real libtorrent client, with the UDP and HTTP URLs as tiers."""
+    image = tmp_path / 'image.raw'
+    image.write_bytes(os.urandom(64 * 1024))
+    creator = lt.create_torrent(lt.list_files(str(image)), 16 * 1024)
+    lt.set_piece_hashes(creator, str(tmp_path))
+    info = lt.torrent_info(lt.bencode(creator.generate()))
+    keys = [bytes(info.info_hashes().v1.to_bytes()),
+            bytes(info.info_hashes().v2.to_bytes())[:20]]
+    table = protocol.SwarmTable(interval=2)
+    table.publish(keys, 'image.raw')
+    tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
+                                   udp_port=0)
+    tracker.start()
+    http_announces = []
+    real_announce = table.announce
+    table.announce = lambda req: (http_announces.append(req),
+                                  real_announce(req))[1]
+    # As the writer sets it: tiers in order of preference.
+    session = swarm.make_session('127.0.0.1', 0, announce_to_all_tiers=False,
+                                 announce_to_all_trackers=False)
+    try:
+        params = lt.add_torrent_params()
+        params.ti = info
+        params.save_path = str(tmp_path)
+        params.flags |= lt.torrent_flags.seed_mode
+        params.trackers = [tracker.udp_announce_url('127.0.0.1') + '?node=n1',
+                           tracker.announce_url('127.0.0.1') + '?node=n1']
+        params.tracker_tiers = [0, 1]
+        handle = session.add_torrent(params)
+        udp_announces = []
+        real_record = table.record
+        table.record = lambda req: (udp_announces.append(req),
+                                    real_record(req))[1]
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and len(udp_announces) < 2:
+            time.sleep(0.05)
+        # The node label came over UDP, in BEP 41 URL data.
+        assert {req.node for req in udp_announces} == {'n1'}
+        # HTTP, the second tier, was not needed.
+        time.sleep(0.5)
+        assert http_announces == []
+        assert handle.is_valid()
+    finally:
+        del session
+        tracker.stop()
+
+
+def test_libtorrent_falls_back_to_http(tmp_path):
+    image = tmp_path / 'image.raw'
+    image.write_bytes(os.urandom(64 * 1024))
+    creator = lt.create_torrent(lt.list_files(str(image)), 16 * 1024)
+    lt.set_piece_hashes(creator, str(tmp_path))
+    info = lt.torrent_info(lt.bencode(creator.generate()))
+    table = protocol.SwarmTable(interval=2)
+    table.publish([bytes(info.info_hashes().v1.to_bytes()),
+                   bytes(info.info_hashes().v2.to_bytes())[:20]], 'x')
+    tracker = server.TrackerServer(table, host='127.0.0.1', port=0)
+    tracker.start()
+    # A UDP port nobody answers on (a firewall that drops UDP).
+    closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    closed.bind(('127.0.0.1', 0))
+    session = swarm.make_session('127.0.0.1', 0, announce_to_all_tiers=False,
+                                 announce_to_all_trackers=False)
+    try:
+        params = lt.add_torrent_params()
+        params.ti = info
+        params.save_path = str(tmp_path)
+        params.flags |= lt.torrent_flags.seed_mode
+        params.trackers = [
+            udp.announce_url('127.0.0.1', closed.getsockname()[1], 'n1'),
+            tracker.announce_url('127.0.0.1') + '?node=n1']
+        params.tracker_tiers = [0, 1]
+        session.add_torrent(params)
+        deadline = time.monotonic() + 60
+        peers = []
+        while time.monotonic() < deadline and not peers:
+            peers = table.status()['swarms'][0]['peers']
+            time.sleep(0.1)
+        assert [p['node'] for p in peers] == ['n1']
+    finally:
+        del session
+        closed.close()
         tracker.stop()
