@@ -63,6 +63,15 @@ opts = [
                        'UDP does not answer. Unset (the default): HTTP '
                        'only. Open the port in the firewall when setting '
                        'it.')),
+    cfg.StrOpt('status_token',
+               secret=True,
+               help=_('Token that opens the built-in tracker\'s /status '
+                      '(every node\'s address and progress) to other hosts, '
+                      'sent in an X-Status-Token header; "ironic-bt status" '
+                      'sends $IRONIC_BT_STATUS_TOKEN. Unset (the default): '
+                      'only the conductor\'s own host may read it; others '
+                      'get 403 and "ironic-bt status" falls back to the '
+                      'scrape counts.')),
     cfg.IntOpt('announce_interval',
                default=10, min=1,
                help=_('Seconds between announces that the built-in tracker '

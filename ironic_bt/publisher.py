@@ -254,7 +254,8 @@ class Publisher:
             try:
                 tracker = server.TrackerServer(
                     table, opts.tracker_listen_host, opts.tracker_port,
-                    udp_port=opts.tracker_udp_port)
+                    udp_port=opts.tracker_udp_port,
+                    status_token=opts.status_token)
             except OSError as e:
                 raise exception.PublisherStartFailed(
                     image=image_path, node=node_uuid,

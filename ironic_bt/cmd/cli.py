@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 
 from oslo_config import cfg
@@ -104,6 +105,12 @@ def cmd_create(args):
                  'zb': meta.zero_bytes}, file=sys.stderr)
 
 
+def _status_token():
+    # From the environment only: a token on the command line would show in
+    # every process listing.
+    return os.environ.get('IRONIC_BT_STATUS_TOKEN') or None
+
+
 def _start_tracker(listen, interval, metas, names=None):
     from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
@@ -111,7 +118,8 @@ def _start_tracker(listen, interval, metas, names=None):
     table = protocol.SwarmTable(interval=interval)
     for meta, name in zip(metas, names or [m.info_hash for m in metas]):
         table.publish(meta.tracker_keys, name, size=meta.size)
-    tracker = server.TrackerServer(table, host=listen[0], port=listen[1])
+    tracker = server.TrackerServer(table, host=listen[0], port=listen[1],
+                                   status_token=_status_token())
     tracker.start()
     return tracker
 
@@ -253,25 +261,77 @@ def _render_status(status, sizes):
                     _('%d bytes left') % left)
             lines.append('  %-38s %-21s %s' % (
                 label, '%s:%s' % (peer['ip'], peer['port']), progress))
+    if status.get('source') == 'scrape':
+        lines.append(_('(scrape counts only: this tracker does not show '
+                       'its peers here)'))
     return '\n'.join(lines) or _('No published torrents.')
+
+
+def _scrape_status(tracker, metas):
+    """A status from BEP 48 scrape counts, for trackers without /status."""
+    from ironic_bt.tracker import bencode
+
+    base = tracker.split('?')[0]
+    if not base.endswith('/announce'):
+        base = base.rstrip('/') + '/announce'
+    url = base[:-len('/announce')] + '/scrape'
+    query = '&'.join('info_hash=%s' % urllib.parse.quote_from_bytes(
+        meta.info_hash_v1, safe='') for meta in metas)
+    with urllib.request.urlopen(url + ('?' + query if query else ''),
+                                timeout=10) as resp:
+        reply = bencode.decode(resp.read())
+    if b'failure reason' in reply:
+        raise ValueError(reply[b'failure reason'].decode('utf-8', 'replace'))
+    names = {meta.info_hash_v1: meta for meta in metas}
+    swarms = []
+    for key, counts in sorted((reply.get(b'files') or {}).items()):
+        meta = names.get(key)
+        swarms.append({'info_hashes': [key.hex()],
+                       'name': meta.name if meta else '',
+                       'size': meta.size if meta else None,
+                       'complete': counts.get(b'complete', 0),
+                       'incomplete': counts.get(b'incomplete', 0),
+                       'downloaded': counts.get(b'downloaded', 0),
+                       'peers': []})
+    return {'swarms': swarms, 'source': 'scrape'}
+
+
+def _read_status(tracker, metas):
+    url = _status_url(tracker)
+    request = urllib.request.Request(url)
+    token = _status_token()
+    if token:
+        request.add_header('X-Status-Token', token)
+    try:
+        with urllib.request.urlopen(request, timeout=10) as resp:
+            return json.load(resp)
+    except urllib.error.HTTPError as e:
+        if e.code not in (403, 404):
+            raise
+        refused = e.code
+    # Not ironic-bt's tracker (opentracker has no /status), or not allowed
+    # from here: the scrape counts are all there is.
+    LOG.info('%(u)s answered %(code)d: showing scrape counts only',
+             {'u': url, 'code': refused})
+    return _scrape_status(tracker, metas)
 
 
 def cmd_status(args):
     from ironic_bt import torrent
 
     sizes = {}
+    metas = []
     for path in args.torrent:
         meta = torrent.load_file(path)
         sizes[meta.info_hash] = meta.size
-    url = _status_url(args.tracker)
+        metas.append(meta)
     while True:
         try:
-            with urllib.request.urlopen(url, timeout=10) as resp:
-                status = json.load(resp)
+            status = _read_status(args.tracker, metas)
         except (OSError, ValueError) as e:
             raise CommandError(_('Cannot read tracker status from %(u)s: '
                                  '%(e)s. Check the tracker URL.')
-                               % {'u': url, 'e': e})
+                               % {'u': args.tracker, 'e': e})
         if args.json:
             print(json.dumps(status), flush=True)
         else:
@@ -417,6 +477,11 @@ def build_parser():
                    help=_('refresh every SECONDS until interrupted'))
     p.add_argument('--json', action='store_true',
                    help=_('print the raw JSON status'))
+    p.epilog = _('The per-peer status is served to the tracker\'s own host; '
+                 'from elsewhere, set IRONIC_BT_STATUS_TOKEN to the '
+                 'tracker\'s status token. Trackers without a status (and '
+                 'ironic-bt\'s without the token) give the BEP 48 scrape '
+                 'counts instead.')
     p.set_defaults(func=cmd_status)
     return parser
 

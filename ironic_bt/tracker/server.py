@@ -37,6 +37,8 @@ has a proper HTTP/1.1 status line.
 
 import asyncio
 import collections
+import hmac
+import ipaddress
 import json
 import socket
 import threading
@@ -58,7 +60,11 @@ REQUEST_TIMEOUT = 10.0
 #: Seconds a keep-alive connection may wait for its next request.
 IDLE_TIMEOUT = 60.0
 
-_REASONS = {200: 'OK', 400: 'Bad Request', 404: 'Not Found',
+#: Header carrying the token that opens ``/status`` to other hosts.
+STATUS_TOKEN_HEADER = 'X-Status-Token'
+
+_REASONS = {200: 'OK', 400: 'Bad Request', 403: 'Forbidden',
+            404: 'Not Found',
             405: 'Method Not Allowed', 408: 'Request Timeout',
             413: 'Content Too Large',
             431: 'Request Header Fields Too Large',
@@ -86,6 +92,7 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         peer = transport.get_extra_info('peername') or ('', 0)
         self.peer = peer[0]
+        self.local = (transport.get_extra_info('sockname') or ('', 0))[0]
         self.server.opened(self)
         self._arm(self.server.idle_timeout)
 
@@ -119,7 +126,7 @@ class _Connection(asyncio.Protocol):
             head = bytes(self.buffer[:end])
             del self.buffer[:end + 4]
             try:
-                reply = self.server.respond(head, self.peer)
+                reply = self.server.respond(head, self.peer, self.local)
             except Exception:
                 LOG.exception('Tracker failed to answer %s', self.peer)
                 reply = _http_error(500, 'internal error')
@@ -184,10 +191,11 @@ def _target(raw):
 class _Router:
     """From a request head to a reply; no I/O."""
 
-    def __init__(self, table):
+    def __init__(self, table, status_token=None):
         self.table = table
+        self.status_token = status_token
 
-    def respond(self, head, client):
+    def respond(self, head, client, local=None):
         """Answer one request.
 
         :returns: (status, content type, body, close, extra headers).
@@ -219,8 +227,26 @@ class _Router:
             return _http_error(405, 'only GET', close=close,
                                extra=('Allow: GET',))
         path, query = _target(raw_target)
+        if path == b'/status' and not self._operator(client, local, headers):
+            return _http_error(
+                403, 'the status lists every node: ask from the tracker\'s '
+                'own host, or send the [bittorrent]status_token in an %s '
+                'header' % STATUS_TOKEN_HEADER, close=close)
         code, content_type, body = self._route(path, query, client)
         return code, content_type, body, close, ()
+
+    def _operator(self, client, local, headers):
+        """Whether the client may read the status: from this very host
+        (loopback, or the address it reached us at), or with the token."""
+        try:
+            address = ipaddress.ip_address(client)
+        except ValueError:
+            return False
+        if address.is_loopback or client == local:
+            return True
+        given = headers.get(STATUS_TOKEN_HEADER.lower().encode())
+        return bool(self.status_token and given and hmac.compare_digest(
+            given, self.status_token.encode('utf-8')))
 
     def _route(self, path, query, client):
         table = self.table
@@ -295,7 +321,8 @@ class TrackerServer:
 
     def __init__(self, table, host='0.0.0.0', port=6969, udp_port=None,
                  max_connections=MAX_CONNECTIONS,
-                 request_timeout=REQUEST_TIMEOUT, idle_timeout=IDLE_TIMEOUT):
+                 request_timeout=REQUEST_TIMEOUT, idle_timeout=IDLE_TIMEOUT,
+                 status_token=None):
         """Bind the listening sockets.
 
         :param table: the :class:`~ironic_bt.tracker.protocol.SwarmTable`.
@@ -306,9 +333,12 @@ class TrackerServer:
         :param max_connections: most connections at once.
         :param request_timeout: seconds for a request to arrive whole.
         :param idle_timeout: seconds a connection may wait between requests.
+        :param status_token: opens ``/status`` to other hosts when sent in
+            the ``X-Status-Token`` header; without it only the tracker's
+            own host may read it.
         :raises: OSError if an address cannot be bound.
         """
-        self._router = _Router(table)
+        self._router = _Router(table, status_token)
         self.max_connections = max_connections
         self.request_timeout = request_timeout
         self.idle_timeout = idle_timeout
@@ -357,8 +387,8 @@ class TrackerServer:
 
     # -- called from the loop --------------------------------------------
 
-    def respond(self, head, client):
-        return self._router.respond(head, client)
+    def respond(self, head, client, local=None):
+        return self._router.respond(head, client, local)
 
     def handle(self, data, ip, port):
         return self._udp.handle(data, ip, port)

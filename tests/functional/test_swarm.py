@@ -167,15 +167,24 @@ def test_status_shows_each_node(swarm):
     _cli(host, 'create', image.path, '-o', torrent).check_returncode()
     seeder = swarm.start_seeder(torrent, image.path)
     writer = swarm.start_writer(host, torrent, linger=30)
+    # Operators ask from the tracker's own host.
+    operator = swarm.seed_host
     try:
         lab_swarm.procs.wait_for(
-            lambda: 'n1' in _cli(host, 'status', '--tracker',
+            lambda: 'n1' in _cli(operator, 'status', '--tracker',
                                  swarm.tracker_url).stdout,
             timeout=60, what='n1 in tracker status')
-        out = _cli(host, 'status', '--tracker', swarm.tracker_url,
+        out = _cli(operator, 'status', '--tracker', swarm.tracker_url,
                    '--torrent', torrent).stdout
+        # A node on the provisioning network sees counts, not its
+        # neighbours' addresses and progress.
+        other = _cli(host, 'status', '--tracker', swarm.tracker_url,
+                     '--torrent', torrent)
     finally:
         swarm.stop(writer)
         swarm.stop(seeder)
     assert 'n1' in out
     assert '100.0%' in out
+    assert other.returncode == 0, other.stderr
+    assert 'scrape counts only' in other.stdout
+    assert 'n1' not in other.stdout and host.ip not in other.stdout

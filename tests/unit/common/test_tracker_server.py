@@ -344,3 +344,61 @@ def test_names_are_never_resolved(table):
     # A host name would need DNS: refused at once, never looked up.
     with pytest.raises(socket.gaierror):
         server.TrackerServer(table, host='tracker.invalid', port=0)
+
+
+def _status_from(tracker, source, token=None):
+    """GET /status from ``source`` (an address of this host)."""
+    sock = socket.create_connection(('127.0.0.1', tracker.port), 5,
+                                    source_address=(source, 0))
+    extra = 'X-Status-Token: %s\r\n' % token if token else ''
+    sock.sendall(('GET /status HTTP/1.1\r\n%sConnection: close\r\n\r\n'
+                  % extra).encode())
+    data = b''
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    sock.close()
+    return replies(data)[0]
+
+
+def test_status_is_for_this_host_or_the_token(table):
+    tracker = server.TrackerServer(table, host='0.0.0.0', port=0,
+                                   status_token='s3cret')
+    tracker.start()
+    try:
+        # From loopback: the tracker's own host.
+        line, _h, body = _status_from(tracker, '127.0.0.1')
+        assert line == b'HTTP/1.1 200 OK'
+        assert 'swarms' in json.loads(body)
+    finally:
+        tracker.stop()
+
+
+def test_status_refused_to_other_hosts_without_the_token(table):
+    router = server._Router(table, status_token='s3cret')
+    head = b'GET /status HTTP/1.1'
+    code, _ctype, body, _close, _extra = router.respond(
+        head, '198.18.0.7', '198.18.0.1')
+    assert code == 403
+    assert b'X-Status-Token' in bencode.decode(body)[b'failure reason']
+    code, _ctype, _body, _close, _extra = router.respond(
+        head + b'\r\nX-Status-Token: wrong', '198.18.0.7', '198.18.0.1')
+    assert code == 403
+    code, _ctype, body, _close, _extra = router.respond(
+        head + b'\r\nX-Status-Token: s3cret', '198.18.0.7', '198.18.0.1')
+    assert code == 200 and 'swarms' in json.loads(body)
+    # The conductor's own host, through its provisioning address.
+    code, _ctype, _body, _close, _extra = router.respond(
+        head, '198.18.0.1', '198.18.0.1')
+    assert code == 200
+    # Without a configured token, nothing opens it.
+    code, _ctype, _body, _close, _extra = server._Router(table).respond(
+        head + b'\r\nX-Status-Token: ', '198.18.0.7', '198.18.0.1')
+    assert code == 403
+    # Announces stay open to all.
+    code, _ctype, _body, _close, _extra = router.respond(
+        b'GET ' + ANNOUNCE.encode() + b' HTTP/1.1', '198.18.0.7',
+        '198.18.0.1')
+    assert code == 200
