@@ -236,8 +236,11 @@ class _Router:
         return code, content_type, body, close, ()
 
     def _operator(self, client, local, headers):
-        """Whether the client may read the status: from this very host
-        (loopback, or the address it reached us at), or with the token."""
+        """Whether the client may read the status.
+
+        From this very host (loopback, or the address it reached us at),
+        or with the token.
+        """
         try:
             address = ipaddress.ip_address(client)
         except ValueError:
