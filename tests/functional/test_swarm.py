@@ -15,8 +15,11 @@ own network namespace, writing to loop devices through ``ironic-bt``.
 """
 
 import hashlib
+import ipaddress
 import os
+import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -188,3 +191,63 @@ def test_status_shows_each_node(swarm):
     assert other.returncode == 0, other.stderr
     assert 'scrape counts only' in other.stdout
     assert 'n1' not in other.stdout and host.ip not in other.stdout
+
+
+def _capture_count(pcap, expression):
+    out = subprocess.run(['tcpdump', '-n', '-r', pcap, expression],
+                         capture_output=True, text=True, check=True)
+    return [line for line in out.stdout.splitlines() if line.strip()]
+
+
+def test_nothing_leaves_the_provisioning_network(swarm):
+    """A capture of a whole swarm run: not one packet to another network.
+
+    Every host is given a default route to a sink (a namespace that
+    forwards nothing), so that anything sent off the subnet -- a DNS query,
+    a multicast announce, a STUN request -- would reach the wire and the
+    capture, instead of being refused by the kernel for want of a route.
+    """
+    if not shutil.which('tcpdump'):
+        pytest.skip('tcpdump is not installed (tools/install-deps.sh)')
+    lab = swarm.lab
+    sink = lab.add_host('sink')
+    hosts = [swarm.seed_host] + swarm.hosts
+    for host in hosts:
+        host.run(['ip', 'route', 'replace', 'default', 'via', sink.ip],
+                 check=True)
+    pcap = os.path.join(swarm.state_dir, 'egress.pcap')
+    capture = lab.popen(['tcpdump', '-i', lab.bridge, '-n', '-U', '-w',
+                         pcap], swarm.log('tcpdump'))
+    try:
+        lab_swarm.procs.wait_for(lambda: os.path.exists(pcap), 10,
+                                 what='tcpdump to start')
+        # The control: one datagram off the subnet (to the benchmarking
+        # range, which goes no further than the sink) must be seen.
+        control = next(str(ip) for ip in ipaddress.ip_network(
+            '198.18.0.0/15').hosts() if ip not in lab.subnet)
+        swarm.hosts[0].run(
+            [sys.executable, '-c', 'import socket; socket.socket(socket.'
+             'AF_INET, socket.SOCK_DGRAM).sendto(b"x", ("%s", 9))' % control],
+            check=True)
+        image = images.make_random_image(
+            os.path.join(swarm.state_dir, 'egress.raw'), 8 * MiB, seed=21)
+        result = lab_swarm.run_bittorrent(swarm, image, linger=2)
+    finally:
+        swarm.stop(capture)
+        for host in hosts:
+            host.run(['ip', 'route', 'del', 'default'], check=False)
+    assert result.ok, lab_swarm.summary(result)
+    subnet = str(lab.subnet)
+    inside = _capture_count(pcap, 'ip and src net %s and dst net %s'
+                            % (subnet, subnet))
+    # The root namespace's own kernel (the bridge's address) reports its
+    # multicast memberships; no process of this test runs there.
+    outside = _capture_count(pcap, '(ip or ip6) and not (src net %s and '
+                             'dst net %s) and not src host %s'
+                             % (subnet, subnet, lab.gateway_ip))
+    # The capture saw the swarm and the control (it would see egress) ...
+    assert len(inside) > 100
+    assert [line for line in outside if '> %s.9:' % control in line]
+    outside = [line for line in outside if '> %s.9:' % control not in line]
+    # ... and nothing else: no DNS, no multicast, no STUN, no IPv6.
+    assert outside == []
