@@ -66,10 +66,10 @@ class Sources:
     def web_seed(self, url, what):
         self._set('web seed', redact(url), what)
 
-    def web_seeds_unused(self, why):
+    def web_seeds_state(self, what):
         for (kind, name) in list(self._state):
             if kind == 'web seed':
-                self._state[(kind, name)] = why
+                self._state[(kind, name)] = what
 
     def _set(self, kind, name, what):
         key = (kind, name)

@@ -447,7 +447,7 @@ class _Download:
                     self.handle.add_url_seed(url)
                 else:
                     self.handle.remove_url_seed(url)
-            self.sources.web_seeds_unused(
+            self.sources.web_seeds_state(
                 _('in use') if use else _('not needed any more'))
         if self.plan is not None and needed and not (seeder_up or web_up):
             # Nothing arrives that only a seed has while none is connected:

@@ -121,6 +121,14 @@ def test_seeder_killed_halfway_web_seed_finishes_every_node(swarm4, image4):
     assert faulty.seconds <= 2 * clean.seconds
 
 
+def _torrent(swarm, name, image):
+    """Make ``name``.torrent of ``image`` with the real command."""
+    path = os.path.join(swarm.state_dir, name + '.torrent')
+    swarm.seed_host.run(lab_swarm.CLI + ['create', image.path, '-o', path],
+                        check=True, capture_output=True)
+    return path
+
+
 def _seeder_uploaded(swarm, seeder):
     swarm.stop(seeder)
     lines = lab_swarm._json_lines(swarm.log('seeder'))
@@ -130,9 +138,7 @@ def _seeder_uploaded(swarm, seeder):
 def test_writer_killed_and_restarted_fetches_only_the_rest(swarm4, image4):
     host = swarm4.hosts[0]
     swarm4.dirty(SIZE)
-    torrent_path = os.path.join(swarm4.state_dir, 'restart.torrent')
-    host.run(lab_swarm.CLI + ['create', image4.path, '-o', torrent_path],
-             check=True, capture_output=True)
+    torrent_path = _torrent(swarm4, 'restart', image4)
     seeder = swarm4.start_seeder(torrent_path, image4.path)
     try:
         first = swarm4.start_writer(host, torrent_path, linger=0)
@@ -201,9 +207,7 @@ def test_corrupt_peer_is_banned_and_the_disk_is_exact(swarm4, image4):
 def test_nothing_reachable_fails_naming_every_source(swarm4, image4):
     host = swarm4.hosts[2]
     swarm4.dirty(SIZE)
-    torrent_path = os.path.join(swarm4.state_dir, 'alone.torrent')
-    host.run(lab_swarm.CLI + ['create', image4.path, '-o', torrent_path],
-             check=True, capture_output=True)
+    torrent_path = _torrent(swarm4, 'alone', image4)
     # The seed host's address, with nothing running there.
     gone = swarm4.seed_host.ip
     start = time.monotonic()

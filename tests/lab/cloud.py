@@ -708,15 +708,14 @@ class Cloud:
         # has handed the step to the agent and waits for its heartbeat:
         # the agent is writing. Killed earlier, the conductor would fail
         # the step at once with "connection refused", a different fault.
-        step = (node.deploy_step or {}).get('step') or ''
-        if not (node.provision_state == 'wait call-back'
-                and step.startswith('write_image')):
+        if not _writing(node):
             watcher.kill_pending = None
             return
         if watcher.kill_pending is None:
             watcher.kill_pending = time.monotonic() + delay
         if time.monotonic() >= watcher.kill_pending:
             pid = self.nodes[name]['agent']['pid']
+            step = node.deploy_step['step']
             if self.stop_agent(name, signal.SIGKILL):
                 killed[name] = {'pid': pid, 'at': time.time(), 'step': step}
                 watcher.note('killed the agent of %s (pid %d) while it ran '
@@ -761,25 +760,41 @@ def _writing(node):
             and step.startswith('write_image'))
 
 
-class RestartAgent:
-    """Kill a node's agent while it writes, and boot a fresh one.
+class _Fault:
+    """A fault injected ``delay`` seconds after its nodes started writing.
 
-    ``delay`` seconds into the write step, as a crashing ramdisk service
-    restarts.
+    :meth:`step` is called once a second by :meth:`Cloud.deploy`; the
+    fault happens once, in :meth:`inject`, and is recorded in ``events``.
     """
 
-    def __init__(self, name, delay):
-        self.name = name
+    def __init__(self, names, delay):
+        self.names = list(names)
         self.delay = delay
         self.events = []
         self._since = None
 
     def step(self, cloud, nodes, watcher):
-        if self.events or not _writing(nodes[self.name]):
+        if self.events or not all(_writing(nodes[n]) for n in self.names):
             return
         self._since = self._since or time.monotonic()
-        if time.monotonic() - self._since < self.delay:
-            return
+        if time.monotonic() - self._since >= self.delay:
+            self.inject(cloud, watcher)
+
+    def inject(self, cloud, watcher):
+        raise NotImplementedError
+
+
+class RestartAgent(_Fault):
+    """Kill a node's agent while it writes, and boot a fresh one.
+
+    As a crashing ramdisk service restarts.
+    """
+
+    def __init__(self, name, delay):
+        super().__init__([name], delay)
+        self.name = name
+
+    def inject(self, cloud, watcher):
         node = cloud.nodes[self.name]
         pid = node['agent']['pid']
         # The new agent keeps the identity of the first: the token the
@@ -796,26 +811,10 @@ class RestartAgent:
                      'started a new one' % (self.name, pid))
 
 
-class RestartConductor:
-    """Restart ironic while nodes write.
+class RestartConductor(_Fault):
+    """Restart ironic while the nodes in ``names`` write."""
 
-    ``delay`` seconds after every node in ``names`` started writing.
-    """
-
-    def __init__(self, names, delay):
-        self.names = names
-        self.delay = delay
-        self.events = []
-        self._since = None
-
-    def step(self, cloud, nodes, watcher):
-        if self.events:
-            return
-        if not all(_writing(nodes[n]) for n in self.names):
-            return
-        self._since = self._since or time.monotonic()
-        if time.monotonic() - self._since < self.delay:
-            return
+    def inject(self, cloud, watcher):
         seconds = cloud.restart_ironic()
         self.events.append({'restarted_conductor': True, 'at': time.time(),
                             'down_seconds': round(seconds, 1)})

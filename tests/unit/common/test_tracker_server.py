@@ -13,7 +13,6 @@
 """Tests for the tracker's HTTP server, over real HTTP."""
 
 import json
-import os
 import socket
 import time
 import urllib.error
@@ -26,6 +25,7 @@ import pytest
 from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
+from tests.unit.common import hybrid
 
 V1 = bytes(range(0x20, 0x34))
 V2 = bytes(range(0x3d, 0x51))
@@ -160,13 +160,7 @@ def wait_for(session, table, alerts, condition):
 
 
 def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
-    image = tmp_path / 'image.raw'
-    image.write_bytes(os.urandom(64 * 1024))
-    creator = lt.create_torrent(lt.list_files(str(image)), 16 * 1024)
-    lt.set_piece_hashes(creator, str(tmp_path))
-    info = lt.torrent_info(lt.bencode(creator.generate()))
-    v1 = bytes(info.info_hashes().v1.to_bytes())
-    v2 = bytes(info.info_hashes().v2.to_bytes())[:20]
+    info, (v1, v2) = hybrid.torrent(tmp_path)
     assert v1 != v2   # a hybrid torrent, announced under both keys
 
     table = protocol.SwarmTable(interval=10)

@@ -12,7 +12,6 @@
 
 """The UDP tracker (BEP 15): the codec, and a real socket."""
 
-import os
 import socket
 import struct
 import time
@@ -24,6 +23,7 @@ from ironic_bt import swarm
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 from ironic_bt.tracker import udp
+from tests.unit.common import hybrid
 
 V1 = bytes(range(0x20, 0x34))
 V2 = bytes(range(0x3d, 0x51))
@@ -183,13 +183,7 @@ def test_real_socket_beside_http(table):
 
 def test_libtorrent_announces_over_udp_first(tmp_path):
     """A real libtorrent client, with the UDP and HTTP URLs as tiers."""
-    image = tmp_path / 'image.raw'
-    image.write_bytes(os.urandom(64 * 1024))
-    creator = lt.create_torrent(lt.list_files(str(image)), 16 * 1024)
-    lt.set_piece_hashes(creator, str(tmp_path))
-    info = lt.torrent_info(lt.bencode(creator.generate()))
-    keys = [bytes(info.info_hashes().v1.to_bytes()),
-            bytes(info.info_hashes().v2.to_bytes())[:20]]
+    info, keys = hybrid.torrent(tmp_path)
     table = protocol.SwarmTable(interval=2)
     table.publish(keys, 'image.raw')
     tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
@@ -230,14 +224,9 @@ def test_libtorrent_announces_over_udp_first(tmp_path):
 
 
 def test_libtorrent_falls_back_to_http(tmp_path):
-    image = tmp_path / 'image.raw'
-    image.write_bytes(os.urandom(64 * 1024))
-    creator = lt.create_torrent(lt.list_files(str(image)), 16 * 1024)
-    lt.set_piece_hashes(creator, str(tmp_path))
-    info = lt.torrent_info(lt.bencode(creator.generate()))
+    info, keys = hybrid.torrent(tmp_path)
     table = protocol.SwarmTable(interval=2)
-    table.publish([bytes(info.info_hashes().v1.to_bytes()),
-                   bytes(info.info_hashes().v2.to_bytes())[:20]], 'x')
+    table.publish(keys, 'x')
     tracker = server.TrackerServer(table, host='127.0.0.1', port=0)
     tracker.start()
     # A UDP port nobody answers on (a firewall that drops UDP).
