@@ -89,15 +89,16 @@ class Peer:
     first_seen: float
     last_seen: float
     event: str
-    # Whether this peer's completion was counted in the swarm's
-    # ``downloaded``: libtorrent sends "completed" once per info-hash of a
-    # hybrid torrent, and that is still one download.
+    #: Whether this peer's "completed" was seen (and counted once in its
+    #: torrent's ``downloaded``, see :meth:`_Torrent.counted`).
     counted: bool = False
     #: The BEP 23 / BEP 7 form, packed once: address then big-endian port.
     packed: bytes = b''
     v6: bool = False
     #: Index in its swarm's list of seeds or of leechers.
     slot: int = -1
+    #: _AGENT or _FOREIGN: which recency order, and so which TTL.
+    kind: int = 0
 
     def __post_init__(self):
         if not self.packed:
@@ -275,29 +276,41 @@ def failure(reason):
     return bencode.encode({'failure reason': reason})
 
 
+#: Seconds a peer without a ``node`` label stays listed after its last
+#: announce. Standard clients built on libtorrent (qBittorrent, Deluge)
+#: re-announce no more often than every 300 s (libtorrent's
+#: ``min_announce_interval``), whatever interval the tracker asks for: three
+#: of their intervals, so one lost announce does not drop them.
+FOREIGN_PEER_TTL = 900
+
+_AGENT, _FOREIGN = 0, 1
+
+
 class _Swarm:
-    """The peers of one torrent.
+    """The peers that announced one info-hash.
 
     Every operation of an announce costs O(1) or O(numwant), whatever the
     swarm's size: peers are kept by address in order of last announce (so
     expiry and eviction only look at the front), and in two lists, seeds
     and leechers, from which a random sample is drawn by index.
+
+    ironic-bt agents (they announce a ``node`` label at the short interval
+    asked for) and other clients (which may announce only every 300 s)
+    expire after different times, so each kind has its own recency order.
     """
 
-    def __init__(self, name, info_hashes, size=None):
-        self.name = name
-        self.size = size
-        self.info_hashes = info_hashes
-        self.peers = collections.OrderedDict()
+    def __init__(self, torrent, info_hash):
+        self.torrent = torrent
+        self.info_hash = info_hash
+        self.peers = {}
+        self.orders = (collections.OrderedDict(), collections.OrderedDict())
         self.seeds = []
         self.leechers = []
-        self.downloaded = 0
 
     def _list(self, peer):
         return self.seeds if peer.complete else self.leechers
 
-    def add(self, address, peer):
-        self.peers[address] = peer
+    def _enlist(self, peer):
         peers = self._list(peer)
         peer.slot = len(peers)
         peers.append(peer)
@@ -309,36 +322,55 @@ class _Swarm:
             peers[peer.slot] = last
             last.slot = peer.slot
 
+    def add(self, address, peer):
+        self.peers[address] = peer
+        self.orders[peer.kind][address] = peer
+        self._enlist(peer)
+
+    def touch(self, address, peer, kind):
+        """Move a peer to the back of its (possibly new) recency order."""
+        if kind != peer.kind:
+            del self.orders[peer.kind][address]
+            peer.kind = kind
+            self.orders[kind][address] = peer
+        else:
+            self.orders[kind].move_to_end(address)
+
     def remove(self, address):
         peer = self.peers.pop(address, None)
         if peer is not None:
+            del self.orders[peer.kind][address]
             self._unlist(peer)
 
     def set_left(self, peer, left):
         if (left == 0) != peer.complete:
             self._unlist(peer)
             peer.left = left
-            peers = self._list(peer)
-            peer.slot = len(peers)
-            peers.append(peer)
+            self._enlist(peer)
         else:
             peer.left = left
 
-    def pop_oldest(self):
-        _address, peer = self.peers.popitem(last=False)
-        self._unlist(peer)
+    def pop_oldest(self, ttls):
+        """Drop the peer that would expire first."""
+        fronts = [(next(iter(order.values())), kind)
+                  for kind, order in enumerate(self.orders) if order]
+        peer, _kind = min(fronts,
+                          key=lambda item: item[0].last_seen + ttls[item[1]])
+        self.remove((peer.ip, peer.port))
 
-    def expire(self, deadline):
-        while self.peers:
-            peer = next(iter(self.peers.values()))
-            if peer.last_seen >= deadline:
-                break
-            self.pop_oldest()
+    def expire(self, now, ttls):
+        for order, ttl in zip(self.orders, ttls):
+            deadline = now - ttl
+            while order:
+                peer = next(iter(order.values()))
+                if peer.last_seen >= deadline:
+                    break
+                self.remove((peer.ip, peer.port))
 
     def counts(self):
         return len(self.seeds), len(self.leechers)
 
-    def sample(self, rng, requester, count, leechers_only):
+    def sample(self, rng, requester, count, seed):
         """Up to ``count`` random peers other than ``requester``.
 
         A window of ``count + 1`` consecutive peers at a random place in
@@ -346,13 +378,29 @@ class _Swarm:
         probability, and the copy is done by list slicing, not one peer at
         a time. The lists' order is the announce order shuffled by every
         removal, so windows of neighbours do not repeat.
+
+        A ``seed`` gets leechers first: seeds have nothing to exchange. The
+        rest is filled with seeds all the same, because ``left=0`` is also
+        what a client sends while it still fetches the metadata (BEP 9)
+        and so does not know the torrent's size.
         """
-        pools = [self.leechers] if leechers_only else [self.leechers,
-                                                       self.seeds]
+        if seed:
+            chosen = self._window(rng, [self.leechers], count + 1)
+            if len(chosen) < count + 1:
+                chosen += self._window(rng, [self.seeds],
+                                       count + 1 - len(chosen))
+        else:
+            chosen = self._window(rng, [self.leechers, self.seeds], count + 1)
+        if requester is not None:
+            chosen = [peer for peer in chosen if peer is not requester]
+        return chosen[:count]
+
+    @staticmethod
+    def _window(rng, pools, want):
         total = sum(len(pool) for pool in pools)
-        if not total or not count:
+        want = min(total, want)
+        if not want:
             return []
-        want = min(total, count + 1)
         start = rng.randrange(total) if want < total else 0
         chosen = []
         while want:
@@ -367,9 +415,56 @@ class _Swarm:
                 offset -= len(pool)
             else:
                 start = 0
-        if requester is not None:
-            chosen = [peer for peer in chosen if peer is not requester]
-        return chosen[:count]
+        return chosen
+
+
+class _Torrent:
+    """One published torrent: a swarm per info-hash, one download count.
+
+    A hybrid v1+v2 torrent is announced under its v1 info-hash and under its
+    v2 info-hash truncated to 20 bytes. The two are kept apart, as
+    opentracker does: a peer that connects with the v2 hash to a v1-only
+    client (rtorrent, aria2) gets a v1 handshake back and drops it
+    ("received invalid info_hash"). libtorrent announces both, so an agent
+    is in both swarms; a v1-only client only in the first.
+    """
+
+    def __init__(self, name, info_hashes, size):
+        self.name = name
+        self.size = size
+        self.info_hashes = info_hashes
+        self.swarms = [_Swarm(self, key) for key in info_hashes]
+        self.downloaded = 0
+
+    def counted(self, address):
+        # libtorrent sends "completed" once per info-hash of a hybrid
+        # torrent, and that is still one download.
+        for swarm in self.swarms:
+            peer = swarm.peers.get(address)
+            if peer is not None and peer.counted:
+                return True
+        return False
+
+    def peers(self):
+        """Each address once: (peer as last seen, event, node label).
+
+        The peer's record under the info-hash it announced last; the event
+        and label are the last ones it sent under any of them (libtorrent
+        sends "started" under each key, later announces carry none).
+        """
+        merged = {}
+        for swarm in self.swarms:
+            for address, peer in swarm.peers.items():
+                known = merged.get(address)
+                if known is None:
+                    merged[address] = (peer, peer.event, peer.node)
+                    continue
+                older, newer = ((known[0], peer)
+                                if peer.last_seen > known[0].last_seen
+                                else (peer, known[0]))
+                merged[address] = (newer, newer.event or older.event,
+                                   newer.node or older.node)
+        return list(merged.values())
 
 
 class SwarmTable:
@@ -380,16 +475,21 @@ class SwarmTable:
     """
 
     def __init__(self, max_swarms=256, max_peers=2000, interval=10,
-                 peer_ttl=None, clock=time.monotonic, on_stopped=None):
+                 peer_ttl=None, foreign_peer_ttl=FOREIGN_PEER_TTL,
+                 clock=time.monotonic, on_stopped=None):
         """Create an empty table.
 
         :param max_swarms: most torrents published at once.
-        :param max_peers: most peers kept per torrent; the least recently
-            seen one is dropped to make room.
+        :param max_peers: most peers kept per info-hash; the one that would
+            expire first is dropped to make room.
         :param interval: seconds between announces asked of clients.
-        :param peer_ttl: seconds after which a silent peer is forgotten;
-            three announce intervals by default, so one lost announce does
-            not drop a peer.
+        :param peer_ttl: seconds after which a silent ironic-bt agent (a
+            peer announcing a ``node`` label) is forgotten; three announce
+            intervals by default, so one lost announce does not drop it.
+        :param foreign_peer_ttl: the same for every other peer: the
+            conductor's seeder and standard clients, which may announce
+            far less often than asked (see :data:`FOREIGN_PEER_TTL`). At
+            least ``peer_ttl``.
         :param clock: monotonic time source, replaceable in tests.
         :param on_stopped: called with the ``node`` parameter of every
             ``stopped`` announce that carries one, outside the table's
@@ -401,23 +501,25 @@ class SwarmTable:
         self.max_peers = max_peers
         self.interval = interval
         self.peer_ttl = 3 * interval if peer_ttl is None else peer_ttl
+        self.foreign_peer_ttl = max(self.peer_ttl, foreign_peer_ttl)
+        self._ttls = (self.peer_ttl, self.foreign_peer_ttl)
         self._clock = clock
         self._on_stopped = on_stopped
         self._lock = threading.Lock()
         self._random = random.Random()
-        self._swarms = {}   # every alias -> _Swarm
+        self._swarms = {}   # every info-hash -> its _Swarm
 
-    def _unique_swarms(self):
-        # Each swarm once, under its first (v1) key.
-        return {swarm.info_hashes[0]: swarm
+    def _torrents(self):
+        # Each torrent once, under its first (v1) key.
+        return {swarm.torrent.info_hashes[0]: swarm.torrent
                 for swarm in self._swarms.values()}
 
     def publish(self, info_hashes, name, size=None):
         """Serve one torrent, reachable under each of its info-hashes.
 
-        :param info_hashes: one or two 20-byte keys. libtorrent announces a
-            hybrid v1+v2 torrent under its v1 hash and its v2 hash truncated
-            to 20 bytes; both must lead to the same swarm.
+        :param info_hashes: one or two 20-byte keys: a hybrid v1+v2
+            torrent's v1 hash and its v2 hash truncated to 20 bytes. Each
+            gets its own peer list (see :class:`_Torrent`).
         :param name: label shown in :meth:`status`.
         :param size: the torrent's size in bytes, shown in :meth:`status`
             so that progress can be given as a fraction.
@@ -429,20 +531,21 @@ class SwarmTable:
         if not 1 <= len(keys) <= 2 or any(len(key) != 20 for key in keys):
             raise ValueError('publish() needs one or two 20-byte info-hashes')
         with self._lock:
-            existing = {self._swarms.get(key) for key in keys}
+            existing = {self._swarms[key].torrent if key in self._swarms
+                        else None for key in keys}
             if existing == {None}:
-                if len(self._unique_swarms()) >= self.max_swarms:
+                if len(self._torrents()) >= self.max_swarms:
                     raise TrackerError(
                         _('cannot publish %(name)s: the tracker already '
                           'serves %(max)d torrents; unpublish unused images '
                           'or raise [bittorrent]max_swarms')
                         % {'name': name, 'max': self.max_swarms})
-                swarm = _Swarm(name, keys, size)
-                for key in keys:
-                    self._swarms[key] = swarm
+                torrent = _Torrent(name, keys, size)
+                for swarm in torrent.swarms:
+                    self._swarms[swarm.info_hash] = swarm
                 return
-            swarm = existing.pop()
-            if existing or swarm is None or swarm.info_hashes != keys:
+            torrent = existing.pop()
+            if existing or torrent is None or torrent.info_hashes != keys:
                 raise ValueError('info-hashes %s overlap a published torrent '
                                  'with other info-hashes'
                                  % ', '.join(key.hex() for key in keys))
@@ -457,7 +560,7 @@ class SwarmTable:
             swarm = self._swarms.get(bytes(info_hash))
             if swarm is None:
                 return False
-            for key in swarm.info_hashes:
+            for key in swarm.torrent.info_hashes:
                 del self._swarms[key]
             return True
 
@@ -494,10 +597,10 @@ class SwarmTable:
         """Record an announce and choose the peers to hand out.
 
         :param req: an :class:`AnnounceRequest`.
-        :returns: (complete, incomplete, peers): the swarm's counts and at
-            most ``req.numwant`` :class:`Peer` other than the requester,
-            chosen at random. A seed is only given peers that still
-            download: seeds have nothing to exchange.
+        :returns: (complete, incomplete, peers): the counts of the swarm of
+            ``req.info_hash`` and at most ``req.numwant`` :class:`Peer` of
+            it other than the requester, chosen at random (leechers first
+            for a seed, see :meth:`_Swarm.sample`).
         :raises: TrackerError if the info-hash is not published.
         """
         now = self._clock()
@@ -508,7 +611,7 @@ class SwarmTable:
                     _('unknown info_hash %s: this tracker only serves images '
                       'published by this ironic-bt deployment')
                     % req.info_hash.hex())
-            swarm.expire(now - self.peer_ttl)
+            swarm.expire(now, self._ttls)
             address = (req.ip, req.port)
             if req.event == 'stopped':
                 swarm.remove(address)
@@ -516,7 +619,7 @@ class SwarmTable:
             else:
                 requester = self._update(swarm, address, req, now)
             chosen = swarm.sample(self._random, requester, req.numwant,
-                                  leechers_only=req.left == 0)
+                                  seed=req.left == 0)
             complete, incomplete = swarm.counts()
         if (req.event == 'stopped' and req.node
                 and self._on_stopped is not None):
@@ -525,16 +628,18 @@ class SwarmTable:
 
     def _update(self, swarm, address, req, now):
         peer = swarm.peers.get(address)
+        kind = _AGENT if req.node or (peer and peer.node) else _FOREIGN
         if peer is None:
             if len(swarm.peers) >= self.max_peers:
-                swarm.pop_oldest()
+                swarm.pop_oldest(self._ttls)
             peer = Peer(ip=req.ip, port=req.port, peer_id=req.peer_id,
                         left=req.left, uploaded=req.uploaded,
                         downloaded=req.downloaded, node=req.node,
-                        first_seen=now, last_seen=now, event=req.event)
+                        first_seen=now, last_seen=now, event=req.event,
+                        kind=kind)
             swarm.add(address, peer)
         else:
-            swarm.peers.move_to_end(address)
+            swarm.touch(address, peer, kind)
             peer.peer_id = req.peer_id
             swarm.set_left(peer, req.left)
             peer.uploaded = req.uploaded
@@ -544,8 +649,9 @@ class SwarmTable:
             # Keep the last meaningful event: regular announces carry none.
             peer.event = req.event or peer.event
         if req.event == 'completed' and not peer.counted:
+            if not swarm.torrent.counted(address):
+                swarm.torrent.downloaded += 1
             peer.counted = True
-            swarm.downloaded += 1
         return peer
 
     def scrape(self, info_hashes):
@@ -560,12 +666,14 @@ class SwarmTable:
             in self.scrape_counts(info_hashes).items()}})
 
     def scrape_counts(self, info_hashes):
-        """The counts of each torrent asked for.
+        """The counts of each info-hash asked for.
 
         :param info_hashes: the requested keys; empty means every published
-            torrent, each under its first (v1) key.
+            torrent, each under its first (v1) key, which every client
+            announces.
         :returns: {key: (complete, downloaded, incomplete)}; unknown keys
-            are omitted.
+            are omitted. ``downloaded`` counts the torrent's completions
+            under any of its keys.
         :raises: TrackerError if keys were asked for and none is published.
         """
         now = self._clock()
@@ -580,45 +688,51 @@ class SwarmTable:
                           'images published by this ironic-bt deployment')
                         % info_hashes[0].hex())
             else:
-                wanted = self._unique_swarms()
+                wanted = {key: torrent.swarms[0]
+                          for key, torrent in self._torrents().items()}
             for key, swarm in wanted.items():
-                swarm.expire(now - self.peer_ttl)
+                swarm.expire(now, self._ttls)
                 complete, incomplete = swarm.counts()
-                files[key] = (complete, swarm.downloaded, incomplete)
+                files[key] = (complete, swarm.torrent.downloaded, incomplete)
         return files
 
     def status(self):
         """Return a JSON-serialisable snapshot for operators.
 
-        :returns: ``{"swarms": [...]}``, each swarm with ``name``,
+        :returns: ``{"swarms": [...]}``, one per torrent, with ``name``,
             ``info_hashes`` (hex), ``complete``, ``incomplete``,
-            ``downloaded`` and ``peers``; each peer with ``ip``, ``port``,
-            ``node``, ``left``, ``uploaded``, ``downloaded``,
-            ``seconds_since_seen`` and ``event``.
+            ``downloaded`` and ``peers``: every address that announced any
+            of the info-hashes, once, with ``ip``, ``port``, ``node``,
+            ``left``, ``uploaded``, ``downloaded``, ``seconds_since_seen``
+            and ``event`` as of its last announce.
         """
         now = self._clock()
         swarms = []
         with self._lock:
-            for swarm in self._unique_swarms().values():
-                swarm.expire(now - self.peer_ttl)
-                complete, incomplete = swarm.counts()
+            for torrent in self._torrents().values():
+                for swarm in torrent.swarms:
+                    swarm.expire(now, self._ttls)
+                peers = sorted(torrent.peers(),
+                               key=lambda item: item[0].first_seen)
+                complete = sum(1 for peer, _event, _node in peers
+                               if peer.complete)
                 swarms.append({
-                    'name': swarm.name,
-                    'size': swarm.size,
-                    'info_hashes': [key.hex() for key in swarm.info_hashes],
+                    'name': torrent.name,
+                    'size': torrent.size,
+                    'info_hashes': [key.hex() for key in torrent.info_hashes],
                     'complete': complete,
-                    'incomplete': incomplete,
-                    'downloaded': swarm.downloaded,
+                    'incomplete': len(peers) - complete,
+                    'downloaded': torrent.downloaded,
                     'peers': [{
                         'ip': peer.ip,
                         'port': peer.port,
-                        'node': peer.node,
+                        'node': node,
                         'left': peer.left,
                         'uploaded': peer.uploaded,
                         'downloaded': peer.downloaded,
                         'seconds_since_seen': round(now - peer.last_seen, 1),
-                        'event': peer.event,
-                    } for peer in swarm.peers.values()],
+                        'event': event,
+                    } for peer, event, node in peers],
                 })
         swarms.sort(key=lambda swarm: swarm['name'])
         return {'swarms': swarms}

@@ -222,12 +222,18 @@ def test_announce_returns_other_peers_but_not_requester(table):
         ('198.18.0.2', 6881), ('198.18.0.3', 6881), ('198.18.0.4', 7000)}
 
 
-def test_seed_only_gets_downloading_peers(table):
+def test_seed_gets_downloading_peers_first(table):
     table.announce(request(ip='198.18.0.2', left='0'))
     table.announce(request(ip='198.18.0.3', left='0'))
     table.announce(request(ip='198.18.0.4', left='5'))
+    for _ in range(20):
+        assert peers_of(table.announce(request(
+            ip='198.18.0.1', left='0', numwant='1'))) == {
+                ('198.18.0.4', 6881)}
+    # The rest of its numwant comes from the seeds: left=0 is also what a
+    # client sends while it fetches the metadata, and it needs peers.
     assert peers_of(table.announce(request(ip='198.18.0.1', left='0'))) == {
-        ('198.18.0.4', 6881)}
+        ('198.18.0.2', 6881), ('198.18.0.3', 6881), ('198.18.0.4', 6881)}
     assert peers_of(table.announce(request(ip='198.18.0.5', left='9'))) == {
         ('198.18.0.1', 6881), ('198.18.0.2', 6881), ('198.18.0.3', 6881),
         ('198.18.0.4', 6881)}
@@ -277,9 +283,9 @@ def test_seeds_and_leechers_move_as_left_changes(table):
     reply = bencode.decode(table.announce(request(ip='198.18.0.2',
                                                   left='0', numwant='200')))
     assert (reply[b'complete'], reply[b'incomplete']) == (3, 6)
-    # A seed is given every leecher and no seed.
+    # A seed asking for six peers is given the six leechers and no seed.
     assert peers_of(table.announce(request(
-        ip='198.18.0.2', left='0', numwant='200'))) == {
+        ip='198.18.0.2', left='0', numwant='6'))) == {
             ('198.18.0.%d' % i, 6881) for i in range(5, 11)}
 
 
@@ -308,22 +314,43 @@ def test_ipv6_peers_go_to_peers6(table):
         b'\x20\x01\x0d\xb8' + b'\x00' * 11 + b'\x02' + b'\x1a\xe2')
 
 
-def test_v1_and_v2_aliases_are_one_swarm_and_one_peer(table):
+def test_v1_and_v2_keys_have_their_own_peers(table):
     # libtorrent announces a hybrid torrent under both keys, possibly with
-    # a different peer id for each.
+    # a different peer id for each; rtorrent and aria2 only under v1. A
+    # peer that announced v2 must not be handed a v1-only one: it would
+    # connect with the v2 hash, and the v1-only client drops that.
     table.announce(request(ip='198.18.0.2', info_hash=V1, left='0',
                            peer_id=b'A' * 20))
     table.announce(request(ip='198.18.0.2', info_hash=V2, left='0',
                            peer_id=b'B' * 20))
+    table.announce(request(ip='198.18.0.5', info_hash=V1,
+                           peer_id=b'-lt0D80-rtorrent0001'))
     reply = table.announce(request(ip='198.18.0.3', info_hash=V2))
     assert peers_of(reply) == {('198.18.0.2', 6881)}
     decoded = bencode.decode(reply)
     assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 1)
+    reply = table.announce(request(ip='198.18.0.3', info_hash=V1))
+    assert peers_of(reply) == {('198.18.0.2', 6881), ('198.18.0.5', 6881)}
+    decoded = bencode.decode(reply)
+    assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 2)
+    # One torrent for operators: each address once.
+    swarm, = table.status()['swarms']
+    assert (swarm['complete'], swarm['incomplete']) == (1, 2)
+    assert sorted(peer['ip'] for peer in swarm['peers']) == [
+        '198.18.0.2', '198.18.0.3', '198.18.0.5']
 
 
 def test_stopped_removes_peer(table):
-    table.announce(request(ip='198.18.0.2'))
+    for key in (V1, V2):
+        table.announce(request(ip='198.18.0.2', info_hash=key))
     table.announce(request(ip='198.18.0.2', info_hash=V2, event='stopped'))
+    reply = table.announce(request(ip='198.18.0.3', info_hash=V2))
+    assert peers_of(reply) == set()
+    assert bencode.decode(reply)[b'incomplete'] == 1
+    # libtorrent stops each key of a hybrid torrent on its own.
+    assert peers_of(table.announce(request(ip='198.18.0.3'))) == {
+        ('198.18.0.2', 6881)}
+    table.announce(request(ip='198.18.0.2', event='stopped'))
     reply = table.announce(request(ip='198.18.0.3'))
     assert peers_of(reply) == set()
     assert bencode.decode(reply)[b'incomplete'] == 1
@@ -343,10 +370,10 @@ def test_stopped_announce_of_a_node_is_reported(clock):
     assert stopped == [node]
 
 
-def test_silent_peers_expire(table, clock):
-    table.announce(request(ip='198.18.0.2'))
+def test_silent_agents_expire(table, clock):
+    table.announce(request(ip='198.18.0.2', node='node-2'))
     clock.now += 20
-    table.announce(request(ip='198.18.0.3'))
+    table.announce(request(ip='198.18.0.3', node='node-3'))
     clock.now += 10   # 0.2 silent for 30 s: the default ttl, still there
     assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
         ('198.18.0.2', 6881), ('198.18.0.3', 6881)}
@@ -354,6 +381,33 @@ def test_silent_peers_expire(table, clock):
     reply = table.announce(request(ip='198.18.0.4'))
     assert peers_of(reply) == {('198.18.0.3', 6881)}
     assert bencode.decode(reply)[b'incomplete'] == 2
+
+
+def test_standard_clients_stay_listed_between_300s_announces(table, clock):
+    # qBittorrent (libtorrent) re-announces no more often than every 300 s
+    # whatever interval it is asked for; it has no node label.
+    table.announce(request(ip='198.18.0.5', peer_id=b'-qB4500-abcdefghijkl'))
+    table.announce(request(ip='198.18.0.2', node='node-2'))
+    for _ in range(2):
+        clock.now += 300
+        table.announce(request(ip='198.18.0.2', node='node-2'))
+        assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+            ('198.18.0.2', 6881), ('198.18.0.5', 6881)}
+        assert {peer['ip'] for peer in table.status()['swarms'][0]['peers']
+                } >= {'198.18.0.5'}
+    table.announce(request(ip='198.18.0.5', peer_id=b'-qB4500-abcdefghijkl'))
+    clock.now += protocol.FOREIGN_PEER_TTL + 1
+    table.announce(request(ip='198.18.0.2', node='node-2'))
+    # Silent for longer than three such intervals: forgotten.
+    assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+        ('198.18.0.2', 6881)}
+
+
+def test_peer_that_gains_a_node_label_expires_as_an_agent(table, clock):
+    table.announce(request(ip='198.18.0.2'))
+    table.announce(request(ip='198.18.0.2', node='node-2'))
+    clock.now += 31
+    assert peers_of(table.announce(request(ip='198.18.0.4'))) == set()
 
 
 def test_full_swarm_evicts_least_recently_seen(clock):
@@ -421,9 +475,10 @@ def test_scrape_counts_each_completion_once(table):
                                event='completed'))
     table.announce(request(ip='198.18.0.3'))
     unknown = b'\xee' * 20
+    # 198.18.0.3 announced only the v1 key.
     assert bencode.decode(table.scrape([V2, unknown])) == {
         b'files': {V2: {b'complete': 1, b'downloaded': 1,
-                        b'incomplete': 1}}}
+                        b'incomplete': 0}}}
     assert bencode.decode(table.scrape([])) == {b'files': {
         V1: {b'complete': 1, b'downloaded': 1, b'incomplete': 1},
         OTHER: {b'complete': 0, b'downloaded': 0, b'incomplete': 0}}}

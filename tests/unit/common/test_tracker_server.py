@@ -86,7 +86,7 @@ def test_malformed_announce_gets_failure_reason(tracker):
 def test_announce_returns_other_announcer(tracker):
     first = announce(tracker, port=7001, extra='&node=node-1')
     assert first[b'peers'] == b''
-    second = announce(tracker, info_hash=V2, port=7002)
+    second = announce(tracker, port=7002)
     assert second == {b'complete': 0, b'incomplete': 2, b'interval': 10,
                       b'min interval': 10,
                       b'peers': b'\x7f\x00\x00\x01\x1b\x59'}   # :7001
@@ -107,8 +107,9 @@ def test_ipv6_tracker_returns_peers6(table):
 
 
 def test_scrape(tracker):
-    announce(tracker, left=0)
-    announce(tracker, port=7002)
+    announce(tracker, left=0, info_hash=V2)
+    announce(tracker, port=7002, info_hash=V2)
+    announce(tracker, port=7003)
     unknown = b'\xaa' * 20
     q = '&'.join('info_hash=' + urllib.parse.quote_from_bytes(key, safe='')
                  for key in (V2, unknown))
