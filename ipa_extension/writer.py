@@ -156,6 +156,10 @@ def _parse_peer(peer):
 SEEDER = 'seeder'
 AGENT = 'agent'
 WEB_SEED = 'web seed'
+#: A standard BitTorrent client (qBittorrent, rtorrent, ...) in the swarm:
+#: served like any peer, but no member of the piece plan, which only
+#: ironic-bt agents follow.
+OTHER = 'other client'
 
 
 class _PeerBytes:
@@ -171,14 +175,24 @@ class _PeerBytes:
     def __init__(self, seeder_ips):
         self.seeder_ips = seeder_ips
         self._live = {}
-        self._closed = {SEEDER: 0, AGENT: 0, WEB_SEED: 0}
+        self._closed = {SEEDER: 0, AGENT: 0, WEB_SEED: 0, OTHER: 0}
         self._seeder_last = True
 
     def kind(self, p):
-        """SEEDER, AGENT or WEB_SEED, for an ``lt.peer_info``."""
+        """SEEDER, AGENT, WEB_SEED or OTHER, for an ``lt.peer_info``.
+
+        Agents are told from other clients by the peer id libtorrent sends
+        in the handshake (BEP 20: it starts with the client's fingerprint);
+        until the handshake is done it is all zeroes.
+        """
         if p.connection_type != lt.peer_info.standard_bittorrent:
             return WEB_SEED
-        return SEEDER if p.ip[0] in self.seeder_ips else AGENT
+        if p.ip[0] in self.seeder_ips:
+            return SEEDER
+        pid = p.pid.to_bytes()
+        if pid.startswith(swarm.PEER_ID_PREFIX) or not any(pid):
+            return AGENT
+        return OTHER
 
     def update(self, peer_info):
         live = {}
@@ -192,7 +206,7 @@ class _PeerBytes:
                 self._closed[key[0]] += total
         self._live = live
         if live:
-            self._seeder_last = any(k[0] != AGENT for k in live)
+            self._seeder_last = any(k[0] in (SEEDER, WEB_SEED) for k in live)
 
     def counted(self, kind):
         return self._closed[kind] + sum(
@@ -206,7 +220,7 @@ class _PeerBytes:
         """Bytes from the seeder, given the torrent's total payload."""
         seeder = self.counted(SEEDER)
         rest = (total - seeder - self.counted(AGENT)
-                - self.counted(WEB_SEED))
+                - self.counted(OTHER) - self.counted(WEB_SEED))
         if rest > 0 and self._seeder_last:
             seeder += rest
         return max(0, min(seeder, total))
@@ -379,7 +393,11 @@ class _Download:
         for p in peer_info:
             if p.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
                 continue
-            if self.bytes.kind(p) == AGENT:
+            kind = self.bytes.kind(p)
+            if kind == OTHER:
+                # Its pieces count as available from a peer, nothing more.
+                continue
+            if kind == AGENT:
                 # Agents that completed stay members: they own nothing
                 # anybody waits for, and ranking again costs CPU.
                 me = me or p.local_endpoint()[0]

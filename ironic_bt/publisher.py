@@ -250,7 +250,8 @@ class Publisher:
             table = protocol.SwarmTable(max_swarms=opts.max_swarms,
                                         max_peers=opts.max_peers_per_swarm,
                                         interval=opts.announce_interval,
-                                        on_stopped=self._agent_stopped)
+                                        on_stopped=self._agent_stopped,
+                                        on_clients=self._clients_present)
             try:
                 tracker = server.TrackerServer(
                     table, opts.tracker_listen_host, opts.tracker_port,
@@ -279,6 +280,8 @@ class Publisher:
                         'of this host and that no other service uses '
                         '[bittorrent]seeder_port'))
         self._seeder, self._table, self._tracker = seeder, table, tracker
+        if table is not None:
+            seeder.serve_clients(table.has_clients())
         address = _ip(opts.advertise_host)
         if address is not None and address.is_loopback:
             LOG.warning('[bittorrent]advertise_host is the loopback address '
@@ -542,6 +545,13 @@ class Publisher:
         """The UUIDs of the nodes holding a publication."""
         with self._lock:
             return sorted(self._nodes)
+
+    def _clients_present(self, present):
+        # Called by the tracker, which starts before the seeder; a client
+        # announcing in between finds the seeder with its default queue.
+        seeder = self._seeder
+        if seeder is not None:
+            seeder.serve_clients(present)
 
     def _agent_stopped(self, node_uuid):
         # Called by the tracker. Only nodes holding a publication are

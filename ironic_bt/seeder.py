@@ -47,6 +47,11 @@ def _global_class_filter(session):
 _IN_FLIGHT = 32
 #: Requests per peer when the number of nodes is not known.
 _DEFAULT_QUEUE = 8
+#: Requests each peer may queue while a standard client is in a swarm:
+#: libtorrent's default. libtorrent answers requests beyond the queue with a
+#: reject (BEP 6), and a client without the fast extension (rtorrent) gets
+#: nothing at all: it waits for those blocks forever.
+_CLIENT_QUEUE = 2000
 #: Requests a lone node may queue: nobody else can get a duplicate, and on
 #: a fast link 32 requests (512 KiB) in flight starved it (1 GiB over an
 #: unshaped veth: 3.5-3.8 s against 3.9-4.8 s with 32).
@@ -88,6 +93,11 @@ class Seeder:
         }
         overrides.update(settings or {})
         self._queue = overrides['max_allowed_in_request_queue']
+        self._nodes = nodes
+        self._clients = False
+        # expect_nodes() comes from the conductor, serve_clients() from the
+        # tracker's thread.
+        self._queue_lock = threading.Lock()
         if upload_rate_limit:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
         self._session = swarm.make_session(listen_host, listen_port,
@@ -114,12 +124,43 @@ class Seeder:
         change get the new limit enforced (their excess requests are
         rejected and asked again).
         """
-        queue = request_queue(nodes)
+        with self._queue_lock:
+            self._nodes = nodes
+            if not self._clients:
+                self._set_queue(request_queue(nodes),
+                                'for %d node(s) downloading' % nodes)
+
+    def serve_clients(self, present):
+        """Serve standard BitTorrent clients, or stop doing so.
+
+        ironic-bt agents are told how many requests to queue (``reqq``,
+        sized to the swarm so the seeder sends each piece about once) and
+        keep to it. Clients without the BEP 6 fast extension ignore it, and
+        libtorrent drops their excess requests without a word. So while a
+        standard client is in a swarm the seeder takes libtorrent's default
+        queue; agents that connected before keep the short one they were
+        told, so the piece plan keeps its gains for them.
+
+        :param present: whether the tracker lists a standard client. The
+            built-in tracker says so before it hands the client any peer.
+        """
+        with self._queue_lock:
+            if present == self._clients:
+                return
+            self._clients = present
+            if present:
+                self._set_queue(_CLIENT_QUEUE, 'while a standard BitTorrent '
+                                'client is in a swarm')
+            else:
+                self._set_queue(request_queue(self._nodes),
+                                'now that no standard client is left')
+
+    def _set_queue(self, queue, why):
         if queue == self._queue:
             return
         self._session.apply_settings({'max_allowed_in_request_queue': queue})
-        LOG.info('Seeder request queue is now %(q)d per peer for %(n)d '
-                 'node(s) downloading', {'q': queue, 'n': nodes})
+        LOG.info('Seeder request queue is now %(q)d per peer %(why)s',
+                 {'q': queue, 'why': why})
         self._queue = queue
 
     @property

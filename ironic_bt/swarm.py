@@ -28,6 +28,9 @@ ALERT_MASK = (lt.alert_category.error
               | lt.alert_category.storage)
 
 _VERSION = getattr(ironic_bt, '__version__', '0')
+#: The peer id of every ironic-bt session starts with this (BEP 20 style
+#: fingerprint), so that agents tell each other from standard clients.
+PEER_ID_PREFIX = b'-IB'
 
 
 def _base():
@@ -56,7 +59,7 @@ def _base():
         'alert_mask': int(ALERT_MASK),
         'user_agent': 'ironic-bt/%s libtorrent/%s' % (_VERSION,
                                                       lt.__version__),
-        'peer_fingerprint': '-IB0001-',
+        'peer_fingerprint': PEER_ID_PREFIX.decode() + '0001-',
         # Every peer is a trusted member of the same deployment: unchoke all
         # of them instead of the internet's tit-for-tat rationing.
         'unchoke_slots_limit': -1,

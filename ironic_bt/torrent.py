@@ -175,6 +175,26 @@ def build(image_path, piece_size=None):
     return load(lt.bencode(creator.generate()), source=image_path)
 
 
+def with_trackers(data, trackers):
+    """The same torrent with announce URLs, for standard clients.
+
+    ironic-bt agents are handed their trackers with the step; a standard
+    BitTorrent client only knows the ones in the file. ``announce`` and
+    ``announce-list`` (BEP 12) lie outside the info dictionary, so the
+    info-hash, and the swarm, stay the same.
+
+    :param data: a bencoded torrent.
+    :param trackers: announce URLs, in order of preference (one tier each).
+    :returns: the bencoded torrent with them.
+    """
+    trackers = list(trackers)
+    decoded = lt.bdecode(data)
+    if trackers:
+        decoded[b'announce'] = trackers[0].encode()
+        decoded[b'announce-list'] = [[url.encode()] for url in trackers]
+    return lt.bencode(decoded)
+
+
 def load(data, source='<torrent>'):
     """Parse and check a .torrent for deployment.
 

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 PACKAGES=(
     iproute2 iputils-ping util-linux mount fdisk e2fsprogs dosfstools gdisk parted
     kmod procps psmisc bsdextrautils ethtool curl libfuse2 tcpdump
+    rtorrent qbittorrent-nox opentracker
     python3 python3-venv python3-pip git
 )
 missing=()

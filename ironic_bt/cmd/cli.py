@@ -87,7 +87,7 @@ def cmd_create(args):
     meta = torrent.build(args.image, piece_size=args.piece_size)
     output = args.output or os.path.basename(args.image) + '.torrent'
     with open(output, 'wb') as f:
-        f.write(meta.data)
+        f.write(torrent.with_trackers(meta.data, args.tracker))
     summary = {'torrent': output, 'info_hash': meta.info_hash,
                'info_hash_v2': meta.info_hash_v2.hex(), 'size': meta.size,
                'piece_length': meta.piece_length,
@@ -111,11 +111,11 @@ def _status_token():
     return os.environ.get('IRONIC_BT_STATUS_TOKEN') or None
 
 
-def _start_tracker(listen, interval, metas, names=None):
+def _start_tracker(listen, interval, metas, names=None, on_clients=None):
     from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
 
-    table = protocol.SwarmTable(interval=interval)
+    table = protocol.SwarmTable(interval=interval, on_clients=on_clients)
     for meta, name in zip(metas, names or [m.info_hash for m in metas]):
         table.publish(meta.tracker_keys, name, size=meta.size)
     tracker = server.TrackerServer(table, host=listen[0], port=listen[1],
@@ -146,15 +146,16 @@ def cmd_seed(args):
                           'ts': meta.size})
     trackers = list(args.tracker)
     tracker = None
-    if args.with_tracker:
-        tracker = _start_tracker(args.with_tracker, args.interval, [meta],
-                                 [os.path.basename(args.image)])
-        trackers.append(tracker.announce_url(
-            _announce_host(args.with_tracker[0])))
     seed = seeder.Seeder(args.listen[0], args.listen[1],
                          upload_rate_limit=args.upload_rate,
                          nodes=args.nodes)
     try:
+        if args.with_tracker:
+            tracker = _start_tracker(args.with_tracker, args.interval, [meta],
+                                     [os.path.basename(args.image)],
+                                     on_clients=seed.serve_clients)
+            trackers.append(tracker.announce_url(
+                _announce_host(args.with_tracker[0])))
         seed.add(meta, args.image, trackers=trackers)
         print(json.dumps({'info_hash': meta.info_hash,
                           'listen': '%s:%d' % (args.listen[0], seed.port),
@@ -365,6 +366,10 @@ def build_parser():
     p.add_argument('--piece-size', type=int, metavar='BYTES',
                    help=_('override the piece size policy (power of two); '
                           'changes the info-hash'))
+    p.add_argument('--tracker', action='append', default=[], metavar='URL',
+                   help=_('announce URL to put in the file, for standard '
+                          'BitTorrent clients (repeatable; the info-hash '
+                          'does not change)'))
     p.add_argument('--json', action='store_true',
                    help=_('print a JSON summary instead of the info-hash'))
     p.set_defaults(func=cmd_create)

@@ -276,13 +276,20 @@ def failure(reason):
     return bencode.encode({'failure reason': reason})
 
 
-#: Seconds a peer without a ``node`` label stays listed after its last
-#: announce. Standard clients built on libtorrent (qBittorrent, Deluge)
-#: re-announce no more often than every 300 s (libtorrent's
-#: ``min_announce_interval``), whatever interval the tracker asks for: three
-#: of their intervals, so one lost announce does not drop them.
+#: Seconds a standard client stays listed after its last announce. Those
+#: built on libtorrent (qBittorrent, Deluge) re-announce no more often than
+#: every 300 s (libtorrent's ``min_announce_interval``), whatever interval
+#: the tracker asks for: three of their intervals, so one lost announce
+#: does not drop them.
 FOREIGN_PEER_TTL = 900
 
+#: How the peer id of an ironic-bt session starts (the fingerprint set in
+#: :mod:`ironic_bt.swarm`, which this module does not import: the tracker
+#: has no business with libtorrent).
+PEER_ID_PREFIX = b'-IB'
+
+#: ironic-bt's agents and seeders (that peer id, or a ``node`` label), and
+#: every other client.
 _AGENT, _FOREIGN = 0, 1
 
 
@@ -299,9 +306,11 @@ class _Swarm:
     expire after different times, so each kind has its own recency order.
     """
 
-    def __init__(self, torrent, info_hash):
+    def __init__(self, torrent, info_hash, census):
         self.torrent = torrent
         self.info_hash = info_hash
+        #: Peers of each kind in the whole table (shared by every swarm).
+        self.census = census
         self.peers = {}
         self.orders = (collections.OrderedDict(), collections.OrderedDict())
         self.seeds = []
@@ -325,12 +334,15 @@ class _Swarm:
     def add(self, address, peer):
         self.peers[address] = peer
         self.orders[peer.kind][address] = peer
+        self.census[peer.kind] += 1
         self._enlist(peer)
 
     def touch(self, address, peer, kind):
         """Move a peer to the back of its (possibly new) recency order."""
         if kind != peer.kind:
             del self.orders[peer.kind][address]
+            self.census[peer.kind] -= 1
+            self.census[kind] += 1
             peer.kind = kind
             self.orders[kind][address] = peer
         else:
@@ -340,7 +352,12 @@ class _Swarm:
         peer = self.peers.pop(address, None)
         if peer is not None:
             del self.orders[peer.kind][address]
+            self.census[peer.kind] -= 1
             self._unlist(peer)
+
+    def clear(self):
+        for kind, order in enumerate(self.orders):
+            self.census[kind] -= len(order)
 
     def set_left(self, peer, left):
         if (left == 0) != peer.complete:
@@ -429,11 +446,11 @@ class _Torrent:
     is in both swarms; a v1-only client only in the first.
     """
 
-    def __init__(self, name, info_hashes, size):
+    def __init__(self, name, info_hashes, size, census):
         self.name = name
         self.size = size
         self.info_hashes = info_hashes
-        self.swarms = [_Swarm(self, key) for key in info_hashes]
+        self.swarms = [_Swarm(self, key, census) for key in info_hashes]
         self.downloaded = 0
 
     def counted(self, address):
@@ -476,26 +493,30 @@ class SwarmTable:
 
     def __init__(self, max_swarms=256, max_peers=2000, interval=10,
                  peer_ttl=None, foreign_peer_ttl=FOREIGN_PEER_TTL,
-                 clock=time.monotonic, on_stopped=None):
+                 clock=time.monotonic, on_stopped=None, on_clients=None):
         """Create an empty table.
 
         :param max_swarms: most torrents published at once.
         :param max_peers: most peers kept per info-hash; the one that would
             expire first is dropped to make room.
         :param interval: seconds between announces asked of clients.
-        :param peer_ttl: seconds after which a silent ironic-bt agent (a
-            peer announcing a ``node`` label) is forgotten; three announce
-            intervals by default, so one lost announce does not drop it.
-        :param foreign_peer_ttl: the same for every other peer: the
-            conductor's seeder and standard clients, which may announce
-            far less often than asked (see :data:`FOREIGN_PEER_TTL`). At
-            least ``peer_ttl``.
+        :param peer_ttl: seconds after which a silent ironic-bt peer (an
+            agent or a seeder) is forgotten; three announce intervals by
+            default, so one lost announce does not drop it.
+        :param foreign_peer_ttl: the same for standard clients, which may
+            announce far less often than asked (see
+            :data:`FOREIGN_PEER_TTL`). At least ``peer_ttl``.
         :param clock: monotonic time source, replaceable in tests.
         :param on_stopped: called with the ``node`` parameter of every
             ``stopped`` announce that carries one, outside the table's
             lock: an agent that stops announcing has ended its download,
             successfully or not. The parameter is the announcer's claim,
             so it may only prompt a check, never decide anything.
+        :param on_clients: called with True when a standard client (a peer
+            whose id is not ironic-bt's) announces while none is listed,
+            before it is given any peer, and with False when the last one
+            is gone; outside the lock. The seeder serves such clients
+            differently (see :meth:`ironic_bt.seeder.Seeder.serve_clients`).
         """
         self.max_swarms = max_swarms
         self.max_peers = max_peers
@@ -505,6 +526,9 @@ class SwarmTable:
         self._ttls = (self.peer_ttl, self.foreign_peer_ttl)
         self._clock = clock
         self._on_stopped = on_stopped
+        self._on_clients = on_clients
+        self._census = [0, 0]
+        self._clients = False
         self._lock = threading.Lock()
         self._random = random.Random()
         self._swarms = {}   # every info-hash -> its _Swarm
@@ -540,7 +564,7 @@ class SwarmTable:
                           'serves %(max)d torrents; unpublish unused images '
                           'or raise [bittorrent]max_swarms')
                         % {'name': name, 'max': self.max_swarms})
-                torrent = _Torrent(name, keys, size)
+                torrent = _Torrent(name, keys, size, self._census)
                 for swarm in torrent.swarms:
                     self._swarms[swarm.info_hash] = swarm
                 return
@@ -560,9 +584,12 @@ class SwarmTable:
             swarm = self._swarms.get(bytes(info_hash))
             if swarm is None:
                 return False
-            for key in swarm.torrent.info_hashes:
-                del self._swarms[key]
-            return True
+            for swarm in swarm.torrent.swarms:
+                swarm.clear()
+                del self._swarms[swarm.info_hash]
+            clients = self._clients_changed()
+        self._report_clients(clients)
+        return True
 
     def announce(self, req):
         """Record an announce and build the HTTP reply.
@@ -621,14 +648,35 @@ class SwarmTable:
             chosen = swarm.sample(self._random, requester, req.numwant,
                                   seed=req.left == 0)
             complete, incomplete = swarm.counts()
+            clients = self._clients_changed()
+        self._report_clients(clients)
         if (req.event == 'stopped' and req.node
                 and self._on_stopped is not None):
             self._on_stopped(req.node)
         return complete, incomplete, chosen
 
+    def has_clients(self):
+        """Whether a standard client is listed (see ``on_clients``)."""
+        with self._lock:
+            return self._clients
+
+    def _clients_changed(self):
+        """Under the lock: True or False if that changed, else None."""
+        present = self._census[_FOREIGN] > 0
+        if present == self._clients:
+            return None
+        self._clients = present
+        return present
+
+    def _report_clients(self, present):
+        if present is not None and self._on_clients is not None:
+            self._on_clients(present)
+
     def _update(self, swarm, address, req, now):
         peer = swarm.peers.get(address)
-        kind = _AGENT if req.node or (peer and peer.node) else _FOREIGN
+        ours = (req.node or req.peer_id.startswith(PEER_ID_PREFIX)
+                or (peer is not None and peer.node))
+        kind = _AGENT if ours else _FOREIGN
         if peer is None:
             if len(swarm.peers) >= self.max_peers:
                 swarm.pop_oldest(self._ttls)

@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 
+from tests.lab import clients as clients_lib
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import net
@@ -69,6 +70,9 @@ class SwarmResult:
     seeder_uploaded_bytes: int
     #: Bytes the web seed's HTTP server sent, per client address.
     http_sent: dict = dataclasses.field(default_factory=dict)
+    #: Standard clients in the swarm: name -> '' if they got the whole
+    #: image, else what went wrong.
+    clients: dict = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self):
@@ -219,7 +223,7 @@ class Swarm:
 
 
 def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
-                   fault=None, writer_extra=()):
+                   fault=None, writer_extra=(), clients=()):
     """Seed ``image`` and write it to every node; verify every disk.
 
     :param web_seed: also serve the image over HTTP from the seed host, in
@@ -228,6 +232,11 @@ def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
     :param fault: called as ``fault(swarm, seeder, writers, start)`` once
         every writer runs, to inject a fault; it may replace processes in
         ``writers`` (a dict of host name to process).
+    :param clients: functions that take the torrent's path and the
+        tracker's URL and return a :class:`tests.lab.clients.Client` in a
+        host of their own; each is
+        started with the seeder, before the writers, and must have the
+        whole image before the seeder stops.
     """
     torrent_path = os.path.join(swarm.state_dir, 'image.torrent')
     subprocess_run = swarm.lab.host('seed').run
@@ -242,12 +251,16 @@ def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
         extra += ['--web-seed',
                   swarm.web_seed_url(os.path.basename(image.path))]
     seeder = swarm.start_seeder(torrent_path, image.path)
-    start = time.monotonic()
-    writers = {h.name: swarm.start_writer(h, torrent_path, linger=linger,
-                                          extra=extra)
-               for h in swarm.hosts}
+    others = []
     results = []
+    writers = {}
     try:
+        for make in clients:
+            others.append(make(torrent_path, swarm.tracker_url).start())
+        start = time.monotonic()
+        writers.update({h.name: swarm.start_writer(
+            h, torrent_path, linger=linger, extra=extra)
+            for h in swarm.hosts})
         if fault is not None:
             seeder = fault(swarm, seeder, writers, start) or seeder
         for host in swarm.hosts:
@@ -276,7 +289,11 @@ def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
                                 if res else 0),
                 resumed_bytes=res['resumed_bytes'] if res else 0,
                 hash_failures=res['hash_failures'] if res else 0))
+        done = clients_lib.wait_complete(
+            others, image, max(1, timeout - (time.monotonic() - start)))
     finally:
+        for client in others:
+            client.stop()
         for proc in writers.values():
             swarm.stop(proc)
         swarm.stop(seeder)
@@ -289,7 +306,8 @@ def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
         method='bittorrent', image_size=image.size,
         image_sha256=image.sha256, nodes=results,
         seconds=max((n.seconds for n in results), default=0),
-        seeder_uploaded_bytes=uploaded, http_sent=swarm.http_sent())
+        seeder_uploaded_bytes=uploaded, http_sent=swarm.http_sent(),
+        clients=done)
 
 
 def summary(result):

@@ -21,9 +21,9 @@ from ipa_extension import writer
 SEEDER = '198.18.0.1'
 
 
-def peer(ip, port, total, web=False):
+def peer(ip, port, total, web=False, pid=b'-IB0001-' + b'x' * 12):
     return types.SimpleNamespace(
-        ip=(ip, port), total_download=total,
+        ip=(ip, port), total_download=total, pid=lt.sha1_hash(pid),
         connection_type=(lt.peer_info.web_seed if web
                          else lt.peer_info.standard_bittorrent))
 
@@ -76,3 +76,21 @@ def test_web_seed_bytes_are_counted_apart_from_the_seeder():
     assert counts.from_web_seeds() == 450
     assert counts.from_seeder(900) == 300
     assert counts.counted(writer.AGENT) == 150
+
+
+def test_standard_clients_are_neither_agents_nor_seeders():
+    counts = writer._PeerBytes({SEEDER})
+    qbittorrent = peer('198.18.0.5', 6881, 0, pid=b'-qB4520-abcdefghijkl')
+    handshaking = peer('198.18.0.6', 6881, 0, pid=b'\0' * 20)
+    assert counts.kind(qbittorrent) == writer.OTHER
+    assert counts.kind(peer('198.18.0.2', 6881, 0)) == writer.AGENT
+    assert counts.kind(peer(SEEDER, 6881, 0, pid=b'-LT2110-abcdefghijkl')
+                       ) == writer.SEEDER
+    # No peer id yet: taken for an agent until the handshake tells.
+    assert counts.kind(handshaking) == writer.AGENT
+    counts.update([peer(SEEDER, 6881, 100),
+                   peer('198.18.0.5', 6881, 300,
+                        pid=b'-qB4520-abcdefghijkl')])
+    assert counts.counted(writer.OTHER) == 300
+    # Bytes from a client are not the seeder's.
+    assert counts.from_seeder(400) == 100

@@ -512,3 +512,45 @@ def test_status_shows_each_node_progress(table, clock):
               'seconds_since_seen': 2.5, 'event': 'started'}]},
         {'name': 'image-b', 'size': None, 'info_hashes': [OTHER.hex()],
          'complete': 0, 'incomplete': 0, 'downloaded': 0, 'peers': []}]}
+
+
+# Standard clients
+
+
+def test_peer_id_prefix_is_the_sessions_fingerprint():
+    from ironic_bt import swarm
+    assert protocol.PEER_ID_PREFIX == swarm.PEER_ID_PREFIX
+    assert swarm.session_settings()['peer_fingerprint'].encode().startswith(
+        protocol.PEER_ID_PREFIX)
+
+
+def test_standard_clients_are_reported(clock):
+    # The seeder must know before it hands a client any peer: the announce
+    # reply is what brings the client to the seeder.
+    seen = []
+    table = protocol.SwarmTable(interval=10, clock=clock,
+                                on_clients=seen.append)
+    table.publish([V1, V2], 'image-a')
+    table.publish([OTHER], 'image-b')
+    ours = b'-IB0001-abcdefghijkl'
+    table.announce(request(ip='198.18.0.2', peer_id=ours))
+    table.announce(request(ip='198.18.0.3', node='node-3'))
+    assert seen == []
+    rtorrent = b'-lt0D80-abcdefghijkl'
+    table.announce(request(ip='198.18.0.5', peer_id=rtorrent))
+    assert seen == [True]
+    table.announce(request(ip='198.18.0.6', peer_id=rtorrent,
+                           info_hash=OTHER))
+    table.announce(request(ip='198.18.0.5', peer_id=rtorrent, event='stopped'))
+    assert seen == [True]
+    table.announce(request(ip='198.18.0.6', peer_id=rtorrent,
+                           info_hash=OTHER, event='stopped'))
+    assert seen == [True, False]
+    # Unpublishing forgets them too; expiry after FOREIGN_PEER_TTL.
+    table.announce(request(ip='198.18.0.5', peer_id=rtorrent))
+    table.unpublish(V1)
+    table.announce(request(ip='198.18.0.6', peer_id=rtorrent,
+                           info_hash=OTHER))
+    clock.now += protocol.FOREIGN_PEER_TTL + 1
+    table.announce(request(ip='198.18.0.2', peer_id=ours, info_hash=OTHER))
+    assert seen == [True, False, True, False, True, False]
