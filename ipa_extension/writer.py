@@ -125,8 +125,9 @@ class WriteResult:
     size: int
     info_hash: str
     downloaded_bytes: int
-    #: Of downloaded_bytes, what came from the ``peers`` given (the
-    #: conductor's seeder); the rest came from other nodes.
+    #: Of downloaded_bytes, what came from conductors' seeders: the
+    #: ``peers`` given, and the seeders of other conductors sharing the
+    #: swarm; the rest came from other nodes.
     downloaded_from_seeder_bytes: int
     uploaded_bytes: int
     zero_bytes: int
@@ -163,33 +164,42 @@ OTHER = 'other client'
 
 
 class _PeerBytes:
-    """Payload bytes received from the seeder, other agents and web seeds.
+    """Payload bytes received, per peer address and kind of peer.
 
     Counted from the peers' own counters, looked at every poll, instead of
     from an alert per 16 KiB block. A connection's counter vanishes with it
     (seeds disconnect once we complete), so its last value is kept; what
     arrived after the last look is given to whichever kind of peer was
-    connected then (the seeder when both were).
+    connected then (a seeder when one was).
     """
 
     def __init__(self, seeder_ips):
+        #: Addresses of the seeder we were given (our conductor's).
         self.seeder_ips = seeder_ips
+        #: Addresses of every seeder met, other conductors' included.
+        self.seen_seeders = set(seeder_ips)
         self._live = {}
-        self._closed = {SEEDER: 0, AGENT: 0, WEB_SEED: 0, OTHER: 0}
+        self._closed = {}   # (kind, ip) -> bytes of closed connections
         self._seeder_last = True
 
     def kind(self, p):
         """SEEDER, AGENT, WEB_SEED or OTHER, for an ``lt.peer_info``.
 
-        Agents are told from other clients by the peer id libtorrent sends
-        in the handshake (BEP 20: it starts with the client's fingerprint);
-        until the handshake is done it is all zeroes.
+        Agents, seeders and other clients are told apart by the peer id
+        libtorrent sends in the handshake (BEP 20: it starts with the
+        client's fingerprint, see :mod:`ironic_bt.swarm`); until the
+        handshake is done it is all zeroes. A seeder is any conductor's:
+        where conductors share a swarm, their seeders reach us through the
+        tracker.
         """
         if p.connection_type != lt.peer_info.standard_bittorrent:
             return WEB_SEED
         if p.ip[0] in self.seeder_ips:
             return SEEDER
         pid = p.pid.to_bytes()
+        if pid.startswith(swarm.SEEDER_PEER_ID_PREFIX):
+            self.seen_seeders.add(p.ip[0])
+            return SEEDER
         if pid.startswith(swarm.PEER_ID_PREFIX) or not any(pid):
             return AGENT
         return OTHER
@@ -203,27 +213,45 @@ class _PeerBytes:
             # Gone, or connected anew between two looks (its counter
             # started again from zero).
             if key not in live or live[key] < total:
-                self._closed[key[0]] += total
+                closed = key[:2]
+                self._closed[closed] = self._closed.get(closed, 0) + total
         self._live = live
         if live:
             self._seeder_last = any(k[0] in (SEEDER, WEB_SEED) for k in live)
 
+    def by_peer(self):
+        """{(kind, ip): bytes} over every connection so far."""
+        totals = dict(self._closed)
+        for (kind, ip, _port), total in self._live.items():
+            totals[(kind, ip)] = totals.get((kind, ip), 0) + total
+        return totals
+
     def counted(self, kind):
-        return self._closed[kind] + sum(
-            t for k, t in self._live.items() if k[0] == kind)
+        return sum(t for k, t in self.by_peer().items() if k[0] == kind)
 
     def from_web_seeds(self):
         """Bytes received over HTTP from web seeds."""
         return self.counted(WEB_SEED)
 
     def from_seeder(self, total):
-        """Bytes from the seeder, given the torrent's total payload."""
+        """Bytes from seeders, given the torrent's total payload."""
         seeder = self.counted(SEEDER)
         rest = (total - seeder - self.counted(AGENT)
                 - self.counted(OTHER) - self.counted(WEB_SEED))
         if rest > 0 and self._seeder_last:
             seeder += rest
         return max(0, min(seeder, total))
+
+    def describe(self, limit=16):
+        """Where the bytes came from, largest first, for the log."""
+        peers = sorted(((t, ip, kind) for (kind, ip), t
+                        in self.by_peer().items() if t),
+                       reverse=True)
+        text = ', '.join('%s (%s) %d' % (ip, kind, t)
+                         for t, ip, kind in peers[:limit])
+        if len(peers) > limit:
+            text += ' and %d more' % (len(peers) - limit)
+        return text or 'nobody'
 
 
 def _file_error(alert):
@@ -473,8 +501,12 @@ class _Download:
             self.plan.hold(now)
 
     def _use_seeder(self, use):
-        """Connect to the seeder, or leave its upload to other agents."""
-        seeder_ips = self.bytes.seeder_ips
+        """Connect to the seeders, or leave their upload to other agents.
+
+        Every conductor's seeder met so far: where conductors share a
+        swarm, those of the others are seeds like ours.
+        """
+        seeder_ips = self.bytes.seen_seeders
         if use == self.using_seeder or not seeder_ips:
             return
         self.using_seeder = use
@@ -484,10 +516,13 @@ class _Download:
                 ip_filter.add_rule(ip, ip, 1)
         self.session.set_ip_filter(ip_filter)
         if use:
+            # Ours at once; the others come back with the tracker's next
+            # peer list.
             self.reconnect()
-        LOG.debug('%(what)s the seeder of %(ih)s',
+        LOG.debug('%(what)s the seeders of %(ih)s (%(ips)s)',
                   {'what': 'Using' if use else 'Disconnected from',
-                   'ih': self.meta.info_hash})
+                   'ih': self.meta.info_hash,
+                   'ips': ', '.join(sorted(seeder_ips))})
 
     def pump_alerts(self):
         for alert in self.session.pop_alerts():
@@ -709,9 +744,10 @@ def _download(dl, readback, progress_interval, stall_timeout,
         if dl.tuning.overlap_read_back and present != last_present:
             readback.update(st.pieces)
         if st.is_seeding:
-            LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s',
+            LOG.info('Downloaded %(ih)s: %(b)d bytes in %(s).1f s, from '
+                     '%(from)s',
                      {'ih': meta.info_hash, 'b': st.total_payload_download,
-                      's': now - start})
+                      's': now - start, 'from': dl.bytes.describe()})
             return st
         if present != last_present or dl.connected:
             last_reachable = now

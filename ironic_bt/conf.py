@@ -49,6 +49,20 @@ opts = [
                       'conductors. When unset, each conductor runs a '
                       'built-in tracker that serves only the images it '
                       'published.')),
+    cfg.StrOpt('tracker_secret',
+               secret=True,
+               help=_('Secret shared by the conductors of a site that use '
+                      'one tracker, so that the nodes deploying an image '
+                      'form one swarm whichever conductor deploys them. Set '
+                      'the same value on every conductor. A conductor whose '
+                      'tracker_url names another conductor\'s built-in '
+                      'tracker publishes its images there by announcing its '
+                      'seeder with a key signed with this secret; the '
+                      'built-in tracker serves such an image while that '
+                      'seeder keeps announcing it. Unset (the default): '
+                      'the built-in tracker serves only the images of its '
+                      'own conductor. Not needed with an external tracker '
+                      'such as opentracker.')),
     cfg.StrOpt('tracker_listen_host',
                default='0.0.0.0',
                help=_('Address the built-in tracker listens on.')),

@@ -58,6 +58,7 @@ from ironic_bt.i18n import _
 from ironic_bt import seeder as seeder_mod
 from ironic_bt import torrent
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import publication
 from ironic_bt.tracker import server
 
 CONF = cfg.CONF
@@ -118,6 +119,14 @@ def _host_port(host, port):
     if ':' in host and not host.startswith('['):
         host = '[%s]' % host
     return '%s:%d' % (host, port)
+
+
+def _with_query(url, params):
+    """``url`` with ``params`` added to its query."""
+    parts = urllib.parse.urlsplit(url)
+    query = '&'.join(q for q in (parts.query, urllib.parse.urlencode(params))
+                     if q)
+    return urllib.parse.urlunsplit(parts._replace(query=query))
 
 
 def _overlap(host_a, host_b):
@@ -251,7 +260,8 @@ class Publisher:
                                         max_peers=opts.max_peers_per_swarm,
                                         interval=opts.announce_interval,
                                         on_stopped=self._agent_stopped,
-                                        on_clients=self._clients_present)
+                                        on_clients=self._clients_present,
+                                        publish_secret=opts.tracker_secret)
             try:
                 tracker = server.TrackerServer(
                     table, opts.tracker_listen_host, opts.tracker_port,
@@ -398,12 +408,21 @@ class Publisher:
                          'that [bittorrent]data_dir is writable by the '
                          'conductor.') % {'link': link, 'err': e})
 
-    def _seeder_trackers(self):
+    def _seeder_trackers(self, meta=None):
         # The seeder announces too, so the tracker hands it out like any
         # peer: agents find it again after a reconnect, and the status
         # shows what the conductor uploads.
-        if CONF.bittorrent.tracker_url:
-            return [CONF.bittorrent.tracker_url]
+        url = CONF.bittorrent.tracker_url
+        if url:
+            secret = CONF.bittorrent.tracker_secret
+            if meta is not None and secret:
+                # Publishes the image on another conductor's built-in
+                # tracker (see ironic_bt.tracker.publication); other
+                # trackers ignore the parameter.
+                url = _with_query(url, {publication.PARAM: (
+                    publication.make_key(secret, meta.tracker_keys,
+                                         meta.size))})
+            return [url]
         if self._tracker is not None:
             return [self._tracker.announce_url(CONF.bittorrent.advertise_host)]
         return []
@@ -433,7 +452,7 @@ class Publisher:
         link = self._seeding_path(meta.info_hash)
         self._link(node_uuid, image_path, link)
         try:
-            self._seeder.add(meta, link, trackers=self._seeder_trackers())
+            self._seeder.add(meta, link, trackers=self._seeder_trackers(meta))
             if self._table is not None:
                 self._table.publish(meta.tracker_keys, name, size=meta.size)
         except Exception as e:

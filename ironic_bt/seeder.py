@@ -20,6 +20,7 @@ instead of re-reading the whole image at publish time.
 
 import os
 import threading
+import urllib.parse
 
 import libtorrent as lt
 from oslo_log import log
@@ -90,6 +91,7 @@ class Seeder:
                  upload_rate_limit=0, settings=None, nodes=None):
         overrides = {
             'max_allowed_in_request_queue': request_queue(nodes),
+            'peer_fingerprint': swarm.SEEDER_FINGERPRINT,
         }
         overrides.update(settings or {})
         self._queue = overrides['max_allowed_in_request_queue']
@@ -225,7 +227,15 @@ class Seeder:
 
     def pump_alerts(self):
         for alert in self._session.pop_alerts():
-            if alert.category() & lt.alert_category.error:
+            if isinstance(alert, lt.tracker_error_alert):
+                # The announce URL may carry a publication key: log the
+                # tracker without its query.
+                url = urllib.parse.urlsplit(alert.tracker_url())
+                LOG.warning('Seeder: tracker %(url)s: %(err)s',
+                            {'url': url._replace(query='').geturl(),
+                             'err': alert.failure_reason()
+                             or alert.error.message()})
+            elif alert.category() & lt.alert_category.error:
                 LOG.warning('Seeder: %s', alert.message())
 
     def close(self):

@@ -31,6 +31,16 @@ _VERSION = getattr(ironic_bt, '__version__', '0')
 #: The peer id of every ironic-bt session starts with this (BEP 20 style
 #: fingerprint), so that agents tell each other from standard clients.
 PEER_ID_PREFIX = b'-IB'
+#: The fingerprint of the agents' sessions.
+AGENT_FINGERPRINT = '-IB0001-'
+#: A conductor's seeder sends this fingerprint instead, so that an agent
+#: tells every conductor's seeder from the other agents: where several
+#: conductors share one swarm, an agent meets the seeders of the others
+#: through the tracker, and the piece plan must treat them as seeds (whose
+#: upload each piece should cross once), not as agents it shares pieces
+#: with.
+SEEDER_FINGERPRINT = '-IBS001-'
+SEEDER_PEER_ID_PREFIX = SEEDER_FINGERPRINT[:4].encode()
 
 
 def _base():
@@ -59,7 +69,7 @@ def _base():
         'alert_mask': int(ALERT_MASK),
         'user_agent': 'ironic-bt/%s libtorrent/%s' % (_VERSION,
                                                       lt.__version__),
-        'peer_fingerprint': PEER_ID_PREFIX.decode() + '0001-',
+        'peer_fingerprint': AGENT_FINGERPRINT,
         # Every peer is a trusted member of the same deployment: unchoke all
         # of them instead of the internet's tit-for-tat rationing.
         'unchoke_slots_limit': -1,

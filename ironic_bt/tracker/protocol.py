@@ -32,6 +32,7 @@ import urllib.parse
 
 from ironic_bt.i18n import _
 from ironic_bt.tracker import bencode
+from ironic_bt.tracker import publication
 
 DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200
@@ -73,6 +74,8 @@ class AnnounceRequest:
     node: str | None = None
     #: The client's opaque ``key`` (any bytes, at most MAX_KEY_LENGTH).
     key: bytes | None = None
+    #: A conductor's publication key (see :mod:`.publication`), as sent.
+    publish: bytes | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -253,6 +256,7 @@ def parse_announce(query, remote_ip):
         node=_text(params, 'node', MAX_NODE_LENGTH),
         # An opaque token: aria2 sends raw bytes.
         key=_opaque(params, 'key', MAX_KEY_LENGTH),
+        publish=_opaque(params, publication.PARAM, publication.MAX_LENGTH),
     )
 
 
@@ -446,12 +450,30 @@ class _Torrent:
     is in both swarms; a v1-only client only in the first.
     """
 
-    def __init__(self, name, info_hashes, size, census):
+    def __init__(self, name, info_hashes, size, census, local=True):
         self.name = name
         self.size = size
         self.info_hashes = info_hashes
         self.swarms = [_Swarm(self, key, census) for key in info_hashes]
         self.downloaded = 0
+        #: Published by this tracker's own conductor (or command).
+        self.local = local
+        #: Seeders of other conductors publishing it with a key: address
+        #: -> when last seen.
+        self.publishers = {}
+
+    def alive(self, now, ttl):
+        """Whether anybody still publishes it.
+
+        Published here, or by a seeder that announced with a publication
+        key in the last ``ttl`` seconds.
+        """
+        if self.publishers:
+            deadline = now - ttl
+            for address, seen in list(self.publishers.items()):
+                if seen < deadline:
+                    del self.publishers[address]
+        return self.local or bool(self.publishers)
 
     def counted(self, address):
         # libtorrent sends "completed" once per info-hash of a hybrid
@@ -493,7 +515,8 @@ class SwarmTable:
 
     def __init__(self, max_swarms=256, max_peers=2000, interval=10,
                  peer_ttl=None, foreign_peer_ttl=FOREIGN_PEER_TTL,
-                 clock=time.monotonic, on_stopped=None, on_clients=None):
+                 clock=time.monotonic, on_stopped=None, on_clients=None,
+                 publish_secret=None):
         """Create an empty table.
 
         :param max_swarms: most torrents published at once.
@@ -517,6 +540,11 @@ class SwarmTable:
             before it is given any peer, and with False when the last one
             is gone; outside the lock. The seeder serves such clients
             differently (see :meth:`ironic_bt.seeder.Seeder.serve_clients`).
+        :param publish_secret: the secret shared with other conductors
+            (``[bittorrent]tracker_secret``). With it, a seeder announcing
+            a valid publication key (see :mod:`.publication`) publishes its
+            torrent here for as long as it keeps announcing; without it,
+            only :meth:`publish` does.
         """
         self.max_swarms = max_swarms
         self.max_peers = max_peers
@@ -527,6 +555,7 @@ class SwarmTable:
         self._clock = clock
         self._on_stopped = on_stopped
         self._on_clients = on_clients
+        self._publish_secret = publish_secret
         self._census = [0, 0]
         self._clients = False
         self._lock = threading.Lock()
@@ -558,6 +587,7 @@ class SwarmTable:
             existing = {self._swarms[key].torrent if key in self._swarms
                         else None for key in keys}
             if existing == {None}:
+                self._drop_dead_locked(self._clock())
                 if len(self._torrents()) >= self.max_swarms:
                     raise TrackerError(
                         _('cannot publish %(name)s: the tracker already '
@@ -573,6 +603,11 @@ class SwarmTable:
                 raise ValueError('info-hashes %s overlap a published torrent '
                                  'with other info-hashes'
                                  % ', '.join(key.hex() for key in keys))
+            if not torrent.local:
+                # Another conductor published it first: now ours too.
+                torrent.local = True
+                torrent.name = name
+                torrent.size = size if size is not None else torrent.size
 
     def unpublish(self, info_hash):
         """Stop serving a torrent and forget its peers.
@@ -582,14 +617,88 @@ class SwarmTable:
         """
         with self._lock:
             swarm = self._swarms.get(bytes(info_hash))
-            if swarm is None:
+            if swarm is None or not swarm.torrent.local:
                 return False
-            for swarm in swarm.torrent.swarms:
-                swarm.clear()
-                del self._swarms[swarm.info_hash]
+            torrent = swarm.torrent
+            torrent.local = False
+            if torrent.alive(self._clock(), self.peer_ttl):
+                # Other conductors' seeders still publish it: their nodes
+                # keep their swarm.
+                return True
+            self._drop_locked(torrent)
             clients = self._clients_changed()
         self._report_clients(clients)
         return True
+
+    def _drop_locked(self, torrent):
+        for swarm in torrent.swarms:
+            swarm.clear()
+            del self._swarms[swarm.info_hash]
+
+    def _drop_dead_locked(self, now):
+        """Forget the torrents nobody publishes any more."""
+        for torrent in list(self._torrents().values()):
+            if not torrent.alive(now, self.peer_ttl):
+                self._drop_locked(torrent)
+
+    def _lookup_locked(self, req, now):
+        """The swarm of an announce, published by its key if it has one.
+
+        :raises: TrackerError if nobody publishes the info-hash, or the
+            publication key is refused.
+        """
+        swarm = self._swarms.get(req.info_hash)
+        if req.publish is not None:
+            swarm = self._publish_remote_locked(req, swarm, now)
+        elif swarm is not None and not swarm.torrent.alive(now,
+                                                           self.peer_ttl):
+            self._drop_locked(swarm.torrent)
+            swarm = None
+        if swarm is None:
+            raise TrackerError(
+                _('unknown info_hash %s: this tracker only serves images '
+                  'published by this ironic-bt deployment')
+                % req.info_hash.hex())
+        return swarm
+
+    def _publish_remote_locked(self, req, swarm, now):
+        if self._publish_secret is None:
+            raise TrackerError(
+                _('this tracker takes no publications from other '
+                  'conductors; set the same [bittorrent]tracker_secret on '
+                  'every conductor that uses it'))
+        try:
+            keys, size = publication.check_key(self._publish_secret,
+                                               req.publish)
+        except publication.InvalidKey as e:
+            raise TrackerError(str(e)) from None
+        if req.info_hash not in keys:
+            raise TrackerError(_('the publication key is for another '
+                                 'torrent than info_hash %s')
+                               % req.info_hash.hex())
+        if swarm is None:
+            if any(key in self._swarms for key in keys):
+                raise TrackerError(
+                    _('info-hashes %s overlap a published torrent with '
+                      'other info-hashes')
+                    % ', '.join(key.hex() for key in keys))
+            self._drop_dead_locked(now)
+            if len(self._torrents()) >= self.max_swarms:
+                raise TrackerError(
+                    _('cannot publish %(ih)s: the tracker already serves '
+                      '%(max)d torrents') % {'ih': keys[0].hex(),
+                                             'max': self.max_swarms})
+            torrent = _Torrent(_('published by %s') % req.ip, keys, size,
+                               self._census, local=False)
+            for each in torrent.swarms:
+                self._swarms[each.info_hash] = each
+            swarm = self._swarms[req.info_hash]
+        address = (req.ip, req.port)
+        if req.event == 'stopped':
+            swarm.torrent.publishers.pop(address, None)
+        else:
+            swarm.torrent.publishers[address] = now
+        return swarm
 
     def announce(self, req):
         """Record an announce and build the HTTP reply.
@@ -632,12 +741,7 @@ class SwarmTable:
         """
         now = self._clock()
         with self._lock:
-            swarm = self._swarms.get(req.info_hash)
-            if swarm is None:
-                raise TrackerError(
-                    _('unknown info_hash %s: this tracker only serves images '
-                      'published by this ironic-bt deployment')
-                    % req.info_hash.hex())
+            swarm = self._lookup_locked(req, now)
             swarm.expire(now, self._ttls)
             address = (req.ip, req.port)
             if req.event == 'stopped':
@@ -727,6 +831,7 @@ class SwarmTable:
         now = self._clock()
         files = {}
         with self._lock:
+            self._drop_dead_locked(now)
             if info_hashes:
                 wanted = {key: self._swarms[key] for key in info_hashes
                           if key in self._swarms}
@@ -757,6 +862,7 @@ class SwarmTable:
         now = self._clock()
         swarms = []
         with self._lock:
+            self._drop_dead_locked(now)
             for torrent in self._torrents().values():
                 for swarm in torrent.swarms:
                     swarm.expire(now, self._ttls)

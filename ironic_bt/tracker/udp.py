@@ -33,6 +33,7 @@ import urllib.parse
 
 from ironic_bt.i18n import _
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import publication
 
 PROTOCOL_ID = 0x41727101980
 CONNECT, ANNOUNCE, SCRAPE, ERROR = 0, 1, 2, 3
@@ -133,7 +134,8 @@ class UdpTracker:
             numwant=(protocol.DEFAULT_NUMWANT if numwant < 0
                      else min(numwant, protocol.MAX_NUMWANT)),
             node=protocol.node_label(params.get('node')),
-            key=key.to_bytes(4, 'big'))
+            key=key.to_bytes(4, 'big'),
+            publish=params.get(publication.PARAM))
         complete, incomplete, peers = self.table.record(req)
         # Peers of the sender's family only: a UDP reply has no room to
         # tell them apart (BEP 15).

@@ -94,3 +94,29 @@ def test_standard_clients_are_neither_agents_nor_seeders():
     assert counts.counted(writer.OTHER) == 300
     # Bytes from a client are not the seeder's.
     assert counts.from_seeder(400) == 100
+
+
+def test_every_conductors_seeder_is_a_seeder():
+    # Two conductors share the swarm: the other's seeder (met through the
+    # tracker) is told by its peer id, and its bytes are a seeder's.
+    counts = writer._PeerBytes({SEEDER})
+    other = peer('198.18.0.9', 6881, 0, pid=b'-IBS001-abcdefghijkl')
+    assert counts.kind(other) == writer.SEEDER
+    assert counts.seen_seeders == {SEEDER, '198.18.0.9'}
+    counts.update([peer(SEEDER, 6881, 100),
+                   peer('198.18.0.9', 6881, 200,
+                        pid=b'-IBS001-abcdefghijkl'),
+                   peer('198.18.0.2', 6881, 300)])
+    assert counts.from_seeder(600) == 300
+    assert counts.counted(writer.AGENT) == 300
+
+
+def test_describe_names_each_peer_largest_first():
+    counts = writer._PeerBytes({SEEDER})
+    counts.update([peer(SEEDER, 6881, 100), peer('198.18.0.2', 6881, 300)])
+    # A reconnect: both connections of 198.18.0.2 add up.
+    counts.update([peer(SEEDER, 6881, 100), peer('198.18.0.2', 6882, 50)])
+    assert counts.describe() == ('198.18.0.2 (agent) 350, '
+                                 '198.18.0.1 (seeder) 100')
+    assert counts.describe(limit=1) == '198.18.0.2 (agent) 350 and 1 more'
+    assert writer._PeerBytes({SEEDER}).describe() == 'nobody'

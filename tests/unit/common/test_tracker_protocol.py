@@ -522,6 +522,13 @@ def test_peer_id_prefix_is_the_sessions_fingerprint():
     assert protocol.PEER_ID_PREFIX == swarm.PEER_ID_PREFIX
     assert swarm.session_settings()['peer_fingerprint'].encode().startswith(
         protocol.PEER_ID_PREFIX)
+    # Seeders are ironic-bt peers to the tracker too, and agents tell them
+    # from each other.
+    seeder = swarm.SEEDER_FINGERPRINT.encode()
+    assert seeder.startswith(protocol.PEER_ID_PREFIX)
+    assert seeder.startswith(swarm.SEEDER_PEER_ID_PREFIX)
+    assert not swarm.AGENT_FINGERPRINT.encode().startswith(
+        swarm.SEEDER_PEER_ID_PREFIX)
 
 
 def test_standard_clients_are_reported(clock):

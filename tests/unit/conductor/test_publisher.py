@@ -28,6 +28,8 @@ from ironic_bt import publisher
 from ironic_bt import seeder
 from ironic_bt import torrent
 from ironic_bt.tracker import bencode
+from ironic_bt.tracker import protocol
+from ironic_bt.tracker import server
 from tests.unit.conductor import base
 
 NODE_A = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
@@ -360,6 +362,64 @@ class PublisherTestCase(base.TestCase):
         self.assertEqual([url], status['trackers'])
         self.assertNotIn('swarms', status)
         self.assertEqual(['127.0.0.1:%d' % status['seeder_port']], pub.peers)
+
+    def test_publishes_on_another_conductors_tracker(self):
+        # Another conductor's built-in tracker, sharing the secret.
+        table = protocol.SwarmTable(interval=1, publish_secret='s3cret')
+        tracker = server.TrackerServer(table, '127.0.0.1', 0)
+        tracker.start()
+        self.addCleanup(tracker.stop)
+        url = tracker.announce_url('127.0.0.1')
+        self.config(group='bittorrent', tracker_url=url,
+                    tracker_secret='s3cret')
+        pub = self.publisher.publish(NODE_A, self.image)
+        # The agents get the plain URL; the seeder's announces carry the
+        # key, and publish the image there.
+        self.assertEqual([url], pub.trackers)
+        self.assertEqual([url], self.publisher.status()['trackers'])
+        seeder_port = self.publisher.status()['seeder_port']
+
+        def listed():
+            try:
+                reply = announce(url, pub.meta)
+            except Exception:
+                return None
+            return reply.get(b'peers')
+        deadline = time.monotonic() + 20
+        while not listed() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        peers = listed()
+        self.assertEqual(socket.inet_aton('127.0.0.1')
+                         + seeder_port.to_bytes(2, 'big'), peers)
+        swarm, = table.status()['swarms']
+        self.assertEqual(3 * base.MiB, swarm['size'])
+        # Released: the seeder stops announcing, the publication ends.
+        self.publisher.release(NODE_A)
+        deadline = time.monotonic() + 20
+        while table.status()['swarms'] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        self.assertEqual([], table.status()['swarms'])
+
+    def test_refused_publication_is_logged_without_the_key(self):
+        # A tracker that does not share the secret refuses the key.
+        table = protocol.SwarmTable(interval=1)
+        tracker = server.TrackerServer(table, '127.0.0.1', 0)
+        tracker.start()
+        self.addCleanup(tracker.stop)
+        url = tracker.announce_url('127.0.0.1')
+        self.config(group='bittorrent', tracker_url=url,
+                    tracker_secret='s3cret')
+        with mock.patch.object(seeder.LOG, 'warning',
+                               autospec=True) as warning:
+            pub = self.publisher.publish(NODE_A, self.image)
+            deadline = time.monotonic() + 20
+            while not warning.called and time.monotonic() < deadline:
+                self.publisher.stats(pub.info_hash)    # pumps the alerts
+                time.sleep(0.2)
+        logged = str(warning.call_args_list)
+        self.assertIn('no publications from other conductors', logged)
+        self.assertIn(url, logged)
+        self.assertNotIn('publish=', logged)
 
     def test_tracker_port_in_use(self):
         busy = socket.socket()
