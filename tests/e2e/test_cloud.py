@@ -30,6 +30,7 @@ import pytest
 
 from ironic_bt import torrent
 from tests.lab import cloud as lab_cloud
+from tests.lab import cloud_report
 from tests.lab import images
 from tests.lab import net
 
@@ -238,3 +239,79 @@ def test_lab_agent_never_acts_on_the_host():
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith('safe'), proc.stdout
+
+
+def _data_range(image_path, pieces=4):
+    """``pieces`` whole pieces of the image's data, halfway through it.
+
+    Never a zero piece: the agent zeroes those locally before it
+    downloads, and the failure must hit the download.
+    """
+    meta = torrent.build(image_path)
+    data = set(range(meta.num_pieces)) - set(meta.zero_pieces)
+    starts = [i for i in sorted(data)
+              if all(j in data for j in range(i, i + pieces))]
+    first = starts[len(starts) // 2]
+    return first * meta.piece_length, pieces * meta.piece_length
+
+
+def _log_sizes(cloud):
+    paths = [p for n in cloud.node_names()
+             for p in (cloud.nodes[n]['log'],
+                       cloud.path('logs', 'ipa-%s.out' % n))]
+    return {p: os.path.getsize(p) if os.path.exists(p) else 0
+            for p in paths}
+
+
+def _logged_since(sizes):
+    """What each log got after ``sizes`` were taken."""
+    text = {}
+    for path, size in sizes.items():
+        with open(path, errors='replace') as f:
+            f.seek(size)
+            text[path] = f.read()
+    return text
+
+
+def test_failing_disk_fails_the_deploy_in_seconds(shaped, fault_image):
+    cloud = shaped
+    victim, healthy = SOLO[0], SWARM[0]
+    bad = _data_range(fault_image)
+    sizes = _log_sizes(cloud)
+    with cloud.faulty_disk(victim, fail_writes=bad) as disk:
+        device = disk.device
+        report = cloud.deploy(interface='bittorrent', image=fault_image,
+                              names=[healthy, victim],
+                              timeout=DEPLOY_TIMEOUT)
+        first = disk.first_failed_write
+        failed_at = cloud_report.parse_time(cloud.node_json(
+            cloud.nodes[victim]['uuid']).get('provision_updated_at'))
+    rows = _rows(report)
+    failed = rows[victim]
+    error = failed['last_error'] or ''
+    seconds = failed_at - first['time'] if first else None
+    print(json.dumps({'failing_disk': {
+        'device': device, 'bad_range': bad, 'first_failed_write': first,
+        'seconds_to_deploy_failed':
+            None if seconds is None else round(seconds, 2),
+        'last_error': error}}))
+
+    assert first is not None, 'no write ever reached the bad range'
+    assert failed['state'] == 'deploy failed', failed
+    # The operator learns which disk failed, how, and what to check; not
+    # to look at the network.
+    assert device in error, error
+    assert 'EIO' in error, error
+    assert 'kernel log' in error, error
+    assert 'network is not at fault' in error, error
+    assert 'reachable' not in error, error
+    assert seconds < 15, seconds
+    # The other node did not suffer for it, and no peer was taken for a
+    # sender of bad data.
+    _assert_active_and_verified(report, [healthy])
+    for path, text in _logged_since(sizes).items():
+        assert 'Banned peer' not in text, path
+        assert 'a peer sent bad data' not in text, path
+    # The node has its own disk and agent back.
+    assert cloud.nodes[victim]['device'] != device
+    assert cloud.agent_alive(victim)

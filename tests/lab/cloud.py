@@ -42,6 +42,7 @@ command can run as a separate invocation; ``down`` always cleans up.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -51,9 +52,11 @@ import subprocess
 import sys
 import time
 
+from tests.lab import cloud_conductors
 from tests.lab import cloud_conf
 from tests.lab import cloud_report
 from tests.lab import disks
+from tests.lab import faulty
 from tests.lab import images
 from tests.lab import net
 from tests.lab import procs
@@ -79,7 +82,8 @@ AGENT_MAIN = 'import tests.lab.ipa_test_hw as m; m.main()'
 
 # Directories of the state dir that "down" removes; logs/ is kept for the
 # post-mortem unless --purge.
-_RUNTIME_DIRS = ('ironic', 'http', 'ipa', 'bittorrent', 'disks')
+_RUNTIME_DIRS = ('ironic', 'http', 'ipa', 'bittorrent', 'disks',
+                 'conductors', 'opentracker')
 
 ACTIVE = 'active'
 AVAILABLE = 'available'
@@ -205,12 +209,20 @@ class Cloud:
     # -- up ------------------------------------------------------------------
 
     def up(self, nodes=3, rate_mbit=None, disk_mib=256, subnet=None,
-           interfaces='auto', callback_timeout=90, heartbeat_timeout=30):
+           interfaces='auto', callback_timeout=90, heartbeat_timeout=30,
+           conductors=1, tracker='builtin'):
         """Build the lab, start ironic and the agents, enrol the nodes.
 
         :param interfaces: ``auto`` (``direct``, plus ``bittorrent`` when
             ironic can load it) or a comma-separated list.
+        :param conductors: how many conductors share the nodes (see
+            :mod:`tests.lab.cloud_conductors`).
+        :param tracker: ``builtin`` or ``opentracker``: the tracker the
+            conductors share.
         """
+        if tracker not in cloud_conductors.TRACKERS:
+            raise CloudError('unknown tracker %r (choose from %s)'
+                             % (tracker, ', '.join(cloud_conductors.TRACKERS)))
         if os.path.exists(self.state_path):
             raise CloudError('a cloud is already up in %s; run "down" '
                              'first' % self.state_dir)
@@ -243,6 +255,8 @@ class Cloud:
             'disk_bytes': disk_mib * MIB,
             'callback_timeout': callback_timeout,
             'heartbeat_timeout': heartbeat_timeout,
+            'tracker': tracker,
+            'tracker_port': TRACKER_PORT,
             'services': {},
             'nodes': {},
         }
@@ -252,6 +266,7 @@ class Cloud:
 
         for i in range(nodes):
             self._add_host(lab, 'node%d' % i, i)
+        cloud_conductors.add_hosts(self, lab, conductors)
         self.save()
         self._start_services(lab, callback_timeout, heartbeat_timeout)
         self._enrol()
@@ -320,14 +335,22 @@ class Cloud:
         for sub in ('tmp', 'locks', 'certificates'):
             os.makedirs(os.path.join(dirs['ironic'], sub), exist_ok=True)
         conf = self.path('ironic', 'ironic.conf')
+        common = dict(
+            api_port=API_PORT, http_port=HTTP_PORT,
+            deploy_interfaces=self.state['deploy_interfaces'],
+            default_deploy_interface=self.state['default_interface'],
+            callback_timeout=callback_timeout,
+            heartbeat_timeout=heartbeat_timeout,
+            tracker_port=TRACKER_PORT, seeder_port=SEEDER_PORT,
+            **cloud_conductors.conf_options(self))
+        if self.state['tracker'] == 'opentracker':
+            cloud_conductors.start_opentracker(self, lab)
+        # The first conductor's own tracker unless another is shared.
+        first = (cloud_conductors.tracker_url(self)
+                 if self.state['tracker'] == 'opentracker' else None)
         with open(conf, 'w') as f:
-            f.write(cloud_conf.ironic_conf(
-                dirs, gw, api_port=API_PORT, http_port=HTTP_PORT,
-                deploy_interfaces=self.state['deploy_interfaces'],
-                default_deploy_interface=self.state['default_interface'],
-                callback_timeout=callback_timeout,
-                heartbeat_timeout=heartbeat_timeout,
-                tracker_port=TRACKER_PORT, seeder_port=SEEDER_PORT))
+            f.write(cloud_conf.ironic_conf(dirs, gw, tracker_url=first,
+                                           **common))
         self.state['ironic_conf'] = conf
 
         http_log = self.path('logs', 'http.log')
@@ -353,6 +376,9 @@ class Cloud:
                              % (rc, dbsync_log))
 
         self._start_ironic(lab)
+        cloud_conductors.start_conductors(
+            self, lab, dirs,
+            dict(common, tracker_url=cloud_conductors.tracker_url(self)))
 
     def _start_ironic(self, lab):
         gw = self.state['gateway_ip']
@@ -405,19 +431,7 @@ class Cloud:
         bm = self.conn.baremetal
         for name in self.node_names():
             node = self.nodes[name]
-            created = bm.create_node(
-                name=name, driver='fake-hardware',
-                boot_interface='fake', power_interface='fake',
-                management_interface='noop', network_interface='noop',
-                storage_interface='noop',
-                deploy_interface=self.state['default_interface'],
-                # Never let the conductor ask the agent to power off:
-                # on this shared machine that is the host itself.
-                driver_info={'deploy_forces_oob_reboot': True},
-                properties={'cpu_arch': 'x86_64', 'cpus': 1,
-                            'memory_mb': 2048,
-                            'local_gb': max(1, self.state['disk_bytes']
-                                            // 1024 ** 3)})
+            created = self._create_node(name)
             node['uuid'] = created.id
             bm.create_port(node_id=created.id, address=node['mac'],
                            pxe_enabled=True)
@@ -430,6 +444,43 @@ class Cloud:
             bm.set_node_provision_state(uuid, 'provide')
         bm.wait_for_nodes_provision_state(uuids, AVAILABLE, timeout=120)
         _log('enrolled %d nodes (fake-hardware), all available', len(uuids))
+
+    def _create_node(self, name, attempts=100):
+        """Enrol a node; with several conductors, an even share each.
+
+        Ironic's hash ring maps a node's UUID to a conductor; a node whose
+        UUID lands on a conductor that has its share already is enrolled
+        again with a new UUID, so that every conductor deploys some.
+        """
+        conductors = [c['ip'] for c in self.state.get('conductors', [])]
+        share = -(-len(self.nodes) // max(1, len(conductors)))
+        for _attempt in range(attempts):
+            created = self._create_node_once(name)
+            if len(conductors) < 2:
+                return created
+            owner = cloud_conductors.owner(self, created.id)
+            owned = sum(1 for n in self.nodes.values()
+                        if n.get('conductor') == owner)
+            if owner in conductors and owned < share:
+                self.nodes[name]['conductor'] = owner
+                return created
+            self.conn.baremetal.delete_node(created.id)
+        raise CloudError('could not give every conductor a share of the '
+                         'nodes in %d attempts' % attempts)
+
+    def _create_node_once(self, name):
+        return self.conn.baremetal.create_node(
+            name=name, driver='fake-hardware',
+            boot_interface='fake', power_interface='fake',
+            management_interface='noop', network_interface='noop',
+            storage_interface='noop',
+            deploy_interface=self.state['default_interface'],
+            # Never let the conductor ask the agent to power off: on this
+            # shared machine that is the host itself.
+            driver_info={'deploy_forces_oob_reboot': True},
+            properties={'cpu_arch': 'x86_64', 'cpus': 1, 'memory_mb': 2048,
+                        'local_gb': max(1, self.state['disk_bytes']
+                                        // 1024 ** 3)})
 
     # -- agents (the harness plays the nodes' BMCs) --------------------------
 
@@ -521,6 +572,91 @@ class Cloud:
         procs.wait_for(ready, timeout, 1, 'agents of %s to heartbeat'
                        % ', '.join(sorted(pending)))
         _log('agents up and heartbeating: %s', ', '.join(sorted(names)))
+
+    @contextlib.contextmanager
+    def faulty_disk(self, name, fail_writes):
+        """Give a node a disk whose writes fail with EIO in one range.
+
+        The node boots its "ramdisk" again on a
+        :class:`tests.lab.faulty.FaultyDisk` of the same size (a loop
+        device over a FUSE file, registered with the lab so that ``down``
+        undoes it if this process dies): a fresh agent, which sees only
+        that disk. On exit, also after a failure, the agent is stopped,
+        the loop device and the FUSE file system go, and the node boots
+        again on its own disk, ``available`` with a fresh agent.
+
+        :param fail_writes: ``(offset, length)`` of the failing range.
+        :returns: the FaultyDisk (``device``, ``first_failed_write``).
+        """
+        own = self.nodes[name]['device']
+        directory = self.path('disks', '%s-faulty' % name)
+        os.mkdir(directory)
+        disk = faulty.FaultyDisk(directory, self.state['disk_bytes'],
+                                 fail_writes=fail_writes, lab=self.lab)
+        failed = False
+        try:
+            with disk:
+                try:
+                    self._boot_disk(name, disk.device)
+                    yield disk
+                finally:
+                    # Nothing may use the loop device when it goes.
+                    self._halt_agent(name)
+                    self._set_disk(name, own)
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            with contextlib.suppress(OSError):
+                os.rmdir(directory)
+            try:
+                self._boot_disk(name, own)
+            except Exception as e:
+                if not failed:
+                    raise
+                # Do not hide the error that brought us here.
+                _log('%s: could not boot it on %s again: %s', name, own, e)
+
+    def _halt_agent(self, name, timeout=10):
+        """Stop a node's agent (SIGKILL, as a power cut) and wait for it."""
+        if self.stop_agent(name, signal.SIGKILL):
+            procs.wait_for(lambda: not self.agent_alive(name), timeout, 0.1,
+                           'the agent of %s to exit' % name)
+
+    def _set_disk(self, name, device):
+        """Make ``device`` the node's only disk, for its next agent."""
+        disks.assert_lab_loop(device, self.state_dir)
+        node = self.nodes[name]
+        with open(node['json']) as f:
+            description = json.load(f)
+        description['device'] = device
+        tmp = node['json'] + '.tmp'
+        with open(tmp, 'w') as f:
+            json.dump(description, f, indent=1)
+        os.replace(tmp, node['json'])
+        node['device'] = device
+        self.save()
+
+    def _boot_disk(self, name, device):
+        """Reboot a node's ramdisk with ``device`` as its disk.
+
+        It ends ``available`` with a heartbeating agent.
+        """
+        self._halt_agent(name)
+        self._set_disk(name, device)
+        bm = self.conn.baremetal
+        uuid = self.nodes[name]['uuid']
+        if bm.get_node(uuid).provision_state in (ACTIVE, DEPLOY_FAILED):
+            # Ironic ignores the heartbeats of an agent on a node in
+            # either state.
+            bm.set_node_provision_state(uuid, 'deleted')
+            bm.wait_for_nodes_provision_state([uuid], AVAILABLE,
+                                              timeout=300)
+        # Powering off makes ironic forget the old agent's token and TLS
+        # certificate, so that the new agent gets its own.
+        bm.set_node_power_state(uuid, 'power off', wait=True, timeout=60)
+        self.start_agent(name)
+        self.wait_agents([name])
 
     # -- deploy --------------------------------------------------------------
 
@@ -630,6 +766,8 @@ class Cloud:
             raise CloudError('%s is not among the nodes deployed'
                              % kill_agent)
         img, url = self.prepare_image(image, image_size_mib)
+        if interface == 'bittorrent':
+            cloud_conductors.allow_torrent(self, img.path)
         restarted = [n for n in names if self._reset_node(n, wipe)]
         if restarted:
             self.wait_agents(restarted)
@@ -639,7 +777,8 @@ class Cloud:
             bm.update_node(self.nodes[name]['uuid'],
                            deploy_interface=interface,
                            instance_info={
-                               'image_source': url,
+                               'image_source': cloud_conductors.image_url(
+                                   self, name, img.path, url),
                                'image_os_hash_algo': 'sha256',
                                'image_os_hash_value': img.sha256,
                                'image_disk_format': 'raw',
@@ -863,6 +1002,14 @@ def _add_up_args(parser):
                         help='enabled deploy interfaces, comma-separated, '
                              'or "auto" (direct, plus bittorrent if it '
                              'loads)')
+    parser.add_argument('--conductors', type=int, default=1,
+                        help='conductors sharing the nodes, each on an '
+                             'address of its own (default 1)')
+    parser.add_argument('--tracker', choices=cloud_conductors.TRACKERS,
+                        default='builtin',
+                        help='the tracker the conductors share: the first '
+                             'conductor\'s built-in tracker (default) or '
+                             'opentracker')
     parser.add_argument('--callback-timeout', type=int, default=90,
                         help='[conductor]deploy_callback_timeout: how long '
                              'a dead agent goes unnoticed (default 90)')
@@ -950,7 +1097,8 @@ def _up(args):
         cloud.up(nodes=args.nodes, rate_mbit=args.rate_mbit,
                  disk_mib=args.disk_mib, subnet=args.subnet,
                  interfaces=args.interfaces,
-                 callback_timeout=args.callback_timeout)
+                 callback_timeout=args.callback_timeout,
+                 conductors=args.conductors, tracker=args.tracker)
     except BaseException:
         _log('up failed: tearing down (logs are kept in %s)',
              os.path.join(cloud.state_dir, 'logs'))

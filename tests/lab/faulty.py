@@ -31,6 +31,7 @@ out) and undoes everything on exit, the FUSE process by PID.
 import argparse
 import contextlib
 import errno
+import json
 import os
 import subprocess
 import sys
@@ -48,8 +49,22 @@ def _overlap(offset, length, bad):
     return (start, end) if start < end else None
 
 
-def serve(mountpoint, backing, fail_writes=None, corrupt_reads=None):
-    """Serve ``backing`` as ``MOUNTPOINT/disk.img`` until unmounted."""
+def _record_failure(path, offset, length):
+    # Written once, whole (rename), so a reader never sees half of it.
+    tmp = path + '.tmp'
+    with open(tmp, 'w') as f:
+        json.dump({'time': time.time(), 'offset': offset,
+                   'length': length}, f)
+    os.replace(tmp, path)
+
+
+def serve(mountpoint, backing, fail_writes=None, corrupt_reads=None,
+          failure_log=None):
+    """Serve ``backing`` as ``MOUNTPOINT/disk.img`` until unmounted.
+
+    :param failure_log: a file to write the wall-clock time, offset and
+        length of the first failed write to, as JSON.
+    """
     import fuse
 
     class Faulty(fuse.Operations):
@@ -87,6 +102,9 @@ def serve(mountpoint, backing, fail_writes=None, corrupt_reads=None):
 
         def write(self, path, data, offset, fh):
             if fail_writes and _overlap(offset, len(data), fail_writes):
+                self.failed_writes += 1
+                if self.failed_writes == 1 and failure_log:
+                    _record_failure(failure_log, offset, len(data))
                 raise fuse.FuseOSError(errno.EIO)
             return os.pwrite(self.fd, data, offset)
 
@@ -126,10 +144,13 @@ class FaultyDisk:
     :param fail_writes: ``(offset, length)`` that refuses writes with EIO.
     :param corrupt_reads: ``(offset, length)`` whose reads come back
         flipped.
+    :param lab: a :class:`tests.lab.net.Lab` whose teardown must undo the
+        mount and the loop device if the test process dies first; both are
+        registered with it before they exist.
     """
 
     def __init__(self, directory, size, fail_writes=None,
-                 corrupt_reads=None):
+                 corrupt_reads=None, lab=None):
         self.directory = os.path.abspath(directory)
         self.size = size
         self.fail_writes = fail_writes
@@ -137,6 +158,9 @@ class FaultyDisk:
         self.backing = os.path.join(self.directory, 'faulty-backing.img')
         self.mountpoint = os.path.join(self.directory, 'faulty-mnt')
         self.path = os.path.join(self.mountpoint, NAME)
+        self.failure_log = os.path.join(self.directory,
+                                        'faulty-first-failure.json')
+        self.lab = lab
         self.device = None
         self._proc = None
         self._mounted = False
@@ -155,10 +179,17 @@ class FaultyDisk:
             self._created = True
             f.truncate(self.size)
         os.mkdir(self.mountpoint)
+        if self.lab is not None:
+            # The FUSE process is not recorded for the lab's teardown to
+            # kill: killed first, it would unmount before the loop device
+            # is detached, which then no longer names its backing file.
+            # It exits by itself once the teardown has unmounted it.
+            self.lab.register_mount(self.mountpoint)
         cmd = [sys.executable, '-m', 'tests.lab.faulty', self.mountpoint,
                self.backing]
         if self.fail_writes:
-            cmd += ['--fail-writes', '%d:%d' % self.fail_writes]
+            cmd += ['--fail-writes', '%d:%d' % self.fail_writes,
+                    '--failure-log', self.failure_log]
         if self.corrupt_reads:
             cmd += ['--corrupt-reads', '%d:%d' % self.corrupt_reads]
         root = os.path.dirname(os.path.dirname(os.path.dirname(
@@ -172,10 +203,14 @@ class FaultyDisk:
                                    % (self.path, self._proc.poll()))
             time.sleep(0.05)
         self._mounted = True
+        if self.lab is not None:
+            self.lab.register_loop(self.path)
         out = subprocess.run(['losetup', '--find', '--show', self.path],
                              check=True, capture_output=True, text=True)
         device = out.stdout.strip()
         self.device = device
+        if self.lab is not None:
+            self.lab.register_loop(self.path, device)
         # Write only to what this test made: the loop device must be ours.
         name = os.path.basename(device)
         with open('/sys/block/%s/loop/backing_file' % name) as f:
@@ -189,6 +224,19 @@ class FaultyDisk:
         # failed write reaches the kernel as the EIO a real disk gives.
         with open('/sys/block/%s/queue/max_sectors_kb' % name, 'w') as f:
             f.write(str(MAX_WRITE // 1024 // 2))
+
+    @property
+    def first_failed_write(self):
+        """The first write refused, or None while none was.
+
+        :returns: a dict with ``time`` (epoch seconds), ``offset`` and
+            ``length``.
+        """
+        try:
+            with open(self.failure_log) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
 
     def __exit__(self, *exc):
         if self.device:
@@ -215,8 +263,9 @@ class FaultyDisk:
         with contextlib.suppress(FileNotFoundError, OSError):
             os.rmdir(self.mountpoint)
         if self._created:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self.backing)
+            for path in (self.backing, self.failure_log):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(path)
             self._created = False
 
 
@@ -226,9 +275,11 @@ def main(argv=None):
     p.add_argument('backing')
     p.add_argument('--fail-writes', type=_range, metavar='OFFSET:LENGTH')
     p.add_argument('--corrupt-reads', type=_range, metavar='OFFSET:LENGTH')
+    p.add_argument('--failure-log', metavar='PATH',
+                   help='write the time of the first failed write here')
     args = p.parse_args(argv)
     serve(args.mountpoint, args.backing, fail_writes=args.fail_writes,
-          corrupt_reads=args.corrupt_reads)
+          corrupt_reads=args.corrupt_reads, failure_log=args.failure_log)
     return 0
 
 

@@ -520,6 +520,7 @@ class Lab:
                 'hosts': [],
                 'processes': [],
                 'loops': [],
+                'mounts': [],
                 'sysctls': {},
             }
             with self._file_lock():
@@ -782,6 +783,23 @@ class Lab:
             state['loops'].append({'backing': backing, 'device': device})
         self._update(record)
 
+    def register_mount(self, mountpoint):
+        """Record a mount point (a test's FUSE file system) for teardown.
+
+        Call it before mounting. Teardown unmounts it after detaching the
+        loop devices, which a FUSE file may back.
+        """
+        mountpoint = os.path.realpath(mountpoint)
+        if not _inside(mountpoint, self.state_dir):
+            raise LabError('mount point %s is not inside the lab state '
+                           'directory %s' % (mountpoint, self.state_dir))
+
+        def record(state):
+            mounts = state.setdefault('mounts', [])
+            if mountpoint not in mounts:
+                mounts.append(mountpoint)
+        self._update(record)
+
     # -- teardown -----------------------------------------------------------
 
     @classmethod
@@ -831,8 +849,8 @@ class Lab:
             if state is None:
                 return problems
             for step in (self._kill_processes, self._detach_loops,
-                         self._delete_namespaces, self._delete_bridge,
-                         self._restore_sysctls):
+                         self._unmount, self._delete_namespaces,
+                         self._delete_bridge, self._restore_sysctls):
                 try:
                     step(state, problems)
                 except Exception as exc:
@@ -946,6 +964,7 @@ class Lab:
             self._wait_gone(stray_alive, 2)
 
     def _detach_loops(self, state, problems):
+        mounts = state.get('mounts', [])
         for loop in state['loops']:
             backing = loop['backing']
             devices = set()
@@ -964,9 +983,29 @@ class Lab:
                 if res.returncode != 0:
                     problems.append('losetup -d %s: %s'
                                     % (dev, res.stderr.strip()))
-            if _inside(backing, self.state_dir):
+            # A file on a test's FUSE file system goes with its mount.
+            if _inside(backing, self.state_dir) and not any(
+                    _inside(backing, m) for m in mounts):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(backing)
+
+    def _unmount(self, state, problems):
+        mounted = _mount_points()
+        for mountpoint in state.get('mounts', []):
+            if mountpoint not in mounted or not _inside(mountpoint,
+                                                        self.state_dir):
+                continue
+            # The loop device may let go of its file a moment after it
+            # was detached; a FUSE daemon exits once unmounted.
+            for _attempt in range(20):
+                if _run(['umount', mountpoint], check=False).returncode == 0:
+                    break
+                time.sleep(0.1)
+            else:
+                res = _run(['umount', '-l', mountpoint], check=False)
+                if res.returncode != 0:
+                    problems.append('umount -l %s: %s'
+                                    % (mountpoint, res.stderr.strip()))
 
     def _owned_namespaces(self, state):
         """Recorded namespaces that exist and hold only our links."""
@@ -1038,6 +1077,18 @@ def _inside(path, directory):
     directory = os.path.realpath(directory)
     return path != directory and os.path.commonpath(
         [path, directory]) == directory
+
+
+def _mount_points():
+    """Mount points of this mount namespace (``/proc/self/mountinfo``)."""
+    points = set()
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            # Field 5; spaces and the like are octal escapes (\040).
+            field = line.split()[4]
+            points.add(re.sub(r'\\([0-7]{3})',
+                              lambda m: chr(int(m.group(1), 8)), field))
+    return points
 
 
 def _loop_backing(dev):
