@@ -176,8 +176,8 @@ class _PeerBytes:
     def __init__(self, seeder_ips):
         #: Addresses of the seeder we were given (our conductor's).
         self.seeder_ips = seeder_ips
-        #: Addresses of every seeder met, other conductors' included.
-        self.seen_seeders = set(seeder_ips)
+        #: Addresses of the seeders of other conductors met so far.
+        self.other_seeders = set()
         self._live = {}
         self._closed = {}   # (kind, ip) -> bytes of closed connections
         self._seeder_last = True
@@ -198,7 +198,7 @@ class _PeerBytes:
             return SEEDER
         pid = p.pid.to_bytes()
         if pid.startswith(swarm.SEEDER_PEER_ID_PREFIX):
-            self.seen_seeders.add(p.ip[0])
+            self.other_seeders.add(p.ip[0])
             return SEEDER
         if pid.startswith(swarm.PEER_ID_PREFIX) or not any(pid):
             return AGENT
@@ -341,6 +341,7 @@ class _Download:
                                       backup=tuning.plan_backup)
                      if share else None)
         self.using_seeder = True
+        self._blocked_seeders = set()
         self.sequential = False
         self.sources = sources.Sources(trackers, self.peers, web_seeds)
         self.fallback = sources.Fallback(web_seeds, web_seed_delay)
@@ -361,6 +362,8 @@ class _Download:
             if not p.flags & (lt.peer_info.connecting
                               | lt.peer_info.handshake))
         self.bytes.update(peer_info)
+        if self.bytes.other_seeders != self._blocked_seeders:
+            self._filter_seeders()
         self.observer.peers(peer_info)
         if downloading:
             self._in_order(st, peer_info)
@@ -501,28 +504,38 @@ class _Download:
             self.plan.hold(now)
 
     def _use_seeder(self, use):
-        """Connect to the seeders, or leave their upload to other agents.
-
-        Every conductor's seeder met so far: where conductors share a
-        swarm, those of the others are seeds like ours.
-        """
-        seeder_ips = self.bytes.seen_seeders
-        if use == self.using_seeder or not seeder_ips:
+        """Connect to the seeder, or leave its upload to other agents."""
+        if use == self.using_seeder or not self.bytes.seeder_ips:
             return
         self.using_seeder = use
-        ip_filter = lt.ip_filter()
-        if not use:
-            for ip in seeder_ips:
-                ip_filter.add_rule(ip, ip, 1)
-        self.session.set_ip_filter(ip_filter)
+        self._filter_seeders()
         if use:
-            # Ours at once; the others come back with the tracker's next
-            # peer list.
             self.reconnect()
-        LOG.debug('%(what)s the seeders of %(ih)s (%(ips)s)',
+        LOG.debug('%(what)s the seeder of %(ih)s',
                   {'what': 'Using' if use else 'Disconnected from',
-                   'ih': self.meta.info_hash,
-                   'ips': ', '.join(sorted(seeder_ips))})
+                   'ih': self.meta.info_hash})
+
+    def _filter_seeders(self):
+        """Keep away from other conductors' seeders, and ours if unused.
+
+        Where conductors share a swarm, the tracker hands out every
+        conductor's seeder. Each agent takes the pieces it owns in the
+        piece plan from its own conductor's seeder only, whose request
+        queue is sized for that conductor's nodes; the rest comes from the
+        agents. A piece then leaves the conductors about once, as with one
+        conductor: with every seeder open to every agent, libtorrent filled
+        the free request slots of the extra seeders with pieces the agents
+        could have given each other (two conductors, six nodes: the
+        seeders sent 1.6 copies of the image).
+        """
+        blocked = set(self.bytes.other_seeders) - self.bytes.seeder_ips
+        self._blocked_seeders = set(self.bytes.other_seeders)
+        if not self.using_seeder:
+            blocked |= self.bytes.seeder_ips
+        ip_filter = lt.ip_filter()
+        for ip in blocked:
+            ip_filter.add_rule(ip, ip, 1)
+        self.session.set_ip_filter(ip_filter)
 
     def pump_alerts(self):
         for alert in self.session.pop_alerts():

@@ -712,6 +712,31 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         self._resume_seeding(task)
 
     @periodics.periodic(
+        spacing=lambda: CONF.bittorrent.resume_check_interval or 5,
+        enabled=lambda: bool(CONF.bittorrent.tracker_secret
+                             and not CONF.bittorrent.tracker_url))
+    def _serve_shared_tracker(self, manager, context):
+        """Run the built-in tracker that other conductors share.
+
+        Started within seconds of the conductor, and again after a failure
+        to listen, whether or not this conductor deploys anything itself.
+
+        :param manager: the conductor manager.
+        :param context: an admin context.
+        """
+        try:
+            publisher.get_publisher().serve_shared_tracker()
+        except OSError as e:
+            LOG.error('The built-in tracker that other conductors share '
+                      '([bittorrent]tracker_secret is set) cannot start: '
+                      '%(err)s. Check that [bittorrent]tracker_listen_host '
+                      'is an address of this host and that no other service '
+                      'uses [bittorrent]tracker_port; trying again in '
+                      '%(s)d s.', {'err': e,
+                                   's': CONF.bittorrent.resume_check_interval
+                                   or 5})
+
+    @periodics.periodic(
         spacing=lambda: CONF.bittorrent.publication_check_interval,
         enabled=lambda: CONF.bittorrent.publication_check_interval > 0)
     def _check_publications(self, manager, context):

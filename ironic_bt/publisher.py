@@ -254,19 +254,10 @@ class Publisher:
                 reason=e, check=_('[bittorrent]data_dir'))
         self._sweep(start=True)
 
-        table = tracker = None
-        if not opts.tracker_url:
-            table = protocol.SwarmTable(max_swarms=opts.max_swarms,
-                                        max_peers=opts.max_peers_per_swarm,
-                                        interval=opts.announce_interval,
-                                        on_stopped=self._agent_stopped,
-                                        on_clients=self._clients_present,
-                                        publish_secret=opts.tracker_secret)
+        started_tracker = False
+        if not opts.tracker_url and self._tracker is None:
             try:
-                tracker = server.TrackerServer(
-                    table, opts.tracker_listen_host, opts.tracker_port,
-                    udp_port=opts.tracker_udp_port,
-                    status_token=opts.status_token)
+                self._start_tracker_locked()
             except OSError as e:
                 raise exception.PublisherStartFailed(
                     image=image_path, node=node_uuid,
@@ -274,22 +265,23 @@ class Publisher:
                     check=_('that [bittorrent]tracker_listen_host is an '
                             'address of this host and that no other '
                             'service uses [bittorrent]tracker_port'))
-            tracker.start()
+            started_tracker = True
+        table = self._table
         try:
             seeder = seeder_mod.Seeder(
                 listen_host=opts.seeder_listen_host,
                 listen_port=opts.seeder_port,
                 upload_rate_limit=opts.upload_rate_limit)
         except (seeder_mod.SeederError, RuntimeError) as e:
-            if tracker is not None:
-                tracker.stop()
+            if started_tracker:
+                self._stop_tracker_locked()
             raise exception.PublisherStartFailed(
                 image=image_path, node=node_uuid, service=_('seeder'),
                 reason=e,
                 check=_('that [bittorrent]seeder_listen_host is an address '
                         'of this host and that no other service uses '
                         '[bittorrent]seeder_port'))
-        self._seeder, self._table, self._tracker = seeder, table, tracker
+        self._seeder = seeder
         if table is not None:
             seeder.serve_clients(table.has_clients())
         address = _ip(opts.advertise_host)
@@ -302,6 +294,47 @@ class Publisher:
                  {'seeder': seeder.port,
                   'tracker': (self._seeder_trackers() or ['none'])[0],
                   'host': opts.advertise_host})
+
+    def _start_tracker_locked(self):
+        opts = CONF.bittorrent
+        table = protocol.SwarmTable(max_swarms=opts.max_swarms,
+                                    max_peers=opts.max_peers_per_swarm,
+                                    interval=opts.announce_interval,
+                                    on_stopped=self._agent_stopped,
+                                    on_clients=self._clients_present,
+                                    publish_secret=opts.tracker_secret)
+        tracker = server.TrackerServer(
+            table, opts.tracker_listen_host, opts.tracker_port,
+            udp_port=opts.tracker_udp_port, status_token=opts.status_token)
+        tracker.start()
+        self._table, self._tracker = table, tracker
+
+    def _stop_tracker_locked(self):
+        if self._tracker is not None:
+            self._tracker.stop()
+        self._table = self._tracker = None
+
+    def serve_shared_tracker(self):
+        """Start the built-in tracker now if other conductors use it.
+
+        A conductor whose built-in tracker other conductors share (it has
+        ``[bittorrent]tracker_secret`` and no ``tracker_url``) runs it from
+        the start, not from its own first deploy: the others' deploys need
+        it whether or not this conductor deploys anything.
+
+        :returns: True if the tracker runs after the call.
+        :raises: OSError if it cannot listen.
+        """
+        opts = CONF.bittorrent
+        if opts.tracker_url or not opts.tracker_secret:
+            return False
+        with self._lock:
+            if self._tracker is None:
+                self._start_tracker_locked()
+                LOG.info('Built-in tracker %s started for the conductors '
+                         'sharing it',
+                         self._tracker.announce_url(opts.advertise_host))
+            return True
 
     def _sweep(self, start=False):
         """Remove files no publication needs.
@@ -729,11 +762,10 @@ class Publisher:
         process exit.
         """
         with self._lock:
-            if self._tracker is not None:
-                self._tracker.stop()
+            self._stop_tracker_locked()
             if self._seeder is not None:
                 self._seeder.close()
-            self._seeder = self._table = self._tracker = None
+            self._seeder = None
             self._images.clear()
             self._nodes.clear()
             self._stopped.clear()

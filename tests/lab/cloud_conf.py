@@ -50,8 +50,15 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
                 deploy_interfaces, default_deploy_interface,
                 hardware_types=('fake-hardware',), callback_timeout=90,
                 heartbeat_timeout=30, tracker_port=6969, seeder_port=6881,
-                debug=True):
-    """The all-in-one ironic's configuration file.
+                debug=True, rpc_transport='none', database_path=None,
+                tracker_url=None, tracker_secret=None, log_file='ironic.log',
+                json_rpc_port=8089):
+    """The configuration file of an ironic process.
+
+    The all-in-one ``ironic`` (API and conductor) by default; with
+    ``rpc_transport='json-rpc'``, one of several conductors on one
+    database, each known by its address (``[DEFAULT]host``, which the API's
+    JSON-RPC client connects to).
 
     :param dirs: a dict of absolute directories: ``ironic`` (state, the
         sqlite database, caches), ``http_root``, ``logs``, ``bittorrent``.
@@ -61,20 +68,26 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
         long a silent agent is given before its deploy fails.
     :param heartbeat_timeout: ``[api]ramdisk_heartbeat_timeout``; agents
         heartbeat every 30-60 % of it.
+    :param database_path: the sqlite file (shared by the conductors);
+        ``ironic.sqlite`` in the state directory by default.
+    :param tracker_url: ``[bittorrent]tracker_url``: a shared tracker.
+    :param tracker_secret: ``[bittorrent]tracker_secret``.
     :returns: the file's text.
     """
     state = dirs['ironic']
+    several = rpc_transport == 'json-rpc'
     sections = {
         'DEFAULT': {
-            'host': 'ironic-bt-lab',
+            # Several conductors are told apart, and reached, by address.
+            'host': gateway_ip if several else 'ironic-bt-lab',
             'my_ip': gateway_ip,
             'auth_strategy': 'noauth',
-            'rpc_transport': 'none',
+            'rpc_transport': rpc_transport,
             'state_path': state,
             'tempdir': os.path.join(state, 'tmp'),
             'debug': debug,
             'log_dir': dirs['logs'],
-            'log_file': 'ironic.log',
+            'log_file': log_file,
             'use_stderr': False,
             'enabled_hardware_types': list(hardware_types),
             'enabled_deploy_interfaces': list(deploy_interfaces),
@@ -102,8 +115,8 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
             'ramdisk_heartbeat_timeout': heartbeat_timeout,
         },
         'database': {
-            'connection': 'sqlite:///%s' % os.path.join(state,
-                                                        'ironic.sqlite'),
+            'connection': 'sqlite:///%s' % (
+                database_path or os.path.join(state, 'ironic.sqlite')),
         },
         'dhcp': {'dhcp_provider': 'none'},
         'conductor': {
@@ -153,8 +166,17 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
             'announce_interval': 2,
             'progress_interval': 2,
             'linger_timeout': 30,
+            'tracker_url': tracker_url,
+            'tracker_secret': tracker_secret,
         },
     }
+    if several:
+        # The API's view of which conductor owns which node is rebuilt this
+        # often: short, so that a conductor that joins is used at once.
+        sections['DEFAULT']['hash_ring_reset_interval'] = 2
+        sections['json_rpc'] = {'host_ip': gateway_ip,
+                                'port': json_rpc_port,
+                                'auth_strategy': 'noauth'}
     return _render(sections)
 
 

@@ -102,7 +102,7 @@ def test_every_conductors_seeder_is_a_seeder():
     counts = writer._PeerBytes({SEEDER})
     other = peer('198.18.0.9', 6881, 0, pid=b'-IBS001-abcdefghijkl')
     assert counts.kind(other) == writer.SEEDER
-    assert counts.seen_seeders == {SEEDER, '198.18.0.9'}
+    assert counts.other_seeders == {'198.18.0.9'}
     counts.update([peer(SEEDER, 6881, 100),
                    peer('198.18.0.9', 6881, 200,
                         pid=b'-IBS001-abcdefghijkl'),

@@ -648,6 +648,36 @@ class ReleaseTestCase(DeployTestCase):
         self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
 
 
+@mock.patch.object(publisher.Publisher, 'serve_shared_tracker',
+                   autospec=True)
+class SharedTrackerTestCase(DeployTestCase):
+    """A tracker other conductors share runs from the conductor's start."""
+
+    def test_started(self, serve_mock):
+        deploy.BitTorrentDeploy()._serve_shared_tracker(mock.Mock(),
+                                                        self.context)
+        serve_mock.assert_called_once_with(self.publisher)
+
+    @mock.patch.object(deploy.LOG, 'error', autospec=True)
+    def test_cannot_listen(self, error_mock, serve_mock):
+        serve_mock.side_effect = OSError(98, 'Address already in use')
+        deploy.BitTorrentDeploy()._serve_shared_tracker(mock.Mock(),
+                                                        self.context)
+        message = error_mock.call_args[0][0] % error_mock.call_args[0][1]
+        self.assertIn('Address already in use', message)
+        self.assertIn('[bittorrent]tracker_port', message)
+
+    def test_enabled_only_for_a_shared_builtin_tracker(self, serve_mock):
+        enabled = (deploy.BitTorrentDeploy._serve_shared_tracker
+                   ._periodic_enabled_resolver)
+        self.assertFalse(enabled())
+        self.config(group='bittorrent', tracker_secret='s3cret')
+        self.assertTrue(enabled())
+        self.config(group='bittorrent',
+                    tracker_url='http://198.51.100.1:6969/announce')
+        self.assertFalse(enabled())
+
+
 @mock.patch.object(deployments, 'continue_node_deploy', autospec=True)
 @mock.patch.object(agent_client.AgentClient, 'get_commands_status',
                    autospec=True)

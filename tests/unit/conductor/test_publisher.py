@@ -29,6 +29,7 @@ from ironic_bt import seeder
 from ironic_bt import torrent
 from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import publication
 from ironic_bt.tracker import server
 from tests.unit.conductor import base
 
@@ -399,6 +400,35 @@ class PublisherTestCase(base.TestCase):
         while table.status()['swarms'] and time.monotonic() < deadline:
             time.sleep(0.2)
         self.assertEqual([], table.status()['swarms'])
+
+    def test_shared_tracker_serves_before_any_deploy(self):
+        self.assertFalse(self.publisher.serve_shared_tracker())
+        self.config(group='bittorrent', tracker_secret='s3cret')
+        self.assertTrue(self.publisher.serve_shared_tracker())
+        self.assertTrue(self.publisher.serve_shared_tracker())
+        # Only the tracker: the seeder starts with the first deploy.
+        self.assertFalse(self.publisher.started)
+        meta = torrent.build(self.image)
+        url = 'http://127.0.0.1:%d/announce' % (
+            self.publisher._tracker.port)
+        # Another conductor's seeder publishes its image with a key.
+        key = publication.make_key('s3cret', meta.tracker_keys, meta.size)
+        reply = announce(url + '?publish=' + key, meta, left=0)
+        self.assertEqual(1, reply[b'complete'])
+        # This conductor deploys the same image: one tracker, one swarm.
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.assertEqual(url, self.publisher.status()['trackers'][0])
+        reply = announce(pub.trackers[-1], meta, port=51414)
+        peers = reply[b'peers']
+        ports = {int.from_bytes(peers[i + 4:i + 6], 'big')
+                 for i in range(0, len(peers), 6)}
+        self.assertIn(51413, ports)
+
+    def test_no_shared_tracker_with_an_external_one(self):
+        self.config(group='bittorrent', tracker_secret='s3cret',
+                    tracker_url='http://tracker.example:6969/announce')
+        self.assertFalse(self.publisher.serve_shared_tracker())
+        self.assertIsNone(self.publisher._tracker)
 
     def test_refused_publication_is_logged_without_the_key(self):
         # A tracker that does not share the secret refuses the key.
