@@ -364,15 +364,20 @@ class PublisherTestCase(base.TestCase):
         self.assertNotIn('swarms', status)
         self.assertEqual(['127.0.0.1:%d' % status['seeder_port']], pub.peers)
 
-    def test_publishes_on_another_conductors_tracker(self):
-        # Another conductor's built-in tracker, sharing the secret.
-        table = protocol.SwarmTable(interval=1, publish_secret='s3cret')
+    def _other_conductors_tracker(self, secret):
+        """Start another conductor's built-in tracker; point us at it."""
+        table = protocol.SwarmTable(interval=1, publish_secret=secret)
         tracker = server.TrackerServer(table, '127.0.0.1', 0)
         tracker.start()
         self.addCleanup(tracker.stop)
         url = tracker.announce_url('127.0.0.1')
         self.config(group='bittorrent', tracker_url=url,
                     tracker_secret='s3cret')
+        return table, url
+
+    def test_publishes_on_another_conductors_tracker(self):
+        # Another conductor's built-in tracker, sharing the secret.
+        table, url = self._other_conductors_tracker('s3cret')
         pub = self.publisher.publish(NODE_A, self.image)
         # The agents get the plain URL; the seeder's announces carry the
         # key, and publish the image there.
@@ -432,13 +437,7 @@ class PublisherTestCase(base.TestCase):
 
     def test_refused_publication_is_logged_without_the_key(self):
         # A tracker that does not share the secret refuses the key.
-        table = protocol.SwarmTable(interval=1)
-        tracker = server.TrackerServer(table, '127.0.0.1', 0)
-        tracker.start()
-        self.addCleanup(tracker.stop)
-        url = tracker.announce_url('127.0.0.1')
-        self.config(group='bittorrent', tracker_url=url,
-                    tracker_secret='s3cret')
+        _table, url = self._other_conductors_tracker(None)
         with mock.patch.object(seeder.LOG, 'warning',
                                autospec=True) as warning:
             pub = self.publisher.publish(NODE_A, self.image)
