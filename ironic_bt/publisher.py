@@ -466,8 +466,7 @@ class Publisher:
         else:
             # In order of preference: the agents try each in turn.
             host = CONF.bittorrent.advertise_host
-            query = urllib.parse.urlencode({'node': node_uuid})
-            trackers = ['%s?%s' % (url, query) for url in (
+            trackers = [_with_query(url, {'node': node_uuid}) for url in (
                 self._tracker.udp_announce_url(host),
                 self._tracker.announce_url(host)) if url]
         peers = [_host_port(CONF.bittorrent.advertise_host,

@@ -208,9 +208,8 @@ def _wait_registered(cloud, timeout=120):
                                     'latest'})
         if not resp.ok:
             return False
-        alive = {c['hostname'].rsplit(':', 1)[0] if c['hostname'].count(
-            ':') == 1 else c['hostname']
-            for c in resp.json().get('conductors', []) if c.get('alive')}
+        alive = {_address(c['hostname'])
+                 for c in resp.json().get('conductors', []) if c.get('alive')}
         return wanted <= alive
     procs.wait_for(registered, timeout, 1, 'conductors %s to register'
                    % ', '.join(sorted(wanted)))
@@ -246,8 +245,13 @@ def image_url(cloud, name, image_path, url):
 
 def owner(cloud, uuid):
     """The address of the conductor ironic's hash ring gives a node."""
-    host = cloud.node_json(uuid).get('conductor') or ''
-    return host.rsplit(':', 1)[0] if host.count(':') == 1 else host
+    return _address(cloud.node_json(uuid).get('conductor') or '')
+
+
+def _address(hostname):
+    # Ironic names a JSON-RPC conductor on a non-default port HOST:PORT.
+    return hostname.rsplit(':', 1)[0] if hostname.count(':') == 1 \
+        else hostname
 
 
 def seeder_uploads(cloud, info_hash):
