@@ -49,7 +49,7 @@ import threading
 import time
 import urllib.parse
 
-from oslo_config import cfg
+from ironic.conf import CONF   # [deploy]http_root and http_url too
 from oslo_log import log
 
 from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
@@ -61,7 +61,6 @@ from ironic_bt.tracker import protocol
 from ironic_bt.tracker import publication
 from ironic_bt.tracker import server
 
-CONF = cfg.CONF
 LOG = log.getLogger(__name__)
 
 SEEDING_DIR = 'seeding'
@@ -484,7 +483,11 @@ class Publisher:
         link = self._seeding_path(meta.info_hash)
         self._link(node_uuid, image_path, link)
         try:
-            self._seeder.add(meta, link, trackers=self._seeder_trackers(meta))
+            # The torrent was hashed from this very file (its cache key is
+            # the file's identity, size and mtime), as ironic trusts its
+            # own image cache; the agents verify every piece they get.
+            self._seeder.add(meta, link, trackers=self._seeder_trackers(meta),
+                             verified=True)
             if self._table is not None:
                 self._table.publish(meta.tracker_keys, name, size=meta.size)
         except Exception as e:

@@ -156,7 +156,8 @@ def cmd_seed(args):
                                      on_clients=seed.serve_clients)
             trackers.append(tracker.announce_url(
                 _announce_host(args.with_tracker[0])))
-        seed.add(meta, args.image, trackers=trackers)
+        seed.add(meta, args.image, trackers=trackers,
+                 verified=args.trust_image)
         print(json.dumps({'info_hash': meta.info_hash,
                           'listen': '%s:%d' % (args.listen[0], seed.port),
                           'trackers': trackers}), flush=True)
@@ -401,6 +402,13 @@ def build_parser():
     p.add_argument('--duration', type=float, metavar='SECONDS',
                    help=_('stop after this long instead of waiting for a '
                           'signal'))
+    p.add_argument('--trust-image', action='store_true',
+                   help=_('IMAGE is the very file the torrent was made from, '
+                          'unchanged since: send pieces without hashing '
+                          'them first, as the conductor does with its own '
+                          'image cache (default: hash each piece the first '
+                          'time it is sent, so a wrong or altered image is '
+                          'never served)'))
     p.set_defaults(func=cmd_seed)
 
     p = sub.add_parser('tracker', help=_('run the tracker standalone'),

@@ -29,7 +29,7 @@ import pytest
 
 from ipa_extension import device
 from ipa_extension import writer
-from ironic_bt import swarm
+from ironic_bt import seeder
 from ironic_bt import torrent
 from tests.lab import faulty
 
@@ -70,25 +70,20 @@ def read(path, length, offset=0):
 
 
 @contextlib.contextmanager
-def seeding(meta, image_path):
-    """Seed ``image_path`` on 127.0.0.1; yield its ``HOST:PORT``."""
-    session = swarm.make_session('127.0.0.1', 0)
-    params = lt.add_torrent_params()
-    params.ti = meta.torrent_info()
-    params.save_path = os.path.dirname(image_path)
-    params.renamed_files = {0: os.path.basename(image_path)}
-    # The image is the source of truth: no need to hash it before serving.
-    params.flags |= lt.torrent_flags.seed_mode
-    handle = session.add_torrent(params)
-    deadline = time.monotonic() + 10
-    while not session.listen_port():
-        assert time.monotonic() < deadline, 'seeder never listened'
-        time.sleep(0.05)
+def seeding(meta, image_path, verified=True):
+    """Seed ``image_path`` on 127.0.0.1 with the conductor's seeder.
+
+    :param verified: as the conductor's publisher, trust that the torrent
+        was hashed from this file; if not, the seeder hashes each piece on
+        its first send (``ironic-bt seed`` without ``--trust-image``).
+    :yields: the seeder's ``HOST:PORT``.
+    """
+    seed = seeder.Seeder('127.0.0.1', 0)
     try:
-        yield '127.0.0.1:%d' % session.listen_port()
+        seed.add(meta, image_path, verified=verified)
+        yield '127.0.0.1:%d' % seed.port
     finally:
-        session.remove_torrent(handle)
-        del session
+        seed.close()
 
 
 @contextlib.contextmanager
@@ -278,6 +273,26 @@ def test_verify_detects_tampering(tmp_path, image):
         device.verify(target, meta, expected_sha256=sha256(data))
     assert 'Piece 2 ' in str(exc.value)
     assert target in str(exc.value)
+
+
+def test_seeder_never_serves_an_image_changed_after_hashing(tmp_path, image):
+    # ironic-bt seed without --trust-image: the image the operator gave
+    # is not the one the torrent was made from (same size, piece 1
+    # differs). The seeder hashes each piece before its first send, so the
+    # changed piece never reaches the node.
+    path, data, meta = image
+    changed = bytes(b ^ 0xff for b in data[PIECE:2 * PIECE])
+    with open(path, 'r+b') as f:
+        f.seek(PIECE)
+        f.write(changed)
+    target = str(tmp_path / 'disk.img')
+    with seeding(meta, path, verified=False) as peer:
+        with pytest.raises(writer.DownloadError) as exc:
+            write(meta, target, [peer], stall_timeout=3)
+    assert meta.info_hash in str(exc.value)
+    assert read(target, PIECE, PIECE) != changed
+    # The pieces it could verify did arrive.
+    assert read(target, PIECE) == data[:PIECE]
 
 
 def test_expected_sha256_mismatch(tmp_path, image):

@@ -214,6 +214,10 @@ class Variant:
     #: the seeder connects out to every writer at the start.
     connect_out: bool = False
     super_seed: bool = False
+    #: the seeder hashes each piece the first time it sends it (libtorrent's
+    #: seed mode, as ``ironic-bt seed`` does) instead of trusting the image
+    #: it hashed into the torrent, as the conductor's publisher does.
+    seed_mode: bool = False
     #: force the library path even without overrides.
     library: bool = False
     #: writers log their peers this often (seconds; experiments).
@@ -265,7 +269,8 @@ class Variant:
             parts.append('poll %gs' % self.poll)
         if self.flush_interval is not None:
             parts.append('flush every %gs' % self.flush_interval)
-        for flag in ('mesh', 'connect_out', 'super_seed', 'no_overlap',
+        for flag in ('mesh', 'connect_out', 'super_seed', 'seed_mode',
+                     'no_overlap',
                      'no_sequential'):
             if getattr(self, flag):
                 parts.append(flag)
@@ -342,6 +347,7 @@ def lever_variants():
         product('extent affinity', settings={'piece_extent_affinity': True}),
         # Seeder behaviour.
         product('super seed', super_seed=True),
+        product('seeder in seed mode', seed_mode=True),
         product('no TCP slow start after idle', sysctls={
             'net.ipv4.tcp_slow_start_after_idle': 0}),
         # How fast peers find each other.
@@ -645,6 +651,8 @@ class Bench:
             cmd += ['--settings', json.dumps(variant.seeder())]
         if variant.super_seed:
             cmd.append('--super-seed')
+        if variant.seed_mode:
+            cmd.append('--seed-mode')
         start_file = self._start_file()
         if variant.connect_out:
             for host in hosts:
@@ -963,7 +971,7 @@ def _base_variant(args):
         seeder_settings=dict(args.seeder_setting),
         piece_size=args.piece_size, interval=args.interval, mesh=args.mesh,
         connect_out=args.connect_out, super_seed=args.super_seed,
-        library=args.library, diag=args.diag)
+        seed_mode=args.seed_mode, library=args.library, diag=args.diag)
     if not variant.cli:
         variant.name = 'custom'
     return variant
@@ -1319,6 +1327,8 @@ def build_parser():
     g.add_argument('--connect-out', action='store_true',
                    help='the seeder connects to every writer')
     g.add_argument('--super-seed', action='store_true')
+    g.add_argument('--seed-mode', action='store_true',
+                   help='the seeder hashes each piece on its first send')
     g.add_argument('--diag', type=float, metavar='SECONDS',
                    help='writers log their peers this often (in the logs '
                         'under --state-dir)')
