@@ -142,6 +142,28 @@ class TestPriorities(base.BaseTestCase):
         plan.update(0.2, ME, OTHERS, have, avail)
         self.assertFalse(plan.need_seeder)
 
+    def test_over_http_own_pieces_come_before_those_peers_have(self):
+        plan, have, avail, _p = _plan()
+        mine = [i for i in range(N) if plan.rank(i) == 0]
+        theirs = [i for i in range(N) if plan.rank(i) != 0]
+        for i in theirs[:20]:
+            avail[i] = 1
+        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
+        self.assertEqual({pieces.NORMAL}, {change[i] for i in theirs[:20]})
+        plan.backups = False
+        plan.own_first = True
+        change = dict(plan.update(0.2, ME, OTHERS, have, avail))
+        # A web seed could take blocks of these: they wait for ours, and
+        # only they change.
+        self.assertEqual({i: pieces.WAIT for i in theirs[:20]}, change)
+        self.assertTrue(plan.need_seeder)
+        for i in mine:
+            have[i] = True
+        change = dict(plan.update(0.3, ME, OTHERS, have, avail))
+        # Ours are in: the rest comes from the peers that have it.
+        self.assertEqual({pieces.NORMAL}, {change[i] for i in theirs[:20]})
+        self.assertFalse(plan.need_seeder)
+
     def test_held_while_no_seed_is_connected(self):
         plan, have, avail, _p = _plan()
         plan.update(1.0, ME, OTHERS, have, avail)
