@@ -476,10 +476,7 @@ class _Download:
         use = self.fallback.update(now, seeder_up, needed)
         if self.fallback.engaged != engaged:
             if self.plan is not None:
-                # Each piece from its owner only, while over HTTP, and
-                # the owner's own pieces before those peers have.
-                self.plan.backups = not self.fallback.engaged
-                self.plan.own_first = self.fallback.engaged
+                self.plan.over_http = self.fallback.engaged
             if self.fallback.engaged:
                 LOG.warning('The seeder of %(ih)s has been out of reach for '
                             '%(s).0f s: fetching the pieces that no peer has '

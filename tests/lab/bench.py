@@ -270,8 +270,7 @@ class Variant:
         if self.flush_interval is not None:
             parts.append('flush every %gs' % self.flush_interval)
         for flag in ('mesh', 'connect_out', 'super_seed', 'seed_mode',
-                     'no_overlap',
-                     'no_sequential'):
+                     'no_overlap', 'no_sequential'):
             if getattr(self, flag):
                 parts.append(flag)
         if not self.share:

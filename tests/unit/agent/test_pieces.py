@@ -131,7 +131,7 @@ class TestPriorities(base.BaseTestCase):
         mine = [i for i in range(N) if plan.rank(i) == 0]
         # The web seeds stand in for the seeder: each piece from its owner
         # only, even when ours run out.
-        plan.backups = False
+        plan.over_http = True
         for i in mine[10:]:
             have[i] = True
         change = dict(plan.update(0.1, ME, OTHERS, have, avail))
@@ -150,8 +150,7 @@ class TestPriorities(base.BaseTestCase):
             avail[i] = 1
         change = dict(plan.update(0.1, ME, OTHERS, have, avail))
         self.assertEqual({pieces.NORMAL}, {change[i] for i in theirs[:20]})
-        plan.backups = False
-        plan.own_first = True
+        plan.over_http = True
         change = dict(plan.update(0.2, ME, OTHERS, have, avail))
         # A web seed could take blocks of these: they wait for ours, and
         # only they change.
