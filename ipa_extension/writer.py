@@ -53,6 +53,7 @@ from ipa_extension import errors
 from ipa_extension import pieces
 from ipa_extension import resume
 from ipa_extension import sources
+from ironic_bt import certs
 from ironic_bt.i18n import _
 from ironic_bt import swarm
 
@@ -268,7 +269,7 @@ class _Download:
 
     def __init__(self, meta, target, readback, trackers, peers, listen_host,
                  listen_port, tuning, observer, share=True, present=(),
-                 web_seeds=(), web_seed_delay=5.0):
+                 web_seeds=(), web_seed_delay=5.0, credentials=None):
         self.meta = meta
         self.target = target
         self.readback = readback
@@ -311,6 +312,7 @@ class _Download:
             overrides['ssrf_mitigation'] = False
         overrides.update(tuning.settings)
         self.session = swarm.make_session(listen_host, listen_port,
+                                          ssl=credentials is not None,
                                           **overrides)
         params = lt.add_torrent_params()
         params.ti = meta.torrent_info()
@@ -329,12 +331,19 @@ class _Download:
         # Each tracker a tier of its own (BEP 12): tried in the order given,
         # the next only when the one before does not answer.
         params.tracker_tiers = list(range(len(params.trackers)))
+        if credentials is not None:
+            # Only peers with a certificate of the deployment's authority
+            # exchange a byte with us: see ironic_bt.swarm.secure.
+            swarm.secure(params, credentials)
         self.handle = self.session.add_torrent(params)
+        if credentials is not None:
+            swarm.use_certificate(self.handle, credentials)
         self.peers = list(peers)
         self.bytes = _PeerBytes({host for host, _port in self.peers})
         for peer in self.peers:
             self.handle.connect_peer(peer)
         self.error = None
+        self.swarm_error = None
         self.hash_failures = 0
         self.present = 0
         self.plan = (pieces.PiecePlan(meta.num_pieces,
@@ -556,7 +565,11 @@ class _Download:
             elif isinstance(alert, lt.file_error_alert):
                 self.error = _file_error(alert)
             elif isinstance(alert, lt.torrent_error_alert):
-                self.error = alert.message()
+                if alert.error.category().name() == 'ssl':
+                    # Our certificate, not the disk: libtorrent refused it.
+                    self.swarm_error = alert.error.message()
+                else:
+                    self.error = alert.message()
             elif isinstance(alert, lt.hash_failed_alert):
                 self.hash_failures += 1
                 # libtorrent hashed what the page cache holds, which is
@@ -596,6 +609,14 @@ class _Download:
     def status(self):
         self.pump_alerts()
         st = self.handle.status()
+        if (self.swarm_error or st.errc.value()
+                and st.errc.category().name() == 'ssl'):
+            raise DownloadError(
+                _('The swarm of %(ih)s refused this node\'s certificate: '
+                  '%(err)s. Check the certificate the conductor issued for '
+                  'this deploy ([bittorrent]ssl).')
+                % {'ih': self.meta.info_hash,
+                   'err': self.swarm_error or st.errc.message()})
         if self.error or st.errc.value():
             raise TargetError(
                 _('Writing %(ih)s to %(t)s failed: %(err)s. Check the '
@@ -635,7 +656,8 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
           listen_port=6881, linger_timeout=300, progress_interval=10,
           stall_timeout=300, expected_sha256=None, settings=None,
           create=False, share_pieces=True, tuning=None, observer=None,
-          web_seeds=(), web_seed_delay=5.0, unreachable_timeout=60):
+          web_seeds=(), web_seed_delay=5.0, unreachable_timeout=60,
+          credentials=None):
     """Download ``meta`` into ``target``, verify it, linger, and stop.
 
     :param meta: a :class:`ironic_bt.torrent.Metainfo`.
@@ -662,6 +684,8 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     :param unreachable_timeout: seconds without any connected source (no
         seeder, peer or web seed) and no progress after which the write
         fails, naming every source and what happened to it.
+    :param credentials: :class:`ironic_bt.certs.Credentials`: join the
+        swarm over SSL only, with this certificate (None: plain torrent).
     :raises: TargetError (the disk), DownloadError (the swarm),
         VerifyError (what the disk holds is not the image).
     :returns: a :class:`WriteResult`.
@@ -673,6 +697,12 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     observer = observer or Observer()
     # Refuse every bad argument before the first byte is written.
     peers = [_parse_peer(p) for p in peers]
+    if credentials is not None:
+        try:
+            credentials.check()
+        except certs.CertificateError as e:
+            raise DownloadError(_('Cannot join the swarm of %(ih)s: %(err)s')
+                                % {'ih': meta.info_hash, 'err': e})
     dev = device.Target(target, create=create)
     dev.check_fits(meta)
     if not trackers and not peers and not web_seeds:
@@ -708,7 +738,8 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
                            listen_port, tuning, observer,
                            share=share_pieces, present=present,
                            web_seeds=web_seeds,
-                           web_seed_delay=web_seed_delay)
+                           web_seed_delay=web_seed_delay,
+                           credentials=credentials)
             try:
                 st = _download(dl, readback, progress_interval,
                                stall_timeout, unreachable_timeout)

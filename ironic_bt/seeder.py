@@ -92,7 +92,13 @@ class Seeder:
     """A libtorrent session seeding raw images."""
 
     def __init__(self, listen_host='0.0.0.0', listen_port=6881,
-                 upload_rate_limit=0, settings=None, nodes=None):
+                 upload_rate_limit=0, settings=None, nodes=None, ssl=False):
+        """Start the session.
+
+        :param ssl: serve SSL torrents only, on an SSL listener (see
+            :func:`ironic_bt.swarm.secure`); every :meth:`add` then needs
+            credentials.
+        """
         overrides = {
             'max_allowed_in_request_queue': request_queue(nodes),
             'peer_fingerprint': swarm.SEEDER_FINGERPRINT,
@@ -106,7 +112,8 @@ class Seeder:
         self._queue_lock = threading.Lock()
         if upload_rate_limit:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
-        self._session = swarm.make_session(listen_host, listen_port,
+        self._ssl = ssl
+        self._session = swarm.make_session(listen_host, listen_port, ssl=ssl,
                                            **overrides)
         if upload_rate_limit:
             # Peers on private addresses fall into libtorrent's "local" peer
@@ -121,7 +128,8 @@ class Seeder:
                 _('The seeder cannot listen on %(host)s:%(port)s. Check '
                   '[bittorrent]seeder_listen_host and seeder_port.')
                 % {'host': listen_host, 'port': listen_port})
-        LOG.info('Seeder listening on port %d', self.port)
+        LOG.info('Seeder listening on port %(port)d%(ssl)s',
+                 {'port': self.port, 'ssl': ' (SSL)' if ssl else ''})
 
     def expect_nodes(self, nodes):
         """Size the request queue for ``nodes`` nodes downloading at once.
@@ -171,9 +179,13 @@ class Seeder:
 
     @property
     def port(self):
-        return self._session.listen_port()
+        return swarm.listen_port(self._session, self._ssl)
 
-    def add(self, meta, path, trackers=(), verified=False):
+    @property
+    def ssl(self):
+        return self._ssl
+
+    def add(self, meta, path, trackers=(), verified=False, credentials=None):
         """Seed ``path`` as the torrent ``meta``; idempotent.
 
         :param meta: a :class:`ironic_bt.torrent.Metainfo` built from path.
@@ -182,7 +194,18 @@ class Seeder:
         :param verified: whether the caller hashed this very file into
             ``meta`` and knows it unchanged since; if not, each piece is
             hashed the first time it is sent.
+        :param credentials: :class:`ironic_bt.certs.Credentials` of the
+            seeder in the torrent's swarm: required if the seeder serves
+            SSL torrents, refused if not.
+        :raises: SeederError if the credentials do not fit the seeder.
         """
+        if self._ssl != (credentials is not None):
+            raise SeederError(
+                _('The seeder serves %(kind)s torrents: cannot seed %(ih)s '
+                  '%(how)s credentials.')
+                % {'kind': 'SSL' if self._ssl else 'plain',
+                   'ih': meta.info_hash,
+                   'how': 'without' if self._ssl else 'with'})
         with self._lock:
             if meta.info_hash in self._handles:
                 return
@@ -197,7 +220,12 @@ class Seeder:
             params.flags &= ~lt.torrent_flags.auto_managed
             params.flags &= ~lt.torrent_flags.paused
             params.trackers = list(trackers)
-            self._handles[meta.info_hash] = self._session.add_torrent(params)
+            if credentials is not None:
+                swarm.secure(params, credentials)
+            handle = self._session.add_torrent(params)
+            if credentials is not None:
+                swarm.use_certificate(handle, credentials)
+            self._handles[meta.info_hash] = handle
         LOG.info('Seeding %(ih)s from %(path)s', {'ih': meta.info_hash,
                                                   'path': path})
 

@@ -83,29 +83,35 @@ def _base():
     }
 
 
-def session_settings(listen_host='0.0.0.0', listen_port=6881, **overrides):
+def session_settings(listen_host='0.0.0.0', listen_port=6881, ssl=False,
+                     **overrides):
     """The settings pack of an ironic-bt libtorrent session.
 
     :param listen_host: address to accept peer connections on.
     :param listen_port: TCP port to accept peer connections on.
+    :param ssl: listen for SSL peer connections only (see
+        :func:`secure`); a session with SSL torrents has no plain listener.
     :param overrides: further libtorrent settings (name -> value).
     :returns: a dict for ``libtorrent.session_params``/``apply_settings``.
     """
     settings = _base()
+    suffix = 's' if ssl else ''
     if listen_host in ('', '0.0.0.0', '::'):
         # Any address: listen on both families, so IPv6 provisioning
         # networks work without configuration.
-        interfaces = '0.0.0.0:%d,[::]:%d' % (listen_port, listen_port)
+        interfaces = '0.0.0.0:%d%s,[::]:%d%s' % (listen_port, suffix,
+                                                 listen_port, suffix)
     elif ':' in listen_host:
-        interfaces = '[%s]:%d' % (listen_host, listen_port)
+        interfaces = '[%s]:%d%s' % (listen_host, listen_port, suffix)
     else:
-        interfaces = '%s:%d' % (listen_host, listen_port)
+        interfaces = '%s:%d%s' % (listen_host, listen_port, suffix)
     settings['listen_interfaces'] = interfaces
     settings.update(overrides)
     return settings
 
 
-def make_session(listen_host='0.0.0.0', listen_port=6881, **overrides):
+def make_session(listen_host='0.0.0.0', listen_port=6881, ssl=False,
+                 **overrides):
     """Create a libtorrent session with the POSIX disk backend.
 
     The default (mmap) backend truncates files on first write, which fails
@@ -113,6 +119,47 @@ def make_session(listen_host='0.0.0.0', listen_port=6881, **overrides):
     writes with pwrite and leaves the target's size alone.
     """
     params = lt.session_params()
-    params.settings = session_settings(listen_host, listen_port, **overrides)
+    params.settings = session_settings(listen_host, listen_port, ssl=ssl,
+                                       **overrides)
     params.disk_io_constructor = 'posix_disk_io_constructor'
     return lt.session(params)
+
+
+def listen_port(session, ssl=False):
+    """The port a session accepts peers on (its SSL port if ``ssl``)."""
+    return session.ssl_listen_port() if ssl else session.listen_port()
+
+
+#: Diffie-Hellman parameters for SSL peer connections: the ffdhe2048 group
+#: of RFC 7919 (public, standard; libtorrent refuses 1024-bit groups, and
+#: an empty buffer puts the torrent in an error state).
+DH_PARAMS = """-----BEGIN DH PARAMETERS-----
+MIIBCAKCAQEA//////////+t+FRYortKmq/cViAnPTzx2LnFg84tNpWp4TZBFGQz
++8yTnc4kmz75fS/jY2MMddj2gbICrsRhetPfHtXV/WVhJDP1H18GbtCFY2VVPe0a
+87VXE15/V8k1mE8McODmi3fipona8+/och3xWKE2rec1MKzKT0g6eXq8CrGCsyT7
+YdEIqUuyyOP7uWrat2DX9GgdT0Kj3jlN9K5W7edjcrsZCwenyO4KbXCeAvzhzffi
+7MA0BM0oNC9hkXL+nOmFg/+OTxIy7vKBg8P+OxtMb61zO7X8vC7CIAXFjvGDfRaD
+ssbzSibBsu/6iGtCOGEoXJf//////////wIBAg==
+-----END DH PARAMETERS-----
+"""
+
+
+def secure(params, credentials):
+    """Make a torrent about to be added SSL-only.
+
+    libtorrent then accepts only peers that present a certificate issued
+    by ``credentials.ca`` (and presents ours, see :func:`use_certificate`);
+    peers on plain TCP, with no certificate or with one from another
+    authority get nothing. The info-hash does not change, so swarms stay
+    deterministic.
+
+    :param params: ``lt.add_torrent_params``.
+    :param credentials: :class:`ironic_bt.certs.Credentials`.
+    """
+    params.root_certificate = credentials.ca
+
+
+def use_certificate(handle, credentials):
+    """Give an SSL torrent our certificate and key (after adding it)."""
+    handle.set_ssl_certificate_buffer(credentials.certificate,
+                                      credentials.private_key, DH_PARAMS)

@@ -1,0 +1,303 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Certificates of SSL swarms: a deployment's authority and its members.
+
+An SSL torrent accepts only peers whose certificate chains to the torrent's
+root certificate; every other connection is dropped before a byte of the
+image moves (see :mod:`ironic_bt.swarm`). The root is an :class:`Authority`
+the conductors keep. Each member of a swarm (a seeder, an agent) holds a
+private key that never leaves the host that made it, and a short-lived
+certificate the authority issued for its public key.
+
+This module imports neither ironic nor ironic-python-agent: agents make
+their keys with it, conductors issue certificates with it.
+"""
+
+import dataclasses
+import datetime
+import os
+
+from cryptography import exceptions as crypto_exc
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from ironic_bt.i18n import _
+
+#: libtorrent checks that a peer's certificate names the torrent (its
+#: name, or ``*``) in a SubjectAltName DNS entry. Every torrent of a
+#: deployment has the same fixed name, so certificates name ``*``: what
+#: scopes them is the authority and their lifetime.
+SWARM_NAME = '*'
+#: Certificates are valid from a little before they are issued, so that a
+#: node whose clock is slightly behind the conductor's accepts them.
+CLOCK_SKEW = datetime.timedelta(minutes=5)
+#: Lifetime of a deployment's authority made by the conductor.
+AUTHORITY_LIFETIME = datetime.timedelta(days=3650)
+
+CA_CERT_FILE = 'ca.pem'
+CA_KEY_FILE = 'ca.key'
+
+
+class CertificateError(Exception):
+    """A key or certificate is unusable."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Credentials:
+    """What a swarm member needs: the root it trusts, its certificate, key.
+
+    All three are PEM text. The private key is left out of ``repr``, so
+    that logging the object cannot leak it.
+    """
+
+    ca: str
+    certificate: str
+    private_key: str = dataclasses.field(repr=False)
+
+    def check(self, now=None):
+        """Check that the three belong together and are valid now.
+
+        :raises: CertificateError saying which part is wrong.
+        """
+        try:
+            root = x509.load_pem_x509_certificate(self.ca.encode())
+        except ValueError as e:
+            raise CertificateError(
+                _('The swarm root certificate is not a PEM certificate: '
+                  '%s') % e)
+        try:
+            cert = x509.load_pem_x509_certificate(self.certificate.encode())
+        except ValueError as e:
+            raise CertificateError(
+                _('The swarm certificate is not a PEM certificate: %s') % e)
+        key = load_private_key(self.private_key)
+        if _public_der(key.public_key()) != _public_der(cert.public_key()):
+            raise CertificateError(
+                _('The swarm certificate was not issued for this private '
+                  'key.'))
+        try:
+            cert.verify_directly_issued_by(root)
+        except (ValueError, TypeError, crypto_exc.InvalidSignature):
+            raise CertificateError(
+                _('The swarm certificate (%(subject)s) was not issued by '
+                  'the swarm root certificate (%(root)s).')
+                % {'subject': cert.subject.rfc4514_string(),
+                   'root': root.subject.rfc4514_string()})
+        now = now or _now()
+        if not (cert.not_valid_before_utc <= now
+                <= cert.not_valid_after_utc):
+            raise CertificateError(
+                _('The swarm certificate (%(subject)s) is valid from '
+                  '%(start)s to %(end)s, not now (%(now)s): check the '
+                  'clocks of the conductor and of this host.')
+                % {'subject': cert.subject.rfc4514_string(),
+                   'start': cert.not_valid_before_utc.isoformat(),
+                   'end': cert.not_valid_after_utc.isoformat(),
+                   'now': now.isoformat()})
+
+
+def _now():
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
+def _public_der(public_key):
+    return public_key.public_bytes(
+        serialization.Encoding.DER,
+        serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def new_private_key():
+    """A new private key (EC P-256: libtorrent refuses small DH/RSA)."""
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def private_key_pem(key):
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()).decode('ascii')
+
+
+def public_key_pem(key):
+    """The PEM of the public half of ``key``: what an authority signs."""
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM,
+        serialization.PublicFormat.SubjectPublicKeyInfo).decode('ascii')
+
+
+def load_private_key(pem):
+    try:
+        return serialization.load_pem_private_key(pem.encode(), None)
+    except (ValueError, TypeError) as e:
+        # Never include the PEM itself in the message.
+        raise CertificateError(
+            _('The swarm private key is not an unencrypted PEM key: %s')
+            % type(e).__name__)
+
+
+def _name(common_name):
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME,
+                                         common_name[:64])])
+
+
+class Authority:
+    """The certificate authority of one deployment's swarms."""
+
+    def __init__(self, certificate, private_key):
+        self._cert = certificate
+        self._key = private_key
+
+    @classmethod
+    def create(cls, common_name='ironic-bt swarm authority',
+               lifetime=AUTHORITY_LIFETIME):
+        key = new_private_key()
+        name = _name(common_name)
+        now = _now()
+        cert = (x509.CertificateBuilder()
+                .subject_name(name).issuer_name(name)
+                .public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - CLOCK_SKEW)
+                .not_valid_after(now + lifetime)
+                .add_extension(x509.BasicConstraints(ca=True, path_length=0),
+                               critical=True)
+                .add_extension(x509.KeyUsage(
+                    digital_signature=False, content_commitment=False,
+                    key_encipherment=False, data_encipherment=False,
+                    key_agreement=False, key_cert_sign=True, crl_sign=True,
+                    encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(
+                    key.public_key()), critical=False)
+                .sign(key, hashes.SHA256()))
+        return cls(cert, key)
+
+    @classmethod
+    def load(cls, cert_path, key_path):
+        """Load an authority from PEM files.
+
+        :raises: CertificateError naming the file that is unusable.
+        """
+        for path in (cert_path, key_path):
+            if not os.path.isfile(path):
+                raise CertificateError(
+                    _('The swarm authority file %s does not exist.') % path)
+        try:
+            with open(cert_path, 'rb') as f:
+                cert = x509.load_pem_x509_certificate(f.read())
+        except (OSError, ValueError) as e:
+            raise CertificateError(
+                _('Cannot read the swarm authority certificate %(path)s: '
+                  '%(err)s') % {'path': cert_path, 'err': e})
+        try:
+            with open(key_path, 'rb') as f:
+                key = serialization.load_pem_private_key(f.read(), None)
+        except (OSError, ValueError, TypeError) as e:
+            raise CertificateError(
+                _('Cannot read the swarm authority key %(path)s (an '
+                  'unencrypted PEM key): %(err)s')
+                % {'path': key_path, 'err': type(e).__name__})
+        if _public_der(key.public_key()) != _public_der(cert.public_key()):
+            raise CertificateError(
+                _('The swarm authority key %(key)s does not belong to the '
+                  'certificate %(cert)s.')
+                % {'key': key_path, 'cert': cert_path})
+        return cls(cert, key)
+
+    @classmethod
+    def load_or_create(cls, directory):
+        """The authority kept in ``directory``, made there on first use.
+
+        The key is written with mode 0600 in a directory of mode 0700.
+        Several conductors whose nodes share swarms need the same two
+        files.
+        """
+        cert_path = os.path.join(directory, CA_CERT_FILE)
+        key_path = os.path.join(directory, CA_KEY_FILE)
+        if os.path.exists(cert_path) or os.path.exists(key_path):
+            return cls.load(cert_path, key_path)
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        authority = cls.create()
+        key_pem = authority._key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        # Write both under temporary names and rename, key first: a crash
+        # never leaves a certificate without its key.
+        for path, data, mode in ((key_path, key_pem, 0o600),
+                                 (cert_path,
+                                  authority.certificate.encode(), 0o644)):
+            tmp = path + '.tmp'
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, 'wb') as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.rename(tmp, path)
+        return authority
+
+    @property
+    def certificate(self):
+        """The root certificate, PEM: every swarm member trusts it."""
+        return self._cert.public_bytes(
+            serialization.Encoding.PEM).decode('ascii')
+
+    def issue(self, common_name, public_key, lifetime):
+        """A certificate for a member's public key.
+
+        :param common_name: who it is for (a node UUID, "seeder").
+        :param public_key: the member's public key, PEM.
+        :param lifetime: a ``timedelta``; the certificate expires then.
+        :returns: the certificate, PEM.
+        :raises: CertificateError if the public key is unusable.
+        """
+        try:
+            key = serialization.load_pem_public_key(public_key.encode())
+        except (ValueError, TypeError, AttributeError) as e:
+            raise CertificateError(
+                _('Cannot issue a swarm certificate for %(name)s: the '
+                  'public key is not a PEM public key: %(err)s')
+                % {'name': common_name, 'err': e})
+        if not isinstance(key, ec.EllipticCurvePublicKey):
+            raise CertificateError(
+                _('Cannot issue a swarm certificate for %(name)s: the '
+                  'public key is %(kind)s, not an elliptic curve key.')
+                % {'name': common_name, 'kind': type(key).__name__})
+        now = _now()
+        not_after = min(now + lifetime, self._cert.not_valid_after_utc)
+        cert = (x509.CertificateBuilder()
+                .subject_name(_name(common_name))
+                .issuer_name(self._cert.subject)
+                .public_key(key)
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - CLOCK_SKEW)
+                .not_valid_after(not_after)
+                .add_extension(x509.BasicConstraints(ca=False,
+                                                     path_length=None),
+                               critical=True)
+                .add_extension(x509.SubjectAlternativeName(
+                    [x509.DNSName(SWARM_NAME)]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier
+                               .from_issuer_public_key(
+                                   self._key.public_key()), critical=False)
+                .sign(self._key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+    def credentials(self, common_name, lifetime):
+        """Credentials with a key made here (the seeder's, a test's)."""
+        key = new_private_key()
+        return Credentials(
+            ca=self.certificate,
+            certificate=self.issue(common_name, public_key_pem(key),
+                                   lifetime),
+            private_key=private_key_pem(key))

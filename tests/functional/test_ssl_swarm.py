@@ -1,0 +1,239 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""SSL swarms: only holders of a certificate of the authority get bytes.
+
+Real libtorrent sessions on 127.0.0.1: the conductor's seeder, the agent's
+writer, and outsiders built the way an attacker on the provisioning network
+would build them, each holding what it could have stolen (the .torrent, the
+info-hash, a certificate of another authority).
+"""
+
+import contextlib
+import datetime
+import os
+import socket
+import struct
+import threading
+import time
+
+import libtorrent as lt
+import pytest
+
+from ipa_extension import writer
+from ironic_bt import certs
+from ironic_bt import seeder
+from ironic_bt import swarm
+from ironic_bt import torrent
+from tests.functional import test_agent_writer as helpers
+
+HOUR = datetime.timedelta(hours=1)
+#: How long an outsider tries before we count what it got.
+ATTEMPT_SECONDS = 6
+
+
+@pytest.fixture(scope='module')
+def authority():
+    return certs.Authority.create()
+
+
+@pytest.fixture
+def image(tmp_path):
+    path = tmp_path / 'image.raw'
+    data = os.urandom(24 * torrent.MIN_PIECE_SIZE + 777)
+    path.write_bytes(data)
+    return str(path), data, torrent.build(str(path))
+
+
+@contextlib.contextmanager
+def ssl_seeding(meta, image_path, authority):
+    seed = seeder.Seeder('127.0.0.1', 0, ssl=True)
+    try:
+        seed.add(meta, image_path, verified=True,
+                 credentials=authority.credentials('seeder', HOUR))
+        yield seed
+    finally:
+        seed.close()
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def outsider_try(meta, target_dir, port, ssl_credentials=None):
+    """An outsider's session that tries to download from 127.0.0.1:port.
+
+    :returns: payload bytes it received, and bytes found in its file.
+    """
+    session = swarm.make_session('127.0.0.1', 0,
+                                 ssl=ssl_credentials is not None)
+    params = lt.add_torrent_params()
+    params.ti = meta.torrent_info()
+    params.save_path = str(target_dir)
+    params.flags &= ~(lt.torrent_flags.auto_managed
+                      | lt.torrent_flags.paused)
+    if ssl_credentials is not None:
+        swarm.secure(params, ssl_credentials)
+    handle = session.add_torrent(params)
+    if ssl_credentials is not None:
+        swarm.use_certificate(handle, ssl_credentials)
+    deadline = time.monotonic() + ATTEMPT_SECONDS
+    while time.monotonic() < deadline:
+        handle.connect_peer(('127.0.0.1', port))
+        time.sleep(0.5)
+    got = handle.status().total_payload_download
+    session.remove_torrent(handle)
+    del session
+    on_disk = sum(os.path.getsize(os.path.join(d, f))
+                  for d, _dirs, files in os.walk(target_dir) for f in files)
+    return got, on_disk
+
+
+def raw_leech(port, info_hash, blocks=8, timeout=ATTEMPT_SECONDS):
+    """Take image bytes with nothing but the info-hash (BEP 3 over TCP).
+
+    No metadata is needed: after the handshake a seed sends its bitfield
+    and unchokes, and answers requests for blocks of the first pieces.
+
+    :returns: payload bytes received in piece messages.
+    """
+    got = 0
+    deadline = time.monotonic() + timeout
+    try:
+        sock = socket.create_connection(('127.0.0.1', port), timeout=2)
+    except OSError:
+        return 0
+    with sock:
+        sock.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            sock.sendall(b'\x13BitTorrent protocol' + bytes(8)
+                         + bytes.fromhex(info_hash) + b'-XX0001-'
+                         + os.urandom(12))
+            sock.sendall(struct.pack('>IB', 1, 2))   # interested
+            for i in range(blocks):
+                sock.sendall(struct.pack('>IBIII', 13, 6, i, 0, 16384))
+            buf = b''
+            while time.monotonic() < deadline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                buf += chunk
+                if len(buf) < 68:
+                    continue
+                # Walk the messages after the 68-byte handshake.
+                pos = 68
+                got = 0
+                while pos + 4 <= len(buf):
+                    (length,) = struct.unpack('>I', buf[pos:pos + 4])
+                    if length and pos + 5 <= len(buf) and buf[pos + 4] == 7:
+                        got += max(0, min(length, len(buf) - pos - 4) - 9)
+                    pos += 4 + length
+        except OSError:
+            pass
+    return got
+
+
+def test_member_writes_the_image_over_ssl(tmp_path, image, authority):
+    path, data, meta = image
+    with ssl_seeding(meta, path, authority) as seed:
+        target = str(tmp_path / 'disk')
+        result = helpers.write(
+            meta, target, ['127.0.0.1:%d' % seed.port],
+            credentials=authority.credentials('node-1', HOUR))
+        assert seed.stats()[meta.info_hash]['uploaded'] == len(data)
+    assert helpers.read(target, len(data)) == data
+    assert result.sha256 == helpers.sha256(data)
+
+
+@pytest.mark.parametrize('holds', ['torrent', 'info-hash', 'other-authority'])
+def test_outsider_gets_nothing_from_the_seeder(tmp_path, image, authority,
+                                               holds):
+    path, data, meta = image
+    stolen = None
+    if holds == 'other-authority':
+        stolen = certs.Authority.create('attacker').credentials('x', HOUR)
+    with ssl_seeding(meta, path, authority) as seed:
+        outsider = tmp_path / 'outsider'
+        outsider.mkdir()
+        if holds == 'info-hash':
+            got, on_disk = raw_leech(seed.port, meta.info_hash), 0
+        else:
+            got, on_disk = outsider_try(meta, outsider, seed.port,
+                                        ssl_credentials=stolen)
+        sent = seed.stats()[meta.info_hash]['uploaded']
+    assert (got, on_disk, sent) == (0, 0, 0)
+
+
+def test_outsider_gets_nothing_from_a_lingering_node(tmp_path, image,
+                                                     authority):
+    """A node that finished seeds to members only; outsiders never hold it.
+
+    The node lingers while incomplete peers are connected; an outsider's
+    connection never becomes a peer, so the node stops lingering at once.
+    """
+    path, data, meta = image
+    port = _free_port()
+    outcome = {}
+    with ssl_seeding(meta, path, authority) as seed:
+        def node():
+            outcome['result'] = writer.write(
+                meta, str(tmp_path / 'disk'),
+                peers=['127.0.0.1:%d' % seed.port],
+                listen_host='127.0.0.1', listen_port=port, create=True,
+                linger_timeout=60, stall_timeout=30,
+                credentials=authority.credentials('node-1', HOUR))
+        thread = threading.Thread(target=node)
+        thread.start()
+        outsider = tmp_path / 'outsider'
+        outsider.mkdir()
+        try:
+            # Once the node is up (it listens before it downloads).
+            time.sleep(1)
+            got, on_disk = raw_leech(port, meta.info_hash), 0
+        finally:
+            thread.join(90)
+    assert not thread.is_alive()
+    result = outcome['result']
+    assert helpers.read(str(tmp_path / 'disk'), len(data)) == data
+    assert (got, on_disk, result.uploaded_bytes) == (0, 0, 0)
+    # Lingering ended with no incomplete member, long before its limit.
+    assert result.linger_seconds < 30
+
+
+def test_certificate_of_another_authority_is_refused_before_writing(
+        tmp_path, image, authority):
+    path, data, meta = image
+    target = tmp_path / 'disk'
+    mine = authority.credentials('node-1', HOUR)
+    other = certs.Authority.create('other').credentials('node-1', HOUR)
+    mixed = certs.Credentials(ca=mine.ca, certificate=other.certificate,
+                              private_key=other.private_key)
+    with pytest.raises(writer.DownloadError) as exc:
+        helpers.write(meta, str(target), ['127.0.0.1:1'],
+                      credentials=mixed)
+    assert 'was not issued by the swarm root certificate' in str(exc.value)
+    assert meta.info_hash in str(exc.value)
+    assert not target.exists()
+
+
+def test_expired_certificate_is_refused_before_writing(tmp_path, image,
+                                                       authority):
+    path, data, meta = image
+    target = tmp_path / 'disk'
+    expired = authority.credentials('node-1', -certs.CLOCK_SKEW / 2)
+    with pytest.raises(writer.DownloadError) as exc:
+        helpers.write(meta, str(target), ['127.0.0.1:1'],
+                      credentials=expired)
+    assert 'check the clocks' in str(exc.value)
+    assert not target.exists()
