@@ -38,7 +38,9 @@ from ironic_python_agent import partition_utils
 from oslo_log import log
 
 from ipa_extension import device as bt_device
+from ipa_extension import keys
 from ipa_extension import writer
+from ironic_bt import certs
 from ironic_bt.i18n import _
 from ironic_bt import torrent
 
@@ -109,6 +111,20 @@ ARGSINFO = {
                        'Defaults to 60.',
         'required': False,
     },
+    'ssl_ca': {
+        'description': 'PEM of the root certificate of the deployment\'s '
+                       'SSL swarms. With it, the agent exchanges image '
+                       'bytes only with peers holding a certificate it '
+                       'issued. Unset: a plain torrent.',
+        'required': False,
+    },
+    'ssl_certificate': {
+        'description': 'PEM of the certificate the conductor issued for the '
+                       'public key the agent returned from '
+                       'bittorrent.swarm_key; the private key never leaves '
+                       'the agent.',
+        'required': False,
+    },
 }
 
 
@@ -172,7 +188,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                configdrive=None, listen_port=6881,
                                linger_timeout=300, progress_interval=10,
                                stall_timeout=300, web_seeds=None,
-                               web_seed_delay=5, unreachable_timeout=60):
+                               web_seed_delay=5, unreachable_timeout=60,
+                               ssl_ca=None, ssl_certificate=None):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -194,6 +211,10 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         :param web_seed_delay: seconds without the seeder before using them.
         :param unreachable_timeout: seconds with no source connected before
             failing.
+        :param ssl_ca: PEM of the swarm's root certificate: join the swarm
+            over SSL only (with ``ssl_certificate``).
+        :param ssl_certificate: PEM of the certificate the conductor issued
+            for a key this agent made (``bittorrent.swarm_key``).
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -210,6 +231,13 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         device = hardware.dispatch_to_managers('get_os_install_device',
                                                permit_refresh=True)
         _check_device(node_uuid, image, meta, device)
+        credentials = None
+        if ssl_ca or ssl_certificate:
+            try:
+                credentials = keys.credentials(node_uuid, ssl_ca,
+                                               ssl_certificate)
+            except certs.CertificateError as e:
+                raise errors.ImageDownloadError(image, str(e))
 
         LOG.info('Writing image %(image)s (torrent %(ih)s, %(size)d bytes) '
                  'to %(dev)s of node %(node)s from %(t)d trackers and '
@@ -227,7 +255,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                 progress_interval=progress_interval,
                 stall_timeout=stall_timeout, expected_sha256=image_sha256,
                 web_seeds=web_seeds or (), web_seed_delay=web_seed_delay,
-                unreachable_timeout=unreachable_timeout)
+                unreachable_timeout=unreachable_timeout,
+                credentials=credentials)
         except writer.DownloadError as e:
             raise errors.ImageDownloadError(
                 image, _('node %(node)s could not download it to %(dev)s: '

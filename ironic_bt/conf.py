@@ -205,6 +205,22 @@ opts = [
                default=300, min=10,
                help=_('Seconds without a single byte downloaded after which '
                       'an agent gives up and the deploy fails.')),
+    cfg.BoolOpt('ssl',
+                default=True,
+                help=_('Serve images as SSL torrents: the seeder and the '
+                       'agents exchange image bytes only with peers that '
+                       'hold a certificate of this deployment\'s authority '
+                       '(ssl_authority_dir), which the conductor issues to '
+                       'each node for one deploy. Set to False only where '
+                       'standard BitTorrent clients must join the swarms: '
+                       'anyone on the provisioning network who learns an '
+                       'info-hash can then download the image.')),
+    cfg.StrOpt('ssl_authority_dir',
+               default='$state_path/bittorrent/authority',
+               help=_('Directory of the certificate authority of the SSL '
+                      'swarms (ca.pem, and ca.key with mode 0600). Made on '
+                      'first use. Conductors whose nodes share swarms (a '
+                      'shared tracker_url) need the same two files.')),
 ]
 
 

@@ -54,6 +54,7 @@ the image again; both are cheap because the torrent is cached.
 
 import base64
 from concurrent import futures
+import datetime
 import threading
 import urllib.parse
 
@@ -77,6 +78,7 @@ from ironic import objects
 from oslo_config import cfg
 from oslo_log import log
 
+from ironic_bt import certs
 from ironic_bt import exception as bt_exception
 from ironic_bt.i18n import _
 from ironic_bt import publisher
@@ -86,6 +88,12 @@ LOG = log.getLogger(__name__)
 METRICS = metrics_utils.get_metrics_logger(__name__)
 
 STEP = 'write_image_bittorrent'
+#: The agent command that makes a key for an SSL swarm
+#: (ipa_extension.extension).
+SWARM_KEY_COMMAND = 'bittorrent.swarm_key'
+#: Seconds a node's swarm certificate is valid when
+#: [conductor]deploy_callback_timeout is 0 (no deploy timeout).
+SSL_CERTIFICATE_LIFETIME = 3 * 3600
 #: driver_internal_info: hex v1 info-hash of the torrent being deployed.
 INFO_HASH = 'bittorrent_info_hash'
 #: driver_internal_info: what the agent reported (see RESULT_FIELDS).
@@ -444,6 +452,10 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'unreachable_timeout': opts.unreachable_timeout,
             },
         }
+        client = agent_client.get_client(task)
+        if publication.authority is not None:
+            step['args'].update(self._swarm_certificate(
+                task, client, publication.authority))
         LOG.info('Node %(node)s: downloading torrent %(ih)s (%(size)d '
                  'bytes) from trackers %(trackers)s and peers %(peers)s, '
                  'with %(web)d web seeds as the fallback',
@@ -451,8 +463,51 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                   'size': publication.meta.size,
                   'trackers': publication.trackers,
                   'peers': publication.peers, 'web': len(web_seeds)})
-        client = agent_client.get_client(task)
         return agent_base.execute_step(task, step, 'deploy', client=client)
+
+    @staticmethod
+    def _swarm_certificate(task, client, authority):
+        """Certify a key the agent made, for this deploy's SSL swarm.
+
+        The agent keeps the private key (``bittorrent.swarm_key``); only
+        its public key and the certificate travel, so no step argument,
+        log or node field holds a secret. The certificate expires with the
+        deploy's timeout.
+
+        :returns: the step arguments ``ssl_ca`` and ``ssl_certificate``.
+        """
+        node = task.node
+        try:
+            # The agent's own extension command: ironic's AgentClient has
+            # no public method for commands of out-of-tree extensions.
+            reply = client._command(node=node, method=SWARM_KEY_COMMAND,
+                                    params={}, wait=True)
+            public_key = (reply.get('command_result') or {})['public_key']
+        except exception.AgentAPIError as e:
+            raise bt_exception.SwarmKeyFailed(
+                node=node.uuid, reason=e,
+                check=_('Check that its ramdisk has this version of '
+                        'ironic-bt (the "bittorrent" IPA extension), or set '
+                        '[bittorrent]ssl to False.'))
+        except (KeyError, TypeError, AttributeError):
+            raise bt_exception.SwarmKeyFailed(
+                node=node.uuid,
+                reason=_('the agent answered %s without a public key')
+                % SWARM_KEY_COMMAND,
+                check=_('Check the version of ironic-bt in its ramdisk.'))
+        lifetime = CONF.conductor.deploy_callback_timeout or (
+            SSL_CERTIFICATE_LIFETIME)
+        try:
+            certificate = authority.issue(
+                node.uuid, public_key, datetime.timedelta(seconds=lifetime))
+        except certs.CertificateError as e:
+            raise bt_exception.SwarmKeyFailed(
+                node=node.uuid, reason=e,
+                check=_('Check the version of ironic-bt in its ramdisk.'))
+        LOG.info('Node %(node)s: issued its certificate for the SSL swarm, '
+                 'valid for %(s)d s', {'node': node.uuid, 's': lifetime})
+        return {'ssl_ca': authority.certificate,
+                'ssl_certificate': certificate}
 
     # Boot preparation exactly as the direct interface does it after writing
     # a whole-disk image: read the partition UUIDs the agent recorded,

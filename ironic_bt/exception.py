@@ -69,3 +69,8 @@ class ImageVerificationFailed(exception.InstanceDeployFailure):
                  'Check the checksum in instance_info (or in the image '
                  'service) and that the image did not change while it was '
                  'deployed, then deploy again.')
+
+
+class SwarmKeyFailed(exception.InstanceDeployFailure):
+    _msg_fmt = _('Node %(node)s cannot join the SSL swarm of its image: '
+                 '%(reason)s. %(check)s')

@@ -41,6 +41,7 @@ while it downloads); that is cheap because the .torrent is cached.
 
 import contextlib
 import dataclasses
+import datetime
 import errno
 import ipaddress
 import os
@@ -52,6 +53,7 @@ import urllib.parse
 from ironic.conf import CONF   # [deploy]http_root and http_url too
 from oslo_log import log
 
+from ironic_bt import certs
 from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
 from ironic_bt import exception
 from ironic_bt.i18n import _
@@ -71,6 +73,9 @@ WEB_SEED_DIR = 'bittorrent'
 #: only saves re-hashing an image that is still in ironic's image cache,
 #: whose entries expire after a week by default ([pxe]image_cache_ttl).
 TORRENT_CACHE_TTL = 7 * 24 * 3600
+#: Seconds the seeder's certificate in SSL swarms is valid; it is renewed
+#: when half of that has passed. Its key never leaves the conductor.
+SEEDER_CERTIFICATE_LIFETIME = 24 * 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +91,9 @@ class Publication:
     #: HTTP URLs of the conductor's copy of the image (BEP 19 web seeds),
     #: for the agent's fallback when the seeder is out of reach.
     web_seeds: list = dataclasses.field(default_factory=list)
+    #: The :class:`ironic_bt.certs.Authority` of an SSL swarm, which
+    #: issues the node's certificate; None for a plain torrent.
+    authority: certs.Authority = None
 
     @property
     def info_hash(self):
@@ -207,6 +215,8 @@ class Publisher:
     def __init__(self):
         self._lock = threading.Lock()
         self._seeder = None
+        self._authority = None
+        self._seeder_credentials = None
         self._table = None
         self._tracker = None
         self._images = {}       # hex v1 info-hash -> _Image
@@ -252,6 +262,17 @@ class Publisher:
                 image=image_path, node=node_uuid, service=_('seeder'),
                 reason=e, check=_('[bittorrent]data_dir'))
         self._sweep(start=True)
+        authority = None
+        if opts.ssl:
+            try:
+                authority = certs.Authority.load_or_create(
+                    opts.ssl_authority_dir)
+            except (certs.CertificateError, OSError) as e:
+                raise exception.PublisherStartFailed(
+                    image=image_path, node=node_uuid,
+                    service=_('SSL swarm authority'), reason=e,
+                    check=_('[bittorrent]ssl_authority_dir: it holds ca.pem '
+                            'and its key ca.key, or nothing'))
 
         started_tracker = False
         if not opts.tracker_url and self._tracker is None:
@@ -270,7 +291,8 @@ class Publisher:
             seeder = seeder_mod.Seeder(
                 listen_host=opts.seeder_listen_host,
                 listen_port=opts.seeder_port,
-                upload_rate_limit=opts.upload_rate_limit)
+                upload_rate_limit=opts.upload_rate_limit,
+                ssl=authority is not None)
         except (seeder_mod.SeederError, RuntimeError) as e:
             if started_tracker:
                 self._stop_tracker_locked()
@@ -281,6 +303,8 @@ class Publisher:
                         'of this host and that no other service uses '
                         '[bittorrent]seeder_port'))
         self._seeder = seeder
+        self._authority = authority
+        self._seeder_credentials = None
         if table is not None:
             seeder.serve_clients(table.has_clients())
         address = _ip(opts.advertise_host)
@@ -477,7 +501,21 @@ class Publisher:
                                        WEB_SEED_DIR,
                                        os.path.basename(image.web_link))))
         return Publication(meta=meta, trackers=trackers, peers=peers,
-                           web_seeds=web_seeds)
+                           web_seeds=web_seeds, authority=self._authority)
+
+    def _credentials_locked(self):
+        """The seeder's credentials in SSL swarms, renewed before expiry."""
+        if self._authority is None:
+            return None
+        creds, expires = self._seeder_credentials or (None, 0)
+        now = time.time()
+        if expires - now < SEEDER_CERTIFICATE_LIFETIME / 2:
+            creds = self._authority.credentials(
+                'seeder %s' % CONF.bittorrent.advertise_host,
+                datetime.timedelta(seconds=SEEDER_CERTIFICATE_LIFETIME))
+            self._seeder_credentials = (creds,
+                                        now + SEEDER_CERTIFICATE_LIFETIME)
+        return creds
 
     def _add_locked(self, node_uuid, image_path, meta, name):
         link = self._seeding_path(meta.info_hash)
@@ -487,7 +525,8 @@ class Publisher:
             # the file's identity, size and mtime), as ironic trusts its
             # own image cache; the agents verify every piece they get.
             self._seeder.add(meta, link, trackers=self._seeder_trackers(meta),
-                             verified=True)
+                             verified=True,
+                             credentials=self._credentials_locked())
             if self._table is not None:
                 self._table.publish(meta.tracker_keys, name, size=meta.size)
         except Exception as e:
@@ -575,6 +614,11 @@ class Publisher:
                     node_uuid, image_path, meta,
                     name or os.path.basename(image_path))
                 self._images[meta.info_hash] = image
+            elif self._authority is not None:
+                # A long-lived publication: keep the seeder's certificate
+                # valid (a no-op until half its lifetime has passed).
+                self._seeder.add(meta, image.link,
+                                 credentials=self._credentials_locked())
             image.nodes.add(node_uuid)
             self._nodes[node_uuid] = meta.info_hash
             self._seeder.expect_nodes(len(self._nodes))

@@ -123,6 +123,7 @@ class Seeder:
                 _global_class_filter(self._session))
         self._lock = threading.Lock()
         self._handles = {}
+        self._credentials = {}
         if not self._session.is_listening():
             raise SeederError(
                 _('The seeder cannot listen on %(host)s:%(port)s. Check '
@@ -207,7 +208,14 @@ class Seeder:
                    'ih': meta.info_hash,
                    'how': 'without' if self._ssl else 'with'})
         with self._lock:
-            if meta.info_hash in self._handles:
+            handle = self._handles.get(meta.info_hash)
+            if handle is not None:
+                if (credentials is not None
+                        and self._credentials.get(meta.info_hash)
+                        != credentials):
+                    # Renewed before the last one expires.
+                    swarm.use_certificate(handle, credentials)
+                    self._credentials[meta.info_hash] = credentials
                 return
             params = lt.add_torrent_params()
             params.ti = meta.torrent_info()
@@ -225,6 +233,7 @@ class Seeder:
             handle = self._session.add_torrent(params)
             if credentials is not None:
                 swarm.use_certificate(handle, credentials)
+                self._credentials[meta.info_hash] = credentials
             self._handles[meta.info_hash] = handle
         LOG.info('Seeding %(ih)s from %(path)s', {'ih': meta.info_hash,
                                                   'path': path})
@@ -233,6 +242,7 @@ class Seeder:
         """Stop seeding the torrent with this (hex v1) info-hash."""
         with self._lock:
             handle = self._handles.pop(info_hash, None)
+            self._credentials.pop(info_hash, None)
             if handle is not None:
                 self._session.remove_torrent(handle)
         if handle is not None:
@@ -281,5 +291,6 @@ class Seeder:
             for handle in self._handles.values():
                 self._session.remove_torrent(handle)
             self._handles.clear()
+            self._credentials.clear()
             # Dropping the session aborts it and closes every file handle.
             self._session = None

@@ -13,6 +13,7 @@
 """Tests for the agent's deploy step, against IPA's own test base."""
 
 import base64
+import datetime
 import os
 from unittest import mock
 
@@ -29,8 +30,10 @@ from ironic_python_agent import partition_utils
 from ironic_python_agent.tests.unit import base
 
 from ipa_extension import device
+from ipa_extension import extension
 from ipa_extension import hardware_manager
 from ipa_extension import writer
+from ironic_bt import certs
 from ironic_bt import torrent
 
 NODE_UUID = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
@@ -133,7 +136,8 @@ class TestManager(HardwareManagerTestCase):
             {'torrent', 'trackers', 'peers', 'image_sha256', 'configdrive',
              'listen_port', 'linger_timeout', 'progress_interval',
              'stall_timeout', 'web_seeds', 'web_seed_delay',
-             'unreachable_timeout'}, set(hardware_manager.ARGSINFO))
+             'unreachable_timeout', 'ssl_ca', 'ssl_certificate'},
+            set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]
         self.assertEqual(['torrent'], required)
@@ -162,7 +166,7 @@ class TestWriteImage(HardwareManagerTestCase):
             listen_host='0.0.0.0', listen_port=6999, linger_timeout=30,
             progress_interval=5, stall_timeout=60,
             expected_sha256='ab' * 32, web_seeds=[WEB_SEED],
-            web_seed_delay=3, unreachable_timeout=20)
+            web_seed_delay=3, unreachable_timeout=20, credentials=None)
         meta = self.write.call_args.args[0]
         self.assertEqual(self.meta.info_hash, meta.info_hash)
         self.assertEqual(self.meta.zero_pieces, meta.zero_pieces)
@@ -184,8 +188,33 @@ class TestWriteImage(HardwareManagerTestCase):
             self.meta, DEVICE, trackers=(), peers=PEERS,
             listen_host='0.0.0.0', listen_port=6881, linger_timeout=300,
             progress_interval=10, stall_timeout=300, expected_sha256=None,
-            web_seeds=(), web_seed_delay=5, unreachable_timeout=60)
+            web_seeds=(), web_seed_delay=5, unreachable_timeout=60,
+            credentials=None)
         self.configdrive.assert_not_called()
+
+    def test_ssl_swarm_uses_the_key_the_agent_made(self):
+        public = extension.BitTorrentExtension().swarm_key().command_result[
+            'public_key']
+        authority = certs.Authority.create()
+        cert = authority.issue(NODE_UUID, public, datetime.timedelta(hours=1))
+        self.hwm.write_image_bittorrent(
+            _node(), [], torrent=self.torrent, peers=PEERS,
+            ssl_ca=authority.certificate, ssl_certificate=cert)
+        creds = self.write.call_args.kwargs['credentials']
+        self.assertEqual(cert, creds.certificate)
+        self.assertEqual(authority.certificate, creds.ca)
+        creds.check()
+
+    def test_ssl_certificate_for_a_key_the_agent_lacks(self):
+        authority = certs.Authority.create()
+        creds = authority.credentials(NODE_UUID, datetime.timedelta(hours=1))
+        exc = self.assertRaises(
+            errors.ImageDownloadError, self.hwm.write_image_bittorrent,
+            _node(), [], torrent=self.torrent, peers=PEERS,
+            ssl_ca=authority.certificate, ssl_certificate=creds.certificate)
+        self.assertIn(NODE_UUID, str(exc))
+        self.assertIn('a key this agent does not hold', str(exc))
+        self.write.assert_not_called()
 
     def test_disk_finished_after_seeding_stopped(self):
         order = mock.Mock()

@@ -50,7 +50,8 @@ class TestCase(db_base.DbTestCase):
                     data_dir=self.data_dir,
                     advertise_host='127.0.0.1',
                     seeder_listen_host='127.0.0.1', seeder_port=0,
-                    tracker_listen_host='127.0.0.1', tracker_port=0)
+                    tracker_listen_host='127.0.0.1', tracker_port=0,
+                    ssl_authority_dir=os.path.join(self.tmp, 'authority'))
         self.publisher = publisher.Publisher()
         self.addCleanup(self.publisher.shutdown)
         patcher = mock.patch.object(publisher, '_publisher', self.publisher)

@@ -32,6 +32,7 @@ from ironic.drivers import utils as driver_utils
 from ironic.tests.unit.objects import utils as obj_utils
 from oslo_config import cfg
 
+from ironic_bt import certs
 from ironic_bt import deploy
 from ironic_bt import exception as bt_exception
 from ironic_bt import publisher
@@ -336,20 +337,41 @@ class WriteImageTestCase(DeployTestCase):
         publish_mock.assert_not_called()
 
 
+@mock.patch.object(agent_client.AgentClient, '_command', autospec=True)
 class RealPublisherTestCase(DeployTestCase):
     """The step and clean-up with the real seeder and tracker."""
+
+    def setUp(self):
+        super().setUp()
+        # What the agent's bittorrent.swarm_key answers; it keeps the key.
+        self.agent_key = certs.new_private_key()
+        self.swarm_key_reply = {
+            'command_status': 'SUCCEEDED', 'command_error': None,
+            'command_result': {
+                'public_key': certs.public_key_pem(self.agent_key)}}
 
     @mock.patch.object(agent.CustomAgentDeploy, 'clean_up', autospec=True)
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
     def test_publish_deploy_clean_up(self, cache_mock, execute_mock,
-                                     clean_up_mock):
+                                     clean_up_mock, command_mock):
         cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
         execute_mock.return_value = {'command_status': 'RUNNING'}
+        command_mock.return_value = self.swarm_key_reply
         with task_manager.acquire(self.context, self.node.uuid) as task:
             task.driver.deploy.write_image_bittorrent(task)
+        command_mock.assert_called_once_with(
+            mock.ANY, node=mock.ANY, method='bittorrent.swarm_key',
+            params={}, wait=True)
         args = execute_mock.call_args.args[1]['args']
+        # The node gets a certificate for the key it made, from the
+        # authority the seeder trusts, and nothing secret.
+        certs.Credentials(args['ssl_ca'], args['ssl_certificate'],
+                          certs.private_key_pem(self.agent_key)).check()
+        with open(os.path.join(self.tmp, 'authority', 'ca.pem')) as f:
+            self.assertEqual(f.read(), args['ssl_ca'])
+        self.assertNotIn('PRIVATE KEY', repr(args))
         meta = torrent.load(base64.b64decode(args['torrent'], validate=True))
         self.assertEqual(self.meta, meta)
         tracker, = args['trackers']
@@ -370,6 +392,40 @@ class RealPublisherTestCase(DeployTestCase):
                       test_publisher.announce(tracker, meta))
         self.node.refresh()
         self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_agent_without_the_extension(self, cache_mock, execute_mock,
+                                         command_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        command_mock.side_effect = exception.AgentAPIError(
+            node=self.node.uuid, status=404,
+            error='Extension bittorrent not found')
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            exc = self.assertRaises(
+                bt_exception.SwarmKeyFailed,
+                task.driver.deploy.write_image_bittorrent, task)
+        self.assertIn(self.node.uuid, str(exc))
+        self.assertIn('"bittorrent" IPA extension', str(exc))
+        self.assertIn('[bittorrent]ssl', str(exc))
+        execute_mock.assert_not_called()
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_plain_torrent_when_ssl_is_off(self, cache_mock, execute_mock,
+                                           command_mock):
+        self.config(group='bittorrent', ssl=False)
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+        command_mock.assert_not_called()
+        args = execute_mock.call_args.args[1]['args']
+        self.assertNotIn('ssl_ca', args)
+        self.assertNotIn('ssl_certificate', args)
+        self.assertFalse(os.path.exists(os.path.join(self.tmp, 'authority')))
 
 
 @mock.patch.object(deploy_utils, 'destroy_http_instance_images',
