@@ -101,6 +101,8 @@ def conf_options(cloud):
     return {'rpc_transport': 'json-rpc',
             'database_path': cloud.path('ironic', 'ironic.sqlite'),
             'tracker_secret': TRACKER_SECRET,
+            # Their nodes share swarms: one authority for the SSL swarms.
+            'ssl_authority_dir': cloud.path('authority'),
             'json_rpc_port': JSON_RPC_PORT}
 
 

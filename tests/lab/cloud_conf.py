@@ -52,7 +52,7 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
                 heartbeat_timeout=30, tracker_port=6969, seeder_port=6881,
                 debug=True, rpc_transport='none', database_path=None,
                 tracker_url=None, tracker_secret=None, log_file='ironic.log',
-                json_rpc_port=8089):
+                json_rpc_port=8089, ssl_authority_dir=None):
     """The configuration file of an ironic process.
 
     The all-in-one ``ironic`` (API and conductor) by default; with
@@ -72,6 +72,9 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
         ``ironic.sqlite`` in the state directory by default.
     :param tracker_url: ``[bittorrent]tracker_url``: a shared tracker.
     :param tracker_secret: ``[bittorrent]tracker_secret``.
+    :param ssl_authority_dir: ``[bittorrent]ssl_authority_dir``, which
+        conductors sharing swarms share; under the state directory by
+        default.
     :returns: the file's text.
     """
     state = dirs['ironic']
@@ -168,6 +171,7 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
             'linger_timeout': 30,
             'tracker_url': tracker_url,
             'tracker_secret': tracker_secret,
+            'ssl_authority_dir': ssl_authority_dir,
         },
     }
     if several:
