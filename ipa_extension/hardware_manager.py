@@ -25,6 +25,9 @@ This is the only module of ``ipa_extension`` that imports IPA.
 
 import base64
 import binascii
+import ipaddress
+import socket
+from urllib import parse
 
 # IPA modules read their options at import time (qemu_img, imported by
 # disk_utils, reads [disk_utils]); the agent imports config before loading
@@ -43,6 +46,7 @@ from ipa_extension import writer
 from ironic_bt import certs
 from ironic_bt.i18n import _
 from ironic_bt import torrent
+from ironic_bt.tracker import publication
 
 LOG = log.getLogger(__name__)
 
@@ -125,6 +129,12 @@ ARGSINFO = {
                        'the agent.',
         'required': False,
     },
+    'sealed_announce_key': {
+        'description': 'The node\'s tracker announce key, encrypted for the '
+                       'key the agent returned from bittorrent.swarm_key; '
+                       'the agent adds it to its tracker URLs.',
+        'required': False,
+    },
 }
 
 
@@ -189,7 +199,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                linger_timeout=300, progress_interval=10,
                                stall_timeout=300, web_seeds=None,
                                web_seed_delay=5, unreachable_timeout=60,
-                               ssl_ca=None, ssl_certificate=None):
+                               ssl_ca=None, ssl_certificate=None,
+                               sealed_announce_key=None):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -215,6 +226,9 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
             over SSL only (with ``ssl_certificate``).
         :param ssl_certificate: PEM of the certificate the conductor issued
             for a key this agent made (``bittorrent.swarm_key``).
+        :param sealed_announce_key: the node's tracker announce key, sealed
+            for that key (:func:`ironic_bt.certs.seal`); added to the
+            tracker URLs.
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -236,6 +250,11 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
             try:
                 credentials = keys.credentials(node_uuid, ssl_ca,
                                                ssl_certificate)
+                if sealed_announce_key:
+                    key = keys.unseal(node_uuid, credentials,
+                                      sealed_announce_key)
+                    trackers = [_with_announce_key(url, key)
+                                for url in trackers or ()]
             except certs.CertificateError as e:
                 raise errors.ImageDownloadError(image, str(e))
 
@@ -249,8 +268,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         try:
             result = writer.write(
                 meta, device, trackers=trackers or (), peers=peers or (),
-                # Peers may reach the node on any of its addresses.
-                listen_host='0.0.0.0', listen_port=listen_port,
+                listen_host=_provisioning_address(peers, trackers),
+                listen_port=listen_port,
                 linger_timeout=linger_timeout,
                 progress_interval=progress_interval,
                 stall_timeout=stall_timeout, expected_sha256=image_sha256,
@@ -281,6 +300,44 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         deploy_result['device'] = deploy_result.pop('target')
         deploy_result['zero_pieces'] = len(meta.zero_pieces)
         return deploy_result
+
+
+def _provisioning_address(peers, trackers):
+    """The address this node reaches the conductor from.
+
+    Peers are accepted on that address only: the provisioning network's.
+    It is the source address of the route to the seeder (or the tracker),
+    found with a UDP socket's connect, which sends nothing. A conductor
+    known by name only (no address literal) would need a DNS lookup: then
+    every address is used.
+    """
+    hosts = [p.rpartition(':')[0].strip('[]') for p in peers or ()]
+    hosts += [parse.urlsplit(url).hostname or '' for url in trackers or ()]
+    for host in hosts:
+        try:
+            family = (socket.AF_INET6 if ipaddress.ip_address(host).version
+                      == 6 else socket.AF_INET)
+        except ValueError:
+            continue
+        try:
+            with socket.socket(family, socket.SOCK_DGRAM) as s:
+                s.connect((host, 9))
+                return s.getsockname()[0]
+        except OSError as e:
+            LOG.warning('No route to %(host)s to find the provisioning '
+                        'address: %(err)s', {'host': host, 'err': e})
+    LOG.warning('No seeder or tracker address to find the provisioning '
+                'address from: accepting peers on every address')
+    return '0.0.0.0'
+
+
+def _with_announce_key(url, key):
+    parts = parse.urlsplit(url)
+    query = parse.parse_qsl(parts.query, keep_blank_values=True)
+    query = [(k, v) for k, v in query
+             if k != publication.ANNOUNCE_PARAM]
+    query.append((publication.ANNOUNCE_PARAM, key))
+    return parse.urlunsplit(parts._replace(query=parse.urlencode(query)))
 
 
 def _load_torrent(node_uuid, image, data):

@@ -72,3 +72,17 @@ def credentials(node_uuid, ca, certificate):
               'when it restarts the step.') % node_uuid)
     return certs.Credentials(ca=ca, certificate=certificate,
                              private_key=certs.private_key_pem(key))
+
+
+def unseal(node_uuid, credentials, sealed):
+    """Open a secret the conductor sealed for our swarm key.
+
+    :raises: certs.CertificateError naming the node.
+    """
+    try:
+        return certs.unseal(certs.load_private_key(credentials.private_key),
+                            sealed).decode('ascii')
+    except (certs.CertificateError, UnicodeDecodeError, TypeError) as e:
+        raise certs.CertificateError(
+            _('The announce key sealed for node %(node)s cannot be opened: '
+              '%(err)s') % {'node': node_uuid, 'err': e})

@@ -552,16 +552,20 @@ class _Download:
                 self.sources.tracker(alert.tracker_url(), _(
                     'answered with %d peers') % alert.num_peers)
             elif isinstance(alert, lt.tracker_error_alert):
+                # The message holds the URL, whose query may carry the
+                # node's announce key: log the URL redacted instead.
+                url = sources.redact(alert.tracker_url())
                 if 'skipping tracker announce' in alert.message():
                     # libtorrent does not announce from its loopback listen
                     # socket to a remote tracker: expected, not an error.
-                    LOG.debug('%s', alert.message())
+                    LOG.debug('Tracker %s skipped: not reachable from the '
+                              'loopback listen socket', url)
                     continue
-                self.sources.tracker(alert.tracker_url(),
-                                     alert.error.message())
-                LOG.warning('Tracker error for %(ih)s: %(msg)s',
-                            {'ih': self.meta.info_hash,
-                             'msg': alert.message()})
+                reason = alert.failure_reason() or alert.error.message()
+                self.sources.tracker(alert.tracker_url(), reason)
+                LOG.warning('Tracker %(url)s of %(ih)s: %(err)s',
+                            {'url': url, 'ih': self.meta.info_hash,
+                             'err': reason})
             elif isinstance(alert, lt.file_error_alert):
                 self.error = _file_error(alert)
             elif isinstance(alert, lt.torrent_error_alert):

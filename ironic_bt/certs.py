@@ -23,13 +23,17 @@ This module imports neither ironic nor ironic-python-agent: agents make
 their keys with it, conductors issue certificates with it.
 """
 
+import base64
 import dataclasses
 import datetime
+import hmac
 import os
 
 from cryptography import exceptions as crypto_exc
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers import aead
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf import hkdf
 from cryptography.hazmat.primitives import serialization
 from cryptography import x509
 from cryptography.x509.oid import NameOID
@@ -145,6 +149,64 @@ def load_private_key(pem):
         raise CertificateError(
             _('The swarm private key is not an unencrypted PEM key: %s')
             % type(e).__name__)
+
+
+_SEAL_INFO = b'ironic-bt sealed secret v1'
+_POINT = 65     # an uncompressed P-256 point
+_NONCE = 12
+
+
+def _seal_key(shared):
+    return hkdf.HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                     info=_SEAL_INFO).derive(shared)
+
+
+def seal(public_key, secret):
+    """Encrypt a small secret so that only a key's holder can read it.
+
+    ECIES: an ephemeral P-256 key, ECDH with ``public_key``, HKDF-SHA256
+    and AES-GCM. What travels (step arguments, which IPA logs) is useless
+    without the agent's private key, which never leaves the node.
+
+    :param public_key: PEM of the recipient's EC public key.
+    :param secret: bytes.
+    :returns: ASCII text (base64).
+    """
+    try:
+        recipient = serialization.load_pem_public_key(public_key.encode())
+    except (ValueError, TypeError, AttributeError) as e:
+        raise CertificateError(_('Cannot seal a secret for a key that is '
+                                 'not a PEM public key: %s') % e)
+    if not isinstance(recipient, ec.EllipticCurvePublicKey):
+        raise CertificateError(_('Cannot seal a secret for a %s key: an '
+                                 'elliptic curve key is needed.')
+                               % type(recipient).__name__)
+    ephemeral = ec.generate_private_key(recipient.curve)
+    key = _seal_key(ephemeral.exchange(ec.ECDH(), recipient))
+    nonce = os.urandom(_NONCE)
+    point = ephemeral.public_key().public_bytes(
+        serialization.Encoding.X962,
+        serialization.PublicFormat.UncompressedPoint)
+    box = aead.AESGCM(key).encrypt(nonce, secret, point)
+    return base64.b64encode(point + nonce + box).decode('ascii')
+
+
+def unseal(private_key, sealed):
+    """Decrypt what :func:`seal` made for ``private_key``'s public key.
+
+    :raises: CertificateError if it was sealed for another key or altered.
+    """
+    try:
+        raw = base64.b64decode(sealed, validate=True)
+        point, nonce, box = (raw[:_POINT], raw[_POINT:_POINT + _NONCE],
+                             raw[_POINT + _NONCE:])
+        ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(
+            private_key.curve, point)
+        key = _seal_key(private_key.exchange(ec.ECDH(), ephemeral))
+        return aead.AESGCM(key).decrypt(nonce, box, point)
+    except (ValueError, TypeError, crypto_exc.InvalidTag):
+        raise CertificateError(_('A sealed secret cannot be opened: it was '
+                                 'sealed for another key, or altered.'))
 
 
 def _name(common_name):
@@ -292,6 +354,21 @@ class Authority:
                                    self._key.public_key()), critical=False)
                 .sign(self._key, hashes.SHA256()))
         return cert.public_bytes(serialization.Encoding.PEM).decode('ascii')
+
+    def derive_secret(self, purpose):
+        """A secret only holders of the authority's key can compute.
+
+        Conductors that share the authority share it too, with nothing
+        more to configure: the announce keys of their nodes
+        (:func:`ironic_bt.tracker.publication.announce_key`) use it.
+
+        :param purpose: bytes naming what the secret is for.
+        """
+        der = self._key.private_bytes(
+            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption())
+        return hmac.new(der, b'ironic-bt derived secret: ' + purpose,
+                        'sha256').digest()
 
     def credentials(self, common_name, lifetime):
         """Credentials with a key made here (the seeder's, a test's)."""

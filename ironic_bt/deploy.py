@@ -454,8 +454,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         }
         client = agent_client.get_client(task)
         if publication.authority is not None:
-            step['args'].update(self._swarm_certificate(
-                task, client, publication.authority))
+            step['args'].update(self._swarm_credentials(
+                task, client, publication))
         LOG.info('Node %(node)s: downloading torrent %(ih)s (%(size)d '
                  'bytes) from trackers %(trackers)s and peers %(peers)s, '
                  'with %(web)d web seeds as the fallback',
@@ -466,17 +466,20 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         return agent_base.execute_step(task, step, 'deploy', client=client)
 
     @staticmethod
-    def _swarm_certificate(task, client, authority):
+    def _swarm_credentials(task, client, publication):
         """Certify a key the agent made, for this deploy's SSL swarm.
 
         The agent keeps the private key (``bittorrent.swarm_key``); only
-        its public key and the certificate travel, so no step argument,
-        log or node field holds a secret. The certificate expires with the
-        deploy's timeout.
+        its public key and the certificate travel, and the node's announce
+        key travels sealed for that key, so no step argument, log or node
+        field holds a secret. The certificate expires with the deploy's
+        timeout.
 
-        :returns: the step arguments ``ssl_ca`` and ``ssl_certificate``.
+        :returns: the step arguments ``ssl_ca``, ``ssl_certificate`` and
+            ``sealed_announce_key``.
         """
         node = task.node
+        authority = publication.authority
         try:
             # The agent's own extension command: ironic's AgentClient has
             # no public method for commands of out-of-tree extensions.
@@ -500,6 +503,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         try:
             certificate = authority.issue(
                 node.uuid, public_key, datetime.timedelta(seconds=lifetime))
+            sealed = certs.seal(public_key,
+                                publication.announce_key.encode('ascii'))
         except certs.CertificateError as e:
             raise bt_exception.SwarmKeyFailed(
                 node=node.uuid, reason=e,
@@ -507,7 +512,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         LOG.info('Node %(node)s: issued its certificate for the SSL swarm, '
                  'valid for %(s)d s', {'node': node.uuid, 's': lifetime})
         return {'ssl_ca': authority.certificate,
-                'ssl_certificate': certificate}
+                'ssl_certificate': certificate,
+                'sealed_announce_key': sealed}
 
     # Boot preparation exactly as the direct interface does it after writing
     # a whole-disk image: read the partition UUIDs the agent recorded,
@@ -790,6 +796,10 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                       '%(s)d s.', {'err': e,
                                    's': CONF.bittorrent.resume_check_interval
                                    or 5})
+        except certs.CertificateError as e:
+            LOG.error('The built-in tracker that other conductors share '
+                      'cannot start: %s. Check [bittorrent]'
+                      'ssl_authority_dir.', e)
 
     @periodics.periodic(
         spacing=lambda: CONF.bittorrent.publication_check_interval,

@@ -76,6 +76,8 @@ TORRENT_CACHE_TTL = 7 * 24 * 3600
 #: Seconds the seeder's certificate in SSL swarms is valid; it is renewed
 #: when half of that has passed. Its key never leaves the conductor.
 SEEDER_CERTIFICATE_LIFETIME = 24 * 3600
+#: What the announce keys' secret is derived for from the authority's key.
+ANNOUNCE_PURPOSE = b'tracker announce keys'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,6 +96,9 @@ class Publication:
     #: The :class:`ironic_bt.certs.Authority` of an SSL swarm, which
     #: issues the node's certificate; None for a plain torrent.
     authority: certs.Authority = None
+    #: The node's announce key (a secret: the agent adds it to its tracker
+    #: URLs, see :func:`ironic_bt.tracker.publication.announce_key`).
+    announce_key: str = dataclasses.field(default=None, repr=False)
 
     @property
     def info_hash(self):
@@ -216,6 +221,7 @@ class Publisher:
         self._lock = threading.Lock()
         self._seeder = None
         self._authority = None
+        self._announce_secret = None
         self._seeder_credentials = None
         self._table = None
         self._tracker = None
@@ -262,17 +268,14 @@ class Publisher:
                 image=image_path, node=node_uuid, service=_('seeder'),
                 reason=e, check=_('[bittorrent]data_dir'))
         self._sweep(start=True)
-        authority = None
-        if opts.ssl:
-            try:
-                authority = certs.Authority.load_or_create(
-                    opts.ssl_authority_dir)
-            except (certs.CertificateError, OSError) as e:
-                raise exception.PublisherStartFailed(
-                    image=image_path, node=node_uuid,
-                    service=_('SSL swarm authority'), reason=e,
-                    check=_('[bittorrent]ssl_authority_dir: it holds ca.pem '
-                            'and its key ca.key, or nothing'))
+        try:
+            authority = self._load_authority_locked()
+        except (certs.CertificateError, OSError) as e:
+            raise exception.PublisherStartFailed(
+                image=image_path, node=node_uuid,
+                service=_('SSL swarm authority'), reason=e,
+                check=_('[bittorrent]ssl_authority_dir: it holds ca.pem and '
+                        'its key ca.key, or nothing'))
 
         started_tracker = False
         if not opts.tracker_url and self._tracker is None:
@@ -303,7 +306,6 @@ class Publisher:
                         'of this host and that no other service uses '
                         '[bittorrent]seeder_port'))
         self._seeder = seeder
-        self._authority = authority
         self._seeder_credentials = None
         if table is not None:
             seeder.serve_clients(table.has_clients())
@@ -318,14 +320,30 @@ class Publisher:
                   'tracker': (self._seeder_trackers() or ['none'])[0],
                   'host': opts.advertise_host})
 
+    def _load_authority_locked(self):
+        """The SSL swarm authority ([bittorrent]ssl), loaded once.
+
+        :raises: CertificateError, OSError.
+        """
+        if CONF.bittorrent.ssl and self._authority is None:
+            self._authority = certs.Authority.load_or_create(
+                CONF.bittorrent.ssl_authority_dir)
+            self._announce_secret = self._authority.derive_secret(
+                ANNOUNCE_PURPOSE)
+        elif not CONF.bittorrent.ssl:
+            self._authority = self._announce_secret = None
+        return self._authority
+
     def _start_tracker_locked(self):
         opts = CONF.bittorrent
+        self._load_authority_locked()
         table = protocol.SwarmTable(max_swarms=opts.max_swarms,
                                     max_peers=opts.max_peers_per_swarm,
                                     interval=opts.announce_interval,
                                     on_stopped=self._agent_stopped,
                                     on_clients=self._clients_present,
-                                    publish_secret=opts.tracker_secret)
+                                    publish_secret=opts.tracker_secret,
+                                    announce_secret=self._announce_secret)
         tracker = server.TrackerServer(
             table, opts.tracker_listen_host, opts.tracker_port,
             udp_port=opts.tracker_udp_port, status_token=opts.status_token)
@@ -480,12 +498,26 @@ class Publisher:
                                          meta.size))})
             return [url]
         if self._tracker is not None:
-            return [self._tracker.announce_url(CONF.bittorrent.advertise_host)]
+            url = self._tracker.announce_url(CONF.bittorrent.advertise_host)
+            if meta is not None and self._announce_secret is not None:
+                # The seeder's own announce key (no node label).
+                url = _with_query(url, {
+                    publication.ANNOUNCE_PARAM: publication.announce_key(
+                        self._announce_secret, '', meta.tracker_keys[0])})
+            return [url]
         return []
 
     def _publication_locked(self, node_uuid, meta):
+        announce_key = None
+        if self._announce_secret is not None:
+            announce_key = publication.announce_key(
+                self._announce_secret, node_uuid, meta.tracker_keys[0])
         if CONF.bittorrent.tracker_url:
             trackers = [CONF.bittorrent.tracker_url]
+            if announce_key is not None:
+                # A shared built-in tracker checks the key of the node's
+                # label; other trackers ignore both parameters.
+                trackers = [_with_query(trackers[0], {'node': node_uuid})]
         else:
             # In order of preference: the agents try each in turn.
             host = CONF.bittorrent.advertise_host
@@ -501,7 +533,8 @@ class Publisher:
                                        WEB_SEED_DIR,
                                        os.path.basename(image.web_link))))
         return Publication(meta=meta, trackers=trackers, peers=peers,
-                           web_seeds=web_seeds, authority=self._authority)
+                           web_seeds=web_seeds, authority=self._authority,
+                           announce_key=announce_key)
 
     def _credentials_locked(self):
         """The seeder's credentials in SSL swarms, renewed before expiry."""
@@ -812,6 +845,8 @@ class Publisher:
             if self._seeder is not None:
                 self._seeder.close()
             self._seeder = None
+            self._authority = self._announce_secret = None
+            self._seeder_credentials = None
             self._images.clear()
             self._nodes.clear()
             self._stopped.clear()

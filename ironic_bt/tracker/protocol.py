@@ -76,6 +76,8 @@ class AnnounceRequest:
     key: bytes | None = None
     #: A conductor's publication key (see :mod:`.publication`), as sent.
     publish: bytes | None = None
+    #: The announcer's announce key (:func:`.publication.announce_key`).
+    auth: bytes | None = None
 
 
 @dataclasses.dataclass(slots=True)
@@ -257,6 +259,7 @@ def parse_announce(query, remote_ip):
         # An opaque token: aria2 sends raw bytes.
         key=_opaque(params, 'key', MAX_KEY_LENGTH),
         publish=_opaque(params, publication.PARAM, publication.MAX_LENGTH),
+        auth=_opaque(params, publication.ANNOUNCE_PARAM, MAX_KEY_LENGTH),
     )
 
 
@@ -461,6 +464,9 @@ class _Torrent:
         #: Seeders of other conductors publishing it with a key: address
         #: -> when last seen.
         self.publishers = {}
+        #: With announce keys: (node label, IPv6?) -> (address, when last
+        #: seen) of the one address its key is served to.
+        self.announcers = {}
 
     def alive(self, now, ttl):
         """Whether anybody still publishes it.
@@ -516,7 +522,7 @@ class SwarmTable:
     def __init__(self, max_swarms=256, max_peers=2000, interval=10,
                  peer_ttl=None, foreign_peer_ttl=FOREIGN_PEER_TTL,
                  clock=time.monotonic, on_stopped=None, on_clients=None,
-                 publish_secret=None):
+                 publish_secret=None, announce_secret=None):
         """Create an empty table.
 
         :param max_swarms: most torrents published at once.
@@ -545,6 +551,11 @@ class SwarmTable:
             a valid publication key (see :mod:`.publication`) publishes its
             torrent here for as long as it keeps announcing; without it,
             only :meth:`publish` does.
+        :param announce_secret: bytes; with it, only announcers with the
+            announce key of their ``node`` label and the torrent
+            (:func:`.publication.announce_key`), or a publication key, are
+            served, and a key is served to one address at a time. The
+            others get a failure and no peers.
         """
         self.max_swarms = max_swarms
         self.max_peers = max_peers
@@ -556,6 +567,7 @@ class SwarmTable:
         self._on_stopped = on_stopped
         self._on_clients = on_clients
         self._publish_secret = publish_secret
+        self._announce_secret = announce_secret
         self._census = [0, 0]
         self._clients = False
         self._lock = threading.Lock()
@@ -742,6 +754,8 @@ class SwarmTable:
         now = self._clock()
         with self._lock:
             swarm = self._lookup_locked(req, now)
+            if self._announce_secret is not None and req.publish is None:
+                self._authorize_locked(swarm.torrent, req, now)
             swarm.expire(now, self._ttls)
             address = (req.ip, req.port)
             if req.event == 'stopped':
@@ -758,6 +772,45 @@ class SwarmTable:
                 and self._on_stopped is not None):
             self._on_stopped(req.node)
         return complete, incomplete, chosen
+
+    def _authorize_locked(self, torrent, req, now):
+        """Refuse an announcer without its key, or using another's.
+
+        :raises: TrackerError.
+        """
+        node = req.node or ''
+        if not publication.check_announce_key(
+                self._announce_secret, node, torrent.info_hashes[0],
+                req.auth):
+            raise TrackerError(
+                _('announce key missing or wrong for node "%(node)s" and '
+                  'info_hash %(ih)s: this tracker serves only the nodes '
+                  'this deployment deploys')
+                % {'node': node[:MAX_NODE_LENGTH],
+                   'ih': req.info_hash.hex()})
+        if not node:
+            return
+        # One address per family: a node announces from its IPv4 and its
+        # IPv6 listen socket.
+        label = (node, ':' in req.ip)
+        holder = torrent.announcers.get(label)
+        if (holder is not None and holder[0] != req.ip
+                and holder[1] > now - self.peer_ttl):
+            raise TrackerError(
+                _('the announce key of node "%s" is in use from another '
+                  'address') % node)
+        if holder is None and len(torrent.announcers) >= 2 * self.max_peers:
+            deadline = now - self.peer_ttl
+            for old, (_ip, seen) in list(torrent.announcers.items()):
+                if seen < deadline:
+                    del torrent.announcers[old]
+            if len(torrent.announcers) >= 2 * self.max_peers:
+                raise TrackerError(_('too many announcers for info_hash %s')
+                                   % req.info_hash.hex())
+        if req.event == 'stopped':
+            torrent.announcers.pop(label, None)
+        else:
+            torrent.announcers[label] = (req.ip, now)
 
     def has_clients(self):
         """Whether a standard client is listed (see ``on_clients``)."""

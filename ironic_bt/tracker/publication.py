@@ -94,3 +94,33 @@ def check_key(secret, value):
     if len(set(keys)) != len(keys):
         raise InvalidKey(_('publication key repeats an info-hash'))
     return keys, size
+
+
+#: The announce parameter carrying an announcer's key.
+ANNOUNCE_PARAM = 'auth'
+_ANNOUNCE_CONTEXT = b'ironic-bt announce v1\0'
+_ANNOUNCE_BYTES = 16
+
+
+def announce_key(secret, node, info_hash):
+    """The key that lets one node announce one torrent.
+
+    :param secret: bytes that only the conductors hold (derived from the
+        swarm authority's key, :meth:`ironic_bt.certs.Authority.
+        derive_secret`).
+    :param node: the announcer's label (a node UUID; '' for a seeder).
+    :param info_hash: the torrent's first (v1) 20-byte info-hash.
+    :returns: 32 hex characters.
+    """
+    message = (_ANNOUNCE_CONTEXT + node.encode('utf-8') + b'\0'
+               + bytes(info_hash))
+    return hmac.new(secret, message,
+                    hashlib.sha256).digest()[:_ANNOUNCE_BYTES].hex()
+
+
+def check_announce_key(secret, node, info_hash, value):
+    """Whether ``value`` (bytes, as received) is that node's key."""
+    if value is None:
+        return False
+    expected = announce_key(secret, node or '', info_hash).encode('ascii')
+    return hmac.compare_digest(expected, bytes(value))

@@ -135,7 +135,8 @@ class UdpTracker:
                      else min(numwant, protocol.MAX_NUMWANT)),
             node=protocol.node_label(params.get('node')),
             key=key.to_bytes(4, 'big'),
-            publish=params.get(publication.PARAM))
+            publish=params.get(publication.PARAM),
+            auth=params.get(publication.ANNOUNCE_PARAM))
         complete, incomplete, peers = self.table.record(req)
         # Peers of the sender's family only: a UDP reply has no room to
         # tell them apart (BEP 15).

@@ -77,6 +77,8 @@ class HardwareManagerTestCase(base.IronicAgentTest):
                                         return_value=DEVICE)
         self.target_size = self._patch(device, 'target_size',
                                        return_value=DEVICE_SIZE)
+        self.address = self._patch(hardware_manager, '_provisioning_address',
+                                   return_value='198.18.0.2')
         self.write = self._patch(writer, 'write',
                                  return_value=self._write_result())
         self.fix_gpt = self._patch(disk_utils, 'fix_gpt_partition')
@@ -136,7 +138,8 @@ class TestManager(HardwareManagerTestCase):
             {'torrent', 'trackers', 'peers', 'image_sha256', 'configdrive',
              'listen_port', 'linger_timeout', 'progress_interval',
              'stall_timeout', 'web_seeds', 'web_seed_delay',
-             'unreachable_timeout', 'ssl_ca', 'ssl_certificate'},
+             'unreachable_timeout', 'ssl_ca', 'ssl_certificate',
+             'sealed_announce_key'},
             set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]
@@ -163,7 +166,7 @@ class TestWriteImage(HardwareManagerTestCase):
         self.target_size.assert_called_once_with(DEVICE)
         self.write.assert_called_once_with(
             self.meta, DEVICE, trackers=TRACKERS, peers=PEERS,
-            listen_host='0.0.0.0', listen_port=6999, linger_timeout=30,
+            listen_host='198.18.0.2', listen_port=6999, linger_timeout=30,
             progress_interval=5, stall_timeout=60,
             expected_sha256='ab' * 32, web_seeds=[WEB_SEED],
             web_seed_delay=3, unreachable_timeout=20, credentials=None)
@@ -186,7 +189,7 @@ class TestWriteImage(HardwareManagerTestCase):
                                         peers=PEERS)
         self.write.assert_called_once_with(
             self.meta, DEVICE, trackers=(), peers=PEERS,
-            listen_host='0.0.0.0', listen_port=6881, linger_timeout=300,
+            listen_host='198.18.0.2', listen_port=6881, linger_timeout=300,
             progress_interval=10, stall_timeout=300, expected_sha256=None,
             web_seeds=(), web_seed_delay=5, unreachable_timeout=60,
             credentials=None)
@@ -204,6 +207,42 @@ class TestWriteImage(HardwareManagerTestCase):
         self.assertEqual(cert, creds.certificate)
         self.assertEqual(authority.certificate, creds.ca)
         creds.check()
+
+    def test_listens_on_the_provisioning_address_only(self):
+        self._run()
+        self.address.assert_called_once_with(PEERS, TRACKERS)
+        self.assertEqual('198.18.0.2',
+                         self.write.call_args.kwargs['listen_host'])
+
+    def test_ssl_swarm_announces_with_the_sealed_key(self):
+        public = extension.BitTorrentExtension().swarm_key().command_result[
+            'public_key']
+        authority = certs.Authority.create()
+        cert = authority.issue(NODE_UUID, public, datetime.timedelta(hours=1))
+        self.hwm.write_image_bittorrent(
+            _node(), [], torrent=self.torrent, peers=PEERS,
+            trackers=TRACKERS, ssl_ca=authority.certificate,
+            ssl_certificate=cert,
+            sealed_announce_key=certs.seal(public, b'0123abcd'))
+        self.assertEqual([TRACKERS[0] + '&auth=0123abcd'],
+                         self.write.call_args.kwargs['trackers'])
+
+    def test_announce_key_sealed_for_another_key(self):
+        public = extension.BitTorrentExtension().swarm_key().command_result[
+            'public_key']
+        authority = certs.Authority.create()
+        cert = authority.issue(NODE_UUID, public, datetime.timedelta(hours=1))
+        other = certs.public_key_pem(certs.new_private_key())
+        exc = self.assertRaises(
+            errors.ImageDownloadError, self.hwm.write_image_bittorrent,
+            _node(), [], torrent=self.torrent, peers=PEERS,
+            trackers=TRACKERS, ssl_ca=authority.certificate,
+            ssl_certificate=cert,
+            sealed_announce_key=certs.seal(other, b'0123abcd'))
+        self.assertIn('announce key sealed for node %s' % NODE_UUID,
+                      str(exc))
+        self.assertNotIn('0123abcd', str(exc))
+        self.write.assert_not_called()
 
     def test_ssl_certificate_for_a_key_the_agent_lacks(self):
         authority = certs.Authority.create()
@@ -425,3 +464,23 @@ class TestThroughDeployExtension(HardwareManagerTestCase):
         self.assertIsInstance(command.command_error,
                               errors.ImageDownloadError)
         self.assertIn(NODE_UUID, command.command_error.details)
+
+
+class TestProvisioningAddress(base.IronicAgentTest):
+
+    def test_source_address_towards_the_seeder(self):
+        self.assertEqual('127.0.0.1', hardware_manager._provisioning_address(
+            ['127.0.0.1:6881'], []))
+
+    def test_from_the_tracker_when_no_peer(self):
+        self.assertEqual('127.0.0.1', hardware_manager._provisioning_address(
+            [], ['udp://127.0.0.1:6969/announce?node=x']))
+
+    def test_ipv6(self):
+        self.assertEqual('::1', hardware_manager._provisioning_address(
+            ['[::1]:6881'], []))
+
+    def test_names_need_dns_so_every_address(self):
+        self.assertEqual('0.0.0.0', hardware_manager._provisioning_address(
+            ['conductor.example:6881'],
+            ['http://conductor.example/announce']))

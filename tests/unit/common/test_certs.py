@@ -105,3 +105,22 @@ class TestAuthority(testtools.TestCase):
         bad = certs.Credentials(one.ca, one.certificate, secret)
         exc = self.assertRaises(certs.CertificateError, bad.check)
         self.assertNotIn(secret, str(exc))
+
+
+class TestSeal(testtools.TestCase):
+
+    def test_only_the_keys_holder_opens_it(self):
+        key = certs.new_private_key()
+        sealed = certs.seal(certs.public_key_pem(key), b'announce-key')
+        self.assertNotIn('announce-key', sealed)
+        self.assertEqual(b'announce-key', certs.unseal(key, sealed))
+        exc = self.assertRaises(certs.CertificateError, certs.unseal,
+                                certs.new_private_key(), sealed)
+        self.assertIn('sealed for another key', str(exc))
+
+    def test_altered_is_refused(self):
+        key = certs.new_private_key()
+        sealed = certs.seal(certs.public_key_pem(key), b'announce-key')
+        altered = sealed[:-6] + ('A' if sealed[-6] != 'A' else 'B') + \
+            sealed[-5:]
+        self.assertRaises(certs.CertificateError, certs.unseal, key, altered)

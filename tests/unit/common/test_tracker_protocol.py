@@ -20,6 +20,7 @@ import pytest
 
 from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import publication
 
 # Bytes that need escaping in a query string: '%', '&', '+', '=' and ' '.
 V1 = bytes(range(0x20, 0x34))
@@ -561,3 +562,70 @@ def test_standard_clients_are_reported(clock):
     clock.now += protocol.FOREIGN_PEER_TTL + 1
     table.announce(request(ip='198.18.0.2', peer_id=ours, info_hash=OTHER))
     assert seen == [True, False, True, False, True, False]
+
+
+# Announce keys
+
+SECRET = b'k' * 32
+
+
+@pytest.fixture
+def keyed(clock):
+    table = protocol.SwarmTable(interval=10, clock=clock,
+                                announce_secret=SECRET,
+                                publish_secret='s3cret')
+    table.publish([V1, V2], 'image-a', size=4096)
+    return table
+
+
+def key_of(node, info_hash=V1):
+    return publication.announce_key(SECRET, node, info_hash)
+
+
+@pytest.mark.parametrize('auth', [None, 'f' * 32, key_of('node-b'),
+                                  key_of('node-a', OTHER)])
+def test_announce_without_the_nodes_key_gets_no_peers(keyed, auth):
+    keyed.announce(request(ip='198.18.0.3', node='node-b',
+                           auth=key_of('node-b')))
+    with pytest.raises(protocol.TrackerError) as exc:
+        keyed.announce(request(node='node-a', auth=auth))
+    assert str(exc.value) == (
+        'announce key missing or wrong for node "node-a" and info_hash '
+        + V1.hex() + ': this tracker serves only the nodes this '
+        'deployment deploys')
+    # The refused announcer is handed to nobody.
+    reply = keyed.announce(request(ip='198.18.0.3', node='node-b',
+                                   auth=key_of('node-b')))
+    assert peers_of(reply) == set()
+
+
+def test_key_covers_both_hashes_of_a_hybrid_torrent(keyed):
+    for info_hash in (V1, V2):
+        reply = keyed.announce(request(node='node-a', info_hash=info_hash,
+                                       auth=key_of('node-a')))
+        assert b'failure' not in reply
+
+
+def test_key_replayed_from_another_address_is_refused(keyed, clock):
+    keyed.announce(request(ip='198.18.0.2', node='node-a',
+                           auth=key_of('node-a')))
+    with pytest.raises(protocol.TrackerError) as exc:
+        keyed.announce(request(ip='198.18.0.66', port='7000',
+                               node='node-a', auth=key_of('node-a')))
+    assert str(exc.value) == (
+        'the announce key of node "node-a" is in use from another address')
+    # The node itself goes on, from its own address.
+    keyed.announce(request(ip='198.18.0.2', node='node-a',
+                           auth=key_of('node-a')))
+    # Once the node is gone (silent for its time to live, or stopped),
+    # the key may move with it to a new address.
+    clock.now += 31
+    reply = keyed.announce(request(ip='198.18.0.9', node='node-a',
+                                   auth=key_of('node-a')))
+    assert b'failure' not in reply
+
+
+def test_seeders_with_a_publication_key_need_no_announce_key(keyed):
+    key = publication.make_key('s3cret', [V1, V2], 4096)
+    reply = keyed.announce(request(publish=key, left='0'))
+    assert b'failure' not in reply

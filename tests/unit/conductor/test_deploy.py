@@ -376,8 +376,16 @@ class RealPublisherTestCase(DeployTestCase):
         self.assertEqual(self.meta, meta)
         tracker, = args['trackers']
         self.assertTrue(tracker.endswith('?node=%s' % self.node.uuid))
-        self.assertNotIn(b'failure reason',
-                         test_publisher.announce(tracker, meta))
+        # The tracker serves the node with the key sealed for its agent's
+        # key, and nobody without it.
+        key = certs.unseal(self.agent_key,
+                           args['sealed_announce_key']).decode()
+        self.assertNotIn(key, repr(args))
+        self.assertNotIn(b'failure reason', test_publisher.announce(
+            tracker + '&auth=' + key, meta))
+        self.assertIn(b'announce key missing or wrong',
+                      test_publisher.announce(tracker, meta)[
+                          b'failure reason'])
         status = self.publisher.status()
         self.assertEqual(['127.0.0.1:%d' % status['seeder_port']],
                          args['peers'])
@@ -388,8 +396,8 @@ class RealPublisherTestCase(DeployTestCase):
             clean_up_mock.assert_called_once_with(task.driver.deploy, task)
         self.assertEqual([], self.publisher.status()['images'])
         self.assertEqual(1, os.stat(self.image).st_nlink)
-        self.assertIn(b'failure reason',
-                      test_publisher.announce(tracker, meta))
+        self.assertIn(b'failure reason', test_publisher.announce(
+            tracker + '&auth=' + key, meta))
         self.node.refresh()
         self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
 

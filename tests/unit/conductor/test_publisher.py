@@ -37,12 +37,16 @@ NODE_A = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
 NODE_B = '2be26c0b-03f2-4d2e-ae87-c02d7f33c124'
 
 
-def announce(url, meta, port=51413, left=None, downloaded=0):
-    query = urllib.parse.urlencode({
+def announce(url, meta, port=51413, left=None, downloaded=0, auth=None):
+    """Announce to url; ``auth``: an announce key (see Publication)."""
+    params = {
         'info_hash': meta.info_hash_v1,
         'peer_id': b'-XX0000-%012d' % port,
         'port': port, 'uploaded': 0, 'downloaded': downloaded,
-        'left': meta.size if left is None else left})
+        'left': meta.size if left is None else left}
+    if auth is not None:
+        params['auth'] = auth
+    query = urllib.parse.urlencode(params)
     sep = '&' if '?' in url else '?'
     with urllib.request.urlopen(url + sep + query, timeout=5) as response:
         return bencode.decode(response.read())
@@ -84,7 +88,8 @@ class PublisherTestCase(base.TestCase):
             self.publisher.stats(pub.info_hash))
         self.assertEqual([pub.info_hash], self.seeding())
         # The agent's tracker URL serves the torrent and records the node.
-        reply = announce(pub.trackers[0], pub.meta)
+        reply = announce(pub.trackers[0], pub.meta,
+                         auth=pub.announce_key)
         self.assertNotIn(b'failure reason', reply)
         self.assertEqual(10, reply[b'interval'])
         swarm, = self.publisher.status()['swarms']
@@ -143,7 +148,7 @@ class PublisherTestCase(base.TestCase):
         self.assertIsNone(self.publisher.progress(NODE_A))
 
         announce(pub.trackers[0], pub.meta, left=base.MiB,
-                 downloaded=2 * base.MiB)
+                 downloaded=2 * base.MiB, auth=pub.announce_key)
 
         progress = self.publisher.progress(NODE_A)
         self.assertEqual(
@@ -157,7 +162,8 @@ class PublisherTestCase(base.TestCase):
         query = urllib.parse.urlencode({
             'info_hash': pub.meta.info_hash_v1,
             'peer_id': b'-XX0000-000000051413', 'port': 51413,
-            'uploaded': 0, 'downloaded': 0, 'left': 0, 'event': 'stopped'})
+            'uploaded': 0, 'downloaded': 0, 'left': 0, 'event': 'stopped',
+            'auth': pub.announce_key})
         with urllib.request.urlopen(pub.trackers[0] + '&' + query,
                                     timeout=5) as response:
             self.assertNotIn(b'failure reason', response.read())
@@ -166,7 +172,7 @@ class PublisherTestCase(base.TestCase):
         pub = self.publisher.publish(NODE_A, self.image, name='image.raw')
         self.publisher.publish(NODE_B, self.image, name='image.raw')
         self.assertEqual([], self.publisher.stopped_nodes(30))
-        announce(pub.trackers[0], pub.meta, left=0)
+        announce(pub.trackers[0], pub.meta, left=0, auth=pub.announce_key)
         self.assertEqual([], self.publisher.stopped_nodes(30))
 
         self.announce_stopped(pub)
@@ -204,7 +210,8 @@ class PublisherTestCase(base.TestCase):
                          self.publisher.stats(pub_a.info_hash)['nodes'])
         self.assertEqual([pub_a.info_hash], self.seeding())
         self.assertNotIn(b'failure reason',
-                         announce(pub_b.trackers[0], pub_b.meta))
+                         announce(pub_b.trackers[0], pub_b.meta,
+                                  auth=pub_b.announce_key))
         self.assertEqual(2, os.stat(self.image).st_nlink)
 
         self.assertTrue(self.publisher.release(NODE_B))
@@ -213,7 +220,8 @@ class PublisherTestCase(base.TestCase):
         self.assertEqual([], self.links())
         self.assertEqual(1, os.stat(self.image).st_nlink)
         self.assertIn(b'failure reason',
-                      announce(pub_b.trackers[0], pub_b.meta))
+                      announce(pub_b.trackers[0], pub_b.meta,
+                               auth=pub_b.announce_key))
         self.assertEqual([], self.publisher.status()['images'])
         self.assertFalse(self.publisher.release(NODE_B))
 
@@ -274,7 +282,8 @@ class PublisherTestCase(base.TestCase):
         self.assertEqual(1, os.stat(stray).st_nlink)
         self.assertEqual(2, os.stat(self.image).st_nlink)
         self.assertNotIn(b'failure reason',
-                         announce(again.trackers[0], again.meta))
+                         announce(again.trackers[0], again.meta,
+                                  auth=again.announce_key))
 
     def test_changed_image_is_hashed_again(self):
         pub = self.publisher.publish(NODE_A, self.image)
@@ -358,7 +367,8 @@ class PublisherTestCase(base.TestCase):
         url = 'udp://tracker.example.com:6969/announce'
         self.config(group='bittorrent', tracker_url=url)
         pub = self.publisher.publish(NODE_A, self.image)
-        self.assertEqual([url], pub.trackers)
+        # The node's label, for a shared built-in tracker's key check.
+        self.assertEqual([url + '?node=' + NODE_A], pub.trackers)
         status = self.publisher.status()
         self.assertEqual([url], status['trackers'])
         self.assertNotIn('swarms', status)
@@ -379,9 +389,9 @@ class PublisherTestCase(base.TestCase):
         # Another conductor's built-in tracker, sharing the secret.
         table, url = self._other_conductors_tracker('s3cret')
         pub = self.publisher.publish(NODE_A, self.image)
-        # The agents get the plain URL; the seeder's announces carry the
-        # key, and publish the image there.
-        self.assertEqual([url], pub.trackers)
+        # The agents get the URL with their node label; the seeder's
+        # announces carry the publication key, and publish the image there.
+        self.assertEqual([url + '?node=' + NODE_A], pub.trackers)
         self.assertEqual([url], self.publisher.status()['trackers'])
         seeder_port = self.publisher.status()['seeder_port']
 
@@ -423,7 +433,8 @@ class PublisherTestCase(base.TestCase):
         # This conductor deploys the same image: one tracker, one swarm.
         pub = self.publisher.publish(NODE_A, self.image)
         self.assertEqual(url, self.publisher.status()['trackers'][0])
-        reply = announce(pub.trackers[-1], meta, port=51414)
+        reply = announce(pub.trackers[-1], meta, port=51414,
+                         auth=pub.announce_key)
         peers = reply[b'peers']
         ports = {int.from_bytes(peers[i + 4:i + 6], 'big')
                  for i in range(0, len(peers), 6)}
