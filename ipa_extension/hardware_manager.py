@@ -26,6 +26,7 @@ This is the only module of ``ipa_extension`` that imports IPA.
 import base64
 import binascii
 import ipaddress
+import json
 import socket
 from urllib import parse
 
@@ -129,6 +130,12 @@ ARGSINFO = {
                        'the agent.',
         'required': False,
     },
+    'sealed_web_seeds': {
+        'description': 'More web seed URLs (a JSON list), encrypted like '
+                       'sealed_announce_key: the conductor\'s copy of the '
+                       'image, at an unguessable URL in SSL swarms.',
+        'required': False,
+    },
     'sealed_announce_key': {
         'description': 'The node\'s tracker announce key, encrypted for the '
                        'key the agent returned from bittorrent.swarm_key; '
@@ -200,7 +207,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                stall_timeout=300, web_seeds=None,
                                web_seed_delay=5, unreachable_timeout=60,
                                ssl_ca=None, ssl_certificate=None,
-                               sealed_announce_key=None):
+                               sealed_announce_key=None,
+                               sealed_web_seeds=None):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -229,6 +237,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         :param sealed_announce_key: the node's tracker announce key, sealed
             for that key (:func:`ironic_bt.certs.seal`); added to the
             tracker URLs.
+        :param sealed_web_seeds: more web seed URLs (a JSON list), sealed
+            the same way: the conductor's, an unguessable URL.
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -255,6 +265,10 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                       sealed_announce_key)
                     trackers = [_with_announce_key(url, key)
                                 for url in trackers or ()]
+                if sealed_web_seeds:
+                    web_seeds = list(web_seeds or ()) + _url_list(
+                        node_uuid, keys.unseal(node_uuid, credentials,
+                                               sealed_web_seeds))
             except certs.CertificateError as e:
                 raise errors.ImageDownloadError(image, str(e))
 
@@ -329,6 +343,18 @@ def _provisioning_address(peers, trackers):
     LOG.warning('No seeder or tracker address to find the provisioning '
                 'address from: accepting peers on every address')
     return '0.0.0.0'
+
+
+def _url_list(node_uuid, text):
+    try:
+        urls = json.loads(text)
+    except ValueError:
+        urls = None
+    if not (isinstance(urls, list) and all(isinstance(u, str) for u in urls)):
+        raise certs.CertificateError(
+            _('The sealed web seeds of node %s are not a list of URLs.')
+            % node_uuid)
+    return urls
 
 
 def _with_announce_key(url, key):

@@ -29,10 +29,13 @@ from urllib import parse
 from ironic_bt.i18n import _
 
 
-def redact(url):
+def redact(url, path=True):
     """A URL fit for logs.
 
     No query (temporary URLs carry signatures) and no user information.
+
+    :param path: keep the path; False for URLs whose path is a secret
+        (the conductor's web seed in SSL swarms is an unguessable name).
     """
     parts = parse.urlsplit(url)
     host = parts.hostname or ''
@@ -40,7 +43,8 @@ def redact(url):
         host = '[%s]' % host
     if parts.port:
         host = '%s:%d' % (host, parts.port)
-    return parse.urlunsplit((parts.scheme, host, parts.path,
+    return parse.urlunsplit((parts.scheme, host,
+                             parts.path if path else '/...',
                              '...' if parts.query else '', ''))
 
 
@@ -54,7 +58,7 @@ class Sources:
         for host, port in peers:
             self._state[('seeder', _peer(host, port))] = _('never connected')
         for url in web_seeds:
-            self._state[('web seed', redact(url))] = _(
+            self._state[('web seed', redact(url, path=False))] = _(
                 'not used: the seeder was reachable')
 
     def tracker(self, url, what):
@@ -64,7 +68,7 @@ class Sources:
         self._set('seeder', _peer(host, port), what)
 
     def web_seed(self, url, what):
-        self._set('web seed', redact(url), what)
+        self._set('web seed', redact(url, path=False), what)
 
     def web_seeds_state(self, what):
         for (kind, name) in list(self._state):

@@ -492,8 +492,9 @@ class _Download:
                             'from %(urls)s until it is back',
                             {'ih': self.meta.info_hash,
                              's': self.fallback.delay,
-                             'urls': ', '.join(sources.redact(u) for u in
-                                               self.fallback.urls)})
+                             'urls': ', '.join(
+                                 sources.redact(u, path=False)
+                                 for u in self.fallback.urls)})
             else:
                 LOG.info('The seeder of %s is back: no more web seeds',
                          self.meta.info_hash)
@@ -592,7 +593,8 @@ class _Download:
                                       alert.error_message()
                                       or alert.error.message())
                 LOG.warning('Web seed %(url)s of %(ih)s: %(err)s',
-                            {'url': sources.redact(alert.server_url()),
+                            {'url': sources.redact(alert.server_url(),
+                                                   path=False),
                              'ih': self.meta.info_hash,
                              'err': alert.error_message()
                              or alert.error.message()})
@@ -716,7 +718,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     for url in web_seeds:
         if parse.urlsplit(url).scheme not in ('http', 'https'):
             raise DownloadError(_('Web seed "%s" is not an HTTP(S) URL.')
-                                % sources.redact(url))
+                                % sources.redact(url, path=False))
     with dev:
         zeroed = dev.zero(meta)
         LOG.info('Writing %(ih)s (%(size)d bytes, %(pieces)d pieces of '

@@ -28,6 +28,7 @@ import dataclasses
 import datetime
 import hmac
 import os
+import re
 
 from cryptography import exceptions as crypto_exc
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -54,6 +55,10 @@ AUTHORITY_LIFETIME = datetime.timedelta(days=3650)
 CA_CERT_FILE = 'ca.pem'
 CA_KEY_FILE = 'ca.key'
 
+_PEM_RE = re.compile(r'(-----BEGIN ([A-Z ]+)-----\r?\n'
+                     r'[A-Za-z0-9+/=\r\n]+'
+                     r'-----END \2-----\r?\n?)')
+
 
 class CertificateError(Exception):
     """A key or certificate is unusable."""
@@ -70,6 +75,29 @@ class Credentials:
     ca: str
     certificate: str
     private_key: str = dataclasses.field(repr=False)
+
+    def to_pem(self):
+        """One PEM bundle: our certificate, the root, our private key."""
+        return ''.join(part if part.endswith('\n') else part + '\n'
+                       for part in (self.certificate, self.ca,
+                                    self.private_key))
+
+    @classmethod
+    def from_pem(cls, text, source='<credentials>'):
+        """Read what :meth:`to_pem` wrote.
+
+        :raises: CertificateError naming ``source``.
+        """
+        blocks = _PEM_RE.findall(text)
+        certs_ = [b for b, kind in blocks if kind == 'CERTIFICATE']
+        keys_ = [b for b, kind in blocks if kind.endswith('PRIVATE KEY')]
+        if len(certs_) != 2 or len(keys_) != 1:
+            raise CertificateError(
+                _('%(src)s must hold two certificates (this member\'s, then '
+                  'the swarm root) and one private key; it holds '
+                  '%(c)d and %(k)d.')
+                % {'src': source, 'c': len(certs_), 'k': len(keys_)})
+        return cls(ca=certs_[1], certificate=certs_[0], private_key=keys_[0])
 
     def check(self, now=None):
         """Check that the three belong together and are valid now.

@@ -55,6 +55,7 @@ the image again; both are cheap because the torrent is cached.
 import base64
 from concurrent import futures
 import datetime
+import json
 import threading
 import urllib.parse
 
@@ -454,8 +455,14 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         }
         client = agent_client.get_client(task)
         if publication.authority is not None:
+            # The conductor's web seed is an unguessable URL in SSL swarms:
+            # it travels sealed, with the announce key.
+            secret = [url for url in web_seeds
+                      if url in publication.web_seeds]
+            step['args']['web_seeds'] = [url for url in web_seeds
+                                         if url not in secret]
             step['args'].update(self._swarm_credentials(
-                task, client, publication))
+                task, client, publication, secret))
         LOG.info('Node %(node)s: downloading torrent %(ih)s (%(size)d '
                  'bytes) from trackers %(trackers)s and peers %(peers)s, '
                  'with %(web)d web seeds as the fallback',
@@ -466,7 +473,7 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         return agent_base.execute_step(task, step, 'deploy', client=client)
 
     @staticmethod
-    def _swarm_credentials(task, client, publication):
+    def _swarm_credentials(task, client, publication, web_seeds):
         """Certify a key the agent made, for this deploy's SSL swarm.
 
         The agent keeps the private key (``bittorrent.swarm_key``); only
@@ -475,8 +482,9 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         field holds a secret. The certificate expires with the deploy's
         timeout.
 
-        :returns: the step arguments ``ssl_ca``, ``ssl_certificate`` and
-            ``sealed_announce_key``.
+        :param web_seeds: URLs to seal too (the conductor's web seed).
+        :returns: the step arguments ``ssl_ca``, ``ssl_certificate``,
+            ``sealed_announce_key`` and ``sealed_web_seeds``.
         """
         node = task.node
         authority = publication.authority
@@ -505,6 +513,9 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 node.uuid, public_key, datetime.timedelta(seconds=lifetime))
             sealed = certs.seal(public_key,
                                 publication.announce_key.encode('ascii'))
+            sealed_web_seeds = (certs.seal(public_key,
+                                           json.dumps(web_seeds).encode())
+                                if web_seeds else None)
         except certs.CertificateError as e:
             raise bt_exception.SwarmKeyFailed(
                 node=node.uuid, reason=e,
@@ -513,7 +524,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                  'valid for %(s)d s', {'node': node.uuid, 's': lifetime})
         return {'ssl_ca': authority.certificate,
                 'ssl_certificate': certificate,
-                'sealed_announce_key': sealed}
+                'sealed_announce_key': sealed,
+                'sealed_web_seeds': sealed_web_seeds}
 
     # Boot preparation exactly as the direct interface does it after writing
     # a whole-disk image: read the partition UUIDs the agent recorded,

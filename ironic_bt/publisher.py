@@ -45,6 +45,7 @@ import datetime
 import errno
 import ipaddress
 import os
+import secrets
 import tempfile
 import threading
 import time
@@ -76,8 +77,6 @@ TORRENT_CACHE_TTL = 7 * 24 * 3600
 #: Seconds the seeder's certificate in SSL swarms is valid; it is renewed
 #: when half of that has passed. Its key never leaves the conductor.
 SEEDER_CERTIFICATE_LIFETIME = 24 * 3600
-#: What the announce keys' secret is derived for from the authority's key.
-ANNOUNCE_PURPOSE = b'tracker announce keys'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -329,7 +328,7 @@ class Publisher:
             self._authority = certs.Authority.load_or_create(
                 CONF.bittorrent.ssl_authority_dir)
             self._announce_secret = self._authority.derive_secret(
-                ANNOUNCE_PURPOSE)
+                publication.ANNOUNCE_SECRET_PURPOSE)
         elif not CONF.bittorrent.ssl:
             self._authority = self._announce_secret = None
         return self._authority
@@ -587,7 +586,14 @@ class Publisher:
         directory = self._web_seed_dir()
         if directory is None:
             return None
-        path = os.path.join(directory, meta.info_hash + '.img')
+        name = meta.info_hash
+        if self._authority is not None:
+            # SSL swarms: nobody may fetch the image over HTTP by its
+            # info-hash. An unguessable name instead, which reaches the
+            # agents sealed for their swarm keys; the link goes when the
+            # publication ends, and the directory is emptied at start.
+            name = secrets.token_hex(16)
+        path = os.path.join(directory, name + '.img')
         tmp = path + '.tmp'
         try:
             os.makedirs(directory, exist_ok=True)

@@ -14,6 +14,7 @@
 """
 
 import argparse
+import datetime
 import json
 import os
 import signal
@@ -146,9 +147,14 @@ def cmd_seed(args):
                           'ts': meta.size})
     trackers = list(args.tracker)
     tracker = None
+    credentials = None
+    if args.ssl_authority:
+        authority = _authority(args.ssl_authority)
+        credentials = authority.credentials(
+            'seeder', datetime.timedelta(seconds=SEEDER_LIFETIME))
     seed = seeder.Seeder(args.listen[0], args.listen[1],
                          upload_rate_limit=args.upload_rate,
-                         nodes=args.nodes)
+                         nodes=args.nodes, ssl=credentials is not None)
     try:
         if args.with_tracker:
             tracker = _start_tracker(args.with_tracker, args.interval, [meta],
@@ -157,7 +163,7 @@ def cmd_seed(args):
             trackers.append(tracker.announce_url(
                 _announce_host(args.with_tracker[0])))
         seed.add(meta, args.image, trackers=trackers,
-                 verified=args.trust_image)
+                 verified=args.trust_image, credentials=credentials)
         print(json.dumps({'info_hash': meta.info_hash,
                           'listen': '%s:%d' % (args.listen[0], seed.port),
                           'trackers': trackers}), flush=True)
@@ -170,6 +176,49 @@ def cmd_seed(args):
         seed.close()
         if tracker is not None:
             tracker.stop()
+
+
+#: Seconds the certificate of ``ironic-bt seed --ssl-authority`` is valid.
+SEEDER_LIFETIME = 7 * 24 * 3600
+
+
+def _authority(directory):
+    from ironic_bt import certs
+
+    try:
+        return certs.Authority.load_or_create(directory)
+    except (certs.CertificateError, OSError) as e:
+        raise CommandError(_('Cannot use the swarm authority in %(d)s: '
+                             '%(e)s') % {'d': directory, 'e': e})
+
+
+def cmd_certificate(args):
+    authority = _authority(args.authority)
+    creds = authority.credentials(args.name, datetime.timedelta(
+        seconds=args.lifetime))
+    try:
+        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
+                     0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(creds.to_pem())
+    except OSError as e:
+        raise CommandError(_('Cannot write %(o)s: %(e)s')
+                           % {'o': args.output, 'e': e})
+    print(json.dumps({'credentials': args.output, 'name': args.name,
+                      'lifetime': args.lifetime}), flush=True)
+
+
+def _credentials(path):
+    from ironic_bt import certs
+
+    try:
+        with open(path) as f:
+            return certs.Credentials.from_pem(f.read(), source=path)
+    except OSError as e:
+        raise CommandError(_('Cannot read %(p)s: %(e)s')
+                           % {'p': path, 'e': e})
+    except certs.CertificateError as e:
+        raise CommandError(str(e))
 
 
 def cmd_tracker(args):
@@ -213,6 +262,8 @@ def cmd_write(args):
         raise CommandError(
             _('%(t)s is mounted on %(m)s; refusing to overwrite a disk in '
               'use.') % {'t': args.target, 'm': ', '.join(mounts)})
+    credentials = (_credentials(args.ssl_credentials)
+                   if args.ssl_credentials else None)
     result = writer.write(
         meta, args.target, trackers=args.tracker, peers=args.peer,
         listen_host=args.listen[0], listen_port=args.listen[1],
@@ -220,7 +271,8 @@ def cmd_write(args):
         stall_timeout=args.stall_timeout, expected_sha256=args.sha256,
         create=args.create, web_seeds=args.web_seed,
         web_seed_delay=args.web_seed_delay,
-        unreachable_timeout=args.unreachable_timeout)
+        unreachable_timeout=args.unreachable_timeout,
+        credentials=credentials)
     if args.json:
         print(json.dumps(result.to_dict()), flush=True)
     else:
@@ -409,7 +461,31 @@ def build_parser():
                           'image cache (default: hash each piece the first '
                           'time it is sent, so a wrong or altered image is '
                           'never served)'))
+    p.add_argument('--ssl-authority', metavar='DIR',
+                   help=_('serve an SSL torrent: only peers with a '
+                          'certificate of the authority in DIR (made there '
+                          'if empty; see "ironic-bt certificate") get '
+                          'bytes'))
     p.set_defaults(func=cmd_seed)
+
+    p = sub.add_parser('certificate',
+                       help=_('issue credentials for an SSL swarm'),
+                       description=_('Issue a member of SSL swarms its '
+                                     'credentials: a new private key and a '
+                                     'certificate of the authority in '
+                                     'AUTHORITY_DIR (made there if empty), '
+                                     'written with the authority\'s '
+                                     'certificate to one PEM file of mode '
+                                     '0600 for "ironic-bt write '
+                                     '--ssl-credentials".'))
+    p.add_argument('authority', metavar='AUTHORITY_DIR')
+    p.add_argument('name', help=_('who it is for (a node name)'))
+    p.add_argument('-o', '--output', required=True, metavar='FILE.pem')
+    p.add_argument('--lifetime', type=_positive_int, default=3600,
+                   metavar='SECONDS',
+                   help=_('seconds until the certificate expires (default '
+                          '3600)'))
+    p.set_defaults(func=cmd_certificate)
 
     p = sub.add_parser('tracker', help=_('run the tracker standalone'),
                        description=_('Run the HTTP tracker (announce, '
@@ -471,6 +547,9 @@ def build_parser():
     p.add_argument('--create', action='store_true',
                    help=_('create TARGET as a regular file if it does not '
                           'exist'))
+    p.add_argument('--ssl-credentials', metavar='FILE.pem',
+                   help=_('join an SSL swarm with these credentials '
+                          '("ironic-bt certificate")'))
     p.add_argument('--json', action='store_true',
                    help=_('end with one JSON line of results'))
     p.set_defaults(func=cmd_write)

@@ -98,6 +98,9 @@ def check_key(secret, value):
 
 #: The announce parameter carrying an announcer's key.
 ANNOUNCE_PARAM = 'auth'
+#: What the announce keys' secret is derived for from the swarm
+#: authority's key (:meth:`ironic_bt.certs.Authority.derive_secret`).
+ANNOUNCE_SECRET_PURPOSE = b'tracker announce keys'
 _ANNOUNCE_CONTEXT = b'ironic-bt announce v1\0'
 _ANNOUNCE_BYTES = 16
 

@@ -28,7 +28,9 @@ import textwrap
 
 import pytest
 
+from ironic_bt import certs
 from ironic_bt import torrent
+from ironic_bt.tracker import publication
 from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_report
 from tests.lab import images
@@ -101,6 +103,43 @@ def test_bittorrent_swarm(cloud):
     # The image crossed the conductor's HTTP server once, to fill its own
     # cache, and never to a node.
     assert report['conductor']['http_bytes_to_nodes'] == 0
+    _assert_no_key_material(cloud, report)
+
+
+def _assert_no_key_material(cloud, report):
+    """No swarm secret in any log of the deploy, nor in the database.
+
+    The database holds every node field (driver_internal_info,
+    instance_info); the logs are ironic's and every agent's, at DEBUG.
+    """
+    directory = os.path.join(cloud.path('ironic'), 'bittorrent', 'authority')
+    authority = certs.Authority.load(os.path.join(directory, 'ca.pem'),
+                                     os.path.join(directory, 'ca.key'))
+    with open(os.path.join(directory, 'ca.key')) as f:
+        ca_key_lines = [line for line in f.read().splitlines()
+                        if line and not line.startswith('-----')]
+    secret = authority.derive_secret(publication.ANNOUNCE_SECRET_PURPOSE)
+    info_hash = torrent.build(report['image']['path']).tracker_keys[0]
+    announce_keys = [publication.announce_key(secret, row['uuid'], info_hash)
+                     for row in report['nodes']]
+    secrets = ['PRIVATE KEY'] + ca_key_lines + announce_keys
+    places = [os.path.join(cloud.path('logs'), name)
+              for name in sorted(os.listdir(cloud.path('logs')))]
+    places.append(cloud.path('ironic', 'ironic.sqlite'))
+    searched = 0
+    for path in places:
+        if not os.path.isfile(path):
+            continue
+        with open(path, 'rb') as f:
+            data = f.read()
+        searched += len(data)
+        for secret_text in secrets:
+            assert secret_text.encode() not in data, (
+                '%s holds swarm key material' % path)
+    # The places exist and the deploy's argument reached them.
+    assert searched > 0
+    assert b'sealed_announce_key' in b''.join(
+        open(p, 'rb').read() for p in places if p.endswith('.log'))
 
 
 def test_direct(cloud):

@@ -20,9 +20,12 @@ info-hash, a certificate of another authority).
 
 import contextlib
 import datetime
+import json
 import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -237,3 +240,55 @@ def test_expired_certificate_is_refused_before_writing(tmp_path, image,
                       credentials=expired)
     assert 'check the clocks' in str(exc.value)
     assert not target.exists()
+
+
+def _cli(*args, **kwargs):
+    return subprocess.run([sys.executable, '-m', 'ironic_bt.cmd.cli']
+                          + list(args), capture_output=True, text=True,
+                          timeout=120, **kwargs)
+
+
+def test_cli_ssl_swarm(tmp_path, image):
+    """ironic-bt certificate, seed --ssl-authority, write --ssl-credentials."""
+    path, data, meta = image
+    torrent_file = tmp_path / 'image.torrent'
+    torrent_file.write_bytes(meta.data)
+    authority = tmp_path / 'authority'
+    creds = tmp_path / 'node-1.pem'
+    out = _cli('certificate', str(authority), 'node-1', '-o', str(creds))
+    assert out.returncode == 0, out.stderr
+    assert oct(os.stat(creds).st_mode & 0o777) == '0o600'
+    port = _free_port()
+    seed = subprocess.Popen(
+        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'seed',
+         str(torrent_file), path, '--listen', '127.0.0.1:%d' % port,
+         '--trust-image', '--ssl-authority', str(authority),
+         '--duration', '60'], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(seed.stdout.readline())
+        assert ready['listen'] == '127.0.0.1:%d' % port
+        target = tmp_path / 'disk'
+        out = _cli('write', str(torrent_file), str(target), '--create',
+                   '--peer', '127.0.0.1:%d' % port, '--listen',
+                   '127.0.0.1:0', '--linger', '0', '--json',
+                   '--ssl-credentials', str(creds))
+        assert out.returncode == 0, out.stderr
+        assert helpers.read(str(target), len(data)) == data
+        # A member of another authority gets nothing, and is told why
+        # nothing came (no source reachable), not a disk error.
+        other = tmp_path / 'other.pem'
+        assert _cli('certificate', str(tmp_path / 'other-authority'),
+                    'evil', '-o', str(other)).returncode == 0
+        out = _cli('write', str(torrent_file), str(tmp_path / 'stolen'),
+                   '--create', '--peer', '127.0.0.1:%d' % port,
+                   '--listen', '127.0.0.1:0', '--linger', '0',
+                   '--unreachable-timeout', '5',
+                   '--ssl-credentials', str(other))
+        assert out.returncode == 1
+        assert 'made no progress' in out.stderr
+        # Not a byte of the (random) image: only zeros, if anything.
+        stolen = tmp_path / 'stolen'
+        assert not stolen.exists() or set(stolen.read_bytes()) <= {0}
+    finally:
+        seed.terminate()
+        seed.wait(30)

@@ -156,7 +156,8 @@ def test_tracker_refuses_bad_announces(swarm):
 
 
 def test_cli_help_for_every_subcommand():
-    for sub in ('create', 'seed', 'tracker', 'write', 'status'):
+    for sub in ('create', 'seed', 'certificate', 'tracker', 'write',
+                'status'):
         out = subprocess.run(lab_swarm.CLI + [sub, '--help'],
                              capture_output=True, text=True, check=True)
         assert out.stdout.startswith('usage: ironic-bt ' + sub)

@@ -45,6 +45,7 @@ minutes.
 import argparse
 import contextlib
 import dataclasses
+import datetime
 import fcntl
 import json
 import os
@@ -58,6 +59,7 @@ import sys
 import tempfile
 import time
 
+from ironic_bt import certs
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import procs
@@ -236,6 +238,9 @@ class Variant:
     share: bool = True
     #: the piece plan's backup threshold (None: the product's).
     plan_backup: int = None
+    #: a plain torrent instead of the product's SSL swarm
+    #: ([bittorrent]ssl = false): anyone may join.
+    plain: bool = False
 
     @property
     def cli(self):
@@ -270,7 +275,7 @@ class Variant:
         if self.flush_interval is not None:
             parts.append('flush every %gs' % self.flush_interval)
         for flag in ('mesh', 'connect_out', 'super_seed', 'seed_mode',
-                     'no_overlap', 'no_sequential'):
+                     'no_overlap', 'no_sequential', 'plain'):
             if getattr(self, flag):
                 parts.append(flag)
         if not self.share:
@@ -347,6 +352,7 @@ def lever_variants():
         # Seeder behaviour.
         product('super seed', super_seed=True),
         product('seeder in seed mode', seed_mode=True),
+        product('plain torrent (no SSL)', plain=True),
         product('no TCP slow start after idle', sysctls={
             'net.ipv4.tcp_slow_start_after_idle': 0}),
         # How fast peers find each other.
@@ -447,6 +453,15 @@ class Bench:
         return {h.name: disks.sha256_region(self.swarm.devices[h.name],
                                             self.image.size)
                 == self.image.sha256 for h in hosts}
+
+    def _credentials(self, authority, name):
+        """A writer's credentials file, as the conductor issues them."""
+        path = os.path.join(self.state_dir, 'credentials-%s.pem' % name)
+        creds = authority.credentials(name, datetime.timedelta(hours=2))
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, 'w') as f:
+            f.write(creds.to_pem())
+        return path
 
     def _start_file(self):
         path = os.path.join(self.state_dir, 'start')
@@ -652,6 +667,14 @@ class Bench:
             cmd.append('--super-seed')
         if variant.seed_mode:
             cmd.append('--seed-mode')
+        authority = None
+        if not variant.plain:
+            # The product's default: an SSL swarm of the deployment's
+            # authority; each writer gets credentials as the conductor
+            # would issue them.
+            authority_dir = os.path.join(self.state_dir, 'authority')
+            authority = certs.Authority.load_or_create(authority_dir)
+            cmd += ['--ssl-authority', authority_dir]
         start_file = self._start_file()
         if variant.connect_out:
             for host in hosts:
@@ -679,6 +702,9 @@ class Bench:
                                 '--linger', str(self.linger),
                                 '--sha256', self.image.sha256,
                                 '--start-file', start_file]
+                if authority is not None:
+                    cmd += ['--ssl-credentials',
+                            self._credentials(authority, host.name)]
                 if variant.mesh:
                     for other in hosts:
                         if other is not host:
@@ -970,7 +996,8 @@ def _base_variant(args):
         seeder_settings=dict(args.seeder_setting),
         piece_size=args.piece_size, interval=args.interval, mesh=args.mesh,
         connect_out=args.connect_out, super_seed=args.super_seed,
-        seed_mode=args.seed_mode, library=args.library, diag=args.diag)
+        seed_mode=args.seed_mode, library=args.library, diag=args.diag,
+        plain=args.plain)
     if not variant.cli:
         variant.name = 'custom'
     return variant
@@ -1328,6 +1355,9 @@ def build_parser():
     g.add_argument('--super-seed', action='store_true')
     g.add_argument('--seed-mode', action='store_true',
                    help='the seeder hashes each piece on its first send')
+    g.add_argument('--plain', action='store_true',
+                   help='a plain torrent instead of an SSL swarm (the '
+                        'product\'s default)')
     g.add_argument('--diag', type=float, metavar='SECONDS',
                    help='writers log their peers this often (in the logs '
                         'under --state-dir)')

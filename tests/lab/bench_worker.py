@@ -135,6 +135,8 @@ def cmd_seed(args):
             argv.append('--trust-image')
         if args.nodes:
             argv += ['--nodes', str(args.nodes)]
+        if args.ssl_authority:
+            argv += ['--ssl-authority', args.ssl_authority]
         code = cli.main(argv)
         _report(event='usage', **_usage())
         return code
@@ -150,14 +152,23 @@ def cmd_seed(args):
     tracker = cli._start_tracker(_host_port(args.tracker_listen),
                                  args.interval, [meta])
     trackers = [tracker.announce_url(_host_port(args.tracker_listen)[0])]
+    credentials = None
+    if args.ssl_authority:
+        import datetime
+
+        from ironic_bt import certs
+        credentials = certs.Authority.load_or_create(
+            args.ssl_authority).credentials('seeder',
+                                            datetime.timedelta(hours=2))
     seed = seeder.Seeder(host, port, upload_rate_limit=args.upload_rate,
-                         settings=_settings(args.settings), nodes=args.nodes)
+                         settings=_settings(args.settings), nodes=args.nodes,
+                         ssl=credentials is not None)
     stop = _stop_event()
     try:
         # The bench hashed this image into the torrent, as the conductor's
         # publisher does (it vouches for its own torrent cache).
         seed.add(meta, args.image, trackers=trackers,
-                 verified=not args.seed_mode)
+                 verified=not args.seed_mode, credentials=credentials)
         if args.super_seed:
             handle = seed._handles[meta.info_hash]
             handle.set_flags(lt.torrent_flags.super_seeding)
@@ -211,6 +222,8 @@ def cmd_write(args):
             argv += ['--peer', peer]
         if args.sha256:
             argv += ['--sha256', args.sha256]
+        if args.ssl_credentials:
+            argv += ['--ssl-credentials', args.ssl_credentials]
         code = _cli_write(cli, argv, started)
     else:
         _setup_logging(args.debug)
@@ -235,6 +248,11 @@ def cmd_write(args):
             tuning.settings['alert_mask'] = int(
                 swarm.ALERT_MASK | lt.alert_category.block_progress)
         observer = _bench_observer(args.diag, block_log)
+        credentials = None
+        if args.ssl_credentials:
+            from ironic_bt import certs
+            with open(args.ssl_credentials) as f:
+                credentials = certs.Credentials.from_pem(f.read())
         try:
             result = writer.write(
                 meta, args.target, trackers=args.tracker, peers=args.peer,
@@ -242,7 +260,7 @@ def cmd_write(args):
                 linger_timeout=args.linger, progress_interval=2,
                 stall_timeout=120, expected_sha256=args.sha256,
                 share_pieces=not args.no_share, tuning=tuning,
-                observer=observer)
+                observer=observer, credentials=credentials)
         except writer.WriterError as e:
             print('ironic-bt: error: %s' % e, file=sys.stderr)
             code = 1
@@ -545,6 +563,8 @@ def main(argv=None):
     p.add_argument('--connect', action='append', default=[])
     p.add_argument('--start-file')
     p.add_argument('--cli', action='store_true')
+    p.add_argument('--ssl-authority',
+                   help='an SSL swarm of the authority in this directory')
     p.set_defaults(func=cmd_seed)
 
     p = sub.add_parser('write')
@@ -572,6 +592,8 @@ def main(argv=None):
                    help='seconds between flushes while downloading')
     p.add_argument('--diag', type=float,
                    help='log the peers every DIAG seconds')
+    p.add_argument('--ssl-credentials',
+                   help='join an SSL swarm with these credentials')
     p.set_defaults(func=cmd_write)
 
     p = sub.add_parser('http')

@@ -59,6 +59,12 @@ class Handler(http.server.SimpleHTTPRequestHandler):
     protocol_version = 'HTTP/1.1'
     stats = None
 
+    def list_directory(self, path):
+        # As an operator's server must: the web seed of an SSL swarm is an
+        # unguessable name in [deploy]http_root/bittorrent.
+        self.send_error(403, 'No directory listing')
+        return None
+
     def send_head(self):
         self._range = None
         header = self.headers.get('Range')

@@ -139,7 +139,7 @@ class TestManager(HardwareManagerTestCase):
              'listen_port', 'linger_timeout', 'progress_interval',
              'stall_timeout', 'web_seeds', 'web_seed_delay',
              'unreachable_timeout', 'ssl_ca', 'ssl_certificate',
-             'sealed_announce_key'},
+             'sealed_announce_key', 'sealed_web_seeds'},
             set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]

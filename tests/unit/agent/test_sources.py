@@ -72,5 +72,13 @@ def test_describe_names_every_source_without_secrets():
     assert text == (
         'tracker http://198.18.0.1:6969/announce?...: Connection refused; '
         'seeder 198.18.0.1:6881: Connection timed out; '
-        'web seed https://swift.example:443/v1/o?...: HTTP 404')
+        'web seed https://swift.example:443/...?...: HTTP 404')
     assert 's3cr3t' not in text and 'pw' not in text
+
+
+def test_web_seed_paths_stay_out_of_logs():
+    # In SSL swarms the conductor's web seed is an unguessable path.
+    secret = 'http://198.18.0.1:8080/bittorrent/5f0c2a.img'
+    src = sources.Sources([], [], [secret])
+    src.web_seed(secret, 'HTTP 404')
+    assert src.describe() == 'web seed http://198.18.0.1:8080/...: HTTP 404'

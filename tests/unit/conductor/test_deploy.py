@@ -13,6 +13,7 @@
 """Tests for the bittorrent deploy interface, on ironic's own test base."""
 
 import base64
+import json
 import os
 from unittest import mock
 
@@ -400,6 +401,26 @@ class RealPublisherTestCase(DeployTestCase):
             tracker + '&auth=' + key, meta))
         self.node.refresh()
         self.assertNotIn(deploy.INFO_HASH, self.node.driver_internal_info)
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_conductor_web_seed_travels_sealed(self, cache_mock,
+                                               execute_mock, command_mock):
+        self.config(group='deploy', http_root=os.path.join(self.tmp, 'www'),
+                    http_url='http://127.0.0.1:8080/')
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        command_mock.return_value = self.swarm_key_reply
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+        args = execute_mock.call_args.args[1]['args']
+        self.assertEqual([], args['web_seeds'])
+        sealed = json.loads(certs.unseal(self.agent_key,
+                                         args['sealed_web_seeds']))
+        self.assertEqual(
+            self.publisher.publication(self.node.uuid).web_seeds, sealed)
+        self.assertNotIn(sealed[0], repr(args))
 
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)

@@ -102,10 +102,13 @@ class PublisherTestCase(base.TestCase):
                     http_url='http://127.0.0.1:8080/')
         pub = self.publisher.publish(NODE_A, self.image)
 
-        link = os.path.join(http_root, 'bittorrent', pub.info_hash + '.img')
-        self.assertEqual(
-            ['http://127.0.0.1:8080/bittorrent/%s.img' % pub.info_hash],
-            pub.web_seeds)
+        # SSL swarms: an unguessable name, not the public info-hash.
+        name, = os.listdir(os.path.join(http_root, 'bittorrent'))
+        self.assertRegex(name, r'^[0-9a-f]{32}\.img$')
+        self.assertNotIn(pub.info_hash, name)
+        link = os.path.join(http_root, 'bittorrent', name)
+        self.assertEqual(['http://127.0.0.1:8080/bittorrent/' + name],
+                         pub.web_seeds)
         self.assertTrue(os.path.samefile(self.image, link))
         # Another node of the same image gets the same URL; the link goes
         # with the last node.
@@ -116,6 +119,16 @@ class PublisherTestCase(base.TestCase):
         self.publisher.release(NODE_B)
         self.assertFalse(os.path.exists(link))
         self.assertEqual(1, os.stat(self.image).st_nlink)
+
+    def test_web_seed_of_a_plain_torrent_is_named_by_its_info_hash(self):
+        http_root = os.path.join(self.tmp, 'httpboot')
+        self.config(group='deploy', http_root=http_root,
+                    http_url='http://127.0.0.1:8080/')
+        self.config(group='bittorrent', ssl=False)
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.assertEqual(
+            ['http://127.0.0.1:8080/bittorrent/%s.img' % pub.info_hash],
+            pub.web_seeds)
 
     def test_web_seed_off_or_unlinkable(self):
         http_root = os.path.join(self.tmp, 'httpboot')
