@@ -196,10 +196,7 @@ class TestWriteImage(HardwareManagerTestCase):
         self.configdrive.assert_not_called()
 
     def test_ssl_swarm_uses_the_key_the_agent_made(self):
-        public = extension.BitTorrentExtension().swarm_key().command_result[
-            'public_key']
-        authority = certs.Authority.create()
-        cert = authority.issue(NODE_UUID, public, datetime.timedelta(hours=1))
+        public, authority, cert = _certified_agent_key()
         self.hwm.write_image_bittorrent(
             _node(), [], torrent=self.torrent, peers=PEERS,
             ssl_ca=authority.certificate, ssl_certificate=cert)
@@ -215,10 +212,7 @@ class TestWriteImage(HardwareManagerTestCase):
                          self.write.call_args.kwargs['listen_host'])
 
     def test_ssl_swarm_announces_with_the_sealed_key(self):
-        public = extension.BitTorrentExtension().swarm_key().command_result[
-            'public_key']
-        authority = certs.Authority.create()
-        cert = authority.issue(NODE_UUID, public, datetime.timedelta(hours=1))
+        public, authority, cert = _certified_agent_key()
         self.hwm.write_image_bittorrent(
             _node(), [], torrent=self.torrent, peers=PEERS,
             trackers=TRACKERS, ssl_ca=authority.certificate,
@@ -228,10 +222,7 @@ class TestWriteImage(HardwareManagerTestCase):
                          self.write.call_args.kwargs['trackers'])
 
     def test_announce_key_sealed_for_another_key(self):
-        public = extension.BitTorrentExtension().swarm_key().command_result[
-            'public_key']
-        authority = certs.Authority.create()
-        cert = authority.issue(NODE_UUID, public, datetime.timedelta(hours=1))
+        public, authority, cert = _certified_agent_key()
         other = certs.public_key_pem(certs.new_private_key())
         exc = self.assertRaises(
             errors.ImageDownloadError, self.hwm.write_image_bittorrent,
@@ -464,6 +455,18 @@ class TestThroughDeployExtension(HardwareManagerTestCase):
         self.assertIsInstance(command.command_error,
                               errors.ImageDownloadError)
         self.assertIn(NODE_UUID, command.command_error.details)
+
+
+def _certified_agent_key():
+    """The agent makes a key (bittorrent.swarm_key); a conductor certifies it.
+
+    :returns: (public key PEM, the authority, the certificate PEM).
+    """
+    public = extension.BitTorrentExtension().swarm_key().command_result[
+        'public_key']
+    authority = certs.Authority.create()
+    return public, authority, authority.issue(
+        NODE_UUID, public, datetime.timedelta(hours=1))
 
 
 class TestProvisioningAddress(base.IronicAgentTest):
