@@ -29,6 +29,7 @@ import ipaddress
 import json
 import socket
 from urllib import parse
+from urllib import request
 
 # IPA modules read their options at import time (qemu_img, imported by
 # disk_utils, reads [disk_utils]); the agent imports config before loading
@@ -56,8 +57,20 @@ STEP_NAME = 'write_image_bittorrent'
 ARGSINFO = {
     'torrent': {
         'description': 'The .torrent of the raw whole-disk image, bencoded, '
-                       'then base64 encoded (standard alphabet).',
-        'required': True,
+                       'then base64 encoded (standard alphabet). Required '
+                       'unless torrent_url is given.',
+        'required': False,
+    },
+    'torrent_url': {
+        'description': 'HTTP(S) URL of the .torrent, fetched by the agent '
+                       'instead of torrent (which IPA would log whole); '
+                       'requires info_hash.',
+        'required': False,
+    },
+    'info_hash': {
+        'description': 'Hex v1 info-hash the torrent fetched from '
+                       'torrent_url must have.',
+        'required': False,
     },
     'trackers': {
         'description': 'Announce URLs of the trackers of the swarm.',
@@ -200,7 +213,7 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
             'argsinfo': ARGSINFO,
         }]
 
-    def write_image_bittorrent(self, node, ports, torrent, trackers=None,
+    def write_image_bittorrent(self, node, ports, torrent=None, trackers=None,
                                peers=None, image_sha256=None,
                                configdrive=None, listen_port=6881,
                                linger_timeout=300, progress_interval=10,
@@ -208,7 +221,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                web_seed_delay=5, unreachable_timeout=60,
                                ssl_ca=None, ssl_certificate=None,
                                sealed_announce_key=None,
-                               sealed_web_seeds=None):
+                               sealed_web_seeds=None, torrent_url=None,
+                               info_hash=None):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -239,6 +253,10 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
             tracker URLs.
         :param sealed_web_seeds: more web seed URLs (a JSON list), sealed
             the same way: the conductor's, an unguessable URL.
+        :param torrent_url: where to fetch the .torrent instead of
+            ``torrent``.
+        :param info_hash: the hex v1 info-hash the fetched torrent must
+            have.
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -250,7 +268,18 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         """
         node_uuid = node['uuid']
         image = (node.get('instance_info') or {}).get('image_source')
+        if torrent is None:
+            torrent = _fetch_torrent(node_uuid, image, torrent_url,
+                                     info_hash)
         meta = _load_torrent(node_uuid, image, torrent)
+        if info_hash and meta.info_hash != info_hash.lower():
+            raise errors.ImageDownloadError(
+                image or meta.info_hash,
+                _('the torrent for node %(node)s from %(url)s has info-hash '
+                  '%(got)s, not %(want)s: check what the conductor\'s web '
+                  'server serves at that URL')
+                % {'node': node_uuid, 'url': torrent_url, 'got':
+                   meta.info_hash, 'want': info_hash})
         image = image or meta.info_hash
         device = hardware.dispatch_to_managers('get_os_install_device',
                                                permit_refresh=True)
@@ -364,6 +393,45 @@ def _with_announce_key(url, key):
              if k != publication.ANNOUNCE_PARAM]
     query.append((publication.ANNOUNCE_PARAM, key))
     return parse.urlunsplit(parts._replace(query=parse.urlencode(query)))
+
+
+#: Largest .torrent an agent fetches (about 4,096 pieces make ~300 KB).
+MAX_TORRENT_BYTES = 64 * 1024 * 1024
+#: Seconds to fetch the .torrent.
+TORRENT_FETCH_TIMEOUT = 60
+
+
+def _fetch_torrent(node_uuid, image, url, info_hash):
+    """The .torrent from the conductor's web server, base64 as if inline.
+
+    No proxy: the conductor is on the provisioning network.
+    """
+    image = image or info_hash or _('(unknown)')
+    if not url or not info_hash:
+        raise errors.ImageDownloadError(
+            image, _('node %s was given neither a torrent nor a torrent URL '
+                     'with its info-hash. Check the ironic-bt version of '
+                     'the conductor.') % node_uuid)
+    if parse.urlsplit(url).scheme not in ('http', 'https'):
+        raise errors.ImageDownloadError(
+            image, _('the torrent URL %(url)s of node %(node)s is not '
+                     'HTTP(S)') % {'url': url, 'node': node_uuid})
+    opener = request.build_opener(request.ProxyHandler({}))
+    try:
+        with opener.open(url, timeout=TORRENT_FETCH_TIMEOUT) as response:
+            data = response.read(MAX_TORRENT_BYTES + 1)
+    except (OSError, ValueError) as e:
+        raise errors.ImageDownloadError(
+            image, _('node %(node)s cannot fetch its torrent from %(url)s: '
+                     '%(err)s. Check that the conductor\'s web server '
+                     '([deploy]http_url) is reachable from the node.')
+            % {'node': node_uuid, 'url': url, 'err': e})
+    if len(data) > MAX_TORRENT_BYTES:
+        raise errors.ImageDownloadError(
+            image, _('the torrent at %(url)s for node %(node)s is larger '
+                     'than %(max)d bytes') % {'url': url, 'node': node_uuid,
+                                              'max': MAX_TORRENT_BYTES})
+    return base64.standard_b64encode(data).decode('ascii')
 
 
 def _load_torrent(node_uuid, image, data):

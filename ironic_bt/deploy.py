@@ -438,8 +438,6 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             'interface': 'deploy',
             'step': STEP,
             'args': {
-                'torrent': base64.standard_b64encode(
-                    publication.meta.data).decode('ascii'),
                 'trackers': list(publication.trackers),
                 'peers': list(publication.peers),
                 'image_sha256': image_sha256(node),
@@ -453,6 +451,14 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'unreachable_timeout': opts.unreachable_timeout,
             },
         }
+        if publication.torrent_url:
+            # IPA logs every argument: a URL and the info-hash to check
+            # against, instead of hundreds of KB of piece hashes.
+            step['args']['torrent_url'] = publication.torrent_url
+            step['args']['info_hash'] = publication.info_hash
+        else:
+            step['args']['torrent'] = base64.standard_b64encode(
+                publication.meta.data).decode('ascii')
         client = agent_client.get_client(task)
         if publication.authority is not None:
             # The conductor's web seed is an unguessable URL in SSL swarms:

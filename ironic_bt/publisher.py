@@ -98,6 +98,9 @@ class Publication:
     #: The node's announce key (a secret: the agent adds it to its tracker
     #: URLs, see :func:`ironic_bt.tracker.publication.announce_key`).
     announce_key: str = dataclasses.field(default=None, repr=False)
+    #: HTTP URL of the .torrent (not a secret), or None: then the torrent
+    #: goes to the agent inline.
+    torrent_url: str = None
 
     @property
     def info_hash(self):
@@ -112,6 +115,8 @@ class _Image:
     nodes: set
     #: The link in [deploy]http_root that the web seed URL serves, if any.
     web_link: str = None
+    #: The .torrent in [deploy]http_root that agents fetch, if any.
+    torrent_file: str = None
 
 
 def _cache_key(st):
@@ -159,11 +164,13 @@ def _unlink_quiet(path):
                     {'path': path, 'err': e})
 
 
-def _write_atomic(path, data):
+def _write_atomic(path, data, mode=None):
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
     try:
         with os.fdopen(fd, 'wb') as f:
             f.write(data)
+        if mode is not None:
+            os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         _unlink_quiet(tmp)
@@ -239,11 +246,21 @@ class Publisher:
         return os.path.join(self._data_dir, SEEDING_DIR, info_hash + '.img')
 
     @staticmethod
-    def _web_seed_dir():
-        if ('conductor' not in CONF.bittorrent.web_seed_sources
-                or not CONF.deploy.http_root or not CONF.deploy.http_url):
+    def _http_dir():
+        """Where the conductor serves torrents and web seeds, if anywhere."""
+        if not CONF.deploy.http_root or not CONF.deploy.http_url:
             return None
         return os.path.join(CONF.deploy.http_root, WEB_SEED_DIR)
+
+    def _web_seed_dir(self):
+        if 'conductor' not in CONF.bittorrent.web_seed_sources:
+            return None
+        return self._http_dir()
+
+    @staticmethod
+    def _http_url(path):
+        return '/'.join((CONF.deploy.http_url.rstrip('/'), WEB_SEED_DIR,
+                         os.path.basename(path)))
 
     def _torrent_path(self, key):
         return os.path.join(self._data_dir, TORRENT_DIR, key + '.torrent')
@@ -387,7 +404,7 @@ class Publisher:
             seeding = os.path.join(self._data_dir, SEEDING_DIR)
             for entry in os.scandir(seeding):
                 _unlink_quiet(entry.path)
-            web = self._web_seed_dir()
+            web = self._http_dir()
             if web is not None and os.path.isdir(web):
                 for entry in os.scandir(web):
                     _unlink_quiet(entry.path)
@@ -526,14 +543,15 @@ class Publisher:
         peers = [_host_port(CONF.bittorrent.advertise_host,
                             self._seeder.port)]
         web_seeds = []
+        torrent_url = None
         image = self._images.get(meta.info_hash)
         if image is not None and image.web_link is not None:
-            web_seeds.append('/'.join((CONF.deploy.http_url.rstrip('/'),
-                                       WEB_SEED_DIR,
-                                       os.path.basename(image.web_link))))
+            web_seeds.append(self._http_url(image.web_link))
+        if image is not None and image.torrent_file is not None:
+            torrent_url = self._http_url(image.torrent_file)
         return Publication(meta=meta, trackers=trackers, peers=peers,
                            web_seeds=web_seeds, authority=self._authority,
-                           announce_key=announce_key)
+                           announce_key=announce_key, torrent_url=torrent_url)
 
     def _credentials_locked(self):
         """The seeder's credentials in SSL swarms, renewed before expiry."""
@@ -571,7 +589,36 @@ class Publisher:
                  {'name': name, 'ih': meta.info_hash, 'size': meta.size,
                   'node': node_uuid})
         return _Image(meta=meta, link=link, name=name, nodes=set(),
-                      web_link=self._web_link(node_uuid, link, meta))
+                      web_link=self._web_link(node_uuid, link, meta),
+                      torrent_file=self._torrent_file(node_uuid, meta))
+
+    def _torrent_file(self, node_uuid, meta):
+        """Put the .torrent into [deploy]http_root for the agents to fetch.
+
+        IPA logs every step argument; a torrent inline (hundreds of KB of
+        piece hashes) would fill its log. The agent checks what it fetched
+        against the info-hash it is given. Without it, the torrent goes
+        inline.
+
+        :returns: the file's path, or None.
+        """
+        directory = self._http_dir()
+        if directory is None:
+            return None
+        path = os.path.join(directory, meta.info_hash + '.torrent')
+        try:
+            os.makedirs(directory, exist_ok=True)
+            # Readable by the web server, as the images ironic serves.
+            _write_atomic(path, meta.data, mode=0o644)
+        except OSError as e:
+            LOG.warning('Node %(node)s: cannot write the torrent of %(ih)s '
+                        'into [deploy]http_root, so agents get it inline: '
+                        '%(err)s. Check that %(dir)s is writable by the '
+                        'conductor.', {'node': node_uuid,
+                                       'ih': meta.info_hash, 'err': e,
+                                       'dir': directory})
+            return None
+        return path
 
     def _web_link(self, node_uuid, link, meta):
         """Link the image into [deploy]http_root for the web seed fallback.
@@ -743,6 +790,8 @@ class Publisher:
         _unlink_quiet(image.link)
         if image.web_link is not None:
             _unlink_quiet(image.web_link)
+        if image.torrent_file is not None:
+            _unlink_quiet(image.torrent_file)
         self._sweep()
         LOG.info('Unpublished image %(name)s (torrent %(ih)s) after node '
                  '%(node)s, the last to need it, released it; the seeder '

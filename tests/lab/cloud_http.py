@@ -118,7 +118,12 @@ class Handler(http.server.SimpleHTTPRequestHandler):
             # Count what was sent even when the client went away (an agent
             # killed mid-download), so the figures add up.
             if sent:
-                self.stats.add(self.client_address[0], sent)
+                # Image bytes per client; the .torrent files agents fetch
+                # (metadata, not the image) under a key of their own.
+                client = self.client_address[0]
+                if self.path.endswith('.torrent'):
+                    client = 'torrent ' + client
+                self.stats.add(client, sent)
 
 
 def main(argv=None):

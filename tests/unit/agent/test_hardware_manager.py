@@ -13,8 +13,11 @@
 """Tests for the agent's deploy step, against IPA's own test base."""
 
 import base64
+import contextlib
 import datetime
+import http.server
 import os
+import threading
 from unittest import mock
 
 import fixtures
@@ -139,11 +142,12 @@ class TestManager(HardwareManagerTestCase):
              'listen_port', 'linger_timeout', 'progress_interval',
              'stall_timeout', 'web_seeds', 'web_seed_delay',
              'unreachable_timeout', 'ssl_ca', 'ssl_certificate',
-             'sealed_announce_key', 'sealed_web_seeds'},
+             'sealed_announce_key', 'sealed_web_seeds', 'torrent_url',
+             'info_hash'},
             set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]
-        self.assertEqual(['torrent'], required)
+        self.assertEqual([], required)
 
     def test_other_methods_fall_through(self):
         # Ranked above the generic manager, this one must not answer for it.
@@ -204,6 +208,36 @@ class TestWriteImage(HardwareManagerTestCase):
         self.assertEqual(cert, creds.certificate)
         self.assertEqual(authority.certificate, creds.ca)
         creds.check()
+
+    def test_torrent_fetched_by_url_and_checked(self):
+        with _serving({'/t.torrent': self.meta.data}) as url:
+            self.hwm.write_image_bittorrent(
+                _node(), [], peers=PEERS, torrent_url=url + '/t.torrent',
+                info_hash=self.meta.info_hash)
+        self.assertEqual(self.meta.info_hash,
+                         self.write.call_args.args[0].info_hash)
+
+    def test_torrent_fetched_with_another_info_hash(self):
+        with _serving({'/t.torrent': self.meta.data}) as url:
+            exc = self.assertRaises(
+                errors.ImageDownloadError, self.hwm.write_image_bittorrent,
+                _node(), [], peers=PEERS, torrent_url=url + '/t.torrent',
+                info_hash='ab' * 20)
+        self.assertIn('has info-hash %s, not %s' % (self.meta.info_hash,
+                                                    'ab' * 20), str(exc))
+        self.write.assert_not_called()
+
+    def test_torrent_url_unreachable(self):
+        with _serving({}) as url:
+            exc = self.assertRaises(
+                errors.ImageDownloadError, self.hwm.write_image_bittorrent,
+                _node(), [], peers=PEERS, torrent_url=url + '/t.torrent',
+                info_hash=self.meta.info_hash)
+        self.assertIn('node %s cannot fetch its torrent from %s/t.torrent'
+                      % (NODE_UUID, url), str(exc))
+        self.assertIn('404', str(exc))
+        self.assertIn('[deploy]http_url', str(exc))
+        self.write.assert_not_called()
 
     def test_listens_on_the_provisioning_address_only(self):
         self._run()
@@ -455,6 +489,30 @@ class TestThroughDeployExtension(HardwareManagerTestCase):
         self.assertIsInstance(command.command_error,
                               errors.ImageDownloadError)
         self.assertIn(NODE_UUID, command.command_error.details)
+
+
+@contextlib.contextmanager
+def _serving(files):
+    """A real HTTP server on 127.0.0.1 serving {path: bytes}."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body = files.get(self.path)
+            self.send_response(200 if body is not None else 404)
+            self.send_header('Content-Length', str(len(body or b'')))
+            self.end_headers()
+            self.wfile.write(body or b'')
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield 'http://127.0.0.1:%d' % server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def _certified_agent_key():

@@ -405,8 +405,8 @@ class RealPublisherTestCase(DeployTestCase):
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
-    def test_conductor_web_seed_travels_sealed(self, cache_mock,
-                                               execute_mock, command_mock):
+    def test_conductor_web_seed_and_torrent_by_url(self, cache_mock,
+                                                   execute_mock, command_mock):
         self.config(group='deploy', http_root=os.path.join(self.tmp, 'www'),
                     http_url='http://127.0.0.1:8080/')
         cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
@@ -415,6 +415,13 @@ class RealPublisherTestCase(DeployTestCase):
         with task_manager.acquire(self.context, self.node.uuid) as task:
             task.driver.deploy.write_image_bittorrent(task)
         args = execute_mock.call_args.args[1]['args']
+        # The torrent by URL, checked against its info-hash: IPA logs
+        # every argument.
+        publication = self.publisher.publication(self.node.uuid)
+        self.assertNotIn('torrent', args)
+        self.assertEqual(publication.info_hash, args['info_hash'])
+        self.assertEqual('http://127.0.0.1:8080/bittorrent/%s.torrent'
+                         % publication.info_hash, args['torrent_url'])
         self.assertEqual([], args['web_seeds'])
         sealed = json.loads(certs.unseal(self.agent_key,
                                          args['sealed_web_seeds']))

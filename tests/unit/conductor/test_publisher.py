@@ -103,7 +103,15 @@ class PublisherTestCase(base.TestCase):
         pub = self.publisher.publish(NODE_A, self.image)
 
         # SSL swarms: an unguessable name, not the public info-hash.
-        name, = os.listdir(os.path.join(http_root, 'bittorrent'))
+        # Beside it, the torrent (not a secret) that agents fetch.
+        torrent_file = pub.info_hash + '.torrent'
+        name, = set(os.listdir(os.path.join(http_root, 'bittorrent'))) - {
+            torrent_file}
+        self.assertEqual('http://127.0.0.1:8080/bittorrent/' + torrent_file,
+                         pub.torrent_url)
+        with open(os.path.join(http_root, 'bittorrent', torrent_file),
+                  'rb') as f:
+            self.assertEqual(pub.meta.data, f.read())
         self.assertRegex(name, r'^[0-9a-f]{32}\.img$')
         self.assertNotIn(pub.info_hash, name)
         link = os.path.join(http_root, 'bittorrent', name)
@@ -117,7 +125,8 @@ class PublisherTestCase(base.TestCase):
         self.publisher.release(NODE_A)
         self.assertTrue(os.path.exists(link))
         self.publisher.release(NODE_B)
-        self.assertFalse(os.path.exists(link))
+        self.assertEqual([], os.listdir(os.path.join(http_root,
+                                                     'bittorrent')))
         self.assertEqual(1, os.stat(self.image).st_nlink)
 
     def test_web_seed_of_a_plain_torrent_is_named_by_its_info_hash(self):
@@ -135,26 +144,32 @@ class PublisherTestCase(base.TestCase):
         self.config(group='deploy', http_root=http_root,
                     http_url='http://127.0.0.1:8080/')
         self.config(group='bittorrent', web_seed_sources=[])
-        self.assertEqual([], self.publisher.publish(NODE_A,
-                                                    self.image).web_seeds)
-        self.assertFalse(os.path.exists(os.path.join(http_root,
-                                                     'bittorrent')))
+        pub = self.publisher.publish(NODE_A, self.image)
+        self.assertEqual([], pub.web_seeds)
+        # The torrent is still served.
+        self.assertEqual([pub.info_hash + '.torrent'],
+                         os.listdir(os.path.join(http_root, 'bittorrent')))
         self.publisher.release(NODE_A)
 
         # An http_root the conductor cannot write: no fallback, but the
         # deploy goes on (the seeder is what serves it).
         self.config(group='bittorrent', web_seed_sources=['conductor'])
+        http_root = os.path.join(self.tmp, 'a-file')
+        self.config(group='deploy', http_root=http_root)
         with open(http_root, 'w'):
             pass
         with mock.patch.object(publisher.LOG, 'warning',
                                autospec=True) as warning_mock:
             pub = self.publisher.publish(NODE_A, self.image)
         self.assertEqual([], pub.web_seeds)
-        message = warning_mock.call_args.args[0] % (
-            warning_mock.call_args.args[1])
-        self.assertIn('agents get no web seed', message)
-        self.assertIn(NODE_A, message)
-        self.assertIn(http_root, message)
+        self.assertIsNone(pub.torrent_url)
+        messages = [c.args[0] % c.args[1]
+                    for c in warning_mock.call_args_list]
+        web, = [m for m in messages if 'agents get no web seed' in m]
+        inline, = [m for m in messages if 'so agents get it inline' in m]
+        for message in (web, inline):
+            self.assertIn(NODE_A, message)
+            self.assertIn(http_root, message)
 
     def test_progress_per_node(self):
         pub = self.publisher.publish(NODE_A, self.image, name='image.raw')
