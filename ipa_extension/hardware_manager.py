@@ -25,6 +25,7 @@ This is the only module of ``ipa_extension`` that imports IPA.
 
 import base64
 import binascii
+import hashlib
 import ipaddress
 import json
 import socket
@@ -64,12 +65,12 @@ ARGSINFO = {
     'torrent_url': {
         'description': 'HTTP(S) URL of the .torrent, fetched by the agent '
                        'instead of torrent (which IPA would log whole); '
-                       'requires info_hash.',
+                       'requires torrent_sha256.',
         'required': False,
     },
-    'info_hash': {
-        'description': 'Hex v1 info-hash the torrent fetched from '
-                       'torrent_url must have.',
+    'torrent_sha256': {
+        'description': 'Hex SHA-256 the file fetched from torrent_url must '
+                       'have.',
         'required': False,
     },
     'trackers': {
@@ -222,7 +223,7 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                ssl_ca=None, ssl_certificate=None,
                                sealed_announce_key=None,
                                sealed_web_seeds=None, torrent_url=None,
-                               info_hash=None):
+                               torrent_sha256=None):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -255,8 +256,7 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
             the same way: the conductor's, an unguessable URL.
         :param torrent_url: where to fetch the .torrent instead of
             ``torrent``.
-        :param info_hash: the hex v1 info-hash the fetched torrent must
-            have.
+        :param torrent_sha256: the hex SHA-256 the fetched file must have.
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -270,16 +270,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         image = (node.get('instance_info') or {}).get('image_source')
         if torrent is None:
             torrent = _fetch_torrent(node_uuid, image, torrent_url,
-                                     info_hash)
+                                     torrent_sha256)
         meta = _load_torrent(node_uuid, image, torrent)
-        if info_hash and meta.info_hash != info_hash.lower():
-            raise errors.ImageDownloadError(
-                image or meta.info_hash,
-                _('the torrent for node %(node)s from %(url)s has info-hash '
-                  '%(got)s, not %(want)s: check what the conductor\'s web '
-                  'server serves at that URL')
-                % {'node': node_uuid, 'url': torrent_url, 'got':
-                   meta.info_hash, 'want': info_hash})
         image = image or meta.info_hash
         device = hardware.dispatch_to_managers('get_os_install_device',
                                                permit_refresh=True)
@@ -287,17 +279,24 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         credentials = None
         if ssl_ca or ssl_certificate:
             try:
+                if not (ssl_ca and ssl_certificate):
+                    raise certs.CertificateError(
+                        _('node %s was given only one of ssl_ca and '
+                          'ssl_certificate. Check the ironic-bt version of '
+                          'the conductor.') % node_uuid)
                 credentials = keys.credentials(node_uuid, ssl_ca,
                                                ssl_certificate)
                 if sealed_announce_key:
                     key = keys.unseal(node_uuid, credentials,
-                                      sealed_announce_key)
+                                      sealed_announce_key,
+                                      certs.ANNOUNCE_KEY)
                     trackers = [_with_announce_key(url, key)
                                 for url in trackers or ()]
                 if sealed_web_seeds:
                     web_seeds = list(web_seeds or ()) + _url_list(
                         node_uuid, keys.unseal(node_uuid, credentials,
-                                               sealed_web_seeds))
+                                               sealed_web_seeds,
+                                               certs.WEB_SEEDS))
             except certs.CertificateError as e:
                 raise errors.ImageDownloadError(image, str(e))
 
@@ -401,17 +400,19 @@ MAX_TORRENT_BYTES = 64 * 1024 * 1024
 TORRENT_FETCH_TIMEOUT = 60
 
 
-def _fetch_torrent(node_uuid, image, url, info_hash):
+def _fetch_torrent(node_uuid, image, url, sha256):
     """The .torrent from the conductor's web server, base64 as if inline.
 
-    No proxy: the conductor is on the provisioning network.
+    The whole file must have the SHA-256 the conductor sent over IPA's
+    TLS API: what a web server or the network altered is refused. No
+    proxy: the conductor is on the provisioning network.
     """
-    image = image or info_hash or _('(unknown)')
-    if not url or not info_hash:
+    image = image or _('(unknown)')
+    if not url or not sha256:
         raise errors.ImageDownloadError(
             image, _('node %s was given neither a torrent nor a torrent URL '
-                     'with its info-hash. Check the ironic-bt version of '
-                     'the conductor.') % node_uuid)
+                     'with its SHA-256. Check the ironic-bt version of the '
+                     'conductor.') % node_uuid)
     if parse.urlsplit(url).scheme not in ('http', 'https'):
         raise errors.ImageDownloadError(
             image, _('the torrent URL %(url)s of node %(node)s is not '
@@ -431,6 +432,14 @@ def _fetch_torrent(node_uuid, image, url, info_hash):
             image, _('the torrent at %(url)s for node %(node)s is larger '
                      'than %(max)d bytes') % {'url': url, 'node': node_uuid,
                                               'max': MAX_TORRENT_BYTES})
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256.lower():
+        raise errors.ImageDownloadError(
+            image, _('the torrent for node %(node)s from %(url)s has SHA-256 '
+                     '%(got)s, not %(want)s: check what the conductor\'s web '
+                     'server serves at that URL')
+            % {'node': node_uuid, 'url': url, 'got': actual,
+               'want': sha256})
     return base64.standard_b64encode(data).decode('ascii')
 
 

@@ -74,15 +74,18 @@ def credentials(node_uuid, ca, certificate):
                              private_key=certs.private_key_pem(key))
 
 
-def unseal(node_uuid, credentials, sealed):
+def unseal(node_uuid, credentials, sealed, purpose):
     """Open a secret the conductor sealed for our swarm key.
 
-    :raises: certs.CertificateError naming the node.
+    :param purpose: what it is (:data:`ironic_bt.certs.ANNOUNCE_KEY`,
+        :data:`ironic_bt.certs.WEB_SEEDS`).
+    :raises: certs.CertificateError naming the node and the purpose.
     """
     try:
         return certs.unseal(certs.load_private_key(credentials.private_key),
-                            sealed).decode('ascii')
+                            sealed, purpose).decode('ascii')
     except (certs.CertificateError, UnicodeDecodeError, TypeError) as e:
         raise certs.CertificateError(
-            _('The announce key sealed for node %(node)s cannot be opened: '
-              '%(err)s') % {'node': node_uuid, 'err': e})
+            _('The %(what)s sealed for node %(node)s cannot be opened: '
+              '%(err)s') % {'what': purpose.decode(), 'node': node_uuid,
+                            'err': e})

@@ -255,6 +255,13 @@ class _PeerBytes:
         return text or 'nobody'
 
 
+#: Error categories of libtorrent's SSL setup (asio's is "asio.ssl").
+_SSL_CATEGORIES = ('ssl', 'asio.ssl')
+#: ``torrent_status.error_file`` of an SSL context error
+#: (``torrent_status::error_file_ssl_ctx``).
+_ERROR_FILE_SSL_CTX = -3
+
+
 def _file_error(alert):
     """What a file_error_alert says, with the errno when it is one."""
     code = alert.error
@@ -570,7 +577,7 @@ class _Download:
             elif isinstance(alert, lt.file_error_alert):
                 self.error = _file_error(alert)
             elif isinstance(alert, lt.torrent_error_alert):
-                if alert.error.category().name() == 'ssl':
+                if alert.error.category().name() in _SSL_CATEGORIES:
                     # Our certificate, not the disk: libtorrent refused it.
                     self.swarm_error = alert.error.message()
                 else:
@@ -616,7 +623,8 @@ class _Download:
         self.pump_alerts()
         st = self.handle.status()
         if (self.swarm_error or st.errc.value()
-                and st.errc.category().name() == 'ssl'):
+                and (st.errc.category().name() in _SSL_CATEGORIES
+                     or st.error_file == _ERROR_FILE_SSL_CTX)):
             raise DownloadError(
                 _('The swarm of %(ih)s refused this node\'s certificate: '
                   '%(err)s. Check the certificate the conductor issued for '

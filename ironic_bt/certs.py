@@ -24,11 +24,13 @@ their keys with it, conductors issue certificates with it.
 """
 
 import base64
+import contextlib
 import dataclasses
 import datetime
-import hmac
+import fcntl
 import os
 import re
+import tempfile
 
 from cryptography import exceptions as crypto_exc
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -46,9 +48,10 @@ from ironic_bt.i18n import _
 #: deployment has the same fixed name, so certificates name ``*``: what
 #: scopes them is the authority and their lifetime.
 SWARM_NAME = '*'
-#: Certificates are valid from a little before they are issued, so that a
-#: node whose clock is slightly behind the conductor's accepts them.
-CLOCK_SKEW = datetime.timedelta(minutes=5)
+#: Certificates are valid from a day before they are issued: deploy
+#: ramdisks often run without NTP, and a node whose clock is behind the
+#: conductor's must accept them. Their end of validity bounds exposure.
+CLOCK_SKEW = datetime.timedelta(days=1)
 #: Lifetime of a deployment's authority made by the conductor.
 AUTHORITY_LIFETIME = datetime.timedelta(days=3650)
 
@@ -179,25 +182,57 @@ def load_private_key(pem):
             % type(e).__name__)
 
 
+@contextlib.contextmanager
+def _locked(path):
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _write_new(path, data, mode):
+    """Write a file through a temporary name of our own, then rename it."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, 'wb') as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+#: What the conductor seals for an agent (:func:`seal`'s purpose).
+ANNOUNCE_KEY = b'announce key'
+WEB_SEEDS = b'web seeds'
+
 _SEAL_INFO = b'ironic-bt sealed secret v1'
 _POINT = 65     # an uncompressed P-256 point
 _NONCE = 12
 
 
-def _seal_key(shared):
+def _seal_key(shared, purpose):
     return hkdf.HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
-                     info=_SEAL_INFO).derive(shared)
+                     info=_SEAL_INFO + b'\0' + purpose).derive(shared)
 
 
-def seal(public_key, secret):
+def seal(public_key, secret, purpose):
     """Encrypt a small secret so that only a key's holder can read it.
 
     ECIES: an ephemeral P-256 key, ECDH with ``public_key``, HKDF-SHA256
     and AES-GCM. What travels (step arguments, which IPA logs) is useless
     without the agent's private key, which never leaves the node.
 
-    :param public_key: PEM of the recipient's EC public key.
+    :param public_key: PEM of the recipient's EC (P-256) public key.
     :param secret: bytes.
+    :param purpose: bytes naming what it is; :func:`unseal` must be given
+        the same, so that one sealed secret cannot stand for another.
     :returns: ASCII text (base64).
     """
     try:
@@ -205,12 +240,13 @@ def seal(public_key, secret):
     except (ValueError, TypeError, AttributeError) as e:
         raise CertificateError(_('Cannot seal a secret for a key that is '
                                  'not a PEM public key: %s') % e)
-    if not isinstance(recipient, ec.EllipticCurvePublicKey):
-        raise CertificateError(_('Cannot seal a secret for a %s key: an '
-                                 'elliptic curve key is needed.')
+    if not (isinstance(recipient, ec.EllipticCurvePublicKey)
+            and isinstance(recipient.curve, ec.SECP256R1)):
+        raise CertificateError(_('Cannot seal a secret for a %s key: a '
+                                 'P-256 key is needed.')
                                % type(recipient).__name__)
     ephemeral = ec.generate_private_key(recipient.curve)
-    key = _seal_key(ephemeral.exchange(ec.ECDH(), recipient))
+    key = _seal_key(ephemeral.exchange(ec.ECDH(), recipient), purpose)
     nonce = os.urandom(_NONCE)
     point = ephemeral.public_key().public_bytes(
         serialization.Encoding.X962,
@@ -219,7 +255,7 @@ def seal(public_key, secret):
     return base64.b64encode(point + nonce + box).decode('ascii')
 
 
-def unseal(private_key, sealed):
+def unseal(private_key, sealed, purpose):
     """Decrypt what :func:`seal` made for ``private_key``'s public key.
 
     :raises: CertificateError if it was sealed for another key or altered.
@@ -230,11 +266,13 @@ def unseal(private_key, sealed):
                              raw[_POINT + _NONCE:])
         ephemeral = ec.EllipticCurvePublicKey.from_encoded_point(
             private_key.curve, point)
-        key = _seal_key(private_key.exchange(ec.ECDH(), ephemeral))
+        key = _seal_key(private_key.exchange(ec.ECDH(), ephemeral),
+                        purpose)
         return aead.AESGCM(key).decrypt(nonce, box, point)
-    except (ValueError, TypeError, crypto_exc.InvalidTag):
+    except (ValueError, TypeError, AttributeError, crypto_exc.InvalidTag):
         raise CertificateError(_('A sealed secret cannot be opened: it was '
-                                 'sealed for another key, or altered.'))
+                                 'sealed for another key or purpose, or '
+                                 'altered.'))
 
 
 def _name(common_name):
@@ -309,31 +347,32 @@ class Authority:
     def load_or_create(cls, directory):
         """The authority kept in ``directory``, made there on first use.
 
-        The key is written with mode 0600 in a directory of mode 0700.
-        Several conductors whose nodes share swarms need the same two
-        files.
+        The key is written with mode 0600 in a directory of mode 0700,
+        under a lock, so that processes starting together (conductors
+        sharing the directory, commands) make one authority. Several
+        conductors whose nodes share swarms need the same two files.
         """
         cert_path = os.path.join(directory, CA_CERT_FILE)
         key_path = os.path.join(directory, CA_KEY_FILE)
-        if os.path.exists(cert_path) or os.path.exists(key_path):
-            return cls.load(cert_path, key_path)
         os.makedirs(directory, mode=0o700, exist_ok=True)
-        authority = cls.create()
-        key_pem = authority._key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        # Write both under temporary names and rename, key first: a crash
-        # never leaves a certificate without its key.
-        for path, data, mode in ((key_path, key_pem, 0o600),
-                                 (cert_path,
-                                  authority.certificate.encode(), 0o644)):
-            tmp = path + '.tmp'
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, 'wb') as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.rename(tmp, path)
+        with _locked(os.path.join(directory, '.lock')):
+            if os.path.exists(cert_path):
+                return cls.load(cert_path, key_path)
+            if os.path.exists(key_path):
+                # Never replace a key someone put there (the operator
+                # copying the files of another conductor, key first).
+                raise CertificateError(
+                    _('%(key)s exists without %(cert)s: copy the '
+                      'authority\'s certificate there too, or remove the '
+                      'key to make a new authority.')
+                    % {'key': key_path, 'cert': cert_path})
+            authority = cls.create()
+            key_pem = authority._key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption())
+            _write_new(key_path, key_pem, 0o600)
+            _write_new(cert_path, authority.certificate.encode(), 0o644)
         return authority
 
     @property
@@ -358,12 +397,21 @@ class Authority:
                 _('Cannot issue a swarm certificate for %(name)s: the '
                   'public key is not a PEM public key: %(err)s')
                 % {'name': common_name, 'err': e})
-        if not isinstance(key, ec.EllipticCurvePublicKey):
+        if not (isinstance(key, ec.EllipticCurvePublicKey)
+                and isinstance(key.curve, ec.SECP256R1)):
             raise CertificateError(
                 _('Cannot issue a swarm certificate for %(name)s: the '
-                  'public key is %(kind)s, not an elliptic curve key.')
+                  'public key is %(kind)s, not a P-256 elliptic curve key.')
                 % {'name': common_name, 'kind': type(key).__name__})
         now = _now()
+        if now >= self._cert.not_valid_after_utc:
+            raise CertificateError(
+                _('Cannot issue a swarm certificate for %(name)s: the swarm '
+                  'authority (%(subject)s) expired on %(end)s. Make a new '
+                  'one (move ca.pem and ca.key away) on every conductor.')
+                % {'name': common_name,
+                   'subject': self._cert.subject.rfc4514_string(),
+                   'end': self._cert.not_valid_after_utc.isoformat()})
         not_after = min(now + lifetime, self._cert.not_valid_after_utc)
         cert = (x509.CertificateBuilder()
                 .subject_name(_name(common_name))
@@ -392,11 +440,12 @@ class Authority:
 
         :param purpose: bytes naming what the secret is for.
         """
-        der = self._key.private_bytes(
-            serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption())
-        return hmac.new(der, b'ironic-bt derived secret: ' + purpose,
-                        'sha256').digest()
+        # From the private number, not an encoding of the key: conductors
+        # holding the same key in another file format agree.
+        value = self._key.private_numbers().private_value
+        return hkdf.HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
+                         info=b'ironic-bt derived secret\0' + purpose).derive(
+            value.to_bytes(66, 'big'))
 
     def credentials(self, common_name, lifetime):
         """Credentials with a key made here (the seeder's, a test's)."""

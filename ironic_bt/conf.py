@@ -215,6 +215,17 @@ opts = [
                        'standard BitTorrent clients must join the swarms: '
                        'anyone on the provisioning network who learns an '
                        'info-hash can then download the image.')),
+    cfg.IntOpt('ssl_certificate_lifetime',
+               default=6 * 3600, min=600,
+               help=_('Seconds for which the certificate a node gets for an '
+                      'SSL swarm is valid, from the start of its write '
+                      'step (a restarted step gets a new one). Longer than '
+                      'the longest write of an image (download, '
+                      'verification and lingering); after it, the node '
+                      'cannot open new connections to the swarm. '
+                      'Heartbeats keep a deploy alive past '
+                      '[conductor]deploy_callback_timeout, so that timeout '
+                      'does not bound a write.')),
     cfg.StrOpt('ssl_authority_dir',
                default='$state_path/bittorrent/authority',
                help=_('Directory of the certificate authority of the SSL '

@@ -55,6 +55,7 @@ the image again; both are cheap because the torrent is cached.
 import base64
 from concurrent import futures
 import datetime
+import hashlib
 import json
 import threading
 import urllib.parse
@@ -92,9 +93,6 @@ STEP = 'write_image_bittorrent'
 #: The agent command that makes a key for an SSL swarm
 #: (ipa_extension.extension).
 SWARM_KEY_COMMAND = 'bittorrent.swarm_key'
-#: Seconds a node's swarm certificate is valid when
-#: [conductor]deploy_callback_timeout is 0 (no deploy timeout).
-SSL_CERTIFICATE_LIFETIME = 3 * 3600
 #: driver_internal_info: hex v1 info-hash of the torrent being deployed.
 INFO_HASH = 'bittorrent_info_hash'
 #: driver_internal_info: what the agent reported (see RESULT_FIELDS).
@@ -155,6 +153,18 @@ def _web_seeds(node, publication):
         # The torrent was made from these very bytes (no conversion).
         urls.append(image_source)
     return urls
+
+
+def _agent_takes(node, argument):
+    """Whether the agent's write step takes ``argument``.
+
+    From the steps the agent reported: an older ramdisk does not.
+    """
+    steps = node.driver_internal_info.get('agent_cached_deploy_steps') or {}
+    for step in steps.get('deploy') or ():
+        if step.get('step') == STEP:
+            return argument in (step.get('argsinfo') or {})
+    return False
 
 
 def _image_label(image_source):
@@ -451,11 +461,12 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'unreachable_timeout': opts.unreachable_timeout,
             },
         }
-        if publication.torrent_url:
-            # IPA logs every argument: a URL and the info-hash to check
-            # against, instead of hundreds of KB of piece hashes.
+        if publication.torrent_url and _agent_takes(node, 'torrent_url'):
+            # IPA logs every argument: a URL and the checksum to check the
+            # file against, instead of hundreds of KB of piece hashes.
             step['args']['torrent_url'] = publication.torrent_url
-            step['args']['info_hash'] = publication.info_hash
+            step['args']['torrent_sha256'] = hashlib.sha256(
+                publication.meta.data).hexdigest()
         else:
             step['args']['torrent'] = base64.standard_b64encode(
                 publication.meta.data).decode('ascii')
@@ -499,28 +510,41 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             # no public method for commands of out-of-tree extensions.
             reply = client._command(node=node, method=SWARM_KEY_COMMAND,
                                     params={}, wait=True)
-            public_key = (reply.get('command_result') or {})['public_key']
         except exception.AgentAPIError as e:
             raise bt_exception.SwarmKeyFailed(
                 node=node.uuid, reason=e,
                 check=_('Check that its ramdisk has this version of '
                         'ironic-bt (the "bittorrent" IPA extension), or set '
                         '[bittorrent]ssl to False.'))
-        except (KeyError, TypeError, AttributeError):
+        except exception.IronicException as e:
+            # The agent is unreachable or busy.
+            raise bt_exception.SwarmKeyFailed(
+                node=node.uuid, reason=e,
+                check=_('Check that the agent is running and reachable.'))
+        if (reply or {}).get('command_error'):
+            raise bt_exception.SwarmKeyFailed(
+                node=node.uuid, reason=_('the agent failed %(cmd)s: %(err)s')
+                % {'cmd': SWARM_KEY_COMMAND,
+                   'err': reply['command_error']},
+                check=_('Check the agent\'s log.'))
+        try:
+            public_key = reply['command_result']['public_key']
+        except (KeyError, TypeError):
             raise bt_exception.SwarmKeyFailed(
                 node=node.uuid,
                 reason=_('the agent answered %s without a public key')
                 % SWARM_KEY_COMMAND,
                 check=_('Check the version of ironic-bt in its ramdisk.'))
-        lifetime = CONF.conductor.deploy_callback_timeout or (
-            SSL_CERTIFICATE_LIFETIME)
+        lifetime = CONF.bittorrent.ssl_certificate_lifetime
         try:
             certificate = authority.issue(
                 node.uuid, public_key, datetime.timedelta(seconds=lifetime))
             sealed = certs.seal(public_key,
-                                publication.announce_key.encode('ascii'))
+                                publication.announce_key.encode('ascii'),
+                                certs.ANNOUNCE_KEY)
             sealed_web_seeds = (certs.seal(public_key,
-                                           json.dumps(web_seeds).encode())
+                                           json.dumps(web_seeds).encode(),
+                                           certs.WEB_SEEDS)
                                 if web_seeds else None)
         except certs.CertificateError as e:
             raise bt_exception.SwarmKeyFailed(

@@ -90,8 +90,9 @@ class Publication:
     #: ``host:port`` of the conductor's seeder, for the agent to connect to.
     peers: list
     #: HTTP URLs of the conductor's copy of the image (BEP 19 web seeds),
-    #: for the agent's fallback when the seeder is out of reach.
-    web_seeds: list = dataclasses.field(default_factory=list)
+    #: for the agent's fallback when the seeder is out of reach; secret in
+    #: SSL swarms (an unguessable name).
+    web_seeds: list = dataclasses.field(default_factory=list, repr=False)
     #: The :class:`ironic_bt.certs.Authority` of an SSL swarm, which
     #: issues the node's certificate; None for a plain torrent.
     authority: certs.Authority = None
@@ -113,8 +114,9 @@ class _Image:
     link: str
     name: str
     nodes: set
-    #: The link in [deploy]http_root that the web seed URL serves, if any.
-    web_link: str = None
+    #: The link in [deploy]http_root that the web seed URL serves, if any
+    #: (an unguessable name in SSL swarms).
+    web_link: str = dataclasses.field(default=None, repr=False)
     #: The .torrent in [deploy]http_root that agents fetch, if any.
     torrent_file: str = None
 

@@ -35,6 +35,10 @@ from ironic_bt import swarm
 LOG = log.getLogger(__name__)
 
 
+def _none():
+    return ''
+
+
 class SeederError(Exception):
     """The seeder could not start or could not seed an image."""
 
@@ -275,14 +279,20 @@ class Seeder:
 
     def pump_alerts(self):
         for alert in self._session.pop_alerts():
-            if isinstance(alert, lt.tracker_error_alert):
-                # The announce URL may carry a publication key: log the
-                # tracker without its query.
+            if isinstance(alert, lt.tracker_alert):
+                if not alert.category() & lt.alert_category.error:
+                    continue
+                # The announce URL carries a publication or announce key,
+                # and so does the alert's message: log the tracker without
+                # its query, and the reason alone.
                 url = urllib.parse.urlsplit(alert.tracker_url())
+                reason = (getattr(alert, 'failure_reason', _none)()
+                          or getattr(alert, 'error_message', _none)()
+                          or (alert.error.message()
+                              if hasattr(alert, 'error') else alert.what()))
                 LOG.warning('Seeder: tracker %(url)s: %(err)s',
                             {'url': url._replace(query='').geturl(),
-                             'err': alert.failure_reason()
-                             or alert.error.message()})
+                             'err': reason})
             elif alert.category() & lt.alert_category.error:
                 LOG.warning('Seeder: %s', alert.message())
 

@@ -199,6 +199,9 @@ def cmd_certificate(args):
     try:
         fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
                      0o600)
+        # An existing file keeps its mode on open: the key must not be
+        # readable by others.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, 'w') as f:
             f.write(creds.to_pem())
     except OSError as e:

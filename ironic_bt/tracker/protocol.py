@@ -464,8 +464,8 @@ class _Torrent:
         #: Seeders of other conductors publishing it with a key: address
         #: -> when last seen.
         self.publishers = {}
-        #: With announce keys: (node label, IPv6?) -> (address, when last
-        #: seen) of the one address its key is served to.
+        #: With announce keys: node label -> (address, when last seen) of
+        #: the one address its key is served to.
         self.announcers = {}
 
     def alive(self, now, ttl):
@@ -790,9 +790,9 @@ class SwarmTable:
                    'ih': req.info_hash.hex()})
         if not node:
             return
-        # One address per family: a node announces from its IPv4 and its
-        # IPv6 listen socket.
-        label = (node, ':' in req.ip)
+        # One address per node: agents listen on their provisioning
+        # address only.
+        label = node
         holder = torrent.announcers.get(label)
         if (holder is not None and holder[0] != req.ip
                 and holder[1] > now - self.peer_ttl):

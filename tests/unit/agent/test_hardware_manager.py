@@ -15,6 +15,7 @@
 import base64
 import contextlib
 import datetime
+import hashlib
 import http.server
 import os
 import threading
@@ -143,7 +144,7 @@ class TestManager(HardwareManagerTestCase):
              'stall_timeout', 'web_seeds', 'web_seed_delay',
              'unreachable_timeout', 'ssl_ca', 'ssl_certificate',
              'sealed_announce_key', 'sealed_web_seeds', 'torrent_url',
-             'info_hash'},
+             'torrent_sha256'},
             set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]
@@ -213,18 +214,23 @@ class TestWriteImage(HardwareManagerTestCase):
         with _serving({'/t.torrent': self.meta.data}) as url:
             self.hwm.write_image_bittorrent(
                 _node(), [], peers=PEERS, torrent_url=url + '/t.torrent',
-                info_hash=self.meta.info_hash)
+                torrent_sha256=hashlib.sha256(self.meta.data).hexdigest())
         self.assertEqual(self.meta.info_hash,
                          self.write.call_args.args[0].info_hash)
 
-    def test_torrent_fetched_with_another_info_hash(self):
-        with _serving({'/t.torrent': self.meta.data}) as url:
+    def test_torrent_altered_on_the_way(self):
+        # Another tracker list (outside the info dict, so the same
+        # info-hash) is refused all the same.
+        altered = torrent.with_trackers(self.meta.data,
+                                        ['http://198.18.0.66/announce'])
+        want = hashlib.sha256(self.meta.data).hexdigest()
+        with _serving({'/t.torrent': altered}) as url:
             exc = self.assertRaises(
                 errors.ImageDownloadError, self.hwm.write_image_bittorrent,
                 _node(), [], peers=PEERS, torrent_url=url + '/t.torrent',
-                info_hash='ab' * 20)
-        self.assertIn('has info-hash %s, not %s' % (self.meta.info_hash,
-                                                    'ab' * 20), str(exc))
+                torrent_sha256=want)
+        self.assertIn('has SHA-256 %s, not %s' % (
+            hashlib.sha256(altered).hexdigest(), want), str(exc))
         self.write.assert_not_called()
 
     def test_torrent_url_unreachable(self):
@@ -232,7 +238,7 @@ class TestWriteImage(HardwareManagerTestCase):
             exc = self.assertRaises(
                 errors.ImageDownloadError, self.hwm.write_image_bittorrent,
                 _node(), [], peers=PEERS, torrent_url=url + '/t.torrent',
-                info_hash=self.meta.info_hash)
+                torrent_sha256='ab' * 32)
         self.assertIn('node %s cannot fetch its torrent from %s/t.torrent'
                       % (NODE_UUID, url), str(exc))
         self.assertIn('404', str(exc))
@@ -251,7 +257,8 @@ class TestWriteImage(HardwareManagerTestCase):
             _node(), [], torrent=self.torrent, peers=PEERS,
             trackers=TRACKERS, ssl_ca=authority.certificate,
             ssl_certificate=cert,
-            sealed_announce_key=certs.seal(public, b'0123abcd'))
+            sealed_announce_key=certs.seal(public, b'0123abcd',
+                                           certs.ANNOUNCE_KEY))
         self.assertEqual([TRACKERS[0] + '&auth=0123abcd'],
                          self.write.call_args.kwargs['trackers'])
 
@@ -263,7 +270,8 @@ class TestWriteImage(HardwareManagerTestCase):
             _node(), [], torrent=self.torrent, peers=PEERS,
             trackers=TRACKERS, ssl_ca=authority.certificate,
             ssl_certificate=cert,
-            sealed_announce_key=certs.seal(other, b'0123abcd'))
+            sealed_announce_key=certs.seal(other, b'0123abcd',
+                                           certs.ANNOUNCE_KEY))
         self.assertIn('announce key sealed for node %s' % NODE_UUID,
                       str(exc))
         self.assertNotIn('0123abcd', str(exc))

@@ -54,6 +54,38 @@ class TestAuthority(testtools.TestCase):
         self.assertIn(os.path.join(path, 'ca.key'), str(exc))
         self.assertIn('does not belong to the certificate', str(exc))
 
+    def test_key_without_its_certificate_is_never_replaced(self):
+        path = os.path.join(self.dir, 'ca')
+        certs.Authority.load_or_create(path)
+        os.unlink(os.path.join(path, 'ca.pem'))
+        with open(os.path.join(path, 'ca.key'), 'rb') as f:
+            key = f.read()
+        exc = self.assertRaises(certs.CertificateError,
+                                certs.Authority.load_or_create, path)
+        self.assertIn('ca.key exists without', str(exc))
+        with open(os.path.join(path, 'ca.key'), 'rb') as f:
+            self.assertEqual(key, f.read())
+
+    def test_expired_authority_issues_nothing(self):
+        authority = certs.Authority.create(
+            lifetime=-certs.CLOCK_SKEW / 2)
+        exc = self.assertRaises(
+            certs.CertificateError, authority.credentials, 'node-1', HOUR)
+        self.assertIn('expired on', str(exc))
+        self.assertIn('node-1', str(exc))
+
+    def test_same_key_other_encoding_same_secret(self):
+        one = certs.Authority.create()
+        # The key as another tool might write it (traditional SEC1 PEM).
+        pem = one._key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.TraditionalOpenSSL,
+            serialization.NoEncryption())
+        two = certs.Authority(one._cert, serialization.load_pem_private_key(
+            pem, None))
+        self.assertEqual(one.derive_secret(b'x'), two.derive_secret(b'x'))
+        self.assertNotEqual(one.derive_secret(b'x'), one.derive_secret(b'y'))
+
     def test_missing_key_is_named_not_remade(self):
         path = os.path.join(self.dir, 'ca')
         certs.Authority.load_or_create(path)
@@ -82,7 +114,7 @@ class TestAuthority(testtools.TestCase):
                                 certs.Authority.create().issue, 'node-1',
                                 pem, HOUR)
         self.assertIn('node-1', str(exc))
-        self.assertIn('not an elliptic curve key', str(exc))
+        self.assertIn('not a P-256 elliptic curve key', str(exc))
 
     def test_private_key_never_in_repr(self):
         creds = certs.Authority.create().credentials('node-1', HOUR)
@@ -111,16 +143,24 @@ class TestSeal(testtools.TestCase):
 
     def test_only_the_keys_holder_opens_it(self):
         key = certs.new_private_key()
-        sealed = certs.seal(certs.public_key_pem(key), b'announce-key')
+        sealed = certs.seal(certs.public_key_pem(key), b'announce-key',
+                            certs.ANNOUNCE_KEY)
         self.assertNotIn('announce-key', sealed)
-        self.assertEqual(b'announce-key', certs.unseal(key, sealed))
+        self.assertEqual(b'announce-key',
+                         certs.unseal(key, sealed, certs.ANNOUNCE_KEY))
         exc = self.assertRaises(certs.CertificateError, certs.unseal,
-                                certs.new_private_key(), sealed)
+                                certs.new_private_key(), sealed,
+                                certs.ANNOUNCE_KEY)
         self.assertIn('sealed for another key', str(exc))
+        # Nor does it open as another secret.
+        self.assertRaises(certs.CertificateError, certs.unseal, key, sealed,
+                          certs.WEB_SEEDS)
 
     def test_altered_is_refused(self):
         key = certs.new_private_key()
-        sealed = certs.seal(certs.public_key_pem(key), b'announce-key')
+        sealed = certs.seal(certs.public_key_pem(key), b'announce-key',
+                            certs.ANNOUNCE_KEY)
         altered = sealed[:-6] + ('A' if sealed[-6] != 'A' else 'B') + \
             sealed[-5:]
-        self.assertRaises(certs.CertificateError, certs.unseal, key, altered)
+        self.assertRaises(certs.CertificateError, certs.unseal, key, altered,
+                          certs.ANNOUNCE_KEY)

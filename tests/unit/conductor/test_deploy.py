@@ -13,6 +13,7 @@
 """Tests for the bittorrent deploy interface, on ironic's own test base."""
 
 import base64
+import hashlib
 import json
 import os
 from unittest import mock
@@ -379,8 +380,8 @@ class RealPublisherTestCase(DeployTestCase):
         self.assertTrue(tracker.endswith('?node=%s' % self.node.uuid))
         # The tracker serves the node with the key sealed for its agent's
         # key, and nobody without it.
-        key = certs.unseal(self.agent_key,
-                           args['sealed_announce_key']).decode()
+        key = certs.unseal(self.agent_key, args['sealed_announce_key'],
+                           certs.ANNOUNCE_KEY).decode()
         self.assertNotIn(key, repr(args))
         self.assertNotIn(b'failure reason', test_publisher.announce(
             tracker + '&auth=' + key, meta))
@@ -412,22 +413,65 @@ class RealPublisherTestCase(DeployTestCase):
         cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
         execute_mock.return_value = {'command_status': 'RUNNING'}
         command_mock.return_value = self.swarm_key_reply
+        # The agent's step takes a torrent URL (this ramdisk is recent).
+        self.set_info('driver_internal_info', agent_cached_deploy_steps={
+            'deploy': [{'step': deploy.STEP, 'priority': 0,
+                        'argsinfo': {'torrent': {}, 'torrent_url': {}}}]})
         with task_manager.acquire(self.context, self.node.uuid) as task:
             task.driver.deploy.write_image_bittorrent(task)
         args = execute_mock.call_args.args[1]['args']
-        # The torrent by URL, checked against its info-hash: IPA logs
+        # The torrent by URL, checked against its SHA-256: IPA logs
         # every argument.
         publication = self.publisher.publication(self.node.uuid)
         self.assertNotIn('torrent', args)
-        self.assertEqual(publication.info_hash, args['info_hash'])
+        self.assertEqual(hashlib.sha256(publication.meta.data).hexdigest(),
+                         args['torrent_sha256'])
         self.assertEqual('http://127.0.0.1:8080/bittorrent/%s.torrent'
                          % publication.info_hash, args['torrent_url'])
         self.assertEqual([], args['web_seeds'])
         sealed = json.loads(certs.unseal(self.agent_key,
-                                         args['sealed_web_seeds']))
+                                         args['sealed_web_seeds'],
+                                         certs.WEB_SEEDS))
         self.assertEqual(
             self.publisher.publication(self.node.uuid).web_seeds, sealed)
         self.assertNotIn(sealed[0], repr(args))
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_older_agent_gets_the_torrent_inline(self, cache_mock,
+                                                 execute_mock, command_mock):
+        self.config(group='deploy', http_root=os.path.join(self.tmp, 'www'),
+                    http_url='http://127.0.0.1:8080/')
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        command_mock.return_value = self.swarm_key_reply
+        self.set_info('driver_internal_info', agent_cached_deploy_steps={
+            'deploy': [{'step': deploy.STEP, 'priority': 0,
+                        'argsinfo': {'torrent': {}}}]})
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+        args = execute_mock.call_args.args[1]['args']
+        self.assertNotIn('torrent_url', args)
+        meta = torrent.load(base64.b64decode(args['torrent'], validate=True))
+        self.assertEqual(self.meta, meta)
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_agent_failing_the_key_command(self, cache_mock, execute_mock,
+                                           command_mock):
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        command_mock.return_value = {
+            'command_status': 'FAILED', 'command_result': None,
+            'command_error': 'No space left on device'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            exc = self.assertRaises(
+                bt_exception.SwarmKeyFailed,
+                task.driver.deploy.write_image_bittorrent, task)
+        self.assertIn('the agent failed bittorrent.swarm_key: No space left '
+                      'on device', str(exc))
+        execute_mock.assert_not_called()
 
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
