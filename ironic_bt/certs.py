@@ -289,8 +289,14 @@ class Authority:
 
     @classmethod
     def create(cls, common_name='ironic-bt swarm authority',
-               lifetime=AUTHORITY_LIFETIME):
-        key = new_private_key()
+               lifetime=AUTHORITY_LIFETIME, key=None, not_after=None):
+        """A new self-signed authority.
+
+        :param key: its private key (a new one by default).
+        :param not_after: when it expires (``lifetime`` from now by
+            default).
+        """
+        key = key or new_private_key()
         name = _name(common_name)
         now = _now()
         cert = (x509.CertificateBuilder()
@@ -298,7 +304,7 @@ class Authority:
                 .public_key(key.public_key())
                 .serial_number(x509.random_serial_number())
                 .not_valid_before(now - CLOCK_SKEW)
-                .not_valid_after(now + lifetime)
+                .not_valid_after(not_after or now + lifetime)
                 .add_extension(x509.BasicConstraints(ca=True, path_length=0),
                                critical=True)
                 .add_extension(x509.KeyUsage(
@@ -446,6 +452,31 @@ class Authority:
         return hkdf.HKDF(algorithm=hashes.SHA256(), length=32, salt=None,
                          info=b'ironic-bt derived secret\0' + purpose).derive(
             value.to_bytes(66, 'big'))
+
+    def for_image(self, info_hash):
+        """The root of one image's swarm, derived from this authority.
+
+        A certificate it issues opens that image's swarm only: a node
+        deployed with one tenant's image cannot fetch another's from the
+        seeder. Its key is derived from this authority's, so every
+        conductor holding the authority derives the same root key, and
+        the certificates each issues verify against the others' roots
+        (same subject, same key); the info-hash does not change.
+
+        :param info_hash: the torrent's hex v1 info-hash.
+        """
+        value = self._key.private_numbers().private_value
+        seed = hkdf.HKDF(algorithm=hashes.SHA256(), length=48, salt=None,
+                         info=b'ironic-bt image root\0'
+                         + info_hash.encode('ascii')).derive(
+            value.to_bytes(66, 'big'))
+        # P-256's group order; a 384-bit number reduced into [1, n - 1].
+        order = int('ffffffff00000000ffffffffffffffffbce6faada7179e84f3b9ca'
+                    'c2fc632551', 16)
+        key = ec.derive_private_key(
+            int.from_bytes(seed, 'big') % (order - 1) + 1, ec.SECP256R1())
+        return Authority.create('ironic-bt swarm %s' % info_hash, key=key,
+                                not_after=self._cert.not_valid_after_utc)
 
     def credentials(self, common_name, lifetime):
         """Credentials with a key made here (the seeder's, a test's)."""

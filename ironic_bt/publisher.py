@@ -230,7 +230,8 @@ class Publisher:
         self._seeder = None
         self._authority = None
         self._announce_secret = None
-        self._seeder_credentials = None
+        self._image_roots = {}          # hex v1 info-hash -> Authority
+        self._seeder_credentials = {}   # hex v1 info-hash -> (creds, expiry)
         self._table = None
         self._tracker = None
         self._images = {}       # hex v1 info-hash -> _Image
@@ -324,7 +325,7 @@ class Publisher:
                         'of this host and that no other service uses '
                         '[bittorrent]seeder_port'))
         self._seeder = seeder
-        self._seeder_credentials = None
+        self._seeder_credentials = {}
         if table is not None:
             seeder.serve_clients(table.has_clients())
         address = _ip(opts.advertise_host)
@@ -552,21 +553,36 @@ class Publisher:
         if image is not None and image.torrent_file is not None:
             torrent_url = self._http_url(image.torrent_file)
         return Publication(meta=meta, trackers=trackers, peers=peers,
-                           web_seeds=web_seeds, authority=self._authority,
+                           web_seeds=web_seeds,
+                           authority=self._image_authority(meta),
                            announce_key=announce_key, torrent_url=torrent_url)
 
-    def _credentials_locked(self):
-        """The seeder's credentials in SSL swarms, renewed before expiry."""
+    def _image_authority(self, meta):
+        """The root of the image's SSL swarm (None: plain torrents)."""
         if self._authority is None:
             return None
-        creds, expires = self._seeder_credentials or (None, 0)
+        roots = self._image_roots
+        if meta.info_hash not in roots:
+            roots[meta.info_hash] = self._authority.for_image(meta.info_hash)
+        return roots[meta.info_hash]
+
+    def _credentials_locked(self, meta):
+        """The seeder's credentials in the image's SSL swarm.
+
+        Renewed when half their lifetime has passed.
+        """
+        authority = self._image_authority(meta)
+        if authority is None:
+            return None
+        creds, expires = self._seeder_credentials.get(meta.info_hash,
+                                                      (None, 0))
         now = time.time()
         if expires - now < SEEDER_CERTIFICATE_LIFETIME / 2:
-            creds = self._authority.credentials(
+            creds = authority.credentials(
                 'seeder %s' % CONF.bittorrent.advertise_host,
                 datetime.timedelta(seconds=SEEDER_CERTIFICATE_LIFETIME))
-            self._seeder_credentials = (creds,
-                                        now + SEEDER_CERTIFICATE_LIFETIME)
+            self._seeder_credentials[meta.info_hash] = (
+                creds, now + SEEDER_CERTIFICATE_LIFETIME)
         return creds
 
     def _add_locked(self, node_uuid, image_path, meta, name):
@@ -578,7 +594,7 @@ class Publisher:
             # own image cache; the agents verify every piece they get.
             self._seeder.add(meta, link, trackers=self._seeder_trackers(meta),
                              verified=True,
-                             credentials=self._credentials_locked())
+                             credentials=self._credentials_locked(meta))
             if self._table is not None:
                 self._table.publish(meta.tracker_keys, name, size=meta.size)
         except Exception as e:
@@ -706,7 +722,7 @@ class Publisher:
                 # A long-lived publication: keep the seeder's certificate
                 # valid (a no-op until half its lifetime has passed).
                 self._seeder.add(meta, image.link,
-                                 credentials=self._credentials_locked())
+                                 credentials=self._credentials_locked(meta))
             image.nodes.add(node_uuid)
             self._nodes[node_uuid] = meta.info_hash
             self._seeder.expect_nodes(len(self._nodes))
@@ -786,6 +802,8 @@ class Publisher:
         uploaded = (self._seeder.stats().get(info_hash) or {}).get(
             'uploaded', 0)
         del self._images[info_hash]
+        self._image_roots.pop(info_hash, None)
+        self._seeder_credentials.pop(info_hash, None)
         self._seeder.remove(info_hash)
         if self._table is not None:
             self._table.unpublish(image.meta.info_hash_v1)
@@ -903,7 +921,8 @@ class Publisher:
                 self._seeder.close()
             self._seeder = None
             self._authority = self._announce_secret = None
-            self._seeder_credentials = None
+            self._image_roots = {}
+            self._seeder_credentials = {}
             self._images.clear()
             self._nodes.clear()
             self._stopped.clear()

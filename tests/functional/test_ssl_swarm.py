@@ -178,6 +178,40 @@ def test_outsider_gets_nothing_from_the_seeder(tmp_path, image, authority,
     assert (got, on_disk, sent) == (0, 0, 0)
 
 
+def test_member_of_another_images_swarm_gets_nothing(tmp_path, image,
+                                                     authority):
+    """A tenant's node cannot take another tenant's image from the seeder.
+
+    Each image's swarm has a root of its own, derived from the
+    deployment's authority: a certificate from another image's deploy
+    (here holding this image's .torrent and its root) gets no byte.
+    """
+    path, data, meta = image
+    root = authority.for_image(meta.info_hash)
+    other = authority.for_image('ab' * 20).credentials('node-9', HOUR)
+    stolen = certs.Credentials(ca=root.certificate,
+                               certificate=other.certificate,
+                               private_key=other.private_key)
+    seed = seeder.Seeder('127.0.0.1', 0, ssl=True)
+    try:
+        seed.add(meta, path, verified=True,
+                 credentials=root.credentials('seeder', HOUR))
+        outsider = tmp_path / 'outsider'
+        outsider.mkdir()
+        got, on_disk = outsider_try(meta, outsider, seed.port,
+                                    ssl_credentials=stolen)
+        # A member of this image's swarm gets it from the same seeder.
+        result = helpers.write(meta, str(tmp_path / 'disk'),
+                               ['127.0.0.1:%d' % seed.port],
+                               credentials=root.credentials('node-1', HOUR))
+        sent = seed.stats()[meta.info_hash]['uploaded']
+    finally:
+        seed.close()
+    assert (got, on_disk) == (0, 0)
+    assert sent == len(data) == result.size
+    assert helpers.read(str(tmp_path / 'disk'), len(data)) == data
+
+
 def test_outsider_gets_nothing_from_a_lingering_node(tmp_path, image,
                                                      authority):
     """A node that finished seeds to members only; outsiders never hold it.

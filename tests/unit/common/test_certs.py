@@ -164,3 +164,31 @@ class TestSeal(testtools.TestCase):
             sealed[-5:]
         self.assertRaises(certs.CertificateError, certs.unseal, key, altered,
                           certs.ANNOUNCE_KEY)
+
+
+class TestImageRoots(testtools.TestCase):
+
+    def test_every_holder_of_the_authority_derives_the_same_root(self):
+        one = certs.Authority.create()
+        # Another conductor: the same key, its own certificate objects.
+        two = certs.Authority(one._cert, one._key)
+        ih = 'ab' * 20
+        root_one, root_two = one.for_image(ih), two.for_image(ih)
+        # A node certified by one conductor is trusted by the other's
+        # seeder, whose root is its own derivation.
+        creds = root_one.credentials('node-1', HOUR)
+        certs.Credentials(root_two.certificate, creds.certificate,
+                          creds.private_key).check()
+
+    def test_a_certificate_opens_one_image_only(self):
+        authority = certs.Authority.create()
+        creds = authority.for_image('ab' * 20).credentials('node-1', HOUR)
+        other_root = authority.for_image('cd' * 20).certificate
+        exc = self.assertRaises(
+            certs.CertificateError, certs.Credentials(
+                other_root, creds.certificate, creds.private_key).check)
+        self.assertIn('was not issued by the swarm root', str(exc))
+        # Nor by the deployment's own root.
+        self.assertRaises(certs.CertificateError, certs.Credentials(
+            authority.certificate, creds.certificate,
+            creds.private_key).check)

@@ -18,6 +18,8 @@ import json
 import os
 from unittest import mock
 
+from cryptography.hazmat.primitives import serialization
+from cryptography import x509
 from ironic.common import exception
 from ironic.common import states
 from ironic.conductor import deployments
@@ -339,6 +341,13 @@ class WriteImageTestCase(DeployTestCase):
         publish_mock.assert_not_called()
 
 
+def _public_key(certificate_pem):
+    return x509.load_pem_x509_certificate(
+        certificate_pem.encode()).public_key().public_bytes(
+            serialization.Encoding.PEM,
+            serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 @mock.patch.object(agent_client.AgentClient, '_command', autospec=True)
 class RealPublisherTestCase(DeployTestCase):
     """The step and clean-up with the real seeder and tracker."""
@@ -371,8 +380,18 @@ class RealPublisherTestCase(DeployTestCase):
         # authority the seeder trusts, and nothing secret.
         certs.Credentials(args['ssl_ca'], args['ssl_certificate'],
                           certs.private_key_pem(self.agent_key)).check()
-        with open(os.path.join(self.tmp, 'authority', 'ca.pem')) as f:
-            self.assertEqual(f.read(), args['ssl_ca'])
+        # The root is the image's, derived from the deployment's
+        # authority: any conductor holding it derives the same key.
+        directory = os.path.join(self.tmp, 'authority')
+        root = certs.Authority.load(
+            os.path.join(directory, 'ca.pem'),
+            os.path.join(directory, 'ca.key')).for_image(
+                torrent.load(base64.b64decode(args['torrent'])).info_hash)
+        self.assertEqual(_public_key(root.certificate),
+                         _public_key(args['ssl_ca']))
+        with open(os.path.join(directory, 'ca.pem')) as f:
+            self.assertNotEqual(_public_key(f.read()),
+                                _public_key(args['ssl_ca']))
         self.assertNotIn('PRIVATE KEY', repr(args))
         meta = torrent.load(base64.b64decode(args['torrent'], validate=True))
         self.assertEqual(self.meta, meta)
