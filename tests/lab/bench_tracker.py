@@ -40,10 +40,22 @@ import urllib.parse
 INFO_HASH = bytes(range(0x20, 0x34))
 
 
-def _serve(port_pipe, interval):
+#: The announce secret with ``--keys`` (a conductor derives its own).
+SECRET = b'bench announce secret, 32 bytes!'
+
+
+def _key(peer):
+    from ironic_bt.tracker import publication
+    return publication.announce_key(SECRET, 'n%d' % peer, INFO_HASH)
+
+
+def _serve(port_pipe, interval, keys=False):
     from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
-    table = protocol.SwarmTable(interval=interval, max_peers=20000)
+    # With keys, as the conductor's tracker runs with SSL swarms (the
+    # default): every announce carries its node's key, checked.
+    table = protocol.SwarmTable(interval=interval, max_peers=20000,
+                                announce_secret=SECRET if keys else None)
     table.publish([INFO_HASH], 'bench', size=1 << 30)
     tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
                                    udp_port=0)
@@ -67,12 +79,14 @@ def _rss_mib(pid):
     return 0.0
 
 
-def _announce(peer, left=1000):
+def _announce(peer, left=1000, keys=False):
     query = ('info_hash=%s&peer_id=%s&port=%d&uploaded=0&downloaded=0'
              '&left=%d&numwant=50&compact=1') % (
         urllib.parse.quote_from_bytes(INFO_HASH, safe=''),
         urllib.parse.quote_from_bytes(b'-BE0001-%012d' % peer, safe=''),
         6881 + peer % 1000, left)
+    if keys:
+        query += '&node=n%d&auth=%s' % (peer, _key(peer))
     return ('GET /announce?%s HTTP/1.1\r\nHost: bench\r\n\r\n'
             % query).encode()
 
@@ -99,19 +113,22 @@ async def _connect(port, source):
                                          local_addr=(source, 0))
 
 
-async def _populate(port, peers):
+async def _populate(port, peers, clients, keys=False):
     sem = asyncio.Semaphore(50)
 
     async def one(i):
         async with sem:
-            reader, writer = await _connect(port, _address(i))
-            writer.write(_announce(i))
+            # With keys, from the address of the client that re-announces
+            # as this peer: a key is served to one address.
+            reader, writer = await _connect(
+                port, _address(i % clients if keys else i))
+            writer.write(_announce(i, keys=keys))
             await _read_reply(reader)
             writer.close()
     await asyncio.gather(*(one(i) for i in range(peers)))
 
 
-async def _load(port, clients, seconds, peers):
+async def _load(port, clients, seconds, peers, keys=False):
     latencies = []
     stop = time.monotonic() + seconds
 
@@ -122,7 +139,7 @@ async def _load(port, clients, seconds, peers):
         n = 0
         while time.monotonic() < stop:
             start = time.perf_counter()
-            writer.write(_announce(mine[n % len(mine)]))
+            writer.write(_announce(mine[n % len(mine)], keys=keys))
             await _read_reply(reader)
             latencies.append(time.perf_counter() - start)
             n += 1
@@ -147,14 +164,19 @@ class _UdpClient(asyncio.DatagramProtocol):
         return await asyncio.wait_for(self.waiter, 5)
 
 
-def _udp_announce(cid, peer, txid):
+def _udp_announce(cid, peer, txid, keys=False):
     import struct
-    return struct.pack('>QII20s20sQQQIIIiH', cid, 1, txid, INFO_HASH,
-                       b'-BE0001-%012d' % peer, 0, 1000, 0, 0, 0, 0, 50,
-                       6881 + peer % 1000)
+    packet = struct.pack('>QII20s20sQQQIIIiH', cid, 1, txid, INFO_HASH,
+                         b'-BE0001-%012d' % peer, 0, 1000, 0, 0, 0, 0, 50,
+                         6881 + peer % 1000)
+    if keys:
+        # BEP 41 URL data, as libtorrent sends a udp:// URL's query.
+        url = ('/announce?node=n%d&auth=%s' % (peer, _key(peer))).encode()
+        packet += bytes([2, len(url)]) + url
+    return packet
 
 
-async def _load_udp(port, clients, seconds, peers):
+async def _load_udp(port, clients, seconds, peers, keys=False):
     import struct
     loop = asyncio.get_running_loop()
     latencies = []
@@ -172,7 +194,7 @@ async def _load_udp(port, clients, seconds, peers):
         while time.monotonic() < stop:
             start = time.perf_counter()
             reply = await proto.ask(transport, _udp_announce(
-                cid, mine[n % len(mine)], n))
+                cid, mine[n % len(mine)], n, keys=keys))
             if struct.unpack_from('>I', reply)[0] != 1:
                 raise RuntimeError('UDP error: %r' % reply[8:80])
             latencies.append(time.perf_counter() - start)
@@ -301,6 +323,10 @@ def main(argv=None):
     parser.add_argument('--abuse', action='store_true')
     parser.add_argument('--idle', type=int, default=10000)
     parser.add_argument('--fuzz', type=int, default=100000)
+    parser.add_argument('--keys', action='store_true',
+                        help='announces carry node labels and announce '
+                             'keys, checked by the tracker (the '
+                             'conductor\'s tracker with SSL swarms)')
     args = parser.parse_args(argv)
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     want = min(hard, args.idle + 4096)
@@ -309,19 +335,23 @@ def main(argv=None):
 
     ctx = multiprocessing.get_context('spawn')
     ours, theirs = ctx.Pipe()
-    child = ctx.Process(target=_serve, args=(theirs, 10), daemon=True)
+    child = ctx.Process(target=_serve, args=(theirs, 10, args.keys),
+                        daemon=True)
     child.start()
     result = {}
     try:
         port, udp_port = ours.recv()
-        asyncio.run(_populate(port, args.peers))
-        result.update({'peers': args.peers, 'clients': args.clients})
+        asyncio.run(_populate(port, args.peers, args.clients, args.keys))
+        result.update({'peers': args.peers, 'clients': args.clients,
+                       'keys': args.keys})
         print('%d clients, %d peers in the swarm' % (args.clients,
                                                      args.peers))
         _measure('http_keep_alive', child, lambda: asyncio.run(_load(
-            port, args.clients, args.seconds, args.peers)), result)
+            port, args.clients, args.seconds, args.peers, args.keys)),
+            result)
         _measure('udp', child, lambda: asyncio.run(_load_udp(
-            udp_port, args.clients, args.seconds, args.peers)), result)
+            udp_port, args.clients, args.seconds, args.peers, args.keys)),
+            result)
         if args.abuse:
             worst, valid, held, answered, reconnects = asyncio.run(
                 _abuse(port, args.idle, args.fuzz, 0.2))
