@@ -361,21 +361,52 @@ class RealPublisherTestCase(DeployTestCase):
             'command_result': {
                 'public_key': certs.public_key_pem(self.agent_key)}}
 
+    def write_step_args(self, cache_mock, execute_mock, command_mock,
+                        argsinfo=None, web_server=False):
+        """Run the write step; return the arguments the agent gets.
+
+        :param argsinfo: the arguments the agent's step reported taking
+            (its cached deploy steps), if any.
+        :param web_server: the conductor has [deploy]http_root/http_url.
+        """
+        if web_server:
+            self.config(group='deploy',
+                        http_root=os.path.join(self.tmp, 'www'),
+                        http_url='http://127.0.0.1:8080/')
+        if argsinfo is not None:
+            self.set_info('driver_internal_info', agent_cached_deploy_steps={
+                'deploy': [{'step': deploy.STEP, 'priority': 0,
+                            'argsinfo': dict.fromkeys(argsinfo, {})}]})
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        command_mock.return_value = self.swarm_key_reply
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.write_image_bittorrent(task)
+        return execute_mock.call_args.args[1]['args']
+
+    def swarm_key_fails(self, cache_mock, execute_mock):
+        """Run the write step whose key command fails; the error raised.
+
+        The agent's step is never started.
+        """
+        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            exc = self.assertRaises(
+                bt_exception.SwarmKeyFailed,
+                task.driver.deploy.write_image_bittorrent, task)
+        execute_mock.assert_not_called()
+        return exc
+
     @mock.patch.object(agent.CustomAgentDeploy, 'clean_up', autospec=True)
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
     def test_publish_deploy_clean_up(self, cache_mock, execute_mock,
                                      clean_up_mock, command_mock):
-        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
-        execute_mock.return_value = {'command_status': 'RUNNING'}
-        command_mock.return_value = self.swarm_key_reply
-        with task_manager.acquire(self.context, self.node.uuid) as task:
-            task.driver.deploy.write_image_bittorrent(task)
+        args = self.write_step_args(cache_mock, execute_mock, command_mock)
         command_mock.assert_called_once_with(
             mock.ANY, node=mock.ANY, method='bittorrent.swarm_key',
             params={}, wait=True)
-        args = execute_mock.call_args.args[1]['args']
         # The node gets a certificate for the key it made, from the
         # authority the seeder trusts, and nothing secret.
         certs.Credentials(args['ssl_ca'], args['ssl_certificate'],
@@ -427,18 +458,10 @@ class RealPublisherTestCase(DeployTestCase):
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
     def test_conductor_web_seed_and_torrent_by_url(self, cache_mock,
                                                    execute_mock, command_mock):
-        self.config(group='deploy', http_root=os.path.join(self.tmp, 'www'),
-                    http_url='http://127.0.0.1:8080/')
-        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
-        execute_mock.return_value = {'command_status': 'RUNNING'}
-        command_mock.return_value = self.swarm_key_reply
         # The agent's step takes a torrent URL (this ramdisk is recent).
-        self.set_info('driver_internal_info', agent_cached_deploy_steps={
-            'deploy': [{'step': deploy.STEP, 'priority': 0,
-                        'argsinfo': {'torrent': {}, 'torrent_url': {}}}]})
-        with task_manager.acquire(self.context, self.node.uuid) as task:
-            task.driver.deploy.write_image_bittorrent(task)
-        args = execute_mock.call_args.args[1]['args']
+        args = self.write_step_args(
+            cache_mock, execute_mock, command_mock,
+            argsinfo=['torrent', 'torrent_url'], web_server=True)
         # The torrent by URL, checked against its SHA-256: IPA logs
         # every argument.
         publication = self.publisher.publication(self.node.uuid)
@@ -460,17 +483,8 @@ class RealPublisherTestCase(DeployTestCase):
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
     def test_older_agent_gets_the_torrent_inline(self, cache_mock,
                                                  execute_mock, command_mock):
-        self.config(group='deploy', http_root=os.path.join(self.tmp, 'www'),
-                    http_url='http://127.0.0.1:8080/')
-        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
-        execute_mock.return_value = {'command_status': 'RUNNING'}
-        command_mock.return_value = self.swarm_key_reply
-        self.set_info('driver_internal_info', agent_cached_deploy_steps={
-            'deploy': [{'step': deploy.STEP, 'priority': 0,
-                        'argsinfo': {'torrent': {}}}]})
-        with task_manager.acquire(self.context, self.node.uuid) as task:
-            task.driver.deploy.write_image_bittorrent(task)
-        args = execute_mock.call_args.args[1]['args']
+        args = self.write_step_args(cache_mock, execute_mock, command_mock,
+                                    argsinfo=['torrent'], web_server=True)
         self.assertNotIn('torrent_url', args)
         meta = torrent.load(base64.b64decode(args['torrent'], validate=True))
         self.assertEqual(self.meta, meta)
@@ -480,35 +494,25 @@ class RealPublisherTestCase(DeployTestCase):
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
     def test_agent_failing_the_key_command(self, cache_mock, execute_mock,
                                            command_mock):
-        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
         command_mock.return_value = {
             'command_status': 'FAILED', 'command_result': None,
             'command_error': 'No space left on device'}
-        with task_manager.acquire(self.context, self.node.uuid) as task:
-            exc = self.assertRaises(
-                bt_exception.SwarmKeyFailed,
-                task.driver.deploy.write_image_bittorrent, task)
+        exc = self.swarm_key_fails(cache_mock, execute_mock)
         self.assertIn('the agent failed bittorrent.swarm_key: No space left '
                       'on device', str(exc))
-        execute_mock.assert_not_called()
 
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
     @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
     def test_agent_without_the_extension(self, cache_mock, execute_mock,
                                          command_mock):
-        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
         command_mock.side_effect = exception.AgentAPIError(
             node=self.node.uuid, status=404,
             error='Extension bittorrent not found')
-        with task_manager.acquire(self.context, self.node.uuid) as task:
-            exc = self.assertRaises(
-                bt_exception.SwarmKeyFailed,
-                task.driver.deploy.write_image_bittorrent, task)
+        exc = self.swarm_key_fails(cache_mock, execute_mock)
         self.assertIn(self.node.uuid, str(exc))
         self.assertIn('"bittorrent" IPA extension', str(exc))
         self.assertIn('[bittorrent]ssl', str(exc))
-        execute_mock.assert_not_called()
 
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
@@ -516,12 +520,8 @@ class RealPublisherTestCase(DeployTestCase):
     def test_plain_torrent_when_ssl_is_off(self, cache_mock, execute_mock,
                                            command_mock):
         self.config(group='bittorrent', ssl=False)
-        cache_mock.return_value = (IMAGE_SOURCE, self.image, 'raw')
-        execute_mock.return_value = {'command_status': 'RUNNING'}
-        with task_manager.acquire(self.context, self.node.uuid) as task:
-            task.driver.deploy.write_image_bittorrent(task)
+        args = self.write_step_args(cache_mock, execute_mock, command_mock)
         command_mock.assert_not_called()
-        args = execute_mock.call_args.args[1]['args']
         self.assertNotIn('ssl_ca', args)
         self.assertNotIn('ssl_certificate', args)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'authority')))
