@@ -290,8 +290,9 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                     key = keys.unseal(node_uuid, credentials,
                                       sealed_announce_key,
                                       certs.ANNOUNCE_KEY)
-                    trackers = [_with_announce_key(url, key)
-                                for url in trackers or ()]
+                    trackers = [publication.with_query(
+                        url, {publication.ANNOUNCE_PARAM: key})
+                        for url in trackers or ()]
                 if sealed_web_seeds:
                     web_seeds = list(web_seeds or ()) + _url_list(
                         node_uuid, keys.unseal(node_uuid, credentials,
@@ -383,15 +384,6 @@ def _url_list(node_uuid, text):
             _('The sealed web seeds of node %s are not a list of URLs.')
             % node_uuid)
     return urls
-
-
-def _with_announce_key(url, key):
-    parts = parse.urlsplit(url)
-    query = parse.parse_qsl(parts.query, keep_blank_values=True)
-    query = [(k, v) for k, v in query
-             if k != publication.ANNOUNCE_PARAM]
-    query.append((publication.ANNOUNCE_PARAM, key))
-    return parse.urlunsplit(parts._replace(query=parse.urlencode(query)))
 
 
 #: Largest .torrent an agent fetches (about 4,096 pieces make ~300 KB).

@@ -23,7 +23,6 @@ keys; the conductor then asks again when it restarts the step.
 import collections
 import threading
 
-from cryptography.hazmat.primitives import serialization
 from cryptography import x509
 
 from ironic_bt import certs
@@ -59,9 +58,7 @@ def credentials(node_uuid, ca, certificate):
         raise certs.CertificateError(
             _('The swarm certificate for node %(node)s is not a PEM '
               'certificate: %(err)s') % {'node': node_uuid, 'err': e})
-    public = cert.public_key().public_bytes(
-        serialization.Encoding.PEM,
-        serialization.PublicFormat.SubjectPublicKeyInfo).decode('ascii')
+    public = certs.public_pem(cert.public_key())
     with _lock:
         key = _keys.get(public)
     if key is None:

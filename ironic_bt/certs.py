@@ -85,6 +85,24 @@ class Credentials:
                        for part in (self.certificate, self.ca,
                                     self.private_key))
 
+    def save(self, path):
+        """Write :meth:`to_pem` to ``path``, mode 0600 from the start."""
+        _write_new(path, self.to_pem().encode('ascii'), 0o600)
+
+    @classmethod
+    def load(cls, path):
+        """Read what :meth:`save` wrote.
+
+        :raises: CertificateError naming ``path``.
+        """
+        try:
+            with open(path) as f:
+                text = f.read()
+        except OSError as e:
+            raise CertificateError(_('Cannot read %(p)s: %(e)s')
+                                   % {'p': path, 'e': e})
+        return cls.from_pem(text, source=path)
+
     @classmethod
     def from_pem(cls, text, source='<credentials>'):
         """Read what :meth:`to_pem` wrote.
@@ -167,7 +185,11 @@ def private_key_pem(key):
 
 def public_key_pem(key):
     """The PEM of the public half of ``key``: what an authority signs."""
-    return key.public_key().public_bytes(
+    return public_pem(key.public_key())
+
+
+def public_pem(public_key):
+    return public_key.public_bytes(
         serialization.Encoding.PEM,
         serialization.PublicFormat.SubjectPublicKeyInfo).decode('ascii')
 

@@ -139,14 +139,6 @@ def _host_port(host, port):
     return '%s:%d' % (host, port)
 
 
-def _with_query(url, params):
-    """``url`` with ``params`` added to its query."""
-    parts = urllib.parse.urlsplit(url)
-    query = '&'.join(q for q in (parts.query, urllib.parse.urlencode(params))
-                     if q)
-    return urllib.parse.urlunsplit(parts._replace(query=query))
-
-
 def _overlap(host_a, host_b):
     """Whether listening on both addresses may need the same socket."""
     a, b = _ip(host_a), _ip(host_b)
@@ -512,7 +504,7 @@ class Publisher:
                 # Publishes the image on another conductor's built-in
                 # tracker (see ironic_bt.tracker.publication); other
                 # trackers ignore the parameter.
-                url = _with_query(url, {publication.PARAM: (
+                url = publication.with_query(url, {publication.PARAM: (
                     publication.make_key(secret, meta.tracker_keys,
                                          meta.size))})
             return [url]
@@ -520,7 +512,7 @@ class Publisher:
             url = self._tracker.announce_url(CONF.bittorrent.advertise_host)
             if meta is not None and self._announce_secret is not None:
                 # The seeder's own announce key (no node label).
-                url = _with_query(url, {
+                url = publication.with_query(url, {
                     publication.ANNOUNCE_PARAM: publication.announce_key(
                         self._announce_secret, '', meta.tracker_keys[0])})
             return [url]
@@ -531,16 +523,17 @@ class Publisher:
         if self._announce_secret is not None:
             announce_key = publication.announce_key(
                 self._announce_secret, node_uuid, meta.tracker_keys[0])
+        label = {'node': node_uuid}
         if CONF.bittorrent.tracker_url:
             trackers = [CONF.bittorrent.tracker_url]
             if announce_key is not None:
                 # A shared built-in tracker checks the key of the node's
                 # label; other trackers ignore both parameters.
-                trackers = [_with_query(trackers[0], {'node': node_uuid})]
+                trackers = [publication.with_query(trackers[0], label)]
         else:
             # In order of preference: the agents try each in turn.
             host = CONF.bittorrent.advertise_host
-            trackers = [_with_query(url, {'node': node_uuid}) for url in (
+            trackers = [publication.with_query(url, label) for url in (
                 self._tracker.udp_announce_url(host),
                 self._tracker.announce_url(host)) if url]
         peers = [_host_port(CONF.bittorrent.advertise_host,

@@ -197,13 +197,7 @@ def cmd_certificate(args):
     creds = authority.credentials(args.name, datetime.timedelta(
         seconds=args.lifetime))
     try:
-        fd = os.open(args.output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC,
-                     0o600)
-        # An existing file keeps its mode on open: the key must not be
-        # readable by others.
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(creds.to_pem())
+        creds.save(args.output)
     except OSError as e:
         raise CommandError(_('Cannot write %(o)s: %(e)s')
                            % {'o': args.output, 'e': e})
@@ -215,11 +209,7 @@ def _credentials(path):
     from ironic_bt import certs
 
     try:
-        with open(path) as f:
-            return certs.Credentials.from_pem(f.read(), source=path)
-    except OSError as e:
-        raise CommandError(_('Cannot read %(p)s: %(e)s')
-                           % {'p': path, 'e': e})
+        return certs.Credentials.load(path)
     except certs.CertificateError as e:
         raise CommandError(str(e))
 

@@ -29,6 +29,7 @@ which its conductor publishes anyway; only the secret must stay secret.
 import hashlib
 import hmac
 import re
+import urllib.parse
 
 from ironic_bt.i18n import _
 
@@ -127,3 +128,15 @@ def check_announce_key(secret, node, info_hash, value):
         return False
     expected = announce_key(secret, node or '', info_hash).encode('ascii')
     return hmac.compare_digest(expected, bytes(value))
+
+
+def with_query(url, params):
+    """An announce URL with ``params`` added to its query.
+
+    The conductor adds node labels and keys to the URLs it hands out; the
+    agent adds the announce key it unsealed.
+    """
+    parts = urllib.parse.urlsplit(url)
+    query = '&'.join(q for q in (parts.query, urllib.parse.urlencode(params))
+                     if q)
+    return urllib.parse.urlunsplit(parts._replace(query=query))

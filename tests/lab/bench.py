@@ -457,10 +457,7 @@ class Bench:
     def _credentials(self, authority, name):
         """A writer's credentials file, as the conductor issues them."""
         path = os.path.join(self.state_dir, 'credentials-%s.pem' % name)
-        creds = authority.credentials(name, datetime.timedelta(hours=2))
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, 'w') as f:
-            f.write(creds.to_pem())
+        authority.credentials(name, datetime.timedelta(hours=2)).save(path)
         return path
 
     def _start_file(self):

@@ -251,8 +251,7 @@ def cmd_write(args):
         credentials = None
         if args.ssl_credentials:
             from ironic_bt import certs
-            with open(args.ssl_credentials) as f:
-                credentials = certs.Credentials.from_pem(f.read())
+            credentials = certs.Credentials.load(args.ssl_credentials)
         try:
             result = writer.write(
                 meta, args.target, trackers=args.tracker, peers=args.peer,
