@@ -496,8 +496,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         The agent keeps the private key (``bittorrent.swarm_key``); only
         its public key and the certificate travel, and the node's announce
         key travels sealed for that key, so no step argument, log or node
-        field holds a secret. The certificate expires with the deploy's
-        timeout.
+        field holds a secret. The certificate expires after
+        ``[bittorrent]ssl_certificate_lifetime``.
 
         :param web_seeds: URLs to seal too (the conductor's web seed).
         :returns: the step arguments ``ssl_ca``, ``ssl_certificate``,
@@ -547,9 +547,11 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                                            certs.WEB_SEEDS)
                                 if web_seeds else None)
         except certs.CertificateError as e:
+            # The agent's key, or the authority itself (expired).
             raise bt_exception.SwarmKeyFailed(
                 node=node.uuid, reason=e,
-                check=_('Check the version of ironic-bt in its ramdisk.'))
+                check=_('Check [bittorrent]ssl_authority_dir and the '
+                        'version of ironic-bt in its ramdisk.'))
         LOG.info('Node %(node)s: issued its certificate for the SSL swarm, '
                  'valid for %(s)d s', {'node': node.uuid, 's': lifetime})
         return {'ssl_ca': authority.certificate,
