@@ -50,6 +50,7 @@ from oslo_log import log
 
 from ipa_extension import device
 from ipa_extension import errors
+from ipa_extension import peers as peer_kinds
 from ipa_extension import pieces
 from ipa_extension import resume
 from ipa_extension import sources
@@ -155,106 +156,10 @@ def _parse_peer(peer):
     return host.strip('[]'), int(port)
 
 
-SEEDER = 'seeder'
-AGENT = 'agent'
-WEB_SEED = 'web seed'
-#: A standard BitTorrent client (qBittorrent, rtorrent, ...) in the swarm:
-#: served like any peer, but no member of the piece plan, which only
-#: ironic-bt agents follow.
-OTHER = 'other client'
-
-
-class _PeerBytes:
-    """Payload bytes received, per peer address and kind of peer.
-
-    Counted from the peers' own counters, looked at every poll, instead of
-    from an alert per 16 KiB block. A connection's counter vanishes with it
-    (seeds disconnect once we complete), so its last value is kept; what
-    arrived after the last look is given to whichever kind of peer was
-    connected then (a seeder when one was).
-    """
-
-    def __init__(self, seeder_ips):
-        #: Addresses of the seeder we were given (our conductor's).
-        self.seeder_ips = seeder_ips
-        #: Addresses of the seeders of other conductors met so far.
-        self.other_seeders = set()
-        self._live = {}
-        self._closed = {}   # (kind, ip) -> bytes of closed connections
-        self._seeder_last = True
-
-    def kind(self, p):
-        """SEEDER, AGENT, WEB_SEED or OTHER, for an ``lt.peer_info``.
-
-        Agents, seeders and other clients are told apart by the peer id
-        libtorrent sends in the handshake (BEP 20: it starts with the
-        client's fingerprint, see :mod:`ironic_bt.swarm`); until the
-        handshake is done it is all zeroes. A seeder is any conductor's:
-        where conductors share a swarm, their seeders reach us through the
-        tracker.
-        """
-        if p.connection_type != lt.peer_info.standard_bittorrent:
-            return WEB_SEED
-        if p.ip[0] in self.seeder_ips:
-            return SEEDER
-        pid = p.pid.to_bytes()
-        if pid.startswith(swarm.SEEDER_PEER_ID_PREFIX):
-            self.other_seeders.add(p.ip[0])
-            return SEEDER
-        if pid.startswith(swarm.PEER_ID_PREFIX) or not any(pid):
-            return AGENT
-        return OTHER
-
-    def update(self, peer_info):
-        live = {}
-        for p in peer_info:
-            kind = self.kind(p)
-            live[(kind, p.ip[0], p.ip[1])] = p.total_download
-        for key, total in self._live.items():
-            # Gone, or connected anew between two looks (its counter
-            # started again from zero).
-            if key not in live or live[key] < total:
-                closed = key[:2]
-                self._closed[closed] = self._closed.get(closed, 0) + total
-        self._live = live
-        if live:
-            self._seeder_last = any(k[0] in (SEEDER, WEB_SEED) for k in live)
-
-    def by_peer(self):
-        """{(kind, ip): bytes} over every connection so far."""
-        totals = dict(self._closed)
-        for (kind, ip, _port), total in self._live.items():
-            totals[(kind, ip)] = totals.get((kind, ip), 0) + total
-        return totals
-
-    def counted(self, kind):
-        return sum(t for k, t in self.by_peer().items() if k[0] == kind)
-
-    def from_web_seeds(self):
-        """Bytes received over HTTP from web seeds."""
-        return self.counted(WEB_SEED)
-
-    def from_seeder(self, total):
-        """Bytes from seeders, given the torrent's total payload."""
-        seeder = self.counted(SEEDER)
-        rest = (total - seeder - self.counted(AGENT)
-                - self.counted(OTHER) - self.counted(WEB_SEED))
-        if rest > 0 and self._seeder_last:
-            seeder += rest
-        return max(0, min(seeder, total))
-
-    def describe(self, limit=16):
-        """Where the bytes came from, largest first, for the log."""
-        peers = sorted(((t, ip, kind) for (kind, ip), t
-                        in self.by_peer().items() if t),
-                       reverse=True)
-        text = ', '.join('%s (%s) %d' % (ip, kind, t)
-                         for t, ip, kind in peers[:limit])
-        if len(peers) > limit:
-            text += ' and %d more' % (len(peers) - limit)
-        return text or 'nobody'
-
-
+#: Seconds between looks at the peers while a connection is in its
+#: handshake (see :meth:`_Download.wait`): a few blocks at line rate.
+HANDSHAKE_LOOK = 0.005
+_HANDSHAKING = lt.peer_info.connecting | lt.peer_info.handshake
 #: Error categories of libtorrent's SSL setup (asio's is "asio.ssl").
 _SSL_CATEGORIES = ('ssl', 'asio.ssl')
 #: ``torrent_status.error_file`` of an SSL context error
@@ -346,7 +251,8 @@ class _Download:
         if credentials is not None:
             swarm.use_certificate(self.handle, credentials)
         self.peers = list(peers)
-        self.bytes = _PeerBytes({host for host, _port in self.peers})
+        self.bytes = peer_kinds.PeerBytes(
+            {host for host, _port in self.peers})
         for peer in self.peers:
             self.handle.connect_peer(peer)
         self.error = None
@@ -358,6 +264,8 @@ class _Download:
                      if share else None)
         self.using_seeder = True
         self._blocked_seeders = set()
+        #: A connection may be in its handshake: see :meth:`wait`.
+        self._handshaking = False
         self.sequential = False
         self.sources = sources.Sources(trackers, self.peers, web_seeds)
         self.fallback = sources.Fallback(web_seeds, web_seed_delay)
@@ -378,14 +286,42 @@ class _Download:
             if not p.flags & (lt.peer_info.connecting
                               | lt.peer_info.handshake))
         self.bytes.update(peer_info)
-        if self.bytes.other_seeders != self._blocked_seeders:
-            self._filter_seeders()
+        self._shut_out_seeders(peer_info)
         self.observer.peers(peer_info)
         if downloading:
             self._in_order(st, peer_info)
             needed = self._share_pieces(st, peer_info)
             self._fall_back(peer_info, needed and not st.is_seeding)
         return st
+
+    def wait(self, seconds):
+        """Sleep until the next poll, shutting other seeders out at once.
+
+        A seeder of another conductor sharing the swarm is known by the
+        peer id of its handshake, and its first blocks follow one round
+        trip later. Looked for only at every poll, it could send a whole
+        poll interval at line rate first (300 KiB at 25 Mbit/s). So the
+        wait wakes on every new connection and looks at the peers every
+        :data:`HANDSHAKE_LOOK` seconds until no handshake is under way.
+        """
+        deadline = time.monotonic() + seconds
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            if self._handshaking:
+                time.sleep(min(left, HANDSHAKE_LOOK))
+                self._shut_out_seeders(self.handle.get_peer_info())
+            elif self.session.wait_for_alert(int(left * 1000) + 1):
+                self.pump_alerts()
+
+    def _shut_out_seeders(self, peer_info):
+        """Filter out the seeders of other conductors among the peers."""
+        for p in peer_info:
+            self.bytes.kind(p)   # learns the seeders of other conductors
+        if self.bytes.other_seeders != self._blocked_seeders:
+            self._filter_seeders()
+        self._handshaking = any(p.flags & _HANDSHAKING for p in peer_info)
 
     def _in_order(self, st, peer_info):
         """Fetch in order while there is nobody to share pieces with.
@@ -398,7 +334,7 @@ class _Download:
         """
         alone = (self.tuning.sequential_alone
                  and 0 <= st.num_incomplete <= 1
-                 and not any(self.bytes.kind(p) == AGENT
+                 and not any(self.bytes.kind(p) == peer_kinds.AGENT
                              for p in peer_info))
         if alone == self.sequential:
             return
@@ -441,10 +377,10 @@ class _Download:
             if p.flags & (lt.peer_info.connecting | lt.peer_info.handshake):
                 continue
             kind = self.bytes.kind(p)
-            if kind == OTHER:
+            if kind == peer_kinds.OTHER:
                 # Its pieces count as available from a peer, nothing more.
                 continue
-            if kind == AGENT:
+            if kind == peer_kinds.AGENT:
                 # Agents that completed stay members: they own nothing
                 # anybody waits for, and ranking again costs CPU.
                 me = me or p.local_endpoint()[0]
@@ -481,8 +417,8 @@ class _Download:
             kind = self.bytes.kind(p)
             up = not p.flags & (lt.peer_info.connecting
                                 | lt.peer_info.handshake)
-            seeder_up = seeder_up or (up and kind == SEEDER)
-            web_up = web_up or kind == WEB_SEED
+            seeder_up = seeder_up or (up and kind == peer_kinds.SEEDER)
+            web_up = web_up or kind == peer_kinds.WEB_SEED
         if (needed and not seeder_up and self.using_seeder
                 and now - self._seeder_tried >= self.tuning.seeder_retry):
             # The conductor may have restarted: its address stays.
@@ -610,7 +546,10 @@ class _Download:
                 if alert.ip[0] in self.bytes.seeder_ips:
                     self.sources.seeder(alert.ip[0], alert.ip[1],
                                         alert.error.message())
+            elif isinstance(alert, lt.incoming_connection_alert):
+                self._handshaking = True
             elif isinstance(alert, lt.peer_connect_alert):
+                self._handshaking = True
                 if alert.ip[0] in self.bytes.seeder_ips:
                     self.sources.seeder(alert.ip[0], alert.ip[1],
                                         _('connected'))
@@ -839,7 +778,7 @@ def _download(dl, readback, progress_interval, stall_timeout,
                       'rate': st.download_payload_rate / 1048576.0,
                       'up': st.upload_payload_rate / 1048576.0,
                       'peers': st.num_peers, 'seeds': st.num_seeds})
-        time.sleep(poll)
+        dl.wait(poll)
 
 
 def _linger(dl, linger_timeout):

@@ -16,7 +16,7 @@ import types
 
 import libtorrent as lt
 
-from ipa_extension import writer
+from ipa_extension import peers
 
 SEEDER = '198.18.0.1'
 
@@ -29,7 +29,7 @@ def peer(ip, port, total, web=False, pid=b'-IB0001-' + b'x' * 12):
 
 
 def test_counts_survive_disconnects():
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 100), peer('198.18.0.2', 6881, 50)])
     counts.update([peer(SEEDER, 6881, 300), peer('198.18.0.2', 6881, 80)])
     # The seeder disconnects (we completed), then connects again anew.
@@ -39,26 +39,26 @@ def test_counts_survive_disconnects():
 
 
 def test_bytes_after_the_last_look_go_to_who_was_there():
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 700)])
     # 300 more bytes arrived before the seeder's connection closed.
     counts.update([])
     assert counts.from_seeder(1000) == 1000
 
-    agents_only = writer._PeerBytes({SEEDER})
+    agents_only = peers.PeerBytes({SEEDER})
     agents_only.update([peer('198.18.0.2', 6881, 700)])
     agents_only.update([])
     assert agents_only.from_seeder(1000) == 0
 
 
 def test_never_more_than_downloaded():
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 5000)])
     assert counts.from_seeder(4096) == 4096
 
 
 def test_reconnect_between_two_looks_keeps_the_old_bytes():
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 400)])
     # Same address and port, a new connection: its counter started again.
     counts.update([peer(SEEDER, 6881, 100)])
@@ -67,7 +67,7 @@ def test_reconnect_between_two_looks_keeps_the_old_bytes():
 
 def test_web_seed_bytes_are_counted_apart_from_the_seeder():
     # The conductor's web server shares the seeder's address.
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 300), peer('198.18.0.2', 6881, 100)])
     # The seeder dies; the web seed on port 8080 takes over.
     counts.update([peer('198.18.0.2', 6881, 150),
@@ -75,23 +75,23 @@ def test_web_seed_bytes_are_counted_apart_from_the_seeder():
     counts.update([peer(SEEDER, 8080, 450, web=True)])
     assert counts.from_web_seeds() == 450
     assert counts.from_seeder(900) == 300
-    assert counts.counted(writer.AGENT) == 150
+    assert counts.counted(peers.AGENT) == 150
 
 
 def test_standard_clients_are_neither_agents_nor_seeders():
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     qbittorrent = peer('198.18.0.5', 6881, 0, pid=b'-qB4520-abcdefghijkl')
     handshaking = peer('198.18.0.6', 6881, 0, pid=b'\0' * 20)
-    assert counts.kind(qbittorrent) == writer.OTHER
-    assert counts.kind(peer('198.18.0.2', 6881, 0)) == writer.AGENT
+    assert counts.kind(qbittorrent) == peers.OTHER
+    assert counts.kind(peer('198.18.0.2', 6881, 0)) == peers.AGENT
     assert counts.kind(peer(SEEDER, 6881, 0, pid=b'-LT2110-abcdefghijkl')
-                       ) == writer.SEEDER
+                       ) == peers.SEEDER
     # No peer id yet: taken for an agent until the handshake tells.
-    assert counts.kind(handshaking) == writer.AGENT
+    assert counts.kind(handshaking) == peers.AGENT
     counts.update([peer(SEEDER, 6881, 100),
                    peer('198.18.0.5', 6881, 300,
                         pid=b'-qB4520-abcdefghijkl')])
-    assert counts.counted(writer.OTHER) == 300
+    assert counts.counted(peers.OTHER) == 300
     # Bytes from a client are not the seeder's.
     assert counts.from_seeder(400) == 100
 
@@ -99,24 +99,24 @@ def test_standard_clients_are_neither_agents_nor_seeders():
 def test_every_conductors_seeder_is_a_seeder():
     # Two conductors share the swarm: the other's seeder (met through the
     # tracker) is told by its peer id, and its bytes are a seeder's.
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     other = peer('198.18.0.9', 6881, 0, pid=b'-IBS001-abcdefghijkl')
-    assert counts.kind(other) == writer.SEEDER
+    assert counts.kind(other) == peers.SEEDER
     assert counts.other_seeders == {'198.18.0.9'}
     counts.update([peer(SEEDER, 6881, 100),
                    peer('198.18.0.9', 6881, 200,
                         pid=b'-IBS001-abcdefghijkl'),
                    peer('198.18.0.2', 6881, 300)])
     assert counts.from_seeder(600) == 300
-    assert counts.counted(writer.AGENT) == 300
+    assert counts.counted(peers.AGENT) == 300
 
 
 def test_describe_names_each_peer_largest_first():
-    counts = writer._PeerBytes({SEEDER})
+    counts = peers.PeerBytes({SEEDER})
     counts.update([peer(SEEDER, 6881, 100), peer('198.18.0.2', 6881, 300)])
     # A reconnect: both connections of 198.18.0.2 add up.
     counts.update([peer(SEEDER, 6881, 100), peer('198.18.0.2', 6882, 50)])
     assert counts.describe() == ('198.18.0.2 (agent) 350, '
                                  '198.18.0.1 (seeder) 100')
     assert counts.describe(limit=1) == '198.18.0.2 (agent) 350 and 1 more'
-    assert writer._PeerBytes({SEEDER}).describe() == 'nobody'
+    assert peers.PeerBytes({SEEDER}).describe() == 'nobody'

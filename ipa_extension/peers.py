@@ -1,0 +1,123 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Who a write's bytes came from: the kinds of peers, and bytes per peer.
+
+An agent meets four kinds of peers: seeders (its own conductor's, and
+where conductors share a swarm, the others'), other agents, web seeds, and
+standard BitTorrent clients. :class:`PeerBytes` tells them apart by the
+peer id of the handshake and counts the payload each one sent.
+"""
+
+import libtorrent as lt
+
+from ironic_bt import swarm
+
+
+SEEDER = 'seeder'
+AGENT = 'agent'
+WEB_SEED = 'web seed'
+#: A standard BitTorrent client (qBittorrent, rtorrent, ...) in the swarm:
+#: served like any peer, but no member of the piece plan, which only
+#: ironic-bt agents follow.
+OTHER = 'other client'
+
+
+class PeerBytes:
+    """Payload bytes received, per peer address and kind of peer.
+
+    Counted from the peers' own counters, looked at every poll, instead of
+    from an alert per 16 KiB block. A connection's counter vanishes with it
+    (seeds disconnect once we complete), so its last value is kept; what
+    arrived after the last look is given to whichever kind of peer was
+    connected then (a seeder when one was).
+    """
+
+    def __init__(self, seeder_ips):
+        #: Addresses of the seeder we were given (our conductor's).
+        self.seeder_ips = seeder_ips
+        #: Addresses of the seeders of other conductors met so far.
+        self.other_seeders = set()
+        self._live = {}
+        self._closed = {}   # (kind, ip) -> bytes of closed connections
+        self._seeder_last = True
+
+    def kind(self, p):
+        """SEEDER, AGENT, WEB_SEED or OTHER, for an ``lt.peer_info``.
+
+        Agents, seeders and other clients are told apart by the peer id
+        libtorrent sends in the handshake (BEP 20: it starts with the
+        client's fingerprint, see :mod:`ironic_bt.swarm`); until the
+        handshake is done it is all zeroes. A seeder is any conductor's:
+        where conductors share a swarm, their seeders reach us through the
+        tracker.
+        """
+        if p.connection_type != lt.peer_info.standard_bittorrent:
+            return WEB_SEED
+        if p.ip[0] in self.seeder_ips:
+            return SEEDER
+        pid = p.pid.to_bytes()
+        if pid.startswith(swarm.SEEDER_PEER_ID_PREFIX):
+            self.other_seeders.add(p.ip[0])
+            return SEEDER
+        if pid.startswith(swarm.PEER_ID_PREFIX) or not any(pid):
+            return AGENT
+        return OTHER
+
+    def update(self, peer_info):
+        live = {}
+        for p in peer_info:
+            kind = self.kind(p)
+            live[(kind, p.ip[0], p.ip[1])] = p.total_download
+        for key, total in self._live.items():
+            # Gone, or connected anew between two looks (its counter
+            # started again from zero).
+            if key not in live or live[key] < total:
+                closed = key[:2]
+                self._closed[closed] = self._closed.get(closed, 0) + total
+        self._live = live
+        if live:
+            self._seeder_last = any(k[0] in (SEEDER, WEB_SEED) for k in live)
+
+    def by_peer(self):
+        """{(kind, ip): bytes} over every connection so far."""
+        totals = dict(self._closed)
+        for (kind, ip, _port), total in self._live.items():
+            totals[(kind, ip)] = totals.get((kind, ip), 0) + total
+        return totals
+
+    def counted(self, kind):
+        return sum(t for k, t in self.by_peer().items() if k[0] == kind)
+
+    def from_web_seeds(self):
+        """Bytes received over HTTP from web seeds."""
+        return self.counted(WEB_SEED)
+
+    def from_seeder(self, total):
+        """Bytes from seeders, given the torrent's total payload."""
+        seeder = self.counted(SEEDER)
+        rest = (total - seeder - self.counted(AGENT)
+                - self.counted(OTHER) - self.counted(WEB_SEED))
+        if rest > 0 and self._seeder_last:
+            seeder += rest
+        return max(0, min(seeder, total))
+
+    def describe(self, limit=16):
+        """Where the bytes came from, largest first, for the log."""
+        peers = sorted(((t, ip, kind) for (kind, ip), t
+                        in self.by_peer().items() if t),
+                       reverse=True)
+        text = ', '.join('%s (%s) %d' % (ip, kind, t)
+                         for t, ip, kind in peers[:limit])
+        if len(peers) > limit:
+            text += ' and %d more' % (len(peers) - limit)
+        return text or 'nobody'
