@@ -306,7 +306,9 @@ class Publisher:
                 listen_host=opts.seeder_listen_host,
                 listen_port=opts.seeder_port,
                 upload_rate_limit=opts.upload_rate_limit,
-                ssl=authority is not None)
+                ssl=authority is not None,
+                # Other conductors announce to this tracker too.
+                shared=bool(opts.tracker_url or opts.tracker_secret))
         except (seeder_mod.SeederError, RuntimeError) as e:
             if started_tracker:
                 self._stop_tracker_locked()

@@ -52,6 +52,8 @@ def _global_class_filter(session):
     return peer_filter
 
 
+_SHARED_WHY = (' (other conductors share the tracker, and their seeders '
+               'may serve the same swarms)')
 #: Requests in flight at the seeder, over all the nodes downloading.
 _IN_FLIGHT = 32
 #: Requests per peer when the number of nodes is not known.
@@ -61,13 +63,22 @@ _DEFAULT_QUEUE = 8
 #: reject (BEP 6), and a client without the fast extension (rtorrent) gets
 #: nothing at all: it waits for those blocks forever.
 _CLIENT_QUEUE = 2000
+#: Requests each peer may queue when other conductors may seed the same
+#: swarm (they share the tracker): the fewest that keep a connection busy.
+#: Several seeders together have more upload than the nodes need, and
+#: libtorrent fills every spare request slot at a seeder with pieces the
+#: agents could give each other (two conductors, three nodes each at 25
+#: Mbit/s: the seeders sent 1.53-1.60 copies of the image with the 11
+#: requests per peer that three nodes get, 1.55 with 6, 1.41 with 4, 1.30
+#: with 3 and 1.10-1.20 with 2, as fast).
+_SHARED_QUEUE = 2
 #: Requests a lone node may queue: nobody else can get a duplicate, and on
 #: a fast link 32 requests (512 KiB) in flight starved it (1 GiB over an
 #: unshaped veth: 3.5-3.8 s against 3.9-4.8 s with 32).
 _LONE_QUEUE = 256
 
 
-def request_queue(nodes):
+def request_queue(nodes, shared=False):
     """Requests each peer may queue at the seeder.
 
     A seeder that queues thousands of requests per peer sends each early
@@ -81,10 +92,23 @@ def request_queue(nodes):
     (doc/source/performance.rst). A lone node cannot get duplicates, so it
     may queue 256, which a fast link needs.
 
+    Where conductors share the tracker, their seeders may serve one swarm,
+    whose nodes then need less of each seeder than this one sees: every
+    peer queues the fewest requests, whatever the count. (A seeder that
+    began with the lone node's 256 and shortened its queue as its other
+    nodes came left some of them without a seeder connection for seconds,
+    so that they fell back to the web seeds: four runs of four with
+    opentracker, none of three with the queue at 2 from the start; why is
+    not understood yet.) A lone node on a fast link pays for it: 2
+    requests per round trip.
+
     :param nodes: how many nodes download at once; None or 0 if unknown.
+    :param shared: whether other conductors may seed the same swarms.
     :returns: the ``max_allowed_in_request_queue`` to use (and announce to
         peers as ``reqq``).
     """
+    if shared:
+        return _SHARED_QUEUE
     if not nodes:
         return _DEFAULT_QUEUE
     if nodes == 1:
@@ -96,15 +120,19 @@ class Seeder:
     """A libtorrent session seeding raw images."""
 
     def __init__(self, listen_host='0.0.0.0', listen_port=6881,
-                 upload_rate_limit=0, settings=None, nodes=None, ssl=False):
+                 upload_rate_limit=0, settings=None, nodes=None, ssl=False,
+                 shared=False):
         """Start the session.
 
         :param ssl: serve SSL torrents only, on an SSL listener (see
             :func:`ironic_bt.swarm.secure`); every :meth:`add` then needs
             credentials.
+        :param shared: whether other conductors share the tracker, and so
+            may seed the same swarms (see :func:`request_queue`).
         """
+        self._shared = shared
         overrides = {
-            'max_allowed_in_request_queue': request_queue(nodes),
+            'max_allowed_in_request_queue': request_queue(nodes, shared),
             'peer_fingerprint': swarm.SEEDER_FINGERPRINT,
         }
         overrides.update(settings or {})
@@ -146,8 +174,10 @@ class Seeder:
         with self._queue_lock:
             self._nodes = nodes
             if not self._clients:
-                self._set_queue(request_queue(nodes),
-                                'for %d node(s) downloading' % nodes)
+                self._set_queue(request_queue(nodes, self._shared),
+                                'for %d node(s) downloading%s'
+                                % (nodes, _SHARED_WHY if self._shared
+                                   else ''))
 
     def serve_clients(self, present):
         """Serve standard BitTorrent clients, or stop doing so.
@@ -171,7 +201,7 @@ class Seeder:
                 self._set_queue(_CLIENT_QUEUE, 'while a standard BitTorrent '
                                 'client is in a swarm')
             else:
-                self._set_queue(request_queue(self._nodes),
+                self._set_queue(request_queue(self._nodes, self._shared),
                                 'now that no standard client is left')
 
     def _set_queue(self, queue, why):

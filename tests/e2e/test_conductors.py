@@ -142,11 +142,13 @@ def test_two_conductors_one_swarm(cloud, tmp_path):
                       if kind == 'seeder' and ip != owners[name])
         assert foreign <= 256 * 1024, (name, sources)
     # Each piece should leave the conductors about once, not once per
-    # conductor (issue 10's target). Not met yet: the piece plan keeps a
-    # seeder's link to the pieces nobody else has only while that link is
-    # the bottleneck; two seeders have twice the capacity the nodes need,
-    # and libtorrent fills the spare request slots of a seeder connection
-    # with pieces other agents could give. Measured 1.6 copies.
+    # conductor (issue 10's target). Two seeders have twice the upload the
+    # nodes need, and libtorrent fills every spare request slot at a
+    # seeder with pieces the agents could give each other: with the queue
+    # sized for each conductor's own nodes they sent 1.53-1.60 copies.
+    # Seeders sharing a tracker keep the shortest queue (ironic_bt.seeder):
+    # 1.10-1.20 copies over seven runs, median 1.13. A run over the target
+    # shows as an expected failure with its figures, not as a pass.
     if copies > MAX_SEEDER_COPIES:
         pytest.xfail('the seeders sent %.2f copies of the image (target '
                      '%.1f): %s' % (copies, MAX_SEEDER_COPIES, uploads))

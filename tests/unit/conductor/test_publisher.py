@@ -618,6 +618,18 @@ class SeederQueueTestCase(base.TestCase):
         self.assertEqual([], self.publisher.nodes())
         self.assertEqual(8, self.queue())
 
+    def test_shared_tracker_keeps_the_queue_short(self):
+        # Other conductors announce to our built-in tracker: their seeders
+        # may serve this swarm too, so its nodes get the shortest queue
+        # (not 256 for one, 16 for two).
+        self.config(tracker_secret='shared-by-the-conductors',
+                    group='bittorrent')
+        self.publisher.publish(NODE_A, self.image)
+        self.assertEqual(2, self.queue())
+        self.publisher.publish('1be26c0b-03f2-4d2e-ae3f-a7f3d0ac0001',
+                               self.image)
+        self.assertEqual(2, self.queue())
+
 
 class RequestQueueTestCase(testtools.TestCase):
 
@@ -626,3 +638,9 @@ class RequestQueueTestCase(testtools.TestCase):
             [8, 8, 256, 16, 11, 8, 4, 2, 2, 2],
             [seeder.request_queue(n)
              for n in (None, 0, 1, 2, 3, 4, 8, 16, 17, 500)])
+
+    def test_sizes_where_conductors_share_the_tracker(self):
+        self.assertEqual(
+            [2, 2, 2, 2, 2],
+            [seeder.request_queue(n, shared=True)
+             for n in (None, 1, 2, 3, 16)])
