@@ -243,13 +243,10 @@ class _Download:
         # Each tracker a tier of its own (BEP 12): tried in the order given,
         # the next only when the one before does not answer.
         params.tracker_tiers = list(range(len(params.trackers)))
-        if credentials is not None:
-            # Only peers with a certificate of the deployment's authority
-            # exchange a byte with us: see ironic_bt.swarm.secure.
-            swarm.secure(params, credentials)
-        self.handle = self.session.add_torrent(params)
-        if credentials is not None:
-            swarm.use_certificate(self.handle, credentials)
+        # With credentials, only peers with a certificate of the
+        # deployment's authority exchange a byte with us: see
+        # ironic_bt.swarm.secure.
+        self.handle = swarm.add_torrent(self.session, params, credentials)
         self.peers = list(peers)
         self.bytes = peer_kinds.PeerBytes(
             {host for host, _port in self.peers})
@@ -432,12 +429,13 @@ class _Download:
             if self.fallback.engaged:
                 LOG.warning('The seeder of %(ih)s has been out of reach for '
                             '%(s).0f s: fetching the pieces that no peer has '
-                            'from %(urls)s until it is back',
+                            'from %(urls)s until it is back (%(sources)s)',
                             {'ih': self.meta.info_hash,
                              's': self.fallback.delay,
                              'urls': ', '.join(
                                  sources.redact(u, path=False)
-                                 for u in self.fallback.urls)})
+                                 for u in self.fallback.urls),
+                             'sources': self.sources.describe()})
             else:
                 LOG.info('The seeder of %s is back: no more web seeds',
                          self.meta.info_hash)

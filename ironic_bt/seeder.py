@@ -94,13 +94,10 @@ def request_queue(nodes, shared=False):
 
     Where conductors share the tracker, their seeders may serve one swarm,
     whose nodes then need less of each seeder than this one sees: every
-    peer queues the fewest requests, whatever the count. (A seeder that
-    began with the lone node's 256 and shortened its queue as its other
-    nodes came left some of them without a seeder connection for seconds,
-    so that they fell back to the web seeds: four runs of four with
-    opentracker, none of three with the queue at 2 from the start; why is
-    not understood yet.) A lone node on a fast link pays for it: 2
-    requests per round trip.
+    peer queues the fewest requests, whatever the count: a seeder that
+    gave its first node the lone node's 256 until the next one came sent
+    1.50 copies in one run of two, as the first node filled that queue.
+    A lone node on a fast link pays for it: 2 requests per round trip.
 
     :param nodes: how many nodes download at once; None or 0 if unknown.
     :param shared: whether other conductors may seed the same swarms.
@@ -262,11 +259,8 @@ class Seeder:
             params.flags &= ~lt.torrent_flags.auto_managed
             params.flags &= ~lt.torrent_flags.paused
             params.trackers = list(trackers)
+            handle = swarm.add_torrent(self._session, params, credentials)
             if credentials is not None:
-                swarm.secure(params, credentials)
-            handle = self._session.add_torrent(params)
-            if credentials is not None:
-                swarm.use_certificate(handle, credentials)
                 self._credentials[meta.info_hash] = credentials
             self._handles[meta.info_hash] = handle
         LOG.info('Seeding %(ih)s from %(path)s', {'ih': meta.info_hash,

@@ -160,6 +160,41 @@ def secure(params, credentials):
 
 
 def use_certificate(handle, credentials):
-    """Give an SSL torrent our certificate and key (after adding it)."""
+    """Give an SSL torrent our certificate and key (after adding it).
+
+    To add an SSL torrent, use :func:`add_torrent`; this alone renews the
+    certificate of a torrent already running.
+    """
     handle.set_ssl_certificate_buffer(credentials.certificate,
                                       credentials.private_key, DH_PARAMS)
+
+
+def add_torrent(session, params, credentials=None):
+    """Add a torrent; an SSL one with our certificate before it connects.
+
+    A torrent added running announces and connects at once, before
+    :func:`use_certificate` reaches it. Its first connections then went out
+    without a certificate, the other side refused them ("tlsv13 alert
+    certificate required") and libtorrent waited before trying that peer
+    again: agents found their own seeder out of reach for seconds and fell
+    back to the web seeds (a node or two of six, in four runs of five with
+    opentracker, which answers the first announce at once). So an SSL
+    torrent is added paused, given the certificate, then resumed; the two
+    calls reach libtorrent's network thread in that order.
+
+    :param session: ``lt.session``.
+    :param params: ``lt.add_torrent_params``.
+    :param credentials: :class:`ironic_bt.certs.Credentials` for an SSL
+        torrent (see :func:`secure`), or None.
+    :returns: the ``lt.torrent_handle``.
+    """
+    if credentials is None:
+        return session.add_torrent(params)
+    secure(params, credentials)
+    paused = bool(params.flags & lt.torrent_flags.paused)
+    params.flags |= lt.torrent_flags.paused
+    handle = session.add_torrent(params)
+    use_certificate(handle, credentials)
+    if not paused:
+        handle.resume()
+    return handle

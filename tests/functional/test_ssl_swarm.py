@@ -86,11 +86,7 @@ def outsider_try(meta, target_dir, port, ssl_credentials=None):
     params.save_path = str(target_dir)
     params.flags &= ~(lt.torrent_flags.auto_managed
                       | lt.torrent_flags.paused)
-    if ssl_credentials is not None:
-        swarm.secure(params, ssl_credentials)
-    handle = session.add_torrent(params)
-    if ssl_credentials is not None:
-        swarm.use_certificate(handle, ssl_credentials)
+    handle = swarm.add_torrent(session, params, ssl_credentials)
     deadline = time.monotonic() + ATTEMPT_SECONDS
     while time.monotonic() < deadline:
         handle.connect_peer(('127.0.0.1', port))
