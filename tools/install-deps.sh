@@ -10,6 +10,7 @@ PACKAGES=(
     iproute2 iputils-ping util-linux mount fdisk e2fsprogs dosfstools gdisk parted
     kmod procps psmisc bsdextrautils ethtool curl libfuse2 tcpdump
     rtorrent qbittorrent-nox opentracker
+    rabbitmq-server genisoimage
     python3 python3-venv python3-pip git
 )
 missing=()
@@ -19,8 +20,19 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if (( ${#missing[@]} )); then
     export DEBIAN_FRONTEND=noninteractive
+    # Packages with a service (rabbitmq-server) must not start it: the
+    # local cloud runs its own, bound to the lab bridge only.
+    guard=
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        guard=/usr/sbin/policy-rc.d
+        printf '#!/bin/sh\nexit 101\n' > "$guard"
+        chmod 755 "$guard"
+    fi
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
+    if [[ -n "$guard" ]]; then
+        rm -f "$guard"
+    fi
 fi
 
 # Loop devices: the kernel module may not be loaded on a fresh machine.

@@ -259,7 +259,7 @@ def cli_seconds(cloud):
     cmd = [os.path.join(lab_cloud.BINDIR, 'openstack'), 'baremetal', 'node',
            'list', '-f', 'value', '-c', 'UUID']
     start = time.monotonic()
-    subprocess.run(cmd, env=lab_cloud._osc_env(cloud.state['api_url']),
+    subprocess.run(cmd, env=lab_cloud.osc_env(cloud),
                    capture_output=True, check=True)
     return round(time.monotonic() - start, 2)
 

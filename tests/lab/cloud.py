@@ -54,6 +54,7 @@ import time
 
 from tests.lab import cloud_conductors
 from tests.lab import cloud_conf
+from tests.lab import cloud_nova
 from tests.lab import cloud_report
 from tests.lab import disks
 from tests.lab import faulty
@@ -83,7 +84,7 @@ AGENT_MAIN = 'import tests.lab.ipa_test_hw as m; m.main()'
 # Directories of the state dir that "down" removes; logs/ is kept for the
 # post-mortem unless --purge.
 _RUNTIME_DIRS = ('ironic', 'http', 'ipa', 'bittorrent', 'disks',
-                 'conductors', 'opentracker')
+                 'conductors', 'opentracker', 'control')
 
 ACTIVE = 'active'
 AVAILABLE = 'available'
@@ -136,21 +137,34 @@ def _pick_interfaces(interfaces):
     return enabled, note
 
 
-def _osc_env(api_url):
-    """Environment for the openstack CLI against the noauth API."""
+def osc_env(cloud):
+    """Environment for the openstack CLI: noauth, or the cloud admin.
+
+    With Nova in front (``up --nova``) ironic is behind Keystone, and the
+    admin's token is scoped to the whole system, which ironic's policy
+    wants for managing every node.
+    """
     env = dict(os.environ)
     for key in list(env):
         if key.startswith('OS_'):
             del env[key]
-    env.update(OS_AUTH_TYPE='none', OS_ENDPOINT=api_url)
+    if cloud.state.get('nova'):
+        env.update(cloud_nova.admin_auth(cloud))
+        env.pop('OS_PROJECT_NAME')
+        env.pop('OS_PROJECT_DOMAIN_ID')
+        env['OS_SYSTEM_SCOPE'] = 'all'
+    else:
+        env.update(OS_AUTH_TYPE='none', OS_ENDPOINT=cloud.state['api_url'])
     return env
 
 
-def _connect(api_url):
+def _connect(cloud):
     import openstack  # slow to import; only commands that talk need it
     openstack.enable_logging(debug=False)
+    if cloud.state.get('nova'):
+        return cloud_nova.connect(cloud, system=True)
     return openstack.connection.Connection(
-        auth_type='none', baremetal_endpoint_override=api_url)
+        auth_type='none', baremetal_endpoint_override=cloud.state['api_url'])
 
 
 class Cloud:
@@ -189,7 +203,7 @@ class Cloud:
     @property
     def conn(self):
         if self._conn is None:
-            self._conn = _connect(self.state['api_url'])
+            self._conn = _connect(self)
         return self._conn
 
     @property
@@ -210,7 +224,7 @@ class Cloud:
 
     def up(self, nodes=3, rate_mbit=None, disk_mib=256, subnet=None,
            interfaces='auto', callback_timeout=90, heartbeat_timeout=30,
-           conductors=1, tracker='builtin'):
+           conductors=1, tracker='builtin', nova=False):
         """Build the lab, start ironic and the agents, enrol the nodes.
 
         :param interfaces: ``auto`` (``direct``, plus ``bittorrent`` when
@@ -219,7 +233,16 @@ class Cloud:
             :mod:`tests.lab.cloud_conductors`).
         :param tracker: ``builtin`` or ``opentracker``: the tracker the
             conductors share.
+        :param nova: put Keystone, Glance, Placement and Nova in front
+            (see :mod:`tests.lab.cloud_nova`).
         """
+        if nova:
+            missing = cloud_nova.available()
+            if missing:
+                raise CloudError('cannot start Nova: %s' % missing)
+            if conductors > 1:
+                raise CloudError('Nova in front of several conductors is '
+                                 'not supported by the harness yet')
         if tracker not in cloud_conductors.TRACKERS:
             raise CloudError('unknown tracker %r (choose from %s)'
                              % (tracker, ', '.join(cloud_conductors.TRACKERS)))
@@ -268,11 +291,20 @@ class Cloud:
             self._add_host(lab, 'node%d' % i, i)
         cloud_conductors.add_hosts(self, lab, conductors)
         self.save()
+        if nova:
+            cloud_nova.plan(self)
+            cloud_nova.start_before_ironic(self, lab)
+            _log('Keystone %s, Glance, Placement and RabbitMQ up',
+                 self.state['nova']['auth_url'])
         self._start_services(lab, callback_timeout, heartbeat_timeout)
         self._enrol()
         for name in self.node_names():
             self.start_agent(name)
         self.wait_agents(self.node_names())
+        if nova:
+            cloud_nova.start_after_ironic(self, lab)
+            _log('Nova up: %d bare-metal hypervisors',
+                 cloud_nova.wait_hypervisors(self, len(self.nodes)))
         self.save()
         return self
 
@@ -349,8 +381,11 @@ class Cloud:
         first = (cloud_conductors.tracker_url(self)
                  if self.state['tracker'] == 'opentracker' else None)
         with open(conf, 'w') as f:
-            f.write(cloud_conf.ironic_conf(dirs, gw, tracker_url=first,
-                                           **common))
+            f.write(cloud_conf.ironic_conf(
+                dirs, gw, tracker_url=first,
+                extra=(cloud_nova.ironic_sections(self)
+                       if self.state.get('nova') else None),
+                **common))
         self.state['ironic_conf'] = conf
 
         http_log = self.path('logs', 'http.log')
@@ -478,6 +513,9 @@ class Cloud:
             # Never let the conductor ask the agent to power off: on this
             # shared machine that is the host itself.
             driver_info={'deploy_forces_oob_reboot': True},
+            # Nova schedules a flavor's servers to nodes of its class.
+            **({'resource_class': cloud_nova.RESOURCE_CLASS}
+               if self.state.get('nova') else {}),
             properties={'cpu_arch': 'x86_64', 'cpus': 1, 'memory_mb': 2048,
                         'local_gb': max(1, self.state['disk_bytes']
                                         // 1024 ** 3)})
@@ -791,7 +829,7 @@ class Cloud:
         cmd = [os.path.join(BINDIR, 'openstack'), 'baremetal', 'node',
                'deploy'] + uuids
         _log('$ openstack %s', ' '.join(cmd[1:]))
-        proc = subprocess.run(cmd, env=_osc_env(self.state['api_url']),
+        proc = subprocess.run(cmd, env=osc_env(self),
                               capture_output=True, text=True)
         if proc.returncode:
             raise CloudError('openstack baremetal node deploy failed: %s'
@@ -881,6 +919,17 @@ class Cloud:
 
     def usage(self):
         api = self.state['api_url']
+        if self.state.get('nova'):
+            rc = cloud_nova.openrc_paths(self)
+            return '\n'.join([
+                'Keystone: %s; Ironic API: %s; deploy interfaces: %s' % (
+                    self.state['nova']['auth_url'], api,
+                    ', '.join(self.state['deploy_interfaces'])),
+                'The cloud admin, for servers, flavors and images:',
+                '  . %s; openstack server list' % rc['project'],
+                'and for ironic (a token scoped to the whole system):',
+                '  . %s; openstack baremetal node list' % rc['system'],
+            ])
         return '\n'.join([
             'Ironic API: %s (noauth); deploy interfaces: %s' % (
                 api, ', '.join(self.state['deploy_interfaces'])),
@@ -1010,6 +1059,10 @@ def _add_up_args(parser):
                         help='the tracker the conductors share: the first '
                              'conductor\'s built-in tracker (default) or '
                              'opentracker')
+    parser.add_argument('--nova', action='store_true',
+                        help='Keystone, Glance, Placement and Nova in '
+                             'front of ironic (needs the "nova" tox '
+                             'environment: tools/cloud uses it)')
     parser.add_argument('--callback-timeout', type=int, default=90,
                         help='[conductor]deploy_callback_timeout: how long '
                              'a dead agent goes unnoticed (default 90)')
@@ -1098,7 +1151,8 @@ def _up(args):
                  disk_mib=args.disk_mib, subnet=args.subnet,
                  interfaces=args.interfaces,
                  callback_timeout=args.callback_timeout,
-                 conductors=args.conductors, tracker=args.tracker)
+                 conductors=args.conductors, tracker=args.tracker,
+                 nova=args.nova)
     except BaseException:
         _log('up failed: tearing down (logs are kept in %s)',
              os.path.join(cloud.state_dir, 'logs'))

@@ -28,7 +28,8 @@ LAB_HWM = 'tests.lab.ipa_test_hw:LabHardwareManager'
 _DIST = 'ironic_bt_lab_agent-0.0.0.dist-info'
 
 
-def _render(sections):
+def render(sections):
+    """An oslo.config file from {section: {option: value}}."""
     parser = configparser.ConfigParser(interpolation=None)
     for name, values in sections.items():
         if name != 'DEFAULT':
@@ -52,7 +53,7 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
                 heartbeat_timeout=30, tracker_port=6969, seeder_port=6881,
                 debug=True, rpc_transport='none', database_path=None,
                 tracker_url=None, tracker_secret=None, log_file='ironic.log',
-                json_rpc_port=8089, ssl_authority_dir=None):
+                json_rpc_port=8089, ssl_authority_dir=None, extra=None):
     """The configuration file of an ironic process.
 
     The all-in-one ``ironic`` (API and conductor) by default; with
@@ -75,6 +76,9 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
     :param ssl_authority_dir: ``[bittorrent]ssl_authority_dir``, which
         conductors sharing swarms share; under the state directory by
         default.
+    :param extra: more {section: {option: value}}, merged over these
+        (Keystone auth when Nova fronts the cloud: see
+        :func:`tests.lab.cloud_nova.ironic_sections`).
     :returns: the file's text.
     """
     state = dirs['ironic']
@@ -181,7 +185,9 @@ def ironic_conf(dirs, gateway_ip, *, api_port, http_port,
         sections['json_rpc'] = {'host_ip': gateway_ip,
                                 'port': json_rpc_port,
                                 'auth_strategy': 'noauth'}
-    return _render(sections)
+    for name, values in (extra or {}).items():
+        sections.setdefault(name, {}).update(values)
+    return render(sections)
 
 
 def ipa_conf(node, api_url, log_file, heartbeat_port=9999, debug=True,
@@ -204,7 +210,7 @@ def ipa_conf(node, api_url, log_file, heartbeat_port=9999, debug=True,
         extra.update({'listen_tls': True, 'tls_cert_file': tls_files[0],
                       'tls_key_file': tls_files[1],
                       'advertise_protocol': 'https'})
-    return _render({'DEFAULT': dict(extra, **{
+    return render({'DEFAULT': dict(extra, **{
         'api_url': api_url,
         'listen_host': node['ip'],
         'listen_port': heartbeat_port,
