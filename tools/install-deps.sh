@@ -22,17 +22,13 @@ if (( ${#missing[@]} )); then
     export DEBIAN_FRONTEND=noninteractive
     # Packages with a service (rabbitmq-server) must not start it: the
     # local cloud runs its own, bound to the lab bridge only.
-    guard=
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        guard=/usr/sbin/policy-rc.d
-        printf '#!/bin/sh\nexit 101\n' > "$guard"
-        chmod 755 "$guard"
+        printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+        chmod 755 /usr/sbin/policy-rc.d
+        trap 'rm -f /usr/sbin/policy-rc.d' EXIT
     fi
     apt-get update -q
     apt-get install -y -q --no-install-recommends "${missing[@]}"
-    if [[ -n "$guard" ]]; then
-        rm -f "$guard"
-    fi
 fi
 
 # Loop devices: the kernel module may not be loaded on a fresh machine.

@@ -478,6 +478,10 @@ def _start_nova(cloud, lab):
     sections = _nova_conf(cloud)
     with open(conf, 'w') as f:
         f.write(cloud_conf.render(sections))
+    # The API's own log (its process is the WSGI server's, not nova-api).
+    with open(os.path.join(conf_dir, 'nova-api.conf'), 'w') as f:
+        f.write(cloud_conf.render(dict(sections, DEFAULT=dict(
+            sections['DEFAULT'], log_file='nova-api.log'))))
     # The compute service reaches the databases through the conductor
     # only, as on a real compute host.
     compute_conf = os.path.join(conf_dir, 'nova-compute.conf')
@@ -495,7 +499,8 @@ def _start_nova(cloud, lab):
     for db in ('api', 'cell0', 'cell1'):
         _wal(_path(cloud, 'nova-%s.sqlite' % db))
     _serve(cloud, lab, 'nova-api', 'nova.wsgi.osapi_compute:application',
-           NOVA_PORT, {'OS_NOVA_CONFIG_DIR': conf_dir})
+           NOVA_PORT, {'OS_NOVA_CONFIG_DIR': conf_dir,
+                       'OS_NOVA_CONFIG_FILES': 'api-paste.ini;nova-api.conf'})
     for service in ('conductor', 'scheduler', 'compute'):
         name = 'nova-%s' % service
         _proc, record = cloud._spawn(
@@ -509,14 +514,27 @@ def _start_nova(cloud, lab):
 
 
 def wait_hypervisors(cloud, count, timeout=HYPERVISOR_TIMEOUT):
-    """Wait until Placement has every node's resource class inventory.
+    """Wait until Nova can schedule a server to every node.
 
     Nova's compute service turns each available ironic node into a
     compute node and a resource provider with one unit of the node's
-    resource class; only then can a server be scheduled to it.
+    resource class; then its host is mapped to the cell (what
+    ``nova-manage cell_v2 discover_hosts`` does, and the API's hypervisor
+    list shows).
 
     :returns: how many nodes Nova reports.
     """
+    _wait_inventory(cloud, count, timeout)
+    _run(cloud, 'nova-manage', [
+        os.path.join(BINDIR, 'nova-manage'), '--config-file',
+        cloud.state['nova']['conf'], 'cell_v2', 'discover_hosts'])
+    conn = connect(cloud)
+    return procs.wait_for(
+        lambda: len(list(conn.compute.hypervisors())) >= count and count,
+        60, 1, 'Nova\'s API to list %d hypervisors' % count)
+
+
+def _wait_inventory(cloud, count, timeout):
     conn = connect(cloud)
     rc = 'CUSTOM_' + RESOURCE_CLASS.upper().replace('-', '_')
 
