@@ -159,7 +159,13 @@ def _parse_peer(peer):
 #: Seconds between looks at the peers while a connection is in its
 #: handshake (see :meth:`_Download.wait`): a few blocks at line rate.
 HANDSHAKE_LOOK = 0.005
-_HANDSHAKING = lt.peer_info.connecting | lt.peer_info.handshake
+#: Seconds a connection attempt is watched while its TCP connection is
+#: not up yet. libtorrent says "connecting" from the moment it sends the
+#: SYN (that is when it posts ``peer_connect_alert``), and an attempt to a
+#: node that lost its link stays so for seconds: watched all that time,
+#: seven agents of eight looked at their peers every 5 ms and slowed the
+#: swarm. On the provisioning network a connection is up in milliseconds.
+CONNECT_WATCH = 0.5
 #: Error categories of libtorrent's SSL setup (asio's is "asio.ssl").
 _SSL_CATEGORIES = ('ssl', 'asio.ssl')
 #: ``torrent_status.error_file`` of an SSL context error
@@ -263,6 +269,8 @@ class _Download:
         self._blocked_seeders = set()
         #: A connection may be in its handshake: see :meth:`wait`.
         self._handshaking = False
+        #: Connection attempts not up yet: endpoint -> when first seen.
+        self._connecting = {}
         self.sequential = False
         self.sources = sources.Sources(trackers, self.peers, web_seeds)
         self.fallback = sources.Fallback(web_seeds, web_seed_delay)
@@ -313,12 +321,27 @@ class _Download:
                 self.pump_alerts()
 
     def _shut_out_seeders(self, peer_info):
-        """Filter out the seeders of other conductors among the peers."""
+        """Filter out the seeders of other conductors among the peers.
+
+        Also decides whether :meth:`wait` keeps looking closely: while a
+        connection is in its handshake, or is a young attempt (see
+        :data:`CONNECT_WATCH`).
+        """
+        now = time.monotonic()
+        watch = False
+        connecting = {}
         for p in peer_info:
             self.bytes.kind(p)   # learns the seeders of other conductors
+            if p.flags & lt.peer_info.handshake:
+                watch = True
+            elif p.flags & lt.peer_info.connecting:
+                since = self._connecting.get(p.ip, now)
+                connecting[p.ip] = since
+                watch = watch or now - since < CONNECT_WATCH
+        self._connecting = connecting
         if self.bytes.other_seeders != self._blocked_seeders:
             self._filter_seeders()
-        self._handshaking = any(p.flags & _HANDSHAKING for p in peer_info)
+        self._handshaking = watch
 
     def _in_order(self, st, peer_info):
         """Fetch in order while there is nobody to share pieces with.

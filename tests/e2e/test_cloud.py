@@ -34,7 +34,6 @@ from ironic_bt.tracker import publication
 from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_report
 from tests.lab import images
-from tests.lab import net
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
@@ -60,18 +59,12 @@ def cloud(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip('the local cloud needs root (network namespaces, a '
                     'bridge, loop devices)')
-    state_dir = str(tmp_path_factory.mktemp('cloud'))
-    cloud = lab_cloud.Cloud(state_dir)
-    try:
-        cloud.up(nodes=len(SWARM + SOLO), disk_mib=DISK_MIB,
-                 callback_timeout=CALLBACK_TIMEOUT)
+    # Nothing of the lab may survive: no namespace, link or loop device
+    # named after it, no process (lab_cloud.running checks).
+    with lab_cloud.running(str(tmp_path_factory.mktemp('cloud')),
+                           nodes=len(SWARM + SOLO), disk_mib=DISK_MIB,
+                           callback_timeout=CALLBACK_TIMEOUT) as cloud:
         yield cloud
-    finally:
-        problems = lab_cloud.down(state_dir)
-        assert not problems, problems
-        # Nothing of the lab may survive: no namespace, link or loop
-        # device named after it, no process.
-        assert not os.path.exists(os.path.join(state_dir, net.STATE_FILE))
 
 
 def _rows(report):

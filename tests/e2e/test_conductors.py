@@ -37,7 +37,6 @@ from ironic_bt import torrent
 from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_conductors
 from tests.lab import images
-from tests.lab import net
 from tests.lab import procs
 
 NODES = 6
@@ -59,16 +58,10 @@ def cloud(request, tmp_path):
     if os.geteuid() != 0:
         pytest.skip('the local cloud needs root (network namespaces, a '
                     'bridge, loop devices)')
-    state_dir = str(tmp_path / 'cloud')
-    cloud = lab_cloud.Cloud(state_dir)
-    try:
-        cloud.up(nodes=NODES, disk_mib=DISK_MIB, rate_mbit=RATE_MBIT,
-                 conductors=2, tracker=request.param)
+    with lab_cloud.running(str(tmp_path / 'cloud'), nodes=NODES,
+                           disk_mib=DISK_MIB, rate_mbit=RATE_MBIT,
+                           conductors=2, tracker=request.param) as cloud:
         yield cloud
-    finally:
-        problems = lab_cloud.down(state_dir)
-        assert not problems, problems
-        assert not os.path.exists(os.path.join(state_dir, net.STATE_FILE))
 
 
 def _sources(cloud, name, info_hash):

@@ -1010,6 +1010,25 @@ class RestartConductor(_Fault):
                      'again after %.1f s' % (', '.join(self.names), seconds))
 
 
+@contextlib.contextmanager
+def running(state_dir, **up_args):
+    """A cloud that is up inside the block and fully torn down after it.
+
+    :param up_args: what :meth:`Cloud.up` takes.
+    :raises AssertionError: after the block, if anything of the lab
+        survived the teardown (a namespace, a link, a loop device or a
+        process named after it).
+    """
+    cloud = Cloud(state_dir)
+    try:
+        cloud.up(**up_args)
+        yield cloud
+    finally:
+        problems = down(state_dir)
+        assert not problems, problems
+        assert not os.path.exists(os.path.join(state_dir, net.STATE_FILE))
+
+
 def down(state_dir, purge=False):
     """Tear everything down. Idempotent and always safe.
 

@@ -30,7 +30,6 @@ import requests
 from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_nova
 from tests.lab import images
-from tests.lab import net
 
 NODES = 2
 DISK_MIB = 128
@@ -44,15 +43,10 @@ def cloud(tmp_path_factory):
     missing = cloud_nova.available()
     if missing:
         pytest.fail('the Nova control plane cannot start: %s' % missing)
-    state_dir = str(tmp_path_factory.mktemp('nova') / 'cloud')
-    cloud = lab_cloud.Cloud(state_dir)
-    try:
-        cloud.up(nodes=NODES, disk_mib=DISK_MIB, nova=True)
+    with lab_cloud.running(str(tmp_path_factory.mktemp('nova') / 'cloud'),
+                           nodes=NODES, disk_mib=DISK_MIB,
+                           nova=True) as cloud:
         yield cloud
-    finally:
-        problems = lab_cloud.down(state_dir)
-        assert not problems, problems
-        assert not os.path.exists(os.path.join(state_dir, net.STATE_FILE))
 
 
 def _sha256(path):
