@@ -107,6 +107,13 @@ class PiecePlan:
         #: any piece being downloaded (once more pieces are partial than
         #: 1.5 per peer), which fetched 6-22 % of the missing bytes twice.
         self.over_http = False
+        #: whether other conductors' seeders serve the swarm too. Then no
+        #: runner-up pieces either: the owner of a piece may be another
+        #: conductor's node, fetching it from its own seeder at the same
+        #: moment, so a runner-up's copy from ours is a second one (two
+        #: conductors, six nodes: the seeders sent 1.39 copies without
+        #: runner-ups against 1.53-1.60 with them, same request queue).
+        self.shared = False
         self._me = None
         self._members = set()
         self._top = None      # per piece: [(weight, address)], best first
@@ -184,7 +191,7 @@ class PiecePlan:
         for piece in range(self.num_pieces):
             if not (have[piece] or availability[piece]):
                 counts[rank[piece]] += 1
-        backups = not self.over_http
+        backups = not (self.over_http or self.shared)
         level = self._level if backups else 0
         while (backups and level + 1 < self.DEPTH
                and sum(counts[:level + 1]) < self.backup):

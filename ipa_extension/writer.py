@@ -503,6 +503,8 @@ class _Download:
         """
         blocked = set(self.bytes.other_seeders) - self.bytes.seeder_ips
         self._blocked_seeders = set(self.bytes.other_seeders)
+        if self.plan is not None and blocked:
+            self.plan.shared = True
         if not self.using_seeder:
             blocked |= self.bytes.seeder_ips
         ip_filter = lt.ip_filter()

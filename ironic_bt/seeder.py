@@ -70,7 +70,8 @@ _CLIENT_QUEUE = 2000
 #: agents could give each other (two conductors, three nodes each at 25
 #: Mbit/s: the seeders sent 1.53-1.60 copies of the image with the 11
 #: requests per peer that three nodes get, 1.55 with 6, 1.41 with 4, 1.30
-#: with 3 and 1.10-1.20 with 2, as fast).
+#: with 3 and 1.09-1.25 with 2, as fast; see also the piece plan's
+#: ``shared``).
 _SHARED_QUEUE = 2
 #: Requests a lone node may queue: nobody else can get a duplicate, and on
 #: a fast link 32 requests (512 KiB) in flight starved it (1 GiB over an

@@ -142,6 +142,23 @@ class TestPriorities(base.BaseTestCase):
         plan.update(0.2, ME, OTHERS, have, avail)
         self.assertFalse(plan.need_seeder)
 
+    def test_no_runner_up_pieces_when_other_conductors_seed(self):
+        plan, have, avail, _p = _plan()
+        mine = [i for i in range(N) if plan.rank(i) == 0]
+        # Other conductors' seeders serve the swarm: the owner of a piece
+        # we rank second for may be fetching it from its own seeder.
+        plan.shared = True
+        for i in mine[10:]:
+            have[i] = True
+        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
+        self.assertNotIn(pieces.BACKUP, change.values())
+        self.assertTrue(plan.need_seeder)
+        for i in mine:
+            have[i] = True
+        plan.update(0.2, ME, OTHERS, have, avail)
+        # Once our own pieces are in, the seeder is left to the others.
+        self.assertFalse(plan.need_seeder)
+
     def test_over_http_own_pieces_come_before_those_peers_have(self):
         plan, have, avail, _p = _plan()
         mine = [i for i in range(N) if plan.rank(i) == 0]
