@@ -141,7 +141,7 @@ def test_two_conductors_one_swarm(cloud, tmp_path):
     # sized for each conductor's own nodes they sent 1.53-1.60 copies.
     # Seeders sharing a tracker keep the shortest queue (ironic_bt.seeder),
     # and agents fetch no runner-up pieces from it (ipa_extension.pieces):
-    # 1.07-1.15 copies over four runs. A run over the target shows as an
+    # 1.07-1.15 copies over six runs. A run over the target shows as an
     # expected failure with its figures, not as a pass.
     if copies > MAX_SEEDER_COPIES:
         pytest.xfail('the seeders sent %.2f copies of the image (target '
