@@ -62,14 +62,13 @@ from tests.lab import images
 from tests.lab import net
 from tests.lab import procs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+REPO = cloud_conf.REPO
 DEFAULT_STATE_DIR = os.environ.get('IRONIC_BT_CLOUD_DIR',
                                    os.path.join(REPO, '.cloud'))
 STATE_FILE = 'cloud.json'
 MARKER = '.ironic-bt-cloud'
 LAB_PREFIX = 'ibc'
-BINDIR = os.path.dirname(sys.executable)
+BINDIR = cloud_conf.BINDIR
 
 API_PORT = 6385
 HTTP_PORT = 8080
@@ -358,6 +357,18 @@ class Cloud:
                       'starttime': stat['starttime'] if stat else None,
                       'log': log, 'name': key}
 
+    def start_service(self, lab_or_host, name, cmd, log, env=None):
+        """Start a service of the cloud and record it under ``name``.
+
+        The lab tracks the process, so ``down`` stops it.
+
+        :returns: its ``Popen``.
+        """
+        proc, record = self._spawn(lab_or_host, name, cmd, log, env=env)
+        self.state['services'][name] = record
+        self.save()
+        return proc
+
     def _start_services(self, lab, callback_timeout, heartbeat_timeout):
         gw = self.state['gateway_ip']
         dirs = {'ironic': self.path('ironic'),
@@ -389,14 +400,12 @@ class Cloud:
         self.state['ironic_conf'] = conf
 
         http_log = self.path('logs', 'http.log')
-        proc, record = self._spawn(
+        proc = self.start_service(
             lab, 'http', [sys.executable, '-m', 'tests.lab.cloud_http',
                           '--bind', gw, '--port', str(HTTP_PORT),
                           '--root', dirs['http_root'],
                           '--stats', self.state['http_stats']],
             http_log, env={'PYTHONPATH': REPO})
-        self.state['services']['http'] = record
-        self.save()
         procs.wait_port(gw, HTTP_PORT, timeout=30, proc=proc,
                         log_path=http_log)
 
@@ -418,11 +427,9 @@ class Cloud:
     def _start_ironic(self, lab):
         gw = self.state['gateway_ip']
         out = self.path('logs', 'ironic.out')
-        proc, record = self._spawn(
+        proc = self.start_service(
             lab, 'ironic', [os.path.join(BINDIR, 'ironic'), '--config-file',
                             self.state['ironic_conf']], out)
-        self.state['services']['ironic'] = record
-        self.save()
         log_path = self.path('logs', 'ironic.log')
         procs.wait_port(gw, API_PORT, timeout=120, proc=proc,
                         log_path=log_path)

@@ -43,8 +43,6 @@ from tests.lab import cloud_conf
 from tests.lab import net
 from tests.lab import procs
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
 TRACKERS = ('builtin', 'opentracker')
 OPENTRACKER_PORT = 6970
 JSON_RPC_PORT = 8089
@@ -117,12 +115,11 @@ def start_opentracker(cloud, lab):
     os.chmod(whitelist, 0o644)
     gw = cloud.state['gateway_ip']
     log = cloud.path('logs', 'opentracker.log')
-    proc, record = cloud._spawn(
+    proc = cloud.start_service(
         lab, 'opentracker', ['opentracker', '-i', gw,
                              '-p', str(OPENTRACKER_PORT),
                              '-P', str(OPENTRACKER_PORT),
                              '-d', directory, '-w', 'whitelist.txt'], log)
-    cloud.state['services']['opentracker'] = record
     cloud.state['opentracker_whitelist'] = whitelist
     cloud.save()
     procs.wait_port(gw, OPENTRACKER_PORT, timeout=30, proc=proc,
@@ -183,22 +180,19 @@ def _start_conductor(cloud, lab, rec, dirs, conf_kwargs):
     http_port = kwargs['http_port']
     rec['http_url'] = 'http://%s:%d' % (rec['ip'], http_port)
     rec['http_root'] = own['http_root']
-    proc, record = cloud._spawn(
+    proc = cloud.start_service(
         host, '%s-http' % rec['name'],
         [sys.executable, '-m', 'tests.lab.cloud_http', '--bind', rec['ip'],
          '--port', str(http_port), '--root', own['http_root'],
          '--stats', rec['http_stats']],
         cloud.path('logs', '%s-http.log' % rec['name']),
-        env={'PYTHONPATH': REPO})
-    cloud.state['services']['%s-http' % rec['name']] = record
+        env={'PYTHONPATH': cloud_conf.REPO})
     procs.wait_port(rec['ip'], http_port, timeout=30, proc=proc)
-    bindir = os.path.dirname(sys.executable)
-    proc, record = cloud._spawn(
-        host, rec['name'], [os.path.join(bindir, 'ironic-conductor'),
+    cloud.start_service(
+        host, rec['name'], [os.path.join(cloud_conf.BINDIR,
+                                         'ironic-conductor'),
                             '--config-file', rec['conf']],
         cloud.path('logs', '%s.out' % rec['name']))
-    cloud.state['services'][rec['name']] = record
-    cloud.save()
 
 
 def _wait_registered(cloud, timeout=120):

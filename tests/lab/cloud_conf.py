@@ -20,6 +20,13 @@ decides where things live and runs the processes.
 import configparser
 import io
 import os
+import sys
+
+#: The repository, which the lab's Python processes import the tests from.
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+#: The virtualenv's scripts: ironic, nova-manage, openstack, ...
+BINDIR = os.path.dirname(sys.executable)
 
 #: Entry point group IPA loads hardware managers from.
 HWM_GROUP = 'ironic_python_agent.hardware_managers'

@@ -43,9 +43,7 @@ import sys
 from tests.lab import cloud_conf
 from tests.lab import procs
 
-BINDIR = os.path.dirname(sys.executable)
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+BINDIR = cloud_conf.BINDIR
 REGION = 'RegionOne'
 KEYSTONE_PORT = 5000
 PLACEMENT_PORT = 8778
@@ -257,12 +255,10 @@ def _serve(cloud, lab, name, app, port, env):
     """Start a WSGI application and wait for its port."""
     gw = cloud.state['gateway_ip']
     out = cloud.path('logs', '%s.out' % name)
-    proc, record = cloud._spawn(
+    proc = cloud.start_service(
         lab, name, [sys.executable, '-m', 'tests.lab.wsgi_serve', '--bind',
                     gw, '--port', str(port), '--threads', '4', app],
-        out, env=dict(env, PYTHONPATH=REPO))
-    cloud.state['services'][name] = record
-    cloud.save()
+        out, env=dict(env, PYTHONPATH=cloud_conf.REPO))
     procs.wait_port(gw, port, timeout=120, proc=proc, log_path=out)
 
 
@@ -297,18 +293,15 @@ def _start_rabbit(cloud, lab):
     # Our own port mapper, so that teardown stops it (rabbit would start
     # one that outlives it).
     epmd = shutil.which('epmd') or '/usr/lib/erlang/bin/epmd'
-    _proc, record = cloud._spawn(
+    cloud.start_service(
         lab, 'epmd', [epmd, '-address', '127.0.0.1', '-port',
                       str(nova['epmd_port'])],
         cloud.path('logs', 'epmd.log'), env=env)
-    cloud.state['services']['epmd'] = record
     procs.wait_port('127.0.0.1', nova['epmd_port'], timeout=30)
     out = cloud.path('logs', 'rabbitmq.out')
-    proc, record = cloud._spawn(
+    proc = cloud.start_service(
         lab, 'rabbitmq', ['/usr/lib/rabbitmq/bin/rabbitmq-server'], out,
         env=env)
-    cloud.state['services']['rabbitmq'] = record
-    cloud.save()
     procs.wait_port(gw, AMQP_PORT, timeout=120, proc=proc, log_path=out)
 
 
@@ -503,12 +496,10 @@ def _start_nova(cloud, lab):
                        'OS_NOVA_CONFIG_FILES': 'api-paste.ini;nova-api.conf'})
     for service in ('conductor', 'scheduler', 'compute'):
         name = 'nova-%s' % service
-        _proc, record = cloud._spawn(
+        cloud.start_service(
             lab, name, [os.path.join(BINDIR, name), '--config-file',
                         compute_conf if service == 'compute' else conf],
             cloud.path('logs', '%s.out' % name))
-        cloud.state['services'][name] = record
-        cloud.save()
     cloud.state['nova']['conf'] = conf
     cloud.save()
 

@@ -126,28 +126,11 @@ class TestPriorities(base.BaseTestCase):
         change = dict(plan.update(0.2, ME, OTHERS, have, avail))
         self.assertEqual({second[0]: pieces.NORMAL}, change)
 
-    def test_no_runner_up_pieces_over_http(self):
+    def _assert_own_pieces_only(self, **flags):
         plan, have, avail, _p = _plan()
+        for name, value in flags.items():
+            setattr(plan, name, value)
         mine = [i for i in range(N) if plan.rank(i) == 0]
-        # The web seeds stand in for the seeder: each piece from its owner
-        # only, even when ours run out.
-        plan.over_http = True
-        for i in mine[10:]:
-            have[i] = True
-        change = dict(plan.update(0.1, ME, OTHERS, have, avail))
-        self.assertNotIn(pieces.BACKUP, change.values())
-        self.assertTrue(plan.need_seeder)
-        for i in mine:
-            have[i] = True
-        plan.update(0.2, ME, OTHERS, have, avail)
-        self.assertFalse(plan.need_seeder)
-
-    def test_no_runner_up_pieces_when_other_conductors_seed(self):
-        plan, have, avail, _p = _plan()
-        mine = [i for i in range(N) if plan.rank(i) == 0]
-        # Other conductors' seeders serve the swarm: the owner of a piece
-        # we rank second for may be fetching it from its own seeder.
-        plan.shared = True
         for i in mine[10:]:
             have[i] = True
         change = dict(plan.update(0.1, ME, OTHERS, have, avail))
@@ -158,6 +141,16 @@ class TestPriorities(base.BaseTestCase):
         plan.update(0.2, ME, OTHERS, have, avail)
         # Once our own pieces are in, the seeder is left to the others.
         self.assertFalse(plan.need_seeder)
+
+    def test_no_runner_up_pieces_over_http(self):
+        # The web seeds stand in for the seeder: each piece from its owner
+        # only, even when ours run out.
+        self._assert_own_pieces_only(over_http=True)
+
+    def test_no_runner_up_pieces_when_other_conductors_seed(self):
+        # Other conductors' seeders serve the swarm: the owner of a piece
+        # we rank second for may be fetching it from its own seeder.
+        self._assert_own_pieces_only(shared=True)
 
     def test_over_http_own_pieces_come_before_those_peers_have(self):
         plan, have, avail, _p = _plan()
