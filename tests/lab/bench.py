@@ -241,6 +241,9 @@ class Variant:
     #: a plain torrent instead of the product's SSL swarm
     #: ([bittorrent]ssl = false): anyone may join.
     plain: bool = False
+    #: study (tests.lab.stripes): this many writer sessions, each on a
+    #: stripe of the pieces, from the seeder only; 0: the product's writer.
+    stripes: int = 0
 
     @property
     def cli(self):
@@ -250,7 +253,7 @@ class Variant:
                     or self.super_seed or self.library
                     or self.sysctls or self.poll or not self.share
                     or self.plan_backup is not None or self.no_overlap
-                    or self.no_sequential
+                    or self.no_sequential or self.stripes
                     or self.flush_interval is not None)
 
     def writer(self):
@@ -282,6 +285,8 @@ class Variant:
             parts.append('no piece plan')
         if self.plan_backup is not None:
             parts.append('plan backup %d' % self.plan_backup)
+        if self.stripes:
+            parts.append('study: %d sessions on stripes' % self.stripes)
         return ' '.join(parts) or ('ironic-bt CLI' if self.cli
                                    else 'library, no overrides')
 
@@ -725,6 +730,8 @@ class Bench:
                     cmd.append('--no-share')
                 if variant.plan_backup is not None:
                     cmd += ['--plan-backup', str(variant.plan_backup)]
+                if variant.stripes:
+                    cmd += ['--stripes', str(variant.stripes)]
                 clients[host.name] = (host.popen(cmd, log), log)
             start_at = self._go(clients, start_file)
             timeline = []

@@ -210,7 +210,9 @@ def cmd_write(args):
     _wait_start(args.start_file)
     started = time.time()
     _report(event='started', at=started)
-    if args.cli:
+    if args.stripes:
+        code = _stripes_write(args)
+    elif args.cli:
         # The command as operators run it; its output says when it is
         # done, and lingering is over by then: time what it reports.
         argv = ['write', args.torrent, args.target, '--listen', args.listen,
@@ -268,6 +270,30 @@ def cmd_write(args):
             code = 0
     _report(event='usage', **_usage())
     return code
+
+
+def _stripes_write(args):
+    """The study writer of tests.lab.stripes (several sessions)."""
+    from ironic_bt import torrent
+    from tests.lab import stripes
+
+    _setup_logging(args.debug)
+    host, port = _host_port(args.listen)
+    credentials = None
+    if args.ssl_credentials:
+        from ironic_bt import certs
+        credentials = certs.Credentials.load(args.ssl_credentials)
+    try:
+        result = stripes.write(
+            torrent.load_file(args.torrent), args.target,
+            _host_port(args.peer[0]), host, port, args.stripes,
+            credentials=credentials, settings=_settings(args.settings),
+            report=_report)
+    except RuntimeError as e:
+        print('ironic-bt: error: %s' % e, file=sys.stderr)
+        return 1
+    print(json.dumps(result), flush=True)
+    return 0
 
 
 def _cli_write(cli, argv, started):
@@ -593,6 +619,10 @@ def main(argv=None):
                    help='log the peers every DIAG seconds')
     p.add_argument('--ssl-credentials',
                    help='join an SSL swarm with these credentials')
+    p.add_argument('--stripes', type=int, default=0,
+                   help='study: this many sessions on stripes of the '
+                        'pieces, from the first --peer only '
+                        '(tests.lab.stripes)')
     p.set_defaults(func=cmd_write)
 
     p = sub.add_parser('http')
