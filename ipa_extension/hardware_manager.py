@@ -89,7 +89,20 @@ ARGSINFO = {
     },
     'configdrive': {
         'description': 'The config drive, as the write_image step takes it '
-                       '(a URL, or gzipped and base64 encoded contents).',
+                       '(a URL, or gzipped and base64 encoded contents). '
+                       'It holds secrets (admin password, user data) and '
+                       'IPA logs step arguments: the conductor sends '
+                       'sealed_configdrive instead.',
+        'required': False,
+    },
+    'sealed_configdrive': {
+        'description': 'The config drive, sealed for the key named by '
+                       'sealed_for (made by bittorrent.swarm_key).',
+        'required': False,
+    },
+    'sealed_for': {
+        'description': 'The public key (PEM) sealed_configdrive was sealed '
+                       'for.',
         'required': False,
     },
     'listen_port': {
@@ -223,7 +236,8 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
                                ssl_ca=None, ssl_certificate=None,
                                sealed_announce_key=None,
                                sealed_web_seeds=None, torrent_url=None,
-                               torrent_sha256=None):
+                               torrent_sha256=None, sealed_configdrive=None,
+                               sealed_for=None):
         """Download a whole-disk image from a swarm onto the install device.
 
         The image is verified on the disk and seeding has stopped before the
@@ -257,6 +271,10 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         :param torrent_url: where to fetch the .torrent instead of
             ``torrent``.
         :param torrent_sha256: the hex SHA-256 the fetched file must have.
+        :param sealed_configdrive: the config drive, sealed for the key
+            whose public key is ``sealed_for`` (it holds the server's
+            secrets, and IPA logs step arguments).
+        :param sealed_for: PEM of that key's public key.
         :raises: ImageDownloadError if the torrent is unusable or the swarm
             does not deliver it.
         :raises: ImageWriteError if the device cannot take the image, writing
@@ -268,6 +286,15 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         """
         node_uuid = node['uuid']
         image = (node.get('instance_info') or {}).get('image_source')
+        if sealed_configdrive:
+            # Opened before a byte is written: a deploy that could not
+            # finish the disk fails while the disk is untouched.
+            try:
+                configdrive = keys.unseal_for(node_uuid, sealed_for,
+                                              sealed_configdrive,
+                                              certs.CONFIGDRIVE)
+            except certs.CertificateError as e:
+                raise errors.DeploymentError(str(e))
         if torrent is None:
             torrent = _fetch_torrent(node_uuid, image, torrent_url,
                                      torrent_sha256)

@@ -78,9 +78,33 @@ def unseal(node_uuid, credentials, sealed, purpose):
         :data:`ironic_bt.certs.WEB_SEEDS`).
     :raises: certs.CertificateError naming the node and the purpose.
     """
+    return _open(node_uuid, certs.load_private_key(credentials.private_key),
+                 sealed, purpose)
+
+
+def unseal_for(node_uuid, public_key, sealed, purpose):
+    """Open a secret sealed for one of our keys, named by its public key.
+
+    For what is sealed without a certificate (a plain swarm's config
+    drive): the conductor names the key it sealed for.
+
+    :raises: certs.CertificateError naming the node and the purpose.
+    """
+    with _lock:
+        key = _keys.get(public_key or '')
+    if key is None:
+        raise certs.CertificateError(
+            _('The %(what)s for node %(node)s was sealed for a key this '
+              'agent does not hold (did the agent restart since the '
+              'conductor asked for it?). The conductor asks for a new key '
+              'when it restarts the step.')
+            % {'what': purpose.decode(), 'node': node_uuid})
+    return _open(node_uuid, key, sealed, purpose)
+
+
+def _open(node_uuid, private_key, sealed, purpose):
     try:
-        return certs.unseal(certs.load_private_key(credentials.private_key),
-                            sealed, purpose).decode('ascii')
+        return certs.unseal(private_key, sealed, purpose).decode('ascii')
     except (certs.CertificateError, UnicodeDecodeError, TypeError) as e:
         raise certs.CertificateError(
             _('The %(what)s sealed for node %(node)s cannot be opened: '

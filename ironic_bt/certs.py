@@ -233,6 +233,7 @@ def _write_new(path, data, mode):
 #: What the conductor seals for an agent (:func:`seal`'s purpose).
 ANNOUNCE_KEY = b'announce key'
 WEB_SEEDS = b'web seeds'
+CONFIGDRIVE = b'config drive'
 
 _SEAL_INFO = b'ironic-bt sealed secret v1'
 _POINT = 65     # an uncompressed P-256 point

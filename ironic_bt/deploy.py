@@ -272,6 +272,33 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         """
         return PROPERTIES
 
+    def _update_instance_info(self, task):
+        """Record what Glance knows of the node's image before deploying.
+
+        ``CustomAgentDeploy.prepare`` calls this. Nova passes a Glance image
+        as its ID alone; its checksums and disk format are Glance's, and
+        ironic's image cache needs them to check the download. The
+        ``direct`` interface gets them from
+        ``build_instance_info_for_deploy``, which also stages the image for
+        the agent's HTTP download (or a Swift temporary URL); this
+        interface publishes the image itself, so it takes only the
+        metadata, the way that function records it.
+        """
+        node = task.node
+        i_info = node.instance_info
+        image_source = i_info.get('image_source')
+        if not (image_source and service_utils.is_glance_image(image_source)):
+            return
+        glance = image_service.GlanceImageService(context=task.context)
+        image_info = glance.show(image_source)
+        i_info['image_checksum'] = image_info['checksum']
+        i_info['image_os_hash_algo'] = image_info['os_hash_algo']
+        i_info['image_os_hash_value'] = image_info['os_hash_value']
+        i_info['image_disk_format'] = image_info['disk_format']
+        i_info['image_container_format'] = image_info['container_format']
+        node.instance_info = i_info
+        node.save()
+
     @METRICS.timer('BitTorrentDeploy.validate')
     def validate(self, task):
         """Validate the node's deploy information and our options.
@@ -451,7 +478,6 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'trackers': list(publication.trackers),
                 'peers': list(publication.peers),
                 'image_sha256': image_sha256(node),
-                'configdrive': configdrive_utils.get_configdrive_image(node),
                 'listen_port': opts.agent_listen_port,
                 'linger_timeout': opts.linger_timeout,
                 'progress_interval': opts.progress_interval,
@@ -471,6 +497,12 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             step['args']['torrent'] = base64.standard_b64encode(
                 publication.meta.data).decode('ascii')
         client = agent_client.get_client(task)
+        configdrive = configdrive_utils.get_configdrive_image(node)
+        public_key = None
+        if publication.authority is not None or configdrive:
+            # With SSL off, the key is for the config drive only.
+            public_key = self._agent_key(
+                task, client, ssl_only=not configdrive)
         if publication.authority is not None:
             # The conductor's web seed is an unguessable URL in SSL swarms:
             # it travels sealed, with the announce key.
@@ -479,7 +511,13 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             step['args']['web_seeds'] = [url for url in web_seeds
                                          if url not in secret]
             step['args'].update(self._swarm_credentials(
-                task, client, publication, secret))
+                task, publication, public_key, secret))
+        if configdrive:
+            # The config drive holds the server's secrets (its admin
+            # password, user data), and IPA logs step arguments.
+            step['args']['sealed_configdrive'] = self._seal(
+                node, public_key, configdrive.encode(), certs.CONFIGDRIVE)
+            step['args']['sealed_for'] = public_key
         LOG.info('Node %(node)s: downloading torrent %(ih)s (%(size)d '
                  'bytes) from trackers %(trackers)s and peers %(peers)s, '
                  'with %(web)d web seeds as the fallback',
@@ -490,32 +528,31 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         return agent_base.execute_step(task, step, 'deploy', client=client)
 
     @staticmethod
-    def _swarm_credentials(task, client, publication, web_seeds):
-        """Certify a key the agent made, for this deploy's SSL swarm.
+    def _agent_key(task, client, ssl_only=False):
+        """Have the agent make a key; return its public key (PEM).
 
-        The agent keeps the private key (``bittorrent.swarm_key``); only
-        its public key and the certificate travel, and the node's announce
-        key travels sealed for that key, so no step argument, log or node
-        field holds a secret. The certificate expires after
-        ``[bittorrent]ssl_certificate_lifetime``.
+        The agent keeps the private key (``bittorrent.swarm_key``); what
+        the conductor sends it sealed for that key (:func:`certs.seal`),
+        only the agent can read, so no step argument, log or node field
+        holds a secret.
 
-        :param web_seeds: URLs to seal too (the conductor's web seed).
-        :returns: the step arguments ``ssl_ca``, ``ssl_certificate``,
-            ``sealed_announce_key`` and ``sealed_web_seeds``.
+        :param ssl_only: the key is needed for the SSL swarm alone (no
+            config drive), so turning SSL off is a way out.
         """
         node = task.node
-        authority = publication.authority
         try:
             # The agent's own extension command: ironic's AgentClient has
             # no public method for commands of out-of-tree extensions.
             reply = client._command(node=node, method=SWARM_KEY_COMMAND,
                                     params={}, wait=True)
         except exception.AgentAPIError as e:
-            raise bt_exception.SwarmKeyFailed(
-                node=node.uuid, reason=e,
-                check=_('Check that its ramdisk has this version of '
-                        'ironic-bt (the "bittorrent" IPA extension), or set '
-                        '[bittorrent]ssl to False.'))
+            check = (_('Check that its ramdisk has this version of '
+                       'ironic-bt (the "bittorrent" IPA extension), or set '
+                       '[bittorrent]ssl to False.') if ssl_only
+                     else _('Check that its ramdisk has this version of '
+                            'ironic-bt (the "bittorrent" IPA extension).'))
+            raise bt_exception.SwarmKeyFailed(node=node.uuid, reason=e,
+                                              check=check)
         except exception.IronicException as e:
             # The agent is unreachable or busy.
             raise bt_exception.SwarmKeyFailed(
@@ -528,13 +565,39 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                    'err': reply['command_error']},
                 check=_('Check the agent\'s log.'))
         try:
-            public_key = reply['command_result']['public_key']
+            return reply['command_result']['public_key']
         except (KeyError, TypeError):
             raise bt_exception.SwarmKeyFailed(
                 node=node.uuid,
                 reason=_('the agent answered %s without a public key')
                 % SWARM_KEY_COMMAND,
                 check=_('Check the version of ironic-bt in its ramdisk.'))
+
+    @staticmethod
+    def _seal(node, public_key, secret, purpose):
+        """Seal a secret for the agent's key (see :meth:`_agent_key`)."""
+        try:
+            return certs.seal(public_key, secret, purpose)
+        except certs.CertificateError as e:
+            raise bt_exception.SwarmKeyFailed(
+                node=node.uuid, reason=e,
+                check=_('Check the version of ironic-bt in its ramdisk.'))
+
+    @staticmethod
+    def _swarm_credentials(task, publication, public_key, web_seeds):
+        """Certify the agent's key for this deploy's SSL swarm.
+
+        Only the agent's public key and the certificate travel, and the
+        node's announce key travels sealed for that key. The certificate
+        expires after ``[bittorrent]ssl_certificate_lifetime``.
+
+        :param public_key: PEM, from :meth:`_agent_key`.
+        :param web_seeds: URLs to seal too (the conductor's web seed).
+        :returns: the step arguments ``ssl_ca``, ``ssl_certificate``,
+            ``sealed_announce_key`` and ``sealed_web_seeds``.
+        """
+        node = task.node
+        authority = publication.authority
         lifetime = CONF.bittorrent.ssl_certificate_lifetime
         try:
             certificate = authority.issue(

@@ -72,5 +72,6 @@ class ImageVerificationFailed(exception.InstanceDeployFailure):
 
 
 class SwarmKeyFailed(exception.InstanceDeployFailure):
-    _msg_fmt = _('Node %(node)s cannot join the SSL swarm of its image: '
+    _msg_fmt = _('Node %(node)s cannot get a key for the secrets of its '
+                 'deploy (its SSL swarm certificate, its config drive): '
                  '%(reason)s. %(check)s')

@@ -10,7 +10,7 @@ PACKAGES=(
     iproute2 iputils-ping util-linux mount fdisk e2fsprogs dosfstools gdisk parted
     kmod procps psmisc bsdextrautils ethtool curl libfuse2 tcpdump
     rtorrent qbittorrent-nox opentracker
-    rabbitmq-server genisoimage
+    rabbitmq-server genisoimage mariadb-server mariadb-client udev
     python3 python3-venv python3-pip git
 )
 missing=()
@@ -20,8 +20,9 @@ for pkg in "${PACKAGES[@]}"; do
 done
 if (( ${#missing[@]} )); then
     export DEBIAN_FRONTEND=noninteractive
-    # Packages with a service (rabbitmq-server) must not start it: the
-    # local cloud runs its own, bound to the lab bridge only.
+    # Packages with a service (rabbitmq-server, mariadb-server, udev) must
+    # not start it: the local cloud runs its own RabbitMQ, bound to the lab
+    # bridge only, and its own MariaDB, on a unix socket only.
     if [[ ! -e /usr/sbin/policy-rc.d ]]; then
         printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
         chmod 755 /usr/sbin/policy-rc.d

@@ -54,6 +54,7 @@ import time
 
 from tests.lab import cloud_conductors
 from tests.lab import cloud_conf
+from tests.lab import cloud_neutron
 from tests.lab import cloud_nova
 from tests.lab import cloud_report
 from tests.lab import disks
@@ -236,7 +237,7 @@ class Cloud:
             (see :mod:`tests.lab.cloud_nova`).
         """
         if nova:
-            missing = cloud_nova.available()
+            missing = cloud_nova.available() or cloud_neutron.available()
             if missing:
                 raise CloudError('cannot start Nova: %s' % missing)
             if conductors > 1:
@@ -293,8 +294,9 @@ class Cloud:
         if nova:
             cloud_nova.plan(self)
             cloud_nova.start_before_ironic(self, lab)
-            _log('Keystone %s, Glance, Placement and RabbitMQ up',
-                 self.state['nova']['auth_url'])
+            cloud_neutron.start(self, lab)
+            _log('Keystone %s, Glance, Placement, Neutron, MariaDB and '
+                 'RabbitMQ up', self.state['nova']['auth_url'])
         self._start_services(lab, callback_timeout, heartbeat_timeout)
         self._enrol()
         for name in self.node_names():
@@ -304,6 +306,11 @@ class Cloud:
             cloud_nova.start_after_ironic(self, lab)
             _log('Nova up: %d bare-metal hypervisors',
                  cloud_nova.wait_hypervisors(self, len(self.nodes)))
+            self.state['nova']['network_id'] = cloud_neutron.create_network(
+                self)
+            self.state['nova']['flavor_id'] = cloud_nova.create_flavor(self)
+            _log('flavor %s and network %s ready', cloud_nova.FLAVOR,
+                 cloud_neutron.NETWORK)
         self.save()
         return self
 

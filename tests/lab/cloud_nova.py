@@ -49,11 +49,12 @@ KEYSTONE_PORT = 5000
 PLACEMENT_PORT = 8778
 GLANCE_PORT = 9292
 NOVA_PORT = 8774
+NEUTRON_PORT = 9696
 AMQP_PORT = 5672
 #: The services' users in the ``service`` project; each has the ``admin``
 #: and ``service`` roles there (ironic and Nova's ironic driver need the
 #: latter to see every node).
-SERVICE_USERS = ('ironic', 'glance', 'placement', 'nova')
+SERVICE_USERS = ('ironic', 'glance', 'placement', 'nova', 'neutron')
 #: The resource class of the lab's nodes, and the flavor's.
 RESOURCE_CLASS = 'baremetal-bt'
 FLAVOR = 'baremetal-bt'
@@ -96,6 +97,7 @@ def plan(cloud):
             'placement': 'http://%s:%d' % (gw, PLACEMENT_PORT),
             'image': 'http://%s:%d' % (gw, GLANCE_PORT),
             'compute': 'http://%s:%d/v2.1' % (gw, NOVA_PORT),
+            'network': 'http://%s:%d' % (gw, NEUTRON_PORT),
             'baremetal': cloud.state['api_url'],
         },
         # Erlang's port mapper and distribution port are per lab, on the
@@ -114,7 +116,7 @@ def plan(cloud):
 
 def openrc_paths(cloud):
     """The admin's credential files: {'project': path, 'system': path}."""
-    return {scope: _path(cloud, 'admin-%s-openrc' % scope)
+    return {scope: control_path(cloud, 'admin-%s-openrc' % scope)
             for scope in ('project', 'system')}
 
 
@@ -136,7 +138,7 @@ def _lab_index(gateway_ip):
     return (octets[1] - 18) * 256 + octets[2]
 
 
-def _path(cloud, *parts):
+def control_path(cloud, *parts):
     return os.path.join(cloud.state['nova']['dir'], *parts)
 
 
@@ -155,7 +157,7 @@ def auth_options(cloud, user):
     }
 
 
-def _authtoken(cloud, user):
+def authtoken(cloud, user):
     options = auth_options(cloud, user)
     options['www_authenticate_uri'] = cloud.state['nova']['auth_url']
     del options['region_name']
@@ -201,7 +203,7 @@ def ironic_sections(cloud):
                     # Nova's ironic driver has the "service" role in the
                     # "service" project: let it see and deploy every node.
                     'rbac_service_role_elevated_access': True},
-        'keystone_authtoken': _authtoken(cloud, 'ironic'),
+        'keystone_authtoken': authtoken(cloud, 'ironic'),
         'glance': auth_options(cloud, 'ironic'),
         'service_catalog': auth_options(cloud, 'ironic'),
         # Nova is told of power changes it did not ask for; the lab's
@@ -228,7 +230,7 @@ def start_after_ironic(cloud, lab):
     _start_nova(cloud, lab)
 
 
-def _run(cloud, name, cmd, env=None):
+def run_tool(cloud, name, cmd, env=None):
     log_path = cloud.path('logs', '%s.log' % name)
     environ = dict(os.environ)
     environ.update(env or {})
@@ -251,7 +253,7 @@ def _wal(path):
         db.execute('PRAGMA journal_mode=WAL')
 
 
-def _serve(cloud, lab, name, app, port, env):
+def serve(cloud, lab, name, app, port, env):
     """Start a WSGI application and wait for its port."""
     gw = cloud.state['gateway_ip']
     out = cloud.path('logs', '%s.out' % name)
@@ -265,7 +267,7 @@ def _serve(cloud, lab, name, app, port, env):
 def _start_rabbit(cloud, lab):
     nova = cloud.state['nova']
     gw = cloud.state['gateway_ip']
-    base = _path(cloud, 'rabbitmq')
+    base = control_path(cloud, 'rabbitmq')
     for sub in ('mnesia', 'log', 'home'):
         os.makedirs(os.path.join(base, sub), exist_ok=True)
     with open(os.path.join(base, 'enabled_plugins'), 'w') as f:
@@ -313,15 +315,15 @@ def transport_url(cloud):
 
 def _start_keystone(cloud, lab):
     nova = cloud.state['nova']
-    conf = _path(cloud, 'keystone.conf')
-    keys = {name: _path(cloud, 'keystone-%s' % name)
+    conf = control_path(cloud, 'keystone.conf')
+    keys = {name: control_path(cloud, 'keystone-%s' % name)
             for name in ('fernet', 'credential')}
     with open(conf, 'w') as f:
         f.write(cloud_conf.render({
             'DEFAULT': {'log_file': cloud.path('logs', 'keystone.log'),
                         'use_stderr': False},
             'database': {'connection': 'sqlite:///%s'
-                         % _path(cloud, 'keystone.sqlite')},
+                         % control_path(cloud, 'keystone.sqlite')},
             'token': {'provider': 'fernet'},
             'fernet_tokens': {'key_repository': keys['fernet']},
             'fernet_receipts': {'key_repository': keys['fernet']},
@@ -329,19 +331,19 @@ def _start_keystone(cloud, lab):
         }))
     manage = [os.path.join(BINDIR, 'keystone-manage'), '--config-file',
               conf]
-    _run(cloud, 'keystone-manage', manage + ['db_sync'])
-    _wal(_path(cloud, 'keystone.sqlite'))
+    run_tool(cloud, 'keystone-manage', manage + ['db_sync'])
+    _wal(control_path(cloud, 'keystone.sqlite'))
     for what in ('fernet_setup', 'credential_setup'):
-        _run(cloud, 'keystone-manage', manage + [
+        run_tool(cloud, 'keystone-manage', manage + [
             what, '--keystone-user', 'root', '--keystone-group', 'root'])
     url = nova['urls']['identity']
-    _run(cloud, 'keystone-manage', manage + [
+    run_tool(cloud, 'keystone-manage', manage + [
         'bootstrap', '--bootstrap-password', nova['admin_password'],
         '--bootstrap-region-id', REGION,
         '--bootstrap-public-url', url, '--bootstrap-internal-url', url,
         '--bootstrap-admin-url', url])
-    _serve(cloud, lab, 'keystone', 'keystone.wsgi.api:application',
-           KEYSTONE_PORT, {'OS_KEYSTONE_CONFIG_FILES': conf})
+    serve(cloud, lab, 'keystone', 'keystone.wsgi.api:application',
+          KEYSTONE_PORT, {'OS_KEYSTONE_CONFIG_FILES': conf})
 
 
 def _register(cloud):
@@ -359,7 +361,8 @@ def _register(cloud):
         for role in ('admin', 'service'):
             identity.assign_project_role_to_user(project, u, roles[role])
     names = {'placement': 'placement', 'image': 'glance',
-             'compute': 'nova', 'baremetal': 'ironic'}
+             'compute': 'nova', 'baremetal': 'ironic',
+             'network': 'neutron'}
     for kind, name in names.items():
         service = identity.create_service(name=name, type=kind)
         for interface in ('public', 'internal'):
@@ -369,29 +372,29 @@ def _register(cloud):
 
 
 def _start_placement(cloud, lab):
-    conf_dir = _path(cloud, 'placement')
+    conf_dir = control_path(cloud, 'placement')
     os.makedirs(conf_dir, exist_ok=True)
     conf = os.path.join(conf_dir, 'placement.conf')
     with open(conf, 'w') as f:
         f.write(cloud_conf.render({
             'DEFAULT': {'log_file': cloud.path('logs', 'placement.log'),
                         'use_stderr': False},
-            'placement_database': {'connection': 'sqlite:///%s' % _path(
+            'placement_database': {'connection': 'sqlite:///%s' % control_path(
                 cloud, 'placement.sqlite')},
             'api': {'auth_strategy': 'keystone'},
-            'keystone_authtoken': _authtoken(cloud, 'placement'),
+            'keystone_authtoken': authtoken(cloud, 'placement'),
         }))
-    _run(cloud, 'placement-manage', [
+    run_tool(cloud, 'placement-manage', [
         os.path.join(BINDIR, 'placement-manage'), '--config-file', conf,
         'db', 'sync'])
-    _wal(_path(cloud, 'placement.sqlite'))
-    _serve(cloud, lab, 'placement', 'placement.wsgi.api:application',
-           PLACEMENT_PORT, {'OS_PLACEMENT_CONFIG_DIR': conf_dir})
+    _wal(control_path(cloud, 'placement.sqlite'))
+    serve(cloud, lab, 'placement', 'placement.wsgi.api:application',
+          PLACEMENT_PORT, {'OS_PLACEMENT_CONFIG_DIR': conf_dir})
 
 
 def _start_glance(cloud, lab):
-    conf_dir = _path(cloud, 'glance')
-    stores = {name: _path(cloud, 'glance-%s' % name)
+    conf_dir = control_path(cloud, 'glance')
+    stores = {name: control_path(cloud, 'glance-%s' % name)
               for name in ('images', 'staging', 'tasks')}
     for path in [conf_dir] + list(stores.values()):
         os.makedirs(path, exist_ok=True)
@@ -412,26 +415,26 @@ def _start_glance(cloud, lab):
                 'filesystem_store_datadir': stores['staging']},
             'os_glance_tasks_store': {
                 'filesystem_store_datadir': stores['tasks']},
-            'database': {'connection': 'sqlite:///%s' % _path(
+            'database': {'connection': 'sqlite:///%s' % control_path(
                 cloud, 'glance.sqlite')},
             'paste_deploy': {'flavor': 'keystone',
                              'config_file': os.path.join(
                                  conf_dir, 'glance-api-paste.ini')},
-            'keystone_authtoken': _authtoken(cloud, 'glance'),
+            'keystone_authtoken': authtoken(cloud, 'glance'),
         }))
-    _run(cloud, 'glance-manage', [
+    run_tool(cloud, 'glance-manage', [
         os.path.join(BINDIR, 'glance-manage'), '--config-file', conf,
         'db_sync'])
-    _wal(_path(cloud, 'glance.sqlite'))
-    _serve(cloud, lab, 'glance', 'glance.wsgi.api:application',
-           GLANCE_PORT, {'OS_GLANCE_CONFIG_DIR': conf_dir})
+    _wal(control_path(cloud, 'glance.sqlite'))
+    serve(cloud, lab, 'glance', 'glance.wsgi.api:application',
+          GLANCE_PORT, {'OS_GLANCE_CONFIG_DIR': conf_dir})
 
 
 def _nova_conf(cloud):
     gw = cloud.state['gateway_ip']
-    state = _path(cloud, 'nova-state')
+    state = control_path(cloud, 'nova-state')
     os.makedirs(os.path.join(state, 'locks'), exist_ok=True)
-    db = _path(cloud, 'nova-%s.sqlite')
+    db = control_path(cloud, 'nova-%s.sqlite')
     return {
         'DEFAULT': {
             'log_dir': cloud.path('logs'),
@@ -449,21 +452,22 @@ def _nova_conf(cloud):
         'api': {'auth_strategy': 'keystone'},
         'api_database': {'connection': 'sqlite:///%s' % (db % 'api')},
         'database': {'connection': 'sqlite:///%s' % (db % 'cell1')},
-        'keystone_authtoken': _authtoken(cloud, 'nova'),
+        'keystone_authtoken': authtoken(cloud, 'nova'),
         'service_user': dict(auth_options(cloud, 'nova'),
                              send_service_user_token=True),
         'placement': auth_options(cloud, 'nova'),
         'glance': auth_options(cloud, 'nova'),
         'ironic': auth_options(cloud, 'nova'),
+        'neutron': auth_options(cloud, 'neutron'),
         'oslo_concurrency': {'lock_path': os.path.join(state, 'locks')},
         'scheduler': {'discover_hosts_in_cells_interval': 5},
-        'wsgi': {'api_paste_config': _path(cloud, 'nova',
-                                           'api-paste.ini')},
+        'wsgi': {'api_paste_config': control_path(cloud, 'nova',
+                                                  'api-paste.ini')},
     }
 
 
 def _start_nova(cloud, lab):
-    conf_dir = _path(cloud, 'nova')
+    conf_dir = control_path(cloud, 'nova')
     os.makedirs(conf_dir, exist_ok=True)
     shutil.copy(os.path.join(os.path.dirname(BINDIR), 'etc', 'nova',
                              'api-paste.ini'), conf_dir)
@@ -482,18 +486,18 @@ def _start_nova(cloud, lab):
     with open(compute_conf, 'w') as f:
         f.write(cloud_conf.render(sections))
     manage = [os.path.join(BINDIR, 'nova-manage'), '--config-file', conf]
-    _run(cloud, 'nova-manage', manage + ['api_db', 'sync'])
-    _run(cloud, 'nova-manage', manage + [
+    run_tool(cloud, 'nova-manage', manage + ['api_db', 'sync'])
+    run_tool(cloud, 'nova-manage', manage + [
         'cell_v2', 'map_cell0', '--database_connection',
-        'sqlite:///%s' % _path(cloud, 'nova-cell0.sqlite')])
-    _run(cloud, 'nova-manage', manage + [
+        'sqlite:///%s' % control_path(cloud, 'nova-cell0.sqlite')])
+    run_tool(cloud, 'nova-manage', manage + [
         'cell_v2', 'create_cell', '--name', 'cell1'])
-    _run(cloud, 'nova-manage', manage + ['db', 'sync'])
+    run_tool(cloud, 'nova-manage', manage + ['db', 'sync'])
     for db in ('api', 'cell0', 'cell1'):
-        _wal(_path(cloud, 'nova-%s.sqlite' % db))
-    _serve(cloud, lab, 'nova-api', 'nova.wsgi.osapi_compute:application',
-           NOVA_PORT, {'OS_NOVA_CONFIG_DIR': conf_dir,
-                       'OS_NOVA_CONFIG_FILES': 'api-paste.ini;nova-api.conf'})
+        _wal(control_path(cloud, 'nova-%s.sqlite' % db))
+    serve(cloud, lab, 'nova-api', 'nova.wsgi.osapi_compute:application',
+          NOVA_PORT, {'OS_NOVA_CONFIG_DIR': conf_dir,
+                      'OS_NOVA_CONFIG_FILES': 'api-paste.ini;nova-api.conf'})
     for service in ('conductor', 'scheduler', 'compute'):
         name = 'nova-%s' % service
         cloud.start_service(
@@ -516,7 +520,7 @@ def wait_hypervisors(cloud, count, timeout=HYPERVISOR_TIMEOUT):
     :returns: how many nodes Nova reports.
     """
     _wait_inventory(cloud, count, timeout)
-    _run(cloud, 'nova-manage', [
+    run_tool(cloud, 'nova-manage', [
         os.path.join(BINDIR, 'nova-manage'), '--config-file',
         cloud.state['nova']['conf'], 'cell_v2', 'discover_hosts'])
     conn = connect(cloud)
@@ -525,9 +529,35 @@ def wait_hypervisors(cloud, count, timeout=HYPERVISOR_TIMEOUT):
         60, 1, 'Nova\'s API to list %d hypervisors' % count)
 
 
+def resource_class_name():
+    """The nodes' resource class as Placement names it."""
+    return 'CUSTOM_' + RESOURCE_CLASS.upper().replace('-', '_')
+
+
+def create_flavor(cloud):
+    """The bare-metal flavor: one whole node of the lab's class.
+
+    Nova schedules bare metal by the resource class alone: the flavor asks
+    for one unit of it and for none of the standard resources it still
+    has to name (ram, vcpus and disk must be at least 1).
+
+    :returns: the flavor's ID.
+    """
+    conn = connect(cloud)
+    flavor = conn.compute.create_flavor(name=FLAVOR, ram=1, vcpus=1,
+                                        disk=1)
+    conn.compute.create_flavor_extra_specs(flavor, {
+        'resources:%s' % resource_class_name(): '1',
+        'resources:VCPU': '0',
+        'resources:MEMORY_MB': '0',
+        'resources:DISK_GB': '0',
+    })
+    return flavor.id
+
+
 def _wait_inventory(cloud, count, timeout):
     conn = connect(cloud)
-    rc = 'CUSTOM_' + RESOURCE_CLASS.upper().replace('-', '_')
+    rc = resource_class_name()
 
     def ready():
         providers = list(conn.placement.resource_providers())

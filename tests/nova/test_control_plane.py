@@ -102,7 +102,7 @@ def test_glance_records_the_image_sha256(cloud, tmp_path):
 
 def test_nova_offers_every_node_to_a_baremetal_flavor(cloud):
     conn = cloud_nova.connect(cloud)
-    rc = 'CUSTOM_' + cloud_nova.RESOURCE_CLASS.upper().replace('-', '_')
+    rc = cloud_nova.resource_class_name()
     nodes = {n.id for n in cloud.conn.baremetal.nodes()}
     offered = {}
     for provider in conn.placement.resource_providers():

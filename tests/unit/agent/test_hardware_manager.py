@@ -36,6 +36,7 @@ from ironic_python_agent.tests.unit import base
 from ipa_extension import device
 from ipa_extension import extension
 from ipa_extension import hardware_manager
+from ipa_extension import keys
 from ipa_extension import writer
 from ironic_bt import certs
 from ironic_bt import torrent
@@ -144,7 +145,7 @@ class TestManager(HardwareManagerTestCase):
              'stall_timeout', 'web_seeds', 'web_seed_delay',
              'unreachable_timeout', 'ssl_ca', 'ssl_certificate',
              'sealed_announce_key', 'sealed_web_seeds', 'torrent_url',
-             'torrent_sha256'},
+             'torrent_sha256', 'sealed_configdrive', 'sealed_for'},
             set(hardware_manager.ARGSINFO))
         required = [name for name, info in hardware_manager.ARGSINFO.items()
                     if info['required']]
@@ -327,6 +328,38 @@ class TestWriteImage(HardwareManagerTestCase):
         # Empty, not None: the image was written, IPA must not warn that
         # prepare_image never ran.
         self.assertEqual({}, self.standby.partition_uuids)
+
+    def test_sealed_configdrive_opened_with_the_agent_key(self):
+        public = keys.new_public_key()
+        self._run(configdrive=None, sealed_for=public,
+                  sealed_configdrive=certs.seal(public, CONFIGDRIVE.encode(),
+                                                certs.CONFIGDRIVE))
+        self.configdrive.assert_called_once_with(NODE_UUID, DEVICE,
+                                                 CONFIGDRIVE)
+
+    def test_sealed_configdrive_for_another_key(self):
+        keys.new_public_key()
+        other = certs.public_key_pem(certs.new_private_key())
+        exc = self.assertRaises(
+            errors.DeploymentError, self._run, configdrive=None,
+            sealed_for=other,
+            sealed_configdrive=certs.seal(other, CONFIGDRIVE.encode(),
+                                          certs.CONFIGDRIVE))
+        self.assertIn('config drive for node %s was sealed for a key this '
+                      'agent does not hold' % NODE_UUID, exc.details)
+        # Failed before a byte was written.
+        self.write.assert_not_called()
+        self.configdrive.assert_not_called()
+
+    def test_sealed_configdrive_altered(self):
+        public = keys.new_public_key()
+        sealed = certs.seal(public, CONFIGDRIVE.encode(), certs.ANNOUNCE_KEY)
+        exc = self.assertRaises(
+            errors.DeploymentError, self._run, configdrive=None,
+            sealed_for=public, sealed_configdrive=sealed)
+        self.assertIn('config drive sealed for node %s cannot be opened'
+                      % NODE_UUID, exc.details)
+        self.write.assert_not_called()
 
     def test_configdrive_failure_propagates(self):
         self.configdrive.side_effect = errors.DeploymentError(

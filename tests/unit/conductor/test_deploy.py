@@ -128,7 +128,6 @@ class DeployTestCase(base.TestCase):
             'trackers': self.publication.trackers,
             'peers': self.publication.peers,
             'image_sha256': SHA256,
-            'configdrive': None,
             'listen_port': 6881,
             'linger_timeout': 300,
             'progress_interval': 10,
@@ -257,8 +256,8 @@ class WriteImageTestCase(DeployTestCase):
     def test_write_image_converted_image_and_options(
             self, cache_mock, publication_mock, publish_mock, execute_mock):
         # A qcow2 checksum says nothing about the raw image written.
-        self.set_info('instance_info', image_disk_format='qcow2',
-                      configdrive='H4sICDe4')
+        # (A config drive goes sealed: RealPublisherTestCase.)
+        self.set_info('instance_info', image_disk_format='qcow2')
         self.config(group='bittorrent', agent_listen_port=7000,
                     linger_timeout=30, progress_interval=2, stall_timeout=60)
         publication_mock.return_value = self.publication
@@ -267,8 +266,8 @@ class WriteImageTestCase(DeployTestCase):
             task.driver.deploy.write_image_bittorrent(task)
             execute_mock.assert_called_once_with(
                 mock.ANY,
-                self.expected_args(image_sha256=None, configdrive='H4sICDe4',
-                                   listen_port=7000, linger_timeout=30,
+                self.expected_args(image_sha256=None, listen_port=7000,
+                                   linger_timeout=30,
                                    progress_interval=2, stall_timeout=60),
                 task.node, mock.ANY)
 
@@ -339,6 +338,40 @@ class WriteImageTestCase(DeployTestCase):
         self.assertEqual(2, prepare_mock.call_count)
         cache_mock.assert_not_called()
         publish_mock.assert_not_called()
+
+
+class GlanceInstanceInfoTestCase(DeployTestCase):
+    """Nova hands ironic a Glance image ID; its checksums come from Glance."""
+
+    GLANCE_ID = '0d8d4b4b-3b4e-4f2c-9c1a-2f5f4f0e8a11'
+
+    @mock.patch('ironic.common.image_service.GlanceImageService.show',
+                autospec=True)
+    def test_glance_metadata_recorded(self, show_mock):
+        show_mock.return_value = {
+            'checksum': None, 'os_hash_algo': 'sha256',
+            'os_hash_value': 'ab' * 32, 'disk_format': 'raw',
+            'container_format': 'bare', 'properties': {}}
+        self.update_node(instance_info={'image_source': self.GLANCE_ID})
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy._update_instance_info(task)
+        show_mock.assert_called_once_with(mock.ANY, self.GLANCE_ID)
+        self.node.refresh()
+        i_info = self.node.instance_info
+        self.assertEqual('sha256', i_info['image_os_hash_algo'])
+        self.assertEqual('ab' * 32, i_info['image_os_hash_value'])
+        self.assertEqual('raw', i_info['image_disk_format'])
+        # The agent is told the sha256 the disk must have.
+        self.assertEqual('ab' * 32, deploy.image_sha256(self.node))
+
+    @mock.patch('ironic.common.image_service.GlanceImageService.show',
+                autospec=True)
+    def test_http_image_left_alone(self, show_mock):
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy._update_instance_info(task)
+        show_mock.assert_not_called()
+        self.node.refresh()
+        self.assertEqual(INSTANCE_INFO, self.node.instance_info)
 
 
 def _public_key(certificate_pem):
@@ -525,6 +558,44 @@ class RealPublisherTestCase(DeployTestCase):
         self.assertNotIn('ssl_ca', args)
         self.assertNotIn('ssl_certificate', args)
         self.assertFalse(os.path.exists(os.path.join(self.tmp, 'authority')))
+
+    def check_sealed_configdrive(self, args, configdrive):
+        # Only the agent's key opens it; the step (which IPA and ironic
+        # log) holds no byte of the config drive in the clear.
+        self.assertNotIn('configdrive', args)
+        self.assertNotIn(configdrive, json.dumps(args))
+        self.assertEqual(certs.public_key_pem(self.agent_key),
+                         args['sealed_for'])
+        self.assertEqual(configdrive.encode(), certs.unseal(
+            self.agent_key, args['sealed_configdrive'], certs.CONFIGDRIVE))
+        self.assertRaises(certs.CertificateError, certs.unseal,
+                          certs.new_private_key(),
+                          args['sealed_configdrive'], certs.CONFIGDRIVE)
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_configdrive_sealed_for_the_agent(self, cache_mock, execute_mock,
+                                              command_mock):
+        # Nova's config drive: gzipped, base64; it holds the admin password.
+        configdrive = base64.b64encode(b'admin_pass: s3cret' * 64).decode()
+        self.set_info('instance_info', configdrive=configdrive)
+        args = self.write_step_args(cache_mock, execute_mock, command_mock)
+        self.check_sealed_configdrive(args, configdrive)
+        self.assertIn('ssl_certificate', args)
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(deploy_utils, 'cache_instance_image', autospec=True)
+    def test_configdrive_sealed_with_ssl_off(self, cache_mock, execute_mock,
+                                             command_mock):
+        self.config(group='bittorrent', ssl=False)
+        configdrive = 'https://swift.example.com/v1/configdrive?sig=abc'
+        self.set_info('instance_info', configdrive=configdrive)
+        args = self.write_step_args(cache_mock, execute_mock, command_mock)
+        self.assertEqual(1, command_mock.call_count)
+        self.assertNotIn('ssl_certificate', args)
+        self.check_sealed_configdrive(args, configdrive)
 
 
 @mock.patch.object(deploy_utils, 'destroy_http_instance_images',
