@@ -555,6 +555,9 @@ class Cloud:
 
     def agent_token(self, name):
         """The node's agent token, from the conductor's database."""
+        if self.state.get('nova'):
+            raise CloudError('agent_token reads ironic\'s sqlite database; '
+                             'with Nova in front it is on MariaDB')
         db = sqlite3.connect(self.path('ironic', 'ironic.sqlite'), timeout=10)
         try:
             row = db.execute(

@@ -257,13 +257,22 @@ def seeder_uploads(cloud, info_hash):
     """
     uploads = {}
     for rec in cloud.state.get('conductors', []):
-        try:
-            with open(rec['log'], errors='replace') as f:
-                text = f.read()
-        except FileNotFoundError:
-            continue
-        found = [int(up) for ih, up in _UPLOADED_RE.findall(text)
-                 if ih == info_hash]
-        if found:
-            uploads[rec['name']] = found[-1]
+        uploaded = seeder_uploaded(rec['log'], info_hash)
+        if uploaded is not None:
+            uploads[rec['name']] = uploaded
     return uploads
+
+
+def seeder_uploaded(log_path, info_hash):
+    """Bytes a conductor's seeder uploaded of a torrent, or None.
+
+    From the last line the conductor logged when it unpublished it.
+    """
+    try:
+        with open(log_path, errors='replace') as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    found = [int(up) for ih, up in _UPLOADED_RE.findall(text)
+             if ih == info_hash]
+    return found[-1] if found else None

@@ -10,7 +10,7 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""Neutron for the local cloud's Nova, on MariaDB.
+"""MariaDB and Neutron for the local cloud's Nova.
 
 Nova 34 needs Neutron to boot a server: its API asks Neutron for the
 server's security groups, and the ironic driver builds the config drive's
@@ -19,7 +19,7 @@ run on sqlite, so this module starts:
 
 * MariaDB from Debian: our own ``mariadbd`` with its data under the cloud's
   state directory, on a unix socket only (``skip-networking``: nothing
-  listens on an address), one database and user for Neutron;
+  listens on an address), with the databases of Neutron, Nova and ironic;
 * Neutron's API (ML2, flat provider networks) under cheroot, like the
   other WSGI services.
 
@@ -57,21 +57,26 @@ def available():
     return None
 
 
-def _socket(cloud):
-    return cloud_nova.control_path(cloud, 'mariadb', 'mysqld.sock')
-
-
 def start(cloud, lab):
-    """MariaDB, Neutron's database and Neutron's API."""
+    """MariaDB with the databases of Neutron, Nova and ironic; Neutron.
+
+    Nova and ironic have their databases here too: on sqlite, Nova's
+    conductor and compute service met "database is locked" and a server's
+    build hung, and ironic's lock errors logged whole rows (with the
+    agent's token).
+    """
     _start_mariadb(cloud, lab)
-    _create_database(cloud, 'neutron')
+    for user in sorted(set(cloud_nova.DATABASES.values())):
+        _create_user(cloud, user)
+    for name, user in sorted(cloud_nova.DATABASES.items()):
+        _create_database(cloud, name, user)
     _start_neutron(cloud, lab)
 
 
 def _start_mariadb(cloud, lab):
     base = cloud_nova.control_path(cloud, 'mariadb')
     data = os.path.join(base, 'data')
-    sock = _socket(cloud)
+    sock = cloud_nova.mariadb_socket(cloud)
     if len(sock) > _SOCKET_PATH_MAX:
         raise cloud_nova.ControlPlaneError(
             'MariaDB\'s socket path %s is longer than %d bytes (the unix '
@@ -105,7 +110,8 @@ def _sql(cloud, statements, check=True):
     """
     with open(cloud.path('logs', 'mariadb-client.log'), 'ab') as log:
         rc = subprocess.run(
-            ['mariadb', '--no-defaults', '--socket=%s' % _socket(cloud),
+            ['mariadb', '--no-defaults',
+             '--socket=%s' % cloud_nova.mariadb_socket(cloud),
              '--user=root', '--batch'],
             input=statements.encode(), stdout=log,
             stderr=subprocess.STDOUT).returncode
@@ -116,18 +122,15 @@ def _sql(cloud, statements, check=True):
     return rc
 
 
-def _create_database(cloud, name):
-    password = cloud.state['nova']['passwords'][name]
+def _create_user(cloud, user):
+    _sql(cloud, "CREATE USER '%s'@'localhost' IDENTIFIED BY '%s';\n"
+         % (user, cloud.state['nova']['passwords'][user]))
+
+
+def _create_database(cloud, name, user):
     _sql(cloud, "CREATE DATABASE %s CHARACTER SET utf8mb4;\n"
-                "CREATE USER '%s'@'localhost' IDENTIFIED BY '%s';\n"
                 "GRANT ALL PRIVILEGES ON %s.* TO '%s'@'localhost';\n"
-         % (name, name, password, name, name))
-
-
-def database_url(cloud, name):
-    """The SQLAlchemy URL of a database on the lab's MariaDB."""
-    return 'mysql+pymysql://%s:%s@localhost/%s?unix_socket=%s' % (
-        name, cloud.state['nova']['passwords'][name], name, _socket(cloud))
+         % (name, name, user))
 
 
 def _start_neutron(cloud, lab):
@@ -152,7 +155,8 @@ def _start_neutron(cloud, lab):
                 'notify_nova_on_port_status_changes': True,
                 'notify_nova_on_port_data_changes': True,
             },
-            'database': {'connection': database_url(cloud, 'neutron')},
+            'database': {
+                'connection': cloud_nova.database_url(cloud, 'neutron')},
             'keystone_authtoken': cloud_nova.authtoken(cloud, 'neutron'),
             'nova': cloud_nova.auth_options(cloud, 'neutron'),
             'oslo_concurrency': {'lock_path': os.path.join(state, 'locks')},

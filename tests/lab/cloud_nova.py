@@ -22,14 +22,16 @@
 * Placement and Glance (images on the local file system, sha256 hashes);
 * Nova: the API, conductor, scheduler, and a compute service with the
   ironic driver;
+* Neutron and MariaDB (:mod:`tests.lab.cloud_neutron`);
 * ironic switched from noauth to Keystone, and every service in the
   catalog.
 
 Each WSGI application runs in its own process under cheroot
 (:mod:`tests.lab.wsgi_serve`), one thread pool each: the machine has two
-cores. Every database is a sqlite file under the state directory. Every
-process is started through the lab, which records it, so ``down`` stops
-them all. Nothing listens beyond the lab bridge address and loopback.
+cores. Nova's, Neutron's and ironic's databases are on MariaDB, the
+others sqlite files, all under the state directory. Every process is
+started through the lab, which records it, so ``down`` stops them all.
+Nothing listens beyond the lab bridge address and loopback.
 """
 
 import os
@@ -58,6 +60,13 @@ SERVICE_USERS = ('ironic', 'glance', 'placement', 'nova', 'neutron')
 #: The resource class of the lab's nodes, and the flavor's.
 RESOURCE_CLASS = 'baremetal-bt'
 FLAVOR = 'baremetal-bt'
+#: The databases on the lab's MariaDB (which tests.lab.cloud_neutron
+#: starts), and the user of each. Nova's and ironic's are there, not in
+#: sqlite files: on sqlite, Nova's conductor and compute service met
+#: "database is locked" and a server's build hung, and ironic's lock
+#: errors logged whole rows, with the agent's token.
+DATABASES = {'neutron': 'neutron', 'nova_api': 'nova', 'nova_cell0': 'nova',
+             'nova_cell1': 'nova', 'ironic': 'ironic'}
 #: Seconds Nova's compute service is given to report every node.
 HYPERVISOR_TIMEOUT = 240
 
@@ -131,6 +140,19 @@ def _write_openrc(cloud):
         with os.fdopen(fd, 'w') as f:
             for key, value in sorted(values.items()):
                 f.write('export %s=%s\n' % (key, shlex.quote(value)))
+
+
+def mariadb_socket(cloud):
+    """The unix socket of the lab's MariaDB (the only way in)."""
+    return control_path(cloud, 'mariadb', 'mysqld.sock')
+
+
+def database_url(cloud, name):
+    """The SQLAlchemy URL of a database on the lab's MariaDB."""
+    user = DATABASES[name]
+    return 'mysql+pymysql://%s:%s@localhost/%s?unix_socket=%s' % (
+        user, cloud.state['nova']['passwords'][user], name,
+        mariadb_socket(cloud))
 
 
 def _lab_index(gateway_ip):
@@ -210,6 +232,7 @@ def ironic_sections(cloud):
         # fake power never changes behind Nova's back.
         'nova': dict(auth_options(cloud, 'nova'),
                      send_power_notifications=False),
+        'database': {'connection': database_url(cloud, 'ironic')},
     }
 
 
@@ -434,7 +457,6 @@ def _nova_conf(cloud):
     gw = cloud.state['gateway_ip']
     state = control_path(cloud, 'nova-state')
     os.makedirs(os.path.join(state, 'locks'), exist_ok=True)
-    db = control_path(cloud, 'nova-%s.sqlite')
     return {
         'DEFAULT': {
             'log_dir': cloud.path('logs'),
@@ -450,8 +472,8 @@ def _nova_conf(cloud):
             'force_config_drive': True,
         },
         'api': {'auth_strategy': 'keystone'},
-        'api_database': {'connection': 'sqlite:///%s' % (db % 'api')},
-        'database': {'connection': 'sqlite:///%s' % (db % 'cell1')},
+        'api_database': {'connection': database_url(cloud, 'nova_api')},
+        'database': {'connection': database_url(cloud, 'nova_cell1')},
         'keystone_authtoken': authtoken(cloud, 'nova'),
         'service_user': dict(auth_options(cloud, 'nova'),
                              send_service_user_token=True),
@@ -489,12 +511,10 @@ def _start_nova(cloud, lab):
     run_tool(cloud, 'nova-manage', manage + ['api_db', 'sync'])
     run_tool(cloud, 'nova-manage', manage + [
         'cell_v2', 'map_cell0', '--database_connection',
-        'sqlite:///%s' % control_path(cloud, 'nova-cell0.sqlite')])
+        database_url(cloud, 'nova_cell0')])
     run_tool(cloud, 'nova-manage', manage + [
         'cell_v2', 'create_cell', '--name', 'cell1'])
     run_tool(cloud, 'nova-manage', manage + ['db', 'sync'])
-    for db in ('api', 'cell0', 'cell1'):
-        _wal(control_path(cloud, 'nova-%s.sqlite' % db))
     serve(cloud, lab, 'nova-api', 'nova.wsgi.osapi_compute:application',
           NOVA_PORT, {'OS_NOVA_CONFIG_DIR': conf_dir,
                       'OS_NOVA_CONFIG_FILES': 'api-paste.ini;nova-api.conf'})

@@ -24,29 +24,10 @@ import hashlib
 import os
 import subprocess
 
-import pytest
 import requests
 
-from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_nova
 from tests.lab import images
-
-NODES = 2
-DISK_MIB = 128
-
-
-@pytest.fixture(scope='module')
-def cloud(tmp_path_factory):
-    if os.geteuid() != 0:
-        pytest.skip('the local cloud needs root (network namespaces, a '
-                    'bridge, loop devices)')
-    missing = cloud_nova.available()
-    if missing:
-        pytest.fail('the Nova control plane cannot start: %s' % missing)
-    with lab_cloud.running(str(tmp_path_factory.mktemp('nova') / 'cloud'),
-                           nodes=NODES, disk_mib=DISK_MIB,
-                           nova=True) as cloud:
-        yield cloud
 
 
 def _sha256(path):
