@@ -57,6 +57,7 @@ from tests.lab import cloud_conf
 from tests.lab import cloud_neutron
 from tests.lab import cloud_nova
 from tests.lab import cloud_report
+from tests.lab import cloud_servers
 from tests.lab import disks
 from tests.lab import faulty
 from tests.lab import images
@@ -1248,6 +1249,11 @@ def _demo(args):
     try:
         cloud = _up(args)
         print(cloud.usage())
+        if cloud.state.get('nova'):
+            # Through Nova, as its users deploy: servers of the flavor.
+            return 0 if cloud_servers.demo(
+                cloud, image_size_mib=args.image_size_mib,
+                timeout=args.timeout) else 1
         if args.interface is None and \
                 'bittorrent' not in cloud.state['deploy_interfaces']:
             _log('note: deploying with direct: %s',

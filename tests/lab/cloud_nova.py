@@ -470,6 +470,9 @@ def _nova_conf(cloud):
             # Bare metal: nothing reserved on the "hypervisor".
             'reserved_host_memory_mb': 0,
             'force_config_drive': True,
+            # The nodes' inventory is refreshed this often (seconds): a
+            # node enrolled while Nova looked is offered within seconds.
+            'update_resources_interval': 10,
         },
         'api': {'auth_strategy': 'keystone'},
         'api_database': {'connection': database_url(cloud, 'nova_api')},
@@ -533,7 +536,7 @@ def wait_hypervisors(cloud, count, timeout=HYPERVISOR_TIMEOUT):
 
     Nova's compute service turns each available ironic node into a
     compute node and a resource provider with one unit of the node's
-    resource class; then its host is mapped to the cell (what
+    resource class, not reserved; then its host is mapped to the cell (what
     ``nova-manage cell_v2 discover_hosts`` does, and the API's hypervisor
     list shows).
 
@@ -585,7 +588,10 @@ def _wait_inventory(cloud, count, timeout):
         for provider in providers:
             inventories = conn.placement.resource_provider_inventories(
                 provider)
-            if any(i.resource_class == rc for i in inventories):
+            # Nova reserves the whole unit of a node it may not deploy
+            # yet (one that was still being enrolled when it looked).
+            if any(i.resource_class == rc and i.total - i.reserved >= 1
+                   for i in inventories):
                 with_rc += 1
         return with_rc if with_rc >= count else None
     return procs.wait_for(ready, timeout, 2,
