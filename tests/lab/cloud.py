@@ -54,6 +54,7 @@ import time
 
 from tests.lab import cloud_conductors
 from tests.lab import cloud_conf
+from tests.lab import cloud_mariadb
 from tests.lab import cloud_neutron
 from tests.lab import cloud_nova
 from tests.lab import cloud_report
@@ -238,7 +239,8 @@ class Cloud:
             (see :mod:`tests.lab.cloud_nova`).
         """
         if nova:
-            missing = cloud_nova.available() or cloud_neutron.available()
+            missing = (cloud_nova.available() or cloud_mariadb.available()
+                       or cloud_neutron.available())
             if missing:
                 raise CloudError('cannot start Nova: %s' % missing)
             if conductors > 1:
@@ -294,6 +296,7 @@ class Cloud:
         self.save()
         if nova:
             cloud_nova.plan(self)
+            cloud_mariadb.start(self, lab)
             cloud_nova.start_before_ironic(self, lab)
             cloud_neutron.start(self, lab)
             _log('Keystone %s, Glance, Placement, Neutron, MariaDB and '

@@ -10,18 +10,14 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""MariaDB and Neutron for the local cloud's Nova.
+"""Neutron for the local cloud's Nova.
 
 Nova 34 needs Neutron to boot a server: its API asks Neutron for the
 server's security groups, and the ironic driver builds the config drive's
-network data from the server's ports. Neutron's schema migrations do not
-run on sqlite, so this module starts:
-
-* MariaDB from Debian: our own ``mariadbd`` with its data under the cloud's
-  state directory, on a unix socket only (``skip-networking``: nothing
-  listens on an address), with the databases of Neutron, Nova and ironic;
-* Neutron's API (ML2, flat provider networks) under cheroot, like the
-  other WSGI services.
+network data from the server's ports. This module starts Neutron's API
+(ML2, flat provider networks) under cheroot, like the other WSGI services,
+with its database on the lab's MariaDB (:mod:`tests.lab.cloud_mariadb`;
+Neutron's migrations do not run on sqlite).
 
 The lab's nodes keep ironic's ``noop`` network interface: their
 provisioning network is the lab bridge, with addresses the lab assigns.
@@ -31,25 +27,18 @@ drive's ``network_data.json``); nothing binds those ports to a switch.
 """
 
 import os
-import subprocess
 
 from tests.lab import cloud_conf
 from tests.lab import cloud_nova
-from tests.lab import procs
 
 NEUTRON_PORT = cloud_nova.NEUTRON_PORT
 #: The physical network of the lab bridge, and the servers' network.
 PHYSNET = 'provisioning'
 NETWORK = 'lab-provisioning'
-#: Unix sockets have a path limit of 108 bytes (sun_path).
-_SOCKET_PATH_MAX = 100
-MARIADBD = '/usr/sbin/mariadbd'
 
 
 def available():
     """Why Neutron cannot start here, or None if it can."""
-    if not os.path.exists(MARIADBD):
-        return 'MariaDB is not installed: run tools/install-deps.sh'
     if not os.path.exists(os.path.join(cloud_conf.BINDIR,
                                        'neutron-db-manage')):
         return ('neutron is not installed in the "nova" tox environment '
@@ -58,82 +47,7 @@ def available():
 
 
 def start(cloud, lab):
-    """MariaDB with the databases of Neutron, Nova and ironic; Neutron.
-
-    Nova and ironic have their databases here too: on sqlite, Nova's
-    conductor and compute service met "database is locked" and a server's
-    build hung, and ironic's lock errors logged whole rows (with the
-    agent's token).
-    """
-    _start_mariadb(cloud, lab)
-    for user in sorted(set(cloud_nova.DATABASES.values())):
-        _create_user(cloud, user)
-    for name, user in sorted(cloud_nova.DATABASES.items()):
-        _create_database(cloud, name, user)
-    _start_neutron(cloud, lab)
-
-
-def _start_mariadb(cloud, lab):
-    base = cloud_nova.control_path(cloud, 'mariadb')
-    data = os.path.join(base, 'data')
-    sock = cloud_nova.mariadb_socket(cloud)
-    if len(sock) > _SOCKET_PATH_MAX:
-        raise cloud_nova.ControlPlaneError(
-            'MariaDB\'s socket path %s is longer than %d bytes (the unix '
-            'socket limit): use a shorter state directory'
-            % (sock, _SOCKET_PATH_MAX))
-    os.makedirs(data, mode=0o700, exist_ok=True)
-    cloud_nova.run_tool(cloud, 'mariadb-install-db', [
-        'mariadb-install-db', '--no-defaults', '--datadir=%s' % data,
-        '--user=root', '--auth-root-authentication-method=socket',
-        '--skip-test-db'])
-    log = cloud.path('logs', 'mariadb.log')
-    proc = cloud.start_service(lab, 'mariadb', [
-        MARIADBD, '--no-defaults', '--datadir=%s' % data,
-        '--socket=%s' % sock, '--skip-networking',
-        '--pid-file=%s' % os.path.join(base, 'mariadbd.pid'),
-        '--log-error=%s' % log, '--user=root',
-        '--character-set-server=utf8mb4',
-        # The lab's databases are small.
-        '--innodb-buffer-pool-size=64M', '--max-connections=500'],
-        cloud.path('logs', 'mariadb.out'))
-    procs.wait_for(lambda: _sql(cloud, 'SELECT 1', check=False) == 0, 60,
-                   0.5, 'MariaDB to accept connections on %s' % sock,
-                   proc=proc, log_path=log)
-
-
-def _sql(cloud, statements, check=True):
-    """Run SQL as MariaDB's root (unix socket authentication).
-
-    The statements go through stdin, so that no password is on a command
-    line.
-    """
-    with open(cloud.path('logs', 'mariadb-client.log'), 'ab') as log:
-        rc = subprocess.run(
-            ['mariadb', '--no-defaults',
-             '--socket=%s' % cloud_nova.mariadb_socket(cloud),
-             '--user=root', '--batch'],
-            input=statements.encode(), stdout=log,
-            stderr=subprocess.STDOUT).returncode
-    if rc and check:
-        raise cloud_nova.ControlPlaneError(
-            'SQL as MariaDB\'s root failed (exit %d): see %s'
-            % (rc, cloud.path('logs', 'mariadb-client.log')))
-    return rc
-
-
-def _create_user(cloud, user):
-    _sql(cloud, "CREATE USER '%s'@'localhost' IDENTIFIED BY '%s';\n"
-         % (user, cloud.state['nova']['passwords'][user]))
-
-
-def _create_database(cloud, name, user):
-    _sql(cloud, "CREATE DATABASE %s CHARACTER SET utf8mb4;\n"
-                "GRANT ALL PRIVILEGES ON %s.* TO '%s'@'localhost';\n"
-         % (name, name, user))
-
-
-def _start_neutron(cloud, lab):
+    """Neutron's API (its database is on the lab's MariaDB)."""
     conf_dir = cloud_nova.control_path(cloud, 'neutron')
     state = os.path.join(conf_dir, 'state')
     os.makedirs(os.path.join(state, 'locks'), exist_ok=True)

@@ -17,19 +17,19 @@
 * RabbitMQ from Debian, the message bus of Nova's services, with its own
   ``epmd``; AMQP on the lab bridge address, Erlang distribution on the
   loopback address only;
-* Keystone (fernet tokens, a sqlite database), bootstrapped with an
+* Keystone (fernet tokens), bootstrapped with an
   ``admin`` user, a ``service`` project and a user per service;
 * Placement and Glance (images on the local file system, sha256 hashes);
 * Nova: the API, conductor, scheduler, and a compute service with the
   ironic driver;
-* Neutron and MariaDB (:mod:`tests.lab.cloud_neutron`);
+* Neutron (:mod:`tests.lab.cloud_neutron`);
 * ironic switched from noauth to Keystone, and every service in the
   catalog.
 
 Each WSGI application runs in its own process under cheroot
 (:mod:`tests.lab.wsgi_serve`), one thread pool each: the machine has two
-cores. Nova's, Neutron's and ironic's databases are on MariaDB, the
-others sqlite files, all under the state directory. Every process is
+cores. Every service's database is on the lab's MariaDB
+(:mod:`tests.lab.cloud_mariadb`), under the state directory. Every process is
 started through the lab, which records it, so ``down`` stops them all.
 Nothing listens beyond the lab bridge address and loopback.
 """
@@ -38,7 +38,6 @@ import os
 import secrets
 import shlex
 import shutil
-import sqlite3
 import subprocess
 import sys
 
@@ -60,13 +59,12 @@ SERVICE_USERS = ('ironic', 'glance', 'placement', 'nova', 'neutron')
 #: The resource class of the lab's nodes, and the flavor's.
 RESOURCE_CLASS = 'baremetal-bt'
 FLAVOR = 'baremetal-bt'
-#: The databases on the lab's MariaDB (which tests.lab.cloud_neutron
-#: starts), and the user of each. Nova's and ironic's are there, not in
-#: sqlite files: on sqlite, Nova's conductor and compute service met
-#: "database is locked" and a server's build hung, and ironic's lock
-#: errors logged whole rows, with the agent's token.
-DATABASES = {'neutron': 'neutron', 'nova_api': 'nova', 'nova_cell0': 'nova',
-             'nova_cell1': 'nova', 'ironic': 'ironic'}
+#: The databases on the lab's MariaDB (tests.lab.cloud_mariadb), and the
+#: user of each.
+DATABASES = {'keystone': 'keystone', 'glance': 'glance',
+             'placement': 'placement', 'neutron': 'neutron',
+             'nova_api': 'nova', 'nova_cell0': 'nova', 'nova_cell1': 'nova',
+             'ironic': 'ironic'}
 #: Seconds Nova's compute service is given to report every node.
 HYPERVISOR_TIMEOUT = 240
 
@@ -99,7 +97,7 @@ def plan(cloud):
     state = {
         'admin_password': secrets.token_urlsafe(18),
         'passwords': {user: secrets.token_urlsafe(18)
-                      for user in SERVICE_USERS + ('rabbit',)},
+                      for user in SERVICE_USERS + ('rabbit', 'keystone')},
         'auth_url': 'http://%s:%d/v3' % (gw, KEYSTONE_PORT),
         'urls': {
             'identity': 'http://%s:%d/v3' % (gw, KEYSTONE_PORT),
@@ -265,17 +263,6 @@ def run_tool(cloud, name, cmd, env=None):
                                 % (' '.join(cmd[:3]), rc, log_path))
 
 
-def _wal(path):
-    """Put a sqlite database in write-ahead-log mode (kept in the file).
-
-    Nova's conductor, scheduler and API write one database at once; in
-    the default rollback mode, readers block the writer and the services
-    failed with "database is locked".
-    """
-    with sqlite3.connect(path) as db:
-        db.execute('PRAGMA journal_mode=WAL')
-
-
 def serve(cloud, lab, name, app, port, env):
     """Start a WSGI application and wait for its port."""
     gw = cloud.state['gateway_ip']
@@ -345,8 +332,7 @@ def _start_keystone(cloud, lab):
         f.write(cloud_conf.render({
             'DEFAULT': {'log_file': cloud.path('logs', 'keystone.log'),
                         'use_stderr': False},
-            'database': {'connection': 'sqlite:///%s'
-                         % control_path(cloud, 'keystone.sqlite')},
+            'database': {'connection': database_url(cloud, 'keystone')},
             'token': {'provider': 'fernet'},
             'fernet_tokens': {'key_repository': keys['fernet']},
             'fernet_receipts': {'key_repository': keys['fernet']},
@@ -355,7 +341,6 @@ def _start_keystone(cloud, lab):
     manage = [os.path.join(BINDIR, 'keystone-manage'), '--config-file',
               conf]
     run_tool(cloud, 'keystone-manage', manage + ['db_sync'])
-    _wal(control_path(cloud, 'keystone.sqlite'))
     for what in ('fernet_setup', 'credential_setup'):
         run_tool(cloud, 'keystone-manage', manage + [
             what, '--keystone-user', 'root', '--keystone-group', 'root'])
@@ -402,15 +387,14 @@ def _start_placement(cloud, lab):
         f.write(cloud_conf.render({
             'DEFAULT': {'log_file': cloud.path('logs', 'placement.log'),
                         'use_stderr': False},
-            'placement_database': {'connection': 'sqlite:///%s' % control_path(
-                cloud, 'placement.sqlite')},
+            'placement_database': {
+                'connection': database_url(cloud, 'placement')},
             'api': {'auth_strategy': 'keystone'},
             'keystone_authtoken': authtoken(cloud, 'placement'),
         }))
     run_tool(cloud, 'placement-manage', [
         os.path.join(BINDIR, 'placement-manage'), '--config-file', conf,
         'db', 'sync'])
-    _wal(control_path(cloud, 'placement.sqlite'))
     serve(cloud, lab, 'placement', 'placement.wsgi.api:application',
           PLACEMENT_PORT, {'OS_PLACEMENT_CONFIG_DIR': conf_dir})
 
@@ -438,8 +422,7 @@ def _start_glance(cloud, lab):
                 'filesystem_store_datadir': stores['staging']},
             'os_glance_tasks_store': {
                 'filesystem_store_datadir': stores['tasks']},
-            'database': {'connection': 'sqlite:///%s' % control_path(
-                cloud, 'glance.sqlite')},
+            'database': {'connection': database_url(cloud, 'glance')},
             'paste_deploy': {'flavor': 'keystone',
                              'config_file': os.path.join(
                                  conf_dir, 'glance-api-paste.ini')},
@@ -448,7 +431,6 @@ def _start_glance(cloud, lab):
     run_tool(cloud, 'glance-manage', [
         os.path.join(BINDIR, 'glance-manage'), '--config-file', conf,
         'db_sync'])
-    _wal(control_path(cloud, 'glance.sqlite'))
     serve(cloud, lab, 'glance', 'glance.wsgi.api:application',
           GLANCE_PORT, {'OS_GLANCE_CONFIG_DIR': conf_dir})
 

@@ -104,6 +104,7 @@ def demo(cloud, image_size_mib=64, timeout=BOOT_TIMEOUT, out=None):
     from tests.lab import images  # builds disk images: only for the demo
 
     say = out or print
+    os.makedirs(cloud.path('http', 'images'), exist_ok=True)
     path = cloud.path('http', 'images', 'nova-demo-%dm.img' % image_size_mib)
     if not os.path.exists(path):
         images.make_disk_image(path, size_mib=image_size_mib)

@@ -22,6 +22,7 @@ import os
 import pytest
 
 from tests.lab import cloud as lab_cloud
+from tests.lab import cloud_mariadb
 from tests.lab import cloud_neutron
 from tests.lab import cloud_nova
 
@@ -35,7 +36,8 @@ def cloud(tmp_path_factory):
     if os.geteuid() != 0:
         pytest.skip('the local cloud needs root (network namespaces, a '
                     'bridge, loop devices)')
-    missing = cloud_nova.available() or cloud_neutron.available()
+    missing = (cloud_nova.available() or cloud_mariadb.available()
+               or cloud_neutron.available())
     if missing:
         pytest.fail('the Nova control plane cannot start: %s' % missing)
     with lab_cloud.running(str(tmp_path_factory.mktemp('nova') / 'cloud'),
