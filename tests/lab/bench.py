@@ -1393,6 +1393,10 @@ def build_parser():
                         'bittorrent (default N=1,2,4,8, 64 MiB; quick '
                         'N=1,2,4, 16 MiB; output in .bench/cloud); see '
                         'tests/lab/bench_cloud.py')
+    g.add_argument('--cloud-database', choices=('sqlite', 'mariadb'),
+                   default='sqlite',
+                   help='with --cloud: ironic\'s database (MariaDB on a '
+                        'unix socket: tests/lab/cloud_mariadb.py)')
     return p
 
 

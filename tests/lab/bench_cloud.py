@@ -411,6 +411,7 @@ def run(args):
               'config': {'nodes': nodes, 'image_size': image_size,
                          'rate_mbit': rate, 'sparse': args.sparse,
                          'methods': order, 'disk_mib': disk_mib,
+                         'database': args.cloud_database,
                          'state_dir': state_dir,
                          'wire_seconds': round(bound, 3)}}
     runs = []
@@ -430,7 +431,8 @@ def run(args):
                  ','.join(map(str, nodes)), size_mib,
                  'sparse' if args.sparse else 'random', rate, bound,
                  state_dir, log_path)
-            cloud.up(nodes=max(nodes), rate_mbit=rate, disk_mib=disk_mib)
+            cloud.up(nodes=max(nodes), rate_mbit=rate, disk_mib=disk_mib,
+                     database=args.cloud_database)
             if not set(order) <= set(cloud.state['deploy_interfaces']):
                 raise lab_cloud.CloudError(
                     'cannot benchmark %s: %s' % (

@@ -226,7 +226,7 @@ class Cloud:
 
     def up(self, nodes=3, rate_mbit=None, disk_mib=256, subnet=None,
            interfaces='auto', callback_timeout=90, heartbeat_timeout=30,
-           conductors=1, tracker='builtin', nova=False):
+           conductors=1, tracker='builtin', nova=False, database='sqlite'):
         """Build the lab, start ironic and the agents, enrol the nodes.
 
         :param interfaces: ``auto`` (``direct``, plus ``bittorrent`` when
@@ -237,7 +237,14 @@ class Cloud:
             conductors share.
         :param nova: put Keystone, Glance, Placement and Nova in front
             (see :mod:`tests.lab.cloud_nova`).
+        :param database: ironic's database, ``sqlite`` or ``mariadb``
+            (:mod:`tests.lab.cloud_mariadb`; always with Nova).
         """
+        if database not in ('sqlite', 'mariadb'):
+            raise CloudError('unknown database %r (choose sqlite or '
+                             'mariadb)' % database)
+        if database == 'mariadb' and cloud_mariadb.available():
+            raise CloudError(cloud_mariadb.available())
         if nova:
             missing = (cloud_nova.available() or cloud_mariadb.available()
                        or cloud_neutron.available())
@@ -295,8 +302,13 @@ class Cloud:
         cloud_conductors.add_hosts(self, lab, conductors)
         self.save()
         if nova:
-            cloud_nova.plan(self)
+            database = 'mariadb'
+        if database == 'mariadb':
+            cloud_mariadb.plan(self, cloud_nova.DATABASES if nova
+                               else {'ironic': 'ironic'})
             cloud_mariadb.start(self, lab)
+        if nova:
+            cloud_nova.plan(self)
             cloud_nova.start_before_ironic(self, lab)
             cloud_neutron.start(self, lab)
             _log('Keystone %s, Glance, Placement, Neutron, MariaDB and '
@@ -380,6 +392,16 @@ class Cloud:
         self.save()
         return proc
 
+    def _ironic_sections(self):
+        """ironic's configuration beyond cloud_conf's: Keystone, MariaDB."""
+        sections = {}
+        if self.state.get('nova'):
+            sections.update(cloud_nova.ironic_sections(self))
+        if self.state.get('mariadb'):
+            sections['database'] = {
+                'connection': cloud_mariadb.database_url(self, 'ironic')}
+        return sections or None
+
     def _start_services(self, lab, callback_timeout, heartbeat_timeout):
         gw = self.state['gateway_ip']
         dirs = {'ironic': self.path('ironic'),
@@ -405,8 +427,7 @@ class Cloud:
         with open(conf, 'w') as f:
             f.write(cloud_conf.ironic_conf(
                 dirs, gw, tracker_url=first,
-                extra=(cloud_nova.ironic_sections(self)
-                       if self.state.get('nova') else None),
+                extra=self._ironic_sections(),
                 **common))
         self.state['ironic_conf'] = conf
 
@@ -559,9 +580,9 @@ class Cloud:
 
     def agent_token(self, name):
         """The node's agent token, from the conductor's database."""
-        if self.state.get('nova'):
+        if self.state.get('mariadb'):
             raise CloudError('agent_token reads ironic\'s sqlite database; '
-                             'with Nova in front it is on MariaDB')
+                             'this cloud keeps it on MariaDB')
         db = sqlite3.connect(self.path('ironic', 'ironic.sqlite'), timeout=10)
         try:
             row = db.execute(
@@ -1103,6 +1124,10 @@ def _add_up_args(parser):
                         help='Keystone, Glance, Placement and Nova in '
                              'front of ironic (needs the "nova" tox '
                              'environment: tools/cloud uses it)')
+    parser.add_argument('--database', choices=('sqlite', 'mariadb'),
+                        default='sqlite',
+                        help='ironic\'s database (default sqlite; always '
+                             'MariaDB with --nova)')
     parser.add_argument('--callback-timeout', type=int, default=90,
                         help='[conductor]deploy_callback_timeout: how long '
                              'a dead agent goes unnoticed (default 90)')
@@ -1192,7 +1217,7 @@ def _up(args):
                  interfaces=args.interfaces,
                  callback_timeout=args.callback_timeout,
                  conductors=args.conductors, tracker=args.tracker,
-                 nova=args.nova)
+                 nova=args.nova, database=args.database)
     except BaseException:
         _log('up failed: tearing down (logs are kept in %s)',
              os.path.join(cloud.state_dir, 'logs'))

@@ -14,18 +14,19 @@
 
 Our own ``mariadbd`` from Debian, with its data under the cloud's state
 directory, on a unix socket only (``skip-networking``: nothing listens on
-an address), with a database and a user for each service
-(:data:`tests.lab.cloud_nova.DATABASES`). Every service of ``up --nova``
-keeps its data here: on sqlite files, Nova's conductor and compute service
-and Placement met "database is locked" (a build hung, a server could not
-be deleted), and ironic's lock errors logged whole rows, with the agent's
-token.
+an address), with a database and a user for each service. Every service
+of ``up --nova`` keeps its data here
+(:data:`tests.lab.cloud_nova.DATABASES`), and ironic alone with ``up
+--database mariadb``. On sqlite files, Nova's conductor and compute
+service and Placement met "database is locked" (a build hung, a server
+could not be deleted), and ironic's lock errors logged whole rows, with
+the agent's token.
 """
 
 import os
+import secrets
 import subprocess
 
-from tests.lab import cloud_nova
 from tests.lab import procs
 
 MARIADBD = '/usr/sbin/mariadbd'
@@ -40,29 +41,72 @@ def available():
     return None
 
 
+class DatabaseError(RuntimeError):
+    """MariaDB did not start or refused SQL (the message says where)."""
+
+
+def plan(cloud, databases):
+    """Users, passwords and directory; kept in the cloud's state.
+
+    :param databases: {database name: user}.
+    """
+    cloud.state['mariadb'] = {
+        'dir': cloud.path('mariadb'),
+        'databases': dict(databases),
+        'passwords': {user: secrets.token_urlsafe(18)
+                      for user in set(databases.values())},
+    }
+    cloud.save()
+
+
+def _path(cloud, *parts):
+    return os.path.join(cloud.state['mariadb']['dir'], *parts)
+
+
+def socket_path(cloud):
+    """The unix socket of the lab's MariaDB (the only way in)."""
+    return _path(cloud, 'mysqld.sock')
+
+
+def database_url(cloud, name):
+    """The SQLAlchemy URL of a database on the lab's MariaDB."""
+    state = cloud.state['mariadb']
+    user = state['databases'][name]
+    return 'mysql+pymysql://%s:%s@localhost/%s?unix_socket=%s' % (
+        user, state['passwords'][user], name, socket_path(cloud))
+
+
 def start(cloud, lab):
-    """MariaDB, with the services' users and databases."""
+    """MariaDB, with the planned users and databases."""
     _start_mariadb(cloud, lab)
-    for user in sorted(set(cloud_nova.DATABASES.values())):
+    databases = cloud.state['mariadb']['databases']
+    for user in sorted(set(databases.values())):
         _create_user(cloud, user)
-    for name, user in sorted(cloud_nova.DATABASES.items()):
+    for name, user in sorted(databases.items()):
         _create_database(cloud, name, user)
 
 
 def _start_mariadb(cloud, lab):
-    base = cloud_nova.control_path(cloud, 'mariadb')
+    base = _path(cloud)
     data = os.path.join(base, 'data')
-    sock = cloud_nova.mariadb_socket(cloud)
+    sock = socket_path(cloud)
     if len(sock) > _SOCKET_PATH_MAX:
-        raise cloud_nova.ControlPlaneError(
+        raise DatabaseError(
             'MariaDB\'s socket path %s is longer than %d bytes (the unix '
             'socket limit): use a shorter state directory'
             % (sock, _SOCKET_PATH_MAX))
     os.makedirs(data, mode=0o700, exist_ok=True)
-    cloud_nova.run_tool(cloud, 'mariadb-install-db', [
-        'mariadb-install-db', '--no-defaults', '--datadir=%s' % data,
-        '--user=root', '--auth-root-authentication-method=socket',
-        '--skip-test-db'])
+    os.chmod(base, 0o700)
+    install_log = cloud.path('logs', 'mariadb-install-db.log')
+    with open(install_log, 'ab') as out:
+        rc = subprocess.run(
+            ['mariadb-install-db', '--no-defaults', '--datadir=%s' % data,
+             '--user=root', '--auth-root-authentication-method=socket',
+             '--skip-test-db'], stdout=out, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL).returncode
+    if rc:
+        raise DatabaseError('mariadb-install-db failed (exit %d): see %s'
+                            % (rc, install_log))
     log = cloud.path('logs', 'mariadb.log')
     proc = cloud.start_service(lab, 'mariadb', [
         MARIADBD, '--no-defaults', '--datadir=%s' % data,
@@ -87,12 +131,12 @@ def _sql(cloud, statements, check=True):
     with open(cloud.path('logs', 'mariadb-client.log'), 'ab') as log:
         rc = subprocess.run(
             ['mariadb', '--no-defaults',
-             '--socket=%s' % cloud_nova.mariadb_socket(cloud),
+             '--socket=%s' % socket_path(cloud),
              '--user=root', '--batch'],
             input=statements.encode(), stdout=log,
             stderr=subprocess.STDOUT).returncode
     if rc and check:
-        raise cloud_nova.ControlPlaneError(
+        raise DatabaseError(
             'SQL as MariaDB\'s root failed (exit %d): see %s'
             % (rc, cloud.path('logs', 'mariadb-client.log')))
     return rc
@@ -100,7 +144,7 @@ def _sql(cloud, statements, check=True):
 
 def _create_user(cloud, user):
     _sql(cloud, "CREATE USER '%s'@'localhost' IDENTIFIED BY '%s';\n"
-         % (user, cloud.state['nova']['passwords'][user]))
+         % (user, cloud.state['mariadb']['passwords'][user]))
 
 
 def _create_database(cloud, name, user):

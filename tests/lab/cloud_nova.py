@@ -42,6 +42,7 @@ import subprocess
 import sys
 
 from tests.lab import cloud_conf
+from tests.lab import cloud_mariadb
 from tests.lab import procs
 
 BINDIR = cloud_conf.BINDIR
@@ -97,7 +98,7 @@ def plan(cloud):
     state = {
         'admin_password': secrets.token_urlsafe(18),
         'passwords': {user: secrets.token_urlsafe(18)
-                      for user in SERVICE_USERS + ('rabbit', 'keystone')},
+                      for user in SERVICE_USERS + ('rabbit',)},
         'auth_url': 'http://%s:%d/v3' % (gw, KEYSTONE_PORT),
         'urls': {
             'identity': 'http://%s:%d/v3' % (gw, KEYSTONE_PORT),
@@ -140,17 +141,7 @@ def _write_openrc(cloud):
                 f.write('export %s=%s\n' % (key, shlex.quote(value)))
 
 
-def mariadb_socket(cloud):
-    """The unix socket of the lab's MariaDB (the only way in)."""
-    return control_path(cloud, 'mariadb', 'mysqld.sock')
-
-
-def database_url(cloud, name):
-    """The SQLAlchemy URL of a database on the lab's MariaDB."""
-    user = DATABASES[name]
-    return 'mysql+pymysql://%s:%s@localhost/%s?unix_socket=%s' % (
-        user, cloud.state['nova']['passwords'][user], name,
-        mariadb_socket(cloud))
+database_url = cloud_mariadb.database_url
 
 
 def _lab_index(gateway_ip):
@@ -230,7 +221,6 @@ def ironic_sections(cloud):
         # fake power never changes behind Nova's back.
         'nova': dict(auth_options(cloud, 'nova'),
                      send_power_notifications=False),
-        'database': {'connection': database_url(cloud, 'ironic')},
     }
 
 
