@@ -291,9 +291,17 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             return
         glance = image_service.GlanceImageService(context=task.context)
         image_info = glance.show(image_source)
+        # ironic reads os_hash_algo and os_hash_value as attributes of
+        # openstacksdk's Image, which names them hash_algo and hash_value:
+        # they come back None, and the values land in the properties.
+        props = image_info.get('properties') or {}
         i_info['image_checksum'] = image_info['checksum']
-        i_info['image_os_hash_algo'] = image_info['os_hash_algo']
-        i_info['image_os_hash_value'] = image_info['os_hash_value']
+        i_info['image_os_hash_algo'] = (image_info.get('os_hash_algo')
+                                        or props.get('os_hash_algo')
+                                        or props.get('hash_algo'))
+        i_info['image_os_hash_value'] = (image_info.get('os_hash_value')
+                                         or props.get('os_hash_value')
+                                         or props.get('hash_value'))
         i_info['image_disk_format'] = image_info['disk_format']
         i_info['image_container_format'] = image_info['container_format']
         node.instance_info = i_info

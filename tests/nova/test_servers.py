@@ -63,6 +63,10 @@ def test_three_servers_over_bittorrent(cloud, tmp_path):
         name, node = nodes[server.id]
         assert node.deploy_interface == 'bittorrent'
         assert node.provision_state == 'active'
+        # The agent was told Glance's sha256 to check the disk against.
+        assert (node.instance_info['image_os_hash_algo'],
+                node.instance_info['image_os_hash_value']) == (
+            'sha256', image.hash_value)
         # The image byte for byte, the config drive behind it.
         drive = cloud_servers.check(cloud, server, name, image_path,
                                     str(tmp_path))

@@ -366,6 +366,22 @@ class GlanceInstanceInfoTestCase(DeployTestCase):
 
     @mock.patch('ironic.common.image_service.GlanceImageService.show',
                 autospec=True)
+    def test_glance_hash_in_the_properties(self, show_mock):
+        # What ironic's Glance service returns with openstacksdk: the
+        # SDK's Image calls them hash_algo and hash_value.
+        show_mock.return_value = {
+            'checksum': 'cd' * 16, 'os_hash_algo': None,
+            'os_hash_value': None, 'disk_format': 'raw',
+            'container_format': 'bare',
+            'properties': {'hash_algo': 'sha256', 'hash_value': 'ef' * 32}}
+        self.update_node(instance_info={'image_source': self.GLANCE_ID})
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy._update_instance_info(task)
+        self.node.refresh()
+        self.assertEqual('ef' * 32, deploy.image_sha256(self.node))
+
+    @mock.patch('ironic.common.image_service.GlanceImageService.show',
+                autospec=True)
     def test_http_image_left_alone(self, show_mock):
         with task_manager.acquire(self.context, self.node.uuid) as task:
             task.driver.deploy._update_instance_info(task)
