@@ -26,6 +26,7 @@ from tests.lab import cloud_neutron
 from tests.lab import cloud_nova
 from tests.lab import configdrive
 from tests.lab import disks
+from tests.lab import images
 
 BOOT_TIMEOUT = 600
 
@@ -101,8 +102,6 @@ def demo(cloud, image_size_mib=64, timeout=BOOT_TIMEOUT, out=None):
     :returns: True if every server went ACTIVE and its disk holds the
         image and a config drive with the server's metadata.
     """
-    from tests.lab import images  # builds disk images: only for the demo
-
     say = out or print
     os.makedirs(cloud.path('http', 'images'), exist_ok=True)
     path = cloud.path('http', 'images', 'nova-demo-%dm.img' % image_size_mib)
