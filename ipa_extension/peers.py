@@ -121,3 +121,48 @@ class PeerBytes:
         if len(peers) > limit:
             text += ' and %d more' % (len(peers) - limit)
         return text or 'nobody'
+
+
+class Silence:
+    """Agents that stopped sending: requests out, no payload for a while.
+
+    A node that loses power or its link closes no connection: its peers
+    see it connected, with their requests to it outstanding, for minutes
+    (libtorrent times a request out after ``request_timeout``, 60 s). As
+    long as it counts as a member of the piece plan, the pieces only it
+    has look available from a peer, nobody asks the seeder for them, and
+    the whole swarm waits on a dead machine until the plan's grace runs
+    out. A live agent on the provisioning network answers a request within
+    milliseconds, or at least tells of the pieces it gets meanwhile; so an
+    agent we have had requests at for ``quiet`` seconds, without a byte or
+    a new piece from it, is taken for gone until it sends again.
+    """
+
+    def __init__(self, quiet):
+        self.quiet = quiet
+        self._since = {}    # (ip, port) -> ((payload, pieces), since)
+        self.silent = set()
+
+    def update(self, now, agents):
+        """Look at the connected agents (``lt.peer_info``) once.
+
+        :returns: the addresses (ip, port) of the agents taken for gone
+            that were not before.
+        """
+        since = {}
+        silent = set()
+        for p in agents:
+            key = (p.ip[0], p.ip[1])
+            alive = (p.total_download, p.num_pieces)
+            seen, start = self._since.get(key, (alive, now))
+            if alive != seen or not (
+                    p.download_queue_length or key in self.silent):
+                # It sent something, or we have asked it for nothing.
+                start = now
+            since[key] = (alive, start)
+            if now - start >= self.quiet:
+                silent.add(key)
+        new = silent - self.silent
+        self._since = since
+        self.silent = silent
+        return new

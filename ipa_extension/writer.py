@@ -97,6 +97,9 @@ class Tuning:
     #: Pieces sampled to decide whether the target holds part of the image
     #: (see :mod:`ipa_extension.resume`); 0 never looks.
     resume_samples: int = resume.SAMPLES
+    #: Seconds an agent may leave our requests unanswered before the piece
+    #: plan takes it for gone (see :class:`ipa_extension.peers.Silence`).
+    agent_silence: float = 1.5
     #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
 
@@ -265,6 +268,7 @@ class _Download:
         self.plan = (pieces.PiecePlan(meta.num_pieces,
                                       backup=tuning.plan_backup)
                      if share else None)
+        self.silence = peer_kinds.Silence(tuning.agent_silence)
         self.using_seeder = True
         self._blocked_seeders = set()
         #: A connection may be in its handshake: see :meth:`wait`.
@@ -390,6 +394,7 @@ class _Download:
         plan = self.plan
         if plan is None or not plan.active:
             return True
+        now = time.monotonic()
         me = None
         agents = []
         seeders = 0
@@ -400,23 +405,36 @@ class _Download:
             if kind == peer_kinds.OTHER:
                 # Its pieces count as available from a peer, nothing more.
                 continue
+            me = me or p.local_endpoint()[0]
             if kind == peer_kinds.AGENT:
                 # Agents that completed stay members: they own nothing
                 # anybody waits for, and ranking again costs CPU.
-                me = me or p.local_endpoint()[0]
-                agents.append(p.ip[0])
+                agents.append(p)
             else:
                 # The seeder, or a web seed: both have every piece.
-                me = me or p.local_endpoint()[0]
                 seeders += 1
         availability = self.handle.piece_availability()
         if len(availability) != self.meta.num_pieces:
             # No piece picker yet (or any more): nothing to plan.
             return True
-        if seeders:
+        for key in self.silence.update(now, agents):
+            LOG.info('Agent %(ip)s of %(ih)s has not answered our requests '
+                     'for %(s).1f s: the pieces only it has are fetched from '
+                     'the seeder until it sends again',
+                     {'ip': key[0], 'ih': self.meta.info_hash,
+                      's': self.silence.quiet})
+        silent = self.silence.silent
+        gone = [p for p in agents if (p.ip[0], p.ip[1]) in silent]
+        if seeders or gone:
             availability = [a - seeders for a in availability]
-        change = plan.update(time.monotonic(), me, agents, st.pieces,
-                             availability)
+            for p in gone:
+                # What it has cannot come from it: only from a seed.
+                availability = [a - h for a, h in zip(availability,
+                                                      p.pieces)]
+        change = plan.update(now, me,
+                             [p.ip[0] for p in agents
+                              if (p.ip[0], p.ip[1]) not in silent],
+                             st.pieces, availability)
         if change == []:
             if not plan.active:
                 LOG.info('Nothing arrived for %(s).0f s with the piece plan '

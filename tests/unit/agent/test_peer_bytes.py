@@ -120,3 +120,42 @@ def test_describe_names_each_peer_largest_first():
                                  '198.18.0.1 (seeder) 100')
     assert counts.describe(limit=1) == '198.18.0.2 (agent) 350 and 1 more'
     assert peers.PeerBytes({SEEDER}).describe() == 'nobody'
+
+
+def agent(ip, total, queued, pieces=0):
+    return types.SimpleNamespace(ip=(ip, 6881), total_download=total,
+                                 download_queue_length=queued,
+                                 num_pieces=pieces)
+
+
+def test_an_agent_that_leaves_requests_unanswered_is_taken_for_gone():
+    silence = peers.Silence(quiet=1.5)
+    assert silence.update(0.0, [agent('198.18.0.9', 100, 4)]) == set()
+    assert silence.update(1.0, [agent('198.18.0.9', 100, 4)]) == set()
+    # Reported once, when it goes quiet; it stays so while it sends nothing.
+    assert silence.update(1.5, [agent('198.18.0.9', 100, 4)]) == {
+        ('198.18.0.9', 6881)}
+    assert silence.update(2.0, [agent('198.18.0.9', 100, 4)]) == set()
+    # libtorrent timing its requests out does not bring it back...
+    silence.update(60.0, [agent('198.18.0.9', 100, 0)])
+    assert silence.silent == {('198.18.0.9', 6881)}
+    # ...a byte from it does.
+    silence.update(61.0, [agent('198.18.0.9', 116, 0)])
+    assert silence.silent == set()
+
+
+def test_an_agent_we_ask_nothing_or_that_sends_is_never_gone():
+    silence = peers.Silence(quiet=1.5)
+    for second in range(10):
+        # Nothing asked of the first; the second sends all the time.
+        silence.update(float(second), [agent('198.18.0.3', 0, 0),
+                                       agent('198.18.0.4', second, 8)])
+    assert silence.silent == set()
+    # One whose uplink is full still tells of the pieces it gets.
+    for second in range(10):
+        silence.update(float(second), [agent('198.18.0.5', 0, 8, second)])
+    assert silence.silent == set()
+    # A connection that closed is forgotten.
+    silence.update(10.0, [agent('198.18.0.3', 0, 3)])
+    silence.update(20.0, [])
+    assert silence.update(20.5, [agent('198.18.0.3', 0, 3)]) == set()
