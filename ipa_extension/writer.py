@@ -587,6 +587,11 @@ class _Download:
                 if alert.ip[0] in self.bytes.seeder_ips:
                     self.sources.seeder(alert.ip[0], alert.ip[1],
                                         alert.error.message())
+                else:
+                    LOG.debug('Peer %(ip)s:%(port)d of %(ih)s: %(err)s',
+                              {'ip': alert.ip[0], 'port': alert.ip[1],
+                               'ih': self.meta.info_hash,
+                               'err': alert.error.message()})
             elif isinstance(alert, lt.incoming_connection_alert):
                 self._handshaking = True
             elif isinstance(alert, lt.peer_connect_alert):
