@@ -330,11 +330,14 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
 
         LOG.info('Writing image %(image)s (torrent %(ih)s, %(size)d bytes) '
                  'to %(dev)s of node %(node)s from %(t)d trackers and '
-                 '%(p)d peers (%(w)d web seeds as the fallback)',
+                 '%(p)d peers (%(w)d web seeds as the fallback); it fails '
+                 'after %(stall)d s without progress and seeds at most '
+                 '%(linger)d s after',
                  {'image': image, 'ih': meta.info_hash, 'size': meta.size,
                   'dev': device, 'node': node_uuid,
                   't': len(trackers or ()), 'p': len(peers or ()),
-                  'w': len(web_seeds or ())})
+                  'w': len(web_seeds or ()), 'stall': stall_timeout,
+                  'linger': linger_timeout})
         try:
             result = writer.write(
                 meta, device, trackers=trackers or (), peers=peers or (),

@@ -107,6 +107,28 @@ RESULT_FIELDS = ('downloaded_bytes', 'downloaded_from_seeder_bytes',
                  'uploaded_bytes', 'seconds', 'sha256', 'size',
                  'hash_failures')
 
+#: Arguments of the write step, for deploy templates: each replaces its
+#: [bittorrent] option for the deploys of the flavors that require the
+#: template's trait. (name: least value)
+STEP_ARGS = {'linger_timeout': 0, 'stall_timeout': 10}
+STEP_ARGSINFO = {
+    'linger_timeout': {
+        'description': _(
+            'Most seconds the node keeps seeding the image to the other '
+            'nodes of its swarm after it has verified its disk, a whole '
+            'number; 0 stops at once. Replaces [bittorrent]linger_timeout '
+            'for this deploy.'),
+        'required': False,
+    },
+    'stall_timeout': {
+        'description': _(
+            'Seconds without a byte downloaded after which the node gives '
+            'up and the deploy fails, a whole number of at least 10. '
+            'Replaces [bittorrent]stall_timeout for this deploy.'),
+        'required': False,
+    },
+}
+
 #: A node in these states may still need its publication.
 _DEPLOY_STATES = frozenset((states.DEPLOYING, states.DEPLOYWAIT,
                             states.DEPLOYHOLD))
@@ -165,6 +187,40 @@ def _agent_takes(node, argument):
         if step.get('step') == STEP:
             return argument in (step.get('argsinfo') or {})
     return False
+
+
+def _step_options(node, args):
+    """The [bittorrent] options of this deploy, with the step's arguments.
+
+    :param args: the write step's arguments (a deploy template's), or None.
+    :raises: InvalidParameterValue naming the argument when one is not a
+        whole number of seconds in its range.
+    """
+    opts = CONF.bittorrent
+    options = {name: getattr(opts, name) for name in STEP_ARGS}
+    for name, value in (args or {}).items():
+        least = STEP_ARGS[name]
+        if isinstance(value, bool):
+            number = None
+        elif isinstance(value, float):
+            number = int(value) if value.is_integer() else None
+        else:
+            try:
+                number = int(value)
+            except (TypeError, ValueError):
+                number = None
+        if number is None or number < least:
+            raise exception.InvalidParameterValue(
+                _('Node %(node)s: the deploy step %(step)s was given '
+                  '%(name)s=%(value)r, which is not a whole number of seconds '
+                  'of at least %(least)d. Check the deploy templates that '
+                  'match the traits of its instance (%(traits)s).')
+                % {'node': node.uuid, 'step': STEP, 'name': name,
+                   'value': value, 'least': least,
+                   'traits': ', '.join(
+                       node.instance_info.get('traits') or ()) or '-'})
+        options[name] = number
+    return options
 
 
 def _image_label(image_source):
@@ -456,12 +512,14 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         node.save()
 
     @METRICS.timer('BitTorrentDeploy.write_image_bittorrent')
-    @base.deploy_step(priority=80)
+    @base.deploy_step(priority=80, argsinfo=STEP_ARGSINFO)
     @task_manager.require_exclusive_lock
-    def write_image_bittorrent(self, task):
+    def write_image_bittorrent(self, task, **args):
         """Deploy step: have the agent download the image from the swarm.
 
         :param task: a TaskManager instance.
+        :param args: see :data:`STEP_ARGSINFO` (from deploy templates).
+        :raises: InvalidParameterValue if an argument is out of range.
         :raises: ImagePublishFailed if the image cannot be published.
         :raises: InstanceDeployFailure if the agent does not accept the step.
         :returns: states.DEPLOYWAIT; the agent finishes the step.
@@ -469,15 +527,18 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         if not task.driver.storage.should_write_image(task):
             return
         node = task.node
+        # Checked before the image is published for it.
+        _step_options(node, args)
         publication = self._publish(task)
         node.set_driver_internal_info(INFO_HASH, publication.info_hash)
         node.del_driver_internal_info(AGENT_RESTARTS)
         node.save()
-        return self._start_agent_step(task, publication)
+        return self._start_agent_step(task, publication, args)
 
-    def _start_agent_step(self, task, publication):
+    def _start_agent_step(self, task, publication, args):
         node = task.node
         opts = CONF.bittorrent
+        step_opts = _step_options(node, args)
         web_seeds = _web_seeds(node, publication)
         step = {
             'interface': 'deploy',
@@ -487,9 +548,9 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                 'peers': list(publication.peers),
                 'image_sha256': image_sha256(node),
                 'listen_port': opts.agent_listen_port,
-                'linger_timeout': opts.linger_timeout,
+                'linger_timeout': step_opts['linger_timeout'],
                 'progress_interval': opts.progress_interval,
-                'stall_timeout': opts.stall_timeout,
+                'stall_timeout': step_opts['stall_timeout'],
                 'web_seeds': web_seeds,
                 'web_seed_delay': opts.web_seed_delay,
                 'unreachable_timeout': opts.unreachable_timeout,
@@ -697,7 +758,10 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                      'limit': limit})
         # Publishing is idempotent, and seeds again after a conductor
         # restart.
-        return self._start_agent_step(task, self._publish(task))
+        # The step's arguments (a deploy template's) are those it started
+        # with.
+        return self._start_agent_step(
+            task, self._publish(task), (node.deploy_step or {}).get('args'))
 
     @METRICS.timer('BitTorrentDeploy.heartbeat')
     def heartbeat(self, task, callback_url, agent_version,

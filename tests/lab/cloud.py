@@ -325,7 +325,9 @@ class Cloud:
             self.state['nova']['network_id'] = cloud_neutron.create_network(
                 self)
             self.state['nova']['flavor_id'] = cloud_nova.create_flavor(self)
-            _log('flavor %s and network %s ready', cloud_nova.FLAVOR,
+            cloud_nova.create_deploy_template(self)
+            _log('flavor %s (trait %s, its deploy template) and network %s '
+                 'ready', cloud_nova.FLAVOR, cloud_nova.TRAIT,
                  cloud_neutron.NETWORK)
         self.save()
         return self
@@ -507,6 +509,9 @@ class Cloud:
             node = self.nodes[name]
             created = self._create_node(name)
             node['uuid'] = created.id
+            if self.state.get('nova'):
+                # The trait the lab's bare-metal flavor requires.
+                bm.add_node_trait(created.id, cloud_nova.TRAIT)
             bm.create_port(node_id=created.id, address=node['mac'],
                            pxe_enabled=True)
         self.save()

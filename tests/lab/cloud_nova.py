@@ -60,6 +60,13 @@ SERVICE_USERS = ('ironic', 'glance', 'placement', 'nova', 'neutron')
 #: The resource class of the lab's nodes, and the flavor's.
 RESOURCE_CLASS = 'baremetal-bt'
 FLAVOR = 'baremetal-bt'
+#: The trait of the lab's nodes, which the flavor requires, and the name
+#: of the deploy template that ironic applies to its servers' deploys.
+TRAIT = 'CUSTOM_BITTORRENT'
+#: The write step's arguments in that template (see
+#: ironic_bt.deploy.STEP_ARGSINFO): not the [bittorrent] options' values,
+#: so that a test sees which ones a deploy got.
+TEMPLATE_ARGS = {'linger_timeout': 45, 'stall_timeout': 240}
 #: The databases on the lab's MariaDB (tests.lab.cloud_mariadb), and the
 #: user of each.
 DATABASES = {'keystone': 'keystone', 'glance': 'glance',
@@ -546,8 +553,33 @@ def create_flavor(cloud):
         'resources:VCPU': '0',
         'resources:MEMORY_MB': '0',
         'resources:DISK_GB': '0',
+        # Only nodes with the trait, and ironic applies the deploy
+        # template of the same name (see create_deploy_template).
+        'trait:%s' % TRAIT: 'required',
     })
     return flavor.id
+
+
+def create_deploy_template(cloud):
+    """The deploy template of the flavor's trait: the write step's tuning.
+
+    Nova puts the traits a flavor requires into the node's
+    ``instance_info``; ironic then runs the steps of the deploy templates
+    named like them, here the bittorrent write step with its arguments.
+    """
+    conn = connect(cloud, system=True)
+    conn.baremetal.create_deploy_template(name=TRAIT, steps=[{
+        'interface': 'deploy', 'step': 'write_image_bittorrent',
+        'args': dict(TEMPLATE_ARGS), 'priority': 80}])
+
+
+def _traits(conn, provider):
+    """The traits Placement holds for a resource provider."""
+    response = conn.placement.get(
+        '/resource_providers/%s/traits' % provider.id,
+        microversion='1.6')
+    response.raise_for_status()
+    return response.json()['traits']
 
 
 def _wait_inventory(cloud, count, timeout):
@@ -561,12 +593,14 @@ def _wait_inventory(cloud, count, timeout):
             inventories = conn.placement.resource_provider_inventories(
                 provider)
             # Nova reserves the whole unit of a node it may not deploy
-            # yet (one that was still being enrolled when it looked).
+            # yet (one that was still being enrolled when it looked), and
+            # copies the node's traits, which the flavor requires.
             if any(i.resource_class == rc and i.total - i.reserved >= 1
-                   for i in inventories):
+                   for i in inventories) and TRAIT in _traits(conn,
+                                                              provider):
                 with_rc += 1
         return with_rc if with_rc >= count else None
     return procs.wait_for(ready, timeout, 2,
-                          'Nova to report %d bare-metal nodes with %s in '
-                          'Placement' % (count, rc),
+                          'Nova to report %d bare-metal nodes with %s and '
+                          '%s in Placement' % (count, rc, TRAIT),
                           log_path=cloud.path('logs', 'nova-compute.log'))

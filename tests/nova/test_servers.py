@@ -29,6 +29,7 @@ import requests
 from ironic_bt import torrent
 from tests.lab import cloud_conductors
 from tests.lab import cloud_neutron
+from tests.lab import cloud_nova
 from tests.lab import cloud_servers
 from tests.lab import disks
 from tests.lab import images
@@ -63,6 +64,16 @@ def test_three_servers_over_bittorrent(cloud, tmp_path):
         name, node = nodes[server.id]
         assert node.deploy_interface == 'bittorrent'
         assert node.provision_state == 'active'
+        # The flavor's trait brought the deploy template of that name, whose
+        # arguments the write step passed on to the agent.
+        assert node.instance_info['traits'] == [cloud_nova.TRAIT]
+        with open(cloud.nodes[name]['log'], errors='replace') as f:
+            writes = [line for line in f
+                      if 'of node %s from' % node.id in line]
+        assert writes and writes[-1].rstrip().endswith(
+            'it fails after %d s without progress and seeds at most %d s '
+            'after' % (cloud_nova.TEMPLATE_ARGS['stall_timeout'],
+                       cloud_nova.TEMPLATE_ARGS['linger_timeout'])), writes
         # The agent was told Glance's sha256 to check the disk against.
         assert (node.instance_info['image_os_hash_algo'],
                 node.instance_info['image_os_hash_value']) == (

@@ -63,9 +63,9 @@ STEP = {'interface': 'deploy', 'step': 'write_image_bittorrent',
         'priority': 80, 'args': {}}
 
 
-def step(name, priority):
+def step(name, priority, argsinfo=None):
     return {'interface': 'deploy', 'step': name, 'priority': priority,
-            'abortable': True, 'argsinfo': None}
+            'abortable': True, 'argsinfo': argsinfo}
 
 
 class DeployTestCase(base.TestCase):
@@ -153,7 +153,8 @@ class StepsTestCase(DeployTestCase):
         with task_manager.acquire(self.context, self.node.uuid) as task:
             steps = task.driver.deploy.get_deploy_steps(task)
         self.assertEqual(
-            [step('deploy', 100), step('write_image_bittorrent', 80),
+            [step('deploy', 100),
+             step('write_image_bittorrent', 80, deploy.STEP_ARGSINFO),
              step('prepare_instance_boot', 60), step('tear_down_agent', 40),
              step('switch_to_tenant_network', 30), step('boot_instance', 20)],
             sorted(steps, key=lambda s: -s['priority']))
@@ -181,6 +182,71 @@ class StepsTestCase(DeployTestCase):
                  ('switch_to_tenant_network', 30), ('boot_instance', 20)],
                 [(s['step'], s['priority']) for s in
                  task.node.driver_internal_info['deploy_steps']])
+
+    def test_deploy_template_sets_the_step_arguments(self):
+        # A flavor requires the trait; Nova puts it in instance_info, and
+        # ironic applies the template of the same name.
+        obj_utils.create_test_deploy_template(
+            self.context, name='CUSTOM_BITTORRENT_BATCH',
+            steps=[{'interface': 'deploy', 'step': STEP['step'],
+                    'args': {'linger_timeout': 900, 'stall_timeout': 600},
+                    'priority': 80}])
+        self.set_info('instance_info', traits=['CUSTOM_BITTORRENT_BATCH'])
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            conductor_steps.set_node_deployment_steps(task)
+            steps = task.node.driver_internal_info['deploy_steps']
+        self.assertEqual(
+            [{'linger_timeout': 900, 'stall_timeout': 600}],
+            [s['args'] for s in steps if s['step'] == STEP['step']])
+
+    def test_deploy_template_with_an_unknown_argument_is_refused(self):
+        obj_utils.create_test_deploy_template(
+            self.context, name='CUSTOM_BITTORRENT_BATCH',
+            steps=[{'interface': 'deploy', 'step': STEP['step'],
+                    'args': {'linger': 900}, 'priority': 80}])
+        self.set_info('instance_info', traits=['CUSTOM_BITTORRENT_BATCH'])
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            error = self.assertRaises(
+                exception.InvalidParameterValue,
+                conductor_steps.set_node_deployment_steps, task)
+        self.assertIn('linger', str(error))
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+    def test_execute_passes_the_template_arguments(self, publication_mock,
+                                                   execute_mock):
+        publication_mock.return_value = self.publication
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        with task_manager.acquire(self.context, self.node.uuid) as task:
+            task.driver.deploy.execute_deploy_step(
+                task, dict(STEP, args={'linger_timeout': 0,
+                                       'stall_timeout': '45'}))
+            execute_mock.assert_called_once_with(
+                mock.ANY, self.expected_args(linger_timeout=0,
+                                             stall_timeout=45),
+                task.node, mock.ANY)
+
+    @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
+                       autospec=True)
+    @mock.patch.object(publisher.Publisher, 'publish', autospec=True)
+    @mock.patch.object(publisher.Publisher, 'publication', autospec=True)
+    def test_bad_template_argument_fails_before_publishing(
+            self, publication_mock, publish_mock, execute_mock):
+        self.set_info('instance_info', traits=['CUSTOM_BITTORRENT_BATCH'])
+        for value in (5, -1, 'soon', True, 30.5, None):
+            with task_manager.acquire(self.context, self.node.uuid) as task:
+                error = self.assertRaises(
+                    exception.InvalidParameterValue,
+                    task.driver.deploy.write_image_bittorrent, task,
+                    stall_timeout=value)
+            self.assertIn(self.node.uuid, str(error))
+            self.assertIn('stall_timeout=%r' % (value,), str(error))
+            self.assertIn('at least 10', str(error))
+            self.assertIn('CUSTOM_BITTORRENT_BATCH', str(error))
+        publication_mock.assert_not_called()
+        publish_mock.assert_not_called()
+        execute_mock.assert_not_called()
 
     @mock.patch.object(agent_client.AgentClient, 'execute_deploy_step',
                        autospec=True)
@@ -1059,6 +1125,19 @@ class AgentRestartTestCase(DeployTestCase):
             warning_mock.call_args.args[1])
         self.assertIn(self.node.uuid, message)
         self.assertIn('retry 1 of 3', message)
+
+    def test_step_started_again_with_its_template_arguments(
+            self, publication_mock, publish_mock, commands_mock,
+            execute_mock, continue_mock):
+        self.update_node(deploy_step=dict(STEP,
+                                          args={'linger_timeout': 900}))
+        publication_mock.return_value = self.publication
+        commands_mock.return_value = []
+        execute_mock.return_value = {'command_status': 'RUNNING'}
+        self.heartbeat()
+        execute_mock.assert_called_once_with(
+            mock.ANY, self.expected_args(linger_timeout=900), mock.ANY,
+            mock.ANY)
 
     def test_running_step_is_left_alone(self, publication_mock, publish_mock,
                                         commands_mock, execute_mock,
