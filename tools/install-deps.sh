@@ -1,7 +1,8 @@
 #!/bin/bash
 # Install what ironic-bt's tests, demo and benchmark need on a fresh Debian
 # machine, as root: system tools for namespaces, loop devices and disk
-# images, and tox in its own virtualenv (.venv-tox).
+# images, and tox in its own virtualenv (.venv-tox). With --vms, also what
+# tox -e vms needs: diskimage-builder's tools and QEMU.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -13,6 +14,11 @@ PACKAGES=(
     rabbitmq-server genisoimage mariadb-server mariadb-client udev
     python3 python3-venv python3-pip git
 )
+# tox -e vms: the deploy ramdisk's build (diskimage-builder) and QEMU.
+if [[ "${1:-}" == "--vms" ]]; then
+    PACKAGES+=(debootstrap squashfs-tools cpio qemu-utils kpartx
+               qemu-system-x86)
+fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" \
