@@ -248,6 +248,11 @@ def build(given, key, log_path):
                 'DIB_IMAGE_CACHE': os.path.join(cache_root(), 'dib-cache'),
                 'TMPDIR': work,
             })
+            # Debian's security archive through deb.debian.org, the one
+            # name of Debian's archive that this machine's registry access
+            # lets through (security.debian.org answers 400 here).
+            env.setdefault('DIB_DEBIAN_SECURITY_MIRROR',
+                           'http://deb.debian.org/debian-security')
             output = os.path.join(work, 'out', 'ipa')
             cmd = ['ironic-python-agent-builder', '-o', output,
                    '--release', RELEASE]
