@@ -16,8 +16,7 @@ PACKAGES=(
 )
 # tox -e vms: the deploy ramdisk's build (diskimage-builder) and QEMU.
 if [[ "${1:-}" == "--vms" ]]; then
-    PACKAGES+=(debootstrap squashfs-tools cpio qemu-utils kpartx
-               qemu-system-x86)
+    PACKAGES+=(debootstrap sudo cpio qemu-utils qemu-system-x86)
 fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do

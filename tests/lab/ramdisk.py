@@ -28,9 +28,10 @@ Debian bookworm from Debian's archive. Nothing is cloned from the internet:
 The kernel and the initramfs are kept in
 ``$IRONIC_BT_CACHE/ramdisk/<key>/`` (``~/.cache/ironic-bt`` by default),
 where the key is the sha256 of every input: the tools' versions, IPA's,
-the release, the elements and their files, the constraints, and the git
-trees of the ironic-bt paths that go into the ramdisk. A build happens only
-when one of them changed.
+the release, the elements and their files, the constraints, the git trees
+of the ironic-bt paths that go into the ramdisk, and the ISO week (for
+Debian's updates). A build (about 3 minutes here) happens only when one of
+them changed.
 
 ``python -m tests.lab.ramdisk`` builds (or finds) it and prints where it
 is, its key, its size and how long the build took.
@@ -65,9 +66,9 @@ CONSTRAINTS = os.path.join(HERE, 'ramdisk-constraints.txt')
 #: What of ironic-bt goes into the ramdisk (pip installs the package).
 SOURCE_PATHS = ('ipa_extension', 'ironic_bt', 'setup.cfg', 'setup.py',
                 'requirements.txt', 'pyproject.toml')
-#: Debian packages the build needs on the build host.
-PACKAGES = ('debootstrap', 'squashfs-tools', 'cpio', 'qemu-utils', 'kpartx',
-            'gdisk')
+#: Debian packages the build needs on the build host (diskimage-builder
+#: calls sudo even as root).
+PACKAGES = ('debootstrap', 'sudo', 'cpio', 'qemu-utils')
 #: Seconds a build may take (a cold one: about 3 minutes here).
 BUILD_TIMEOUT = 3600
 
@@ -140,6 +141,10 @@ def inputs():
         'element_files': {d: _hash_files(d) for d in ELEMENT_DIRS},
         'constraints': constraints,
         'ironic_bt': {p: _git('rev-parse', 'HEAD:%s' % p) for p in present},
+        # Debian's packages (the kernel, security fixes) and the few
+        # unpinned Python packages of the build (pip, pbr, glean) move on:
+        # a new ramdisk every ISO week takes their updates.
+        'week': time.strftime('%G-W%V', time.gmtime()),
     }
 
 
@@ -208,7 +213,7 @@ def _requirements_repo(work, log):
 
 def build(given, key, log_path):
     """Build the ramdisk for ``given`` inputs into the cache."""
-    missing = [p for p in ('debootstrap', 'mksquashfs', 'cpio')
+    missing = [p for p in ('debootstrap', 'sudo', 'cpio', 'qemu-img')
                if shutil.which(p) is None]
     if missing:
         raise RamdiskError('%s not found: install the Debian packages %s '
