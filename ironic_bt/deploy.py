@@ -528,17 +528,21 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
             return
         node = task.node
         # Checked before the image is published for it.
-        _step_options(node, args)
+        step_opts = _step_options(node, args)
         publication = self._publish(task)
         node.set_driver_internal_info(INFO_HASH, publication.info_hash)
         node.del_driver_internal_info(AGENT_RESTARTS)
         node.save()
-        return self._start_agent_step(task, publication, args)
+        return self._start_agent_step(task, publication, step_opts)
 
-    def _start_agent_step(self, task, publication, args):
+    def _start_agent_step(self, task, publication, step_opts):
+        """Send the agent its write step.
+
+        :param step_opts: the options the step's arguments may replace
+            (see :func:`_step_options`).
+        """
         node = task.node
         opts = CONF.bittorrent
-        step_opts = _step_options(node, args)
         web_seeds = _web_seeds(node, publication)
         step = {
             'interface': 'deploy',
@@ -756,12 +760,11 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                     '%(limit)d); it resumes from what is on the disk',
                     {'node': node.uuid, 'step': STEP, 'n': restarts,
                      'limit': limit})
-        # Publishing is idempotent, and seeds again after a conductor
-        # restart.
         # The step's arguments (a deploy template's) are those it started
-        # with.
-        return self._start_agent_step(
-            task, self._publish(task), (node.deploy_step or {}).get('args'))
+        # with. Publishing is idempotent, and seeds again after a conductor
+        # restart.
+        step_opts = _step_options(node, (node.deploy_step or {}).get('args'))
+        return self._start_agent_step(task, self._publish(task), step_opts)
 
     @METRICS.timer('BitTorrentDeploy.heartbeat')
     def heartbeat(self, task, callback_url, agent_version,
