@@ -156,8 +156,12 @@ def key_of(given):
 def _run(cmd, log, **kwargs):
     log.write(('$ %s\n' % ' '.join(cmd)).encode())
     log.flush()
-    result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
-                            **kwargs)
+    try:
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT,
+                                **kwargs)
+    except subprocess.TimeoutExpired as e:
+        raise RamdiskError('%s did not finish in %d s; see %s'
+                           % (cmd[0], e.timeout, log.name))
     if result.returncode:
         raise RamdiskError('%s failed with exit code %d; see %s'
                            % (cmd[0], result.returncode, log.name))
