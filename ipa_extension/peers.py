@@ -18,6 +18,8 @@ standard BitTorrent clients. :class:`PeerBytes` tells them apart by the
 peer id of the handshake and counts the payload each one sent.
 """
 
+import ipaddress
+
 import libtorrent as lt
 
 from ironic_bt import swarm
@@ -166,3 +168,67 @@ class Silence:
         self._since = since
         self.silent = silent
         return new
+
+
+class Redial:
+    """Dial again an agent lost to a simultaneous open, from one side only.
+
+    Two agents that learn of each other from the tracker at the same moment
+    dial each other at once. libtorrent keeps one of the two connections
+    by comparing peer ids, but seen in the Nova lab (2 runs of 10) each end
+    closed its incoming connection ("duplicate peer-id"), which was the
+    other end's outgoing one, so no connection was left; libtorrent tries a
+    failed peer again only after ``min_reconnect_time`` (60 s), longer than
+    a deploy. The two never traded a piece, and the seeder sent each of
+    them the pieces it owned (1.33 and 1.37 copies for three nodes instead
+    of 1.2).
+
+    So when a connection to an agent ends as a duplicate and no other one
+    to that address is left, the agent with the lower address dials it
+    again at once, and the other one only waits: both dialling again would
+    meet the same fate.
+    """
+
+    #: Seconds to let the other connection of the pair settle first.
+    SETTLE = 0.3
+    #: Attempts per lost agent.
+    ATTEMPTS = 3
+
+    def __init__(self, default_port):
+        #: Agents listen on the port the conductor gives them all.
+        self.default_port = default_port
+        self._listen = {}     # agent ip -> the port it listens on
+        self._lost = {}       # agent ip -> (since, attempts)
+
+    def seen(self, p):
+        """Learn an agent's listening port from a connection we made."""
+        if p.flags & lt.peer_info.outgoing_connection:
+            self._listen[p.ip[0]] = p.ip[1]
+
+    def lost(self, now, ip, duplicate):
+        """A connection to agent ``ip`` ended (``duplicate``: as one)."""
+        if duplicate and ip not in self._lost:
+            self._lost[ip] = (now, 0)
+
+    def due(self, now, me, connected):
+        """Endpoints to dial now.
+
+        :param me: our own address, as the peers see it (None: unknown).
+        :param connected: addresses with a live connection to us.
+        """
+        dial = []
+        for ip, (since, attempts) in list(self._lost.items()):
+            if ip in connected or attempts >= self.ATTEMPTS:
+                del self._lost[ip]
+                continue
+            if (me is None or now - since < self.SETTLE * (attempts + 1)
+                    or not _lower(me, ip)):
+                continue
+            self._lost[ip] = (since, attempts + 1)
+            dial.append((ip, self._listen.get(ip, self.default_port)))
+        return dial
+
+
+def _lower(a, b):
+    """Whether address ``a`` sorts before ``b`` (same on both ends)."""
+    return ipaddress.ip_address(a) < ipaddress.ip_address(b)

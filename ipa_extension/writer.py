@@ -269,6 +269,7 @@ class _Download:
                                       backup=tuning.plan_backup)
                      if share else None)
         self.silence = peer_kinds.Silence(tuning.agent_silence)
+        self.redial = peer_kinds.Redial(listen_port)
         self.using_seeder = True
         self._blocked_seeders = set()
         #: A connection may be in its handshake: see :meth:`wait`.
@@ -410,9 +411,17 @@ class _Download:
                 # Agents that completed stay members: they own nothing
                 # anybody waits for, and ranking again costs CPU.
                 agents.append(p)
+                self.redial.seen(p)
             else:
                 # The seeder, or a web seed: both have every piece.
                 seeders += 1
+        for endpoint in self.redial.due(now, me,
+                                        {p.ip[0] for p in peer_info}):
+            LOG.info('Connecting again to agent %(ip)s:%(port)d of %(ih)s: '
+                     'we both dialled at once and libtorrent closed both '
+                     'connections', {'ip': endpoint[0], 'port': endpoint[1],
+                                     'ih': self.meta.info_hash})
+            self.handle.connect_peer(endpoint)
         availability = self.handle.piece_availability()
         if len(availability) != self.meta.num_pieces:
             # No piece picker yet (or any more): nothing to plan.
@@ -592,6 +601,10 @@ class _Download:
                               {'ip': alert.ip[0], 'port': alert.ip[1],
                                'ih': self.meta.info_hash,
                                'err': alert.error.message()})
+                    # libtorrent's errors::duplicate_peer_id.
+                    self.redial.lost(time.monotonic(), alert.ip[0],
+                                     alert.error.message()
+                                     == 'duplicate peer-id')
             elif isinstance(alert, lt.incoming_connection_alert):
                 self._handshaking = True
             elif isinstance(alert, lt.peer_connect_alert):

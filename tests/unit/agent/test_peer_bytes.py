@@ -159,3 +159,33 @@ def test_an_agent_we_ask_nothing_or_that_sends_is_never_gone():
     silence.update(10.0, [agent('198.18.0.3', 0, 3)])
     silence.update(20.0, [])
     assert silence.update(20.5, [agent('198.18.0.3', 0, 3)]) == set()
+
+
+def outgoing(ip, port):
+    return types.SimpleNamespace(ip=(ip, port),
+                                 flags=lt.peer_info.outgoing_connection)
+
+
+def test_only_the_lower_address_dials_again_after_a_simultaneous_open():
+    low, high = peers.Redial(6881), peers.Redial(6881)
+    low.seen(outgoing('198.18.0.4', 7000))
+    # Both ends closed their incoming connection as a duplicate.
+    low.lost(10.0, '198.18.0.4', duplicate=True)
+    high.lost(10.0, '198.18.0.3', duplicate=True)
+    assert low.due(10.1, '198.18.0.3', set()) == []   # settling
+    assert low.due(10.4, '198.18.0.3', set()) == [('198.18.0.4', 7000)]
+    assert high.due(10.4, '198.18.0.4', set()) == []
+    # Connected again: nothing more to do.
+    assert low.due(11.0, '198.18.0.3', {'198.18.0.4'}) == []
+    assert low.due(20.0, '198.18.0.3', set()) == []
+
+
+def test_redial_gives_up_and_ignores_other_disconnects():
+    redial = peers.Redial(6881)
+    redial.lost(0.0, '198.18.0.9', duplicate=False)
+    assert redial.due(5.0, '198.18.0.2', set()) == []
+    redial.lost(0.0, '198.18.0.9', duplicate=True)
+    dialled = [redial.due(t / 10.0, '198.18.0.2', set())
+               for t in range(1, 100)]
+    # The agents' own port when no outgoing connection told another one.
+    assert [d for d in dialled if d] == [[('198.18.0.9', 6881)]] * 3
