@@ -59,6 +59,7 @@ from tests.lab import cloud_neutron
 from tests.lab import cloud_nova
 from tests.lab import cloud_report
 from tests.lab import cloud_servers
+from tests.lab import cloud_vms
 from tests.lab import disks
 from tests.lab import faulty
 from tests.lab import images
@@ -86,7 +87,7 @@ AGENT_MAIN = 'import tests.lab.ipa_test_hw as m; m.main()'
 # Directories of the state dir that "down" removes; logs/ is kept for the
 # post-mortem unless --purge.
 _RUNTIME_DIRS = ('ironic', 'http', 'ipa', 'bittorrent', 'disks',
-                 'conductors', 'opentracker', 'control')
+                 'conductors', 'opentracker', 'control', 'libvirt')
 
 ACTIVE = 'active'
 AVAILABLE = 'available'
@@ -226,7 +227,8 @@ class Cloud:
 
     def up(self, nodes=3, rate_mbit=None, disk_mib=256, subnet=None,
            interfaces='auto', callback_timeout=90, heartbeat_timeout=30,
-           conductors=1, tracker='builtin', nova=False, database='sqlite'):
+           conductors=1, tracker='builtin', nova=False, database='sqlite',
+           vms=0, ipmi_vms=0):
         """Build the lab, start ironic and the agents, enrol the nodes.
 
         :param interfaces: ``auto`` (``direct``, plus ``bittorrent`` when
@@ -239,6 +241,9 @@ class Cloud:
             (see :mod:`tests.lab.cloud_nova`).
         :param database: ironic's database, ``sqlite`` or ``mariadb``
             (:mod:`tests.lab.cloud_mariadb`; always with Nova).
+        :param vms: virtual machines as nodes, beside the ``nodes``
+            namespaces (see :mod:`tests.lab.cloud_vms`); the last
+            ``ipmi_vms`` of them behind IPMI, the others behind Redfish.
         """
         if database not in ('sqlite', 'mariadb'):
             raise CloudError('unknown database %r (choose sqlite or '
@@ -252,6 +257,13 @@ class Cloud:
                 raise CloudError('cannot start Nova: %s' % missing)
             if conductors > 1:
                 raise CloudError('Nova in front of several conductors is '
+                                 'not supported by the harness yet')
+        if vms:
+            missing = cloud_vms.available()
+            if missing:
+                raise CloudError('cannot start VMs: %s' % missing)
+            if nova or conductors > 1:
+                raise CloudError('VMs with Nova or several conductors are '
                                  'not supported by the harness yet')
         if tracker not in cloud_conductors.TRACKERS:
             raise CloudError('unknown tracker %r (choose from %s)'
@@ -301,6 +313,15 @@ class Cloud:
             self._add_host(lab, 'node%d' % i, i)
         cloud_conductors.add_hosts(self, lab, conductors)
         self.save()
+        if vms:
+            cloud_vms.plan(self, vms, ipmi_vms)
+            cloud_vms.add_vms(self, lab)
+            cloud_vms.start(self, lab)
+            cloud_vms.define_domains(self, lab)
+            cloud_vms.start_bmcs(self, lab)
+            _log('%d VMs (%s), libvirt %s, BMCs on %s', vms,
+                 self.state['vms']['accel'], self.state['vms']['libvirt_uri'],
+                 self.state['gateway_ip'])
         if nova:
             database = 'mariadb'
         if database == 'mariadb':
@@ -314,10 +335,14 @@ class Cloud:
             _log('Keystone %s, Glance, Placement, Neutron, MariaDB and '
                  'RabbitMQ up', self.state['nova']['auth_url'])
         self._start_services(lab, callback_timeout, heartbeat_timeout)
-        self._enrol()
-        for name in self.node_names():
-            self.start_agent(name)
-        self.wait_agents(self.node_names())
+        if nodes:
+            self._enrol()
+            for name in self.node_names():
+                self.start_agent(name)
+            self.wait_agents(self.node_names())
+        if vms:
+            cloud_vms.enrol(self, default)
+            _log('enrolled %d VMs, all available', vms)
         if nova:
             cloud_nova.start_after_ironic(self, lab)
             _log('Nova up: %d bare-metal hypervisors',
@@ -399,6 +424,9 @@ class Cloud:
         sections = {}
         if self.state.get('nova'):
             sections.update(cloud_nova.ironic_sections(self))
+        if self.state.get('vms'):
+            for name, values in cloud_vms.ironic_sections(self).items():
+                sections.setdefault(name, {}).update(values)
         if self.state.get('mariadb'):
             sections['database'] = {
                 'connection': cloud_mariadb.database_url(self, 'ironic')}
@@ -1106,8 +1134,17 @@ def down(state_dir, purge=False):
 
 
 def _add_up_args(parser):
-    parser.add_argument('--nodes', type=int, default=3,
-                        help='number of nodes (default 3)')
+    parser.add_argument('--nodes', type=int,
+                        help='number of namespace nodes (default 3, or 0 '
+                             'with --vms)')
+    parser.add_argument('--vms', type=int, default=0,
+                        help='virtual machines as nodes, booting the '
+                             'deploy ramdisk by PXE (needs tools/install-'
+                             'deps.sh --vms; see tests/lab/cloud_vms.py)')
+    parser.add_argument('--ipmi-vms', type=int, default=0,
+                        help='how many of the VMs are behind IPMI '
+                             '(virtualbmc); the others behind Redfish '
+                             '(sushy-tools)')
     parser.add_argument('--disk-mib', type=int, default=256,
                         help='size of each node\'s disk (default 256)')
     parser.add_argument('--subnet',
@@ -1217,12 +1254,16 @@ def _require_root():
 def _up(args):
     cloud = Cloud(args.state_dir)
     try:
-        cloud.up(nodes=args.nodes, rate_mbit=args.rate_mbit,
+        nodes = args.nodes
+        if nodes is None:
+            nodes = 0 if args.vms else 3
+        cloud.up(nodes=nodes, rate_mbit=args.rate_mbit,
                  disk_mib=args.disk_mib, subnet=args.subnet,
                  interfaces=args.interfaces,
                  callback_timeout=args.callback_timeout,
                  conductors=args.conductors, tracker=args.tracker,
-                 nova=args.nova, database=args.database)
+                 nova=args.nova, database=args.database, vms=args.vms,
+                 ipmi_vms=args.ipmi_vms)
     except BaseException:
         _log('up failed: tearing down (logs are kept in %s)',
              os.path.join(cloud.state_dir, 'logs'))

@@ -295,6 +295,24 @@ class Host:
                 for f in dataclasses.fields(self) if f.name != 'lab'}
 
 
+@dataclasses.dataclass
+class Tap:
+    """A tap device on the bridge, for a virtual machine's NIC.
+
+    The guest owns :attr:`mac` and :attr:`ip` (the lab's DHCP server hands
+    it out); the tap device itself, on the root side, has a MAC of its own.
+    """
+
+    name: str
+    dev: str
+    ip: str
+    mac: str
+    index: int
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
 class Lab:
     """A private bridge, its hosts, their processes and loop devices.
 
@@ -685,6 +703,62 @@ class Lab:
         _ip(host.netns, 'link', 'set', 'dev', 'lo', 'up')
         _ip(host.netns, 'link', 'set', 'dev', host.veth_ns, 'up')
 
+    def add_tap(self, name):
+        """Create a tap device on the bridge for a virtual machine's NIC.
+
+        It takes the next host index (so the next address and MAC), is
+        persistent (it outlives the guest process, which only opens it)
+        and is deleted by teardown, recognised by its MAC.
+        """
+        if not _NAME_RE.match(name):
+            raise ValueError('bad tap name %r' % name)
+        with self._lock:
+            state = self._require_up()
+            if any(t['name'] == name for t in state.get('taps', [])):
+                raise LabError('tap %s already exists' % name)
+            labid = state['labid']
+            index = state['next_index']
+            address = self.subnet.network_address + 1 + index
+            if (index >= 10 ** _INDEX_DIGITS
+                    or address >= self.subnet.broadcast_address):
+                raise LabError('subnet %s is full' % self.subnet)
+            tap = Tap(name=name, dev='%s%st%d' % (self.prefix, labid, index),
+                      ip=str(address), mac=_mac(labid, index), index=index)
+            self._update(lambda s: s.update(next_index=index + 1))
+            root_mac = _mac(labid, index, root_side=True)
+            self._create_link(
+                {'name': tap.dev, 'mac': root_mac, 'kind': 'tap',
+                 'netns': None},
+                ['ip', 'tuntap', 'add', 'dev', tap.dev, 'mode', 'tap'])
+            _ip(None, 'link', 'set', 'dev', tap.dev, 'address', root_mac)
+            _write_sysfs('/proc/sys/net/ipv6/conf/%s/disable_ipv6' % tap.dev,
+                         '1')
+            _ip(None, 'link', 'set', 'dev', tap.dev,
+                'master', state['bridge'], 'up')
+            self._update(lambda s: s.setdefault('taps', []).append(
+                tap.to_dict()))
+        return tap
+
+    def register_pidfile(self, path, token):
+        """Have teardown kill the process whose PID a daemon writes here.
+
+        For processes that a daemon of the lab starts and detaches (the
+        QEMU guests of libvirtd): teardown reads the PID from ``path`` and
+        signals it only if its command line holds ``token``, so a reused
+        PID is never hit.
+        """
+        path = os.path.realpath(path)
+        if not _inside(path, self.state_dir):
+            raise LabError('PID file %s is not inside the lab state '
+                           'directory %s' % (path, self.state_dir))
+        record = {'path': path, 'token': token}
+
+        def add(state):
+            files = state.setdefault('pidfiles', [])
+            if record not in files:
+                files.append(record)
+        self._update(add)
+
     # -- shaping ------------------------------------------------------------
 
     def _shaped_devices(self, target):
@@ -848,8 +922,9 @@ class Lab:
                 state = self._state
             if state is None:
                 return problems
-            for step in (self._kill_processes, self._detach_loops,
-                         self._unmount, self._delete_namespaces,
+            for step in (self._kill_processes, self._kill_pidfiles,
+                         self._detach_loops, self._unmount,
+                         self._delete_namespaces, self._delete_taps,
                          self._delete_bridge, self._restore_sysctls):
                 try:
                     step(state, problems)
@@ -963,6 +1038,37 @@ class Lab:
             stray_signal(signal.SIGKILL)
             self._wait_gone(stray_alive, 2)
 
+    def _kill_pidfiles(self, state, problems):
+        targets = {}
+        for record in state.get('pidfiles', []):
+            try:
+                with open(record['path']) as f:
+                    pid = int(f.read().split()[0])
+                with open('/proc/%d/cmdline' % pid, 'rb') as f:
+                    cmdline = f.read().replace(b'\0', b' ').decode(
+                        errors='replace')
+            except (OSError, ValueError, IndexError):
+                continue  # no file, or the process is gone
+            if record['token'] in cmdline:
+                targets[pid] = _proc_stat(pid)['starttime']
+
+        def alive():
+            return [_alive(st) and st['starttime'] == start
+                    for st, start in ((_proc_stat(p), s)
+                                      for p, s in targets.items())]
+
+        for signum, grace in ((signal.SIGTERM, KILL_GRACE),
+                              (signal.SIGKILL, 2)):
+            for pid, start in targets.items():
+                stat = _proc_stat(pid)
+                if _alive(stat) and stat['starttime'] == start:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signum)
+            if self._wait_gone(alive, grace):
+                return
+        problems.append('processes survived SIGKILL: %s' % [
+            p for p, a in zip(targets, alive()) if a])
+
     def _detach_loops(self, state, problems):
         mounts = state.get('mounts', [])
         for loop in state['loops']:
@@ -1050,6 +1156,9 @@ class Lab:
             if res.returncode != 0:
                 problems.append('ip netns delete %s: %s'
                                 % (ns, res.stderr.strip()))
+
+    def _delete_taps(self, state, problems):
+        self._delete_links(state, 'tap', problems)
 
     def _delete_bridge(self, state, problems):
         self._delete_links(state, 'bridge', problems)

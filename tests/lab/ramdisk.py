@@ -101,7 +101,7 @@ def _git(*args):
                           capture_output=True, text=True).stdout.strip()
 
 
-def _hash_files(directory):
+def hash_files(directory):
     """sha256 over the names, modes and contents of the files under it."""
     digest = hashlib.sha256()
     for root, dirs, files in os.walk(directory):
@@ -138,7 +138,7 @@ def inputs():
         'release': RELEASE,
         'distro': DISTRO,
         'elements': list(ELEMENTS),
-        'element_files': {d: _hash_files(d) for d in ELEMENT_DIRS},
+        'element_files': {e: hash_files(element_dir(e)) for e in ELEMENTS},
         'constraints': constraints,
         'ironic_bt': {p: _git('rev-parse', 'HEAD:%s' % p) for p in present},
         # Debian's packages (the kernel, security fixes) and the few
@@ -148,12 +148,22 @@ def inputs():
     }
 
 
+def element_dir(name):
+    """The directory of one of the lab's or ironic-bt's elements."""
+    for directory in ELEMENT_DIRS:
+        path = os.path.join(directory, name)
+        if os.path.isdir(path):
+            return path
+    raise RamdiskError('element %s is in none of %s'
+                       % (name, ', '.join(ELEMENT_DIRS)))
+
+
 def key_of(given):
     return hashlib.sha256(json.dumps(given, sort_keys=True).encode()
                           ).hexdigest()[:16]
 
 
-def _run(cmd, log, **kwargs):
+def run(cmd, log, **kwargs):
     log.write(('$ %s\n' % ' '.join(cmd)).encode())
     log.flush()
     try:
@@ -167,16 +177,16 @@ def _run(cmd, log, **kwargs):
                            % (cmd[0], result.returncode, log.name))
 
 
-def _tools_venv(log):
+def tools_venv(log):
     """A virtualenv with the pinned image builders, cached by their pins."""
     venv = os.path.join(cache_root(), 'tools-%s' % hashlib.sha256(
         ' '.join(TOOLS).encode()).hexdigest()[:12])
     builder = os.path.join(venv, 'bin', 'ironic-python-agent-builder')
     if not os.path.exists(builder):
         shutil.rmtree(venv, ignore_errors=True)
-        _run([sys.executable, '-m', 'venv', venv], log)
-        _run([os.path.join(venv, 'bin', 'pip'), 'install', '-q']
-             + list(TOOLS), log)
+        run([sys.executable, '-m', 'venv', venv], log)
+        run([os.path.join(venv, 'bin', 'pip'), 'install', '-q']
+            + list(TOOLS), log)
     return venv
 
 
@@ -187,16 +197,16 @@ def _local_repo(path, log, message):
                GIT_COMMITTER_EMAIL='lab@ironic-bt.invalid')
     for cmd in (['init', '-q', '-b', 'master'], ['add', '-A'],
                 ['commit', '-q', '-m', message]):
-        _run(['git', '-C', path] + cmd, log, env=env)
+        run(['git', '-C', path] + cmd, log, env=env)
 
 
 def _ipa_repo(work, venv, log):
     """IPA's sdist from PyPI as a local git repository."""
     name, version = IPA
     download = os.path.join(work, 'sdist')
-    _run([os.path.join(venv, 'bin', 'pip'), 'download', '-q', '--no-deps',
-          '--no-binary', ':all:', '-d', download,
-          '%s==%s' % (name, version)], log)
+    run([os.path.join(venv, 'bin', 'pip'), 'download', '-q', '--no-deps',
+         '--no-binary', ':all:', '-d', download,
+         '%s==%s' % (name, version)], log)
     (archive,) = os.listdir(download)
     with tarfile.open(os.path.join(download, archive)) as tar:
         tar.extractall(work, filter='data')
@@ -215,6 +225,30 @@ def _requirements_repo(work, log):
     return repo
 
 
+def dib_env(venv, work):
+    """diskimage-builder's environment for a Debian build in ``work``."""
+    env = dict(os.environ)
+    # The host's pip settings (local wheel folders, constraints) must not
+    # reach the chroot's pip.
+    for name in list(env):
+        if name.startswith('PIP_'):
+            del env[name]
+    env.update({
+        'PATH': '%s:%s' % (os.path.join(venv, 'bin'), env.get('PATH', '')),
+        # Debian's archive: deb.debian.org unless the caller set
+        # DIB_DISTRIBUTION_MIRROR.
+        'DIB_RELEASE': RELEASE,
+        'DIB_IMAGE_CACHE': os.path.join(cache_root(), 'dib-cache'),
+        'TMPDIR': work,
+    })
+    # Debian's security archive through deb.debian.org, the one name of
+    # Debian's archive that this machine's registry access lets through
+    # (security.debian.org answers 400 here).
+    env.setdefault('DIB_DEBIAN_SECURITY_MIRROR',
+                   'http://deb.debian.org/debian-security')
+    return env
+
+
 def build(given, key, log_path):
     """Build the ramdisk for ``given`` inputs into the cache."""
     missing = [p for p in ('debootstrap', 'sudo', 'cpio', 'qemu-img')
@@ -230,22 +264,12 @@ def build(given, key, log_path):
     start = time.monotonic()
     try:
         with open(log_path, 'ab') as log:
-            venv = _tools_venv(log)
+            venv = tools_venv(log)
             ipa = _ipa_repo(work, venv, log)
             requirements = _requirements_repo(work, log)
-            env = dict(os.environ)
-            # The host's pip settings (local wheel folders, constraints)
-            # must not reach the chroot's pip.
-            for name in list(env):
-                if name.startswith('PIP_'):
-                    del env[name]
+            env = dib_env(venv, work)
             env.update({
-                'PATH': '%s:%s' % (os.path.join(venv, 'bin'),
-                                   env.get('PATH', '')),
                 'ELEMENTS_PATH': ':'.join(ELEMENT_DIRS),
-                # Debian's archive: deb.debian.org unless the caller set
-                # DIB_DISTRIBUTION_MIRROR.
-                'DIB_RELEASE': RELEASE,
                 'DIB_REPOLOCATION_ironic_python_agent': ipa,
                 'DIB_REPOREF_ironic_python_agent': 'master',
                 'DIB_REPOLOCATION_requirements': requirements,
@@ -254,20 +278,13 @@ def build(given, key, log_path):
                 'DIB_REPOREF_ironic_bt': _git('rev-parse', 'HEAD'),
                 # glean from PyPI (simple-init), not a clone from opendev.
                 'DIB_INSTALLTYPE_glean': 'package',
-                'DIB_IMAGE_CACHE': os.path.join(cache_root(), 'dib-cache'),
-                'TMPDIR': work,
             })
-            # Debian's security archive through deb.debian.org, the one
-            # name of Debian's archive that this machine's registry access
-            # lets through (security.debian.org answers 400 here).
-            env.setdefault('DIB_DEBIAN_SECURITY_MIRROR',
-                           'http://deb.debian.org/debian-security')
             output = os.path.join(work, 'out', 'ipa')
             cmd = ['ironic-python-agent-builder', '-o', output,
                    '--release', RELEASE]
             for element in ELEMENTS:
                 cmd += ['-e', element]
-            _run(cmd + [DISTRO], log, env=env, timeout=BUILD_TIMEOUT)
+            run(cmd + [DISTRO], log, env=env, timeout=BUILD_TIMEOUT)
             seconds = time.monotonic() - start
             staged = os.path.join(work, 'result')
             os.makedirs(staged)
@@ -283,11 +300,11 @@ def build(given, key, log_path):
             os.rename(staged, final)
         return seconds
     finally:
-        _unmount_under(work)
+        unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _unmount_under(directory):
+def unmount_under(directory):
     """Unmount what a failed diskimage-builder run left mounted there."""
     real = os.path.realpath(directory)
     with open('/proc/self/mountinfo') as f:

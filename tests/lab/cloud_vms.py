@@ -1,0 +1,501 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""Virtual machines as bare-metal nodes: ``tools/cloud up --vms N``.
+
+Each node is a QEMU guest managed by libvirt, with a virtio disk (a sparse
+raw file of the cloud) and a virtio NIC on a tap device of the lab bridge.
+Ironic reaches its power and boot device through a BMC emulator, as it
+reaches a physical machine's:
+
+* ``bittorrent-redfish`` nodes through sushy-tools (Redfish);
+* ``bittorrent-ipmi`` nodes through virtualbmc (IPMI over LAN).
+
+Both boot the deploy ramdisk of :mod:`tests.lab.ramdisk` by PXE: the
+guest's NIC option ROM is iPXE, the lab's dnsmasq hands it the address of
+the node's port and, for iPXE, ironic's ``boot.ipxe`` on the lab's HTTP
+server; a client that is not iPXE gets iPXE (``undionly.kpxe``) by TFTP
+first. dnsmasq serves no DNS and gives no router: a guest reaches the lab
+subnet only.
+
+Everything stays inside the cloud's state directory and the lab:
+
+* libvirtd runs in a mount namespace of its own, where the cloud's
+  directories are bind-mounted over ``/etc/libvirt``, ``/run/libvirt``,
+  ``/var/lib/libvirt``, ``/var/log/libvirt`` and ``/var/cache/libvirt``:
+  it sees no domain or network of the host and leaves nothing there. Its
+  socket is ``<state>/libvirt/run/libvirt-sock``;
+* the tap devices, libvirtd, dnsmasq and the emulators are the lab's, and
+  the guests' QEMU processes (which libvirtd detaches) are killed through
+  the PID files libvirtd writes, so ``down`` removes it all;
+* the emulators listen on the bridge address only, behind a user name and
+  a password.
+
+The emulators and the libvirt bindings run from a virtualenv of their own,
+cached like the ramdisk's tools: they are the BMCs, not part of ironic.
+
+Guests run under KVM where KVM boots a Linux guest, else under QEMU's
+software emulation (see :func:`tests.lab.vms.accelerator`).
+"""
+
+import hashlib
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+import uuid
+
+from tests.lab import procs
+from tests.lab import ramdisk as lab_ramdisk
+from tests.lab import vms
+
+#: The BMC emulators and the libvirt bindings (9.0.0 is Debian 12's
+#: libvirt, which the bindings are built against).
+BMC_TOOLS = ('sushy-tools==2.2.0', 'virtualbmc==3.3.0',
+             'libvirt-python==9.0.0')
+#: Debian packages of the VM lab (tools/install-deps.sh --vms).
+PACKAGES = ('libvirt-daemon-system', 'libvirt-clients', 'libvirt-dev',
+            'python3-dev', 'dnsmasq-base', 'ipxe', 'ipmitool')
+REDFISH_PORT = 8000
+#: virtualbmc's first IPMI port (UDP); one port per IPMI node.
+IPMI_PORT = 6230
+#: virtualbmc's control socket: a port on 127.0.0.1.
+VBMC_CONTROL_PORT = 50891
+#: ironic-python-agent ignores disks below 4 GiB.
+DISK_BYTES = 5 * 1024 ** 3
+#: The ramdisk unpacks into memory: 1.1 GB unpacked.
+MEMORY_MIB = 3072
+IPXE_DIR = '/usr/lib/ipxe'
+#: Kernel parameters of the deploy ramdisk: the serial console, and no
+#: wait for a network that glean configures anyway.
+KERNEL_APPEND = ('console=ttyS0,115200 '
+                 'systemd.mask=systemd-networkd-wait-online.service '
+                 'ipa-debug=1')
+#: Where libvirtd keeps its state, bind-mounted from the cloud's.
+_LIBVIRT_DIRS = {'etc': '/etc/libvirt', 'run': '/run/libvirt',
+                 'lib': '/var/lib/libvirt', 'log': '/var/log/libvirt',
+                 'cache': '/var/cache/libvirt'}
+
+
+class VmLabError(RuntimeError):
+    """The VM lab cannot start (the message says why and what to do)."""
+
+
+def available():
+    """Why the VM lab cannot run here, or None when it can."""
+    missing = [b for b in ('libvirtd', 'virsh', 'dnsmasq', 'ipmitool',
+                           'unshare', vms.QEMU)
+               if shutil.which(b, path=os.environ.get('PATH', '') +
+                               ':/usr/sbin:/sbin') is None]
+    if not os.path.exists(os.path.join(IPXE_DIR, 'undionly.kpxe')):
+        missing.append(os.path.join(IPXE_DIR, 'undionly.kpxe'))
+    if missing:
+        return ('%s not found: install the Debian packages %s '
+                '(tools/install-deps.sh --vms)'
+                % (', '.join(missing), ' '.join(PACKAGES)))
+    return None
+
+
+def libvirt_uri(cloud):
+    socket = cloud.path('libvirt', 'run', 'libvirt-sock')
+    return 'qemu:///system?socket=%s' % socket
+
+
+def _bmc_venv(log):
+    """A virtualenv with the pinned BMC emulators, cached by their pins."""
+    venv = os.path.join(lab_ramdisk.cache_root(), 'bmc-%s' % hashlib.sha256(
+        ' '.join(BMC_TOOLS).encode()).hexdigest()[:12])
+    if not os.path.exists(os.path.join(venv, 'bin', 'vbmcd')):
+        shutil.rmtree(venv, ignore_errors=True)
+        try:
+            lab_ramdisk.run([sys.executable, '-m', 'venv', venv], log)
+            lab_ramdisk.run([os.path.join(venv, 'bin', 'pip'), 'install',
+                             '-q'] + list(BMC_TOOLS), log)
+        except lab_ramdisk.RamdiskError as e:
+            shutil.rmtree(venv, ignore_errors=True)
+            raise VmLabError('cannot install the BMC emulators: %s' % e)
+    return venv
+
+
+def plan(cloud, count, ipmi):
+    """Name the VMs and their BMCs; the last ``ipmi`` of them use IPMI."""
+    if count < 1:
+        raise VmLabError('--vms needs at least one VM')
+    if not 0 <= ipmi <= count:
+        raise VmLabError('--ipmi-vms must be between 0 and --vms (%d)'
+                         % count)
+    cloud.state['vms'] = {
+        'count': count,
+        'libvirt_uri': libvirt_uri(cloud),
+        'bmc_user': 'admin',
+        # Both emulators take it; the lab's secret, never logged.
+        'bmc_password': secrets.token_urlsafe(12),
+        'redfish_url': 'http://%s:%d' % (cloud.state['gateway_ip'],
+                                         REDFISH_PORT),
+        'ipmi': ipmi,
+    }
+
+
+def start(cloud, lab):
+    """Build (or find) the ramdisk; start libvirtd, dnsmasq, the BMCs."""
+    logs = cloud.path('logs')
+    ramdisk = lab_ramdisk.get(os.path.join(logs, 'ramdisk-build.log'))
+    cloud.state['vms'].update(
+        kernel=ramdisk.kernel, initramfs=ramdisk.initramfs,
+        ramdisk_key=ramdisk.key,
+        accel=vms.accelerator(ramdisk.kernel, ramdisk.initramfs))
+    with open(os.path.join(logs, 'bmc-install.log'), 'ab') as log:
+        cloud.state['vms']['bmc_venv'] = _bmc_venv(log)
+    cloud.save()
+    _start_libvirtd(cloud, lab)
+    _start_dnsmasq(cloud, lab)
+
+
+def _start_libvirtd(cloud, lab):
+    root = cloud.path('libvirt')
+    mounts = []
+    for sub, target in _LIBVIRT_DIRS.items():
+        os.makedirs(os.path.join(root, sub), exist_ok=True)
+        mounts.append('mkdir -p %s && mount --bind %s %s'
+                      % (target, os.path.join(root, sub), target))
+    os.makedirs(os.path.join(root, 'etc', 'qemu'), exist_ok=True)
+    with open(os.path.join(root, 'etc', 'libvirtd.conf'), 'w') as f:
+        f.write(textwrap.dedent('''\
+            # The lab's libvirtd: its unix socket only, for root only.
+            unix_sock_group = "root"
+            unix_sock_ro_perms = "0700"
+            unix_sock_rw_perms = "0700"
+            auth_unix_ro = "none"
+            auth_unix_rw = "none"
+            log_outputs = "3:stderr"
+            '''))
+    with open(os.path.join(root, 'etc', 'qemu.conf'), 'w') as f:
+        f.write(textwrap.dedent('''\
+            # Guests of the lab run as root, with no confinement driver
+            # (none is set up on a lab machine) and no cgroup or device
+            # namespace: the host may have neither systemd nor cgroup v2
+            # delegation.
+            security_driver = "none"
+            user = "root"
+            group = "root"
+            namespaces = [ ]
+            cgroup_controllers = [ ]
+            remember_owner = 0
+            # No virtlogd: the guests' stdio goes to files.
+            stdio_handler = "file"
+            '''))
+    log = cloud.path('logs', 'libvirtd.log')
+    script = ' && '.join(mounts + ['exec libvirtd'])
+    proc = cloud.start_service(
+        lab, 'libvirtd',
+        ['unshare', '--mount', '--propagation', 'private', 'sh', '-c',
+         script], log)
+    uri = cloud.state['vms']['libvirt_uri']
+
+    def answers():
+        return subprocess.run(['virsh', '-c', uri, 'uri'],
+                              capture_output=True).returncode == 0
+    procs.wait_for(answers, 60, 0.5, 'libvirtd to answer on %s' % uri,
+                   proc=proc, log_path=log)
+
+
+def _start_dnsmasq(cloud, lab):
+    """DHCP (and TFTP of iPXE) on the bridge: no DNS, no router."""
+    gw = cloud.state['gateway_ip']
+    tftp = cloud.path('libvirt', 'tftp')
+    os.makedirs(tftp, exist_ok=True)
+    shutil.copy(os.path.join(IPXE_DIR, 'undionly.kpxe'), tftp)
+    hosts = cloud.path('libvirt', 'dhcp-hosts')
+    with open(hosts, 'w') as f:
+        for vm in cloud.state['vm_nodes'].values():
+            f.write('%s,%s,%s\n' % (vm['mac'], vm['ip'], vm['name']))
+    log = cloud.path('logs', 'dnsmasq.log')
+    boot_script = '%s/boot.ipxe' % cloud.state['http_url']
+    cmd = ['dnsmasq', '--keep-in-foreground', '--no-daemon',
+           '--conf-file=/dev/null', '--port=0', '--no-resolv', '--no-hosts',
+           '--interface=%s' % lab.bridge, '--bind-interfaces',
+           '--except-interface=lo', '--listen-address=%s' % gw,
+           # Only the VMs' ports get an address.
+           '--dhcp-range=%s,static,%s' % (gw, lab.subnet.netmask),
+           '--dhcp-hostsfile=%s' % hosts,
+           '--dhcp-leasefile=%s' % cloud.path('libvirt', 'dnsmasq.leases'),
+           # No default route and no DNS server for the guests.
+           '--dhcp-option=option:router', '--dhcp-option=option:dns-server',
+           '--dhcp-match=set:ipxe,175',
+           '--dhcp-boot=tag:ipxe,%s' % boot_script,
+           '--dhcp-boot=tag:!ipxe,undionly.kpxe,,%s' % gw,
+           '--enable-tftp', '--tftp-root=%s' % tftp,
+           '--log-dhcp', '--log-facility=-',
+           '--pid-file=%s' % cloud.path('libvirt', 'dnsmasq.pid'),
+           '--user=root']
+    proc = cloud.start_service(lab, 'dnsmasq', cmd, log)
+    time.sleep(0.5)
+    if proc.poll() is not None:
+        raise VmLabError('dnsmasq exited with code %d; see %s'
+                         % (proc.returncode, log))
+
+
+def add_vms(cloud, lab):
+    """Create the VMs (powered off): disk, tap, libvirt domain."""
+    count = cloud.state['vms']['count']
+    ipmi = cloud.state['vms']['ipmi']
+    cloud.state['vm_nodes'] = {}
+    for i in range(count):
+        name = 'vm%d' % i
+        tap = lab.add_tap(name)
+        disk = cloud.path('disks', '%s.img' % name)
+        with open(disk, 'wb') as f:
+            f.truncate(DISK_BYTES)
+        vm = {'name': name, 'index': i, 'ip': tap.ip, 'mac': tap.mac,
+              'tap': tap.dev, 'disk': disk, 'uuid': None,
+              'domain_uuid': str(uuid.uuid4()),
+              'console': cloud.path('logs', 'console-%s.log' % name),
+              'bmc': 'ipmi' if i >= count - ipmi else 'redfish'}
+        if vm['bmc'] == 'ipmi':
+            vm['ipmi_port'] = IPMI_PORT + i
+        cloud.state['vm_nodes'][name] = vm
+    cloud.save()
+
+
+def define_domains(cloud, lab):
+    uri = cloud.state['vms']['libvirt_uri']
+    for vm in cloud.state['vm_nodes'].values():
+        # libvirtd writes the PID of the guest's QEMU here.
+        lab.register_pidfile(
+            cloud.path('libvirt', 'run', 'qemu', '%s.pid' % vm['name']),
+            'guest=%s' % vm['name'])
+        xml = cloud.path('libvirt', '%s.xml' % vm['name'])
+        with open(xml, 'w') as f:
+            f.write(domain_xml(vm, cloud.state['vms']['accel']))
+        _virsh(uri, 'define', xml)
+
+
+def domain_xml(vm, accel):
+    """A BIOS machine that boots from its NIC, then from its disk."""
+    return textwrap.dedent('''\
+        <domain type='%(type)s'>
+          <name>%(name)s</name>
+          <uuid>%(uuid)s</uuid>
+          <memory unit='MiB'>%(memory)d</memory>
+          <vcpu>1</vcpu>
+          <os>
+            <type arch='x86_64' machine='pc'>hvm</type>
+            <boot dev='network'/>
+            <boot dev='hd'/>
+            <bios useserial='yes'/>
+          </os>
+          <features><acpi/><apic/></features>
+          <on_poweroff>destroy</on_poweroff>
+          <on_reboot>restart</on_reboot>
+          <on_crash>destroy</on_crash>
+          <devices>
+            <disk type='file' device='disk'>
+              <driver name='qemu' type='raw' cache='none' io='native'/>
+              <source file='%(disk)s'/>
+              <target dev='vda' bus='virtio'/>
+            </disk>
+            <interface type='ethernet'>
+              <mac address='%(mac)s'/>
+              <target dev='%(tap)s' managed='no'/>
+              <model type='virtio'/>
+            </interface>
+            <serial type='file'>
+              <source path='%(console)s' append='on'/>
+              <target port='0'/>
+            </serial>
+            <console type='file'>
+              <source path='%(console)s' append='on'/>
+              <target type='serial' port='0'/>
+            </console>
+          </devices>
+        </domain>
+        ''') % {'type': 'kvm' if accel == 'kvm' else 'qemu',
+                'name': vm['name'], 'uuid': vm['domain_uuid'],
+                'memory': MEMORY_MIB, 'disk': vm['disk'], 'mac': vm['mac'],
+                'tap': vm['tap'], 'console': vm['console']}
+
+
+def _virsh(uri, *args):
+    result = subprocess.run(['virsh', '-c', uri] + list(args),
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise VmLabError('virsh %s failed: %s'
+                         % (' '.join(args), result.stderr.strip()))
+    return result.stdout
+
+
+def domain_state(cloud, name):
+    """libvirt's state of a VM: 'running', 'shut off', ..."""
+    return _virsh(cloud.state['vms']['libvirt_uri'], 'domstate',
+                  name).strip()
+
+
+def power_off(cloud, name):
+    """Pull a VM's plug, as a power cut would (not through ironic)."""
+    _virsh(cloud.state['vms']['libvirt_uri'], 'destroy', name)
+
+
+def start_bmcs(cloud, lab):
+    """sushy-tools for the Redfish VMs, virtualbmc for the IPMI ones."""
+    v = cloud.state['vms']
+    venv = v['bmc_venv']
+    gw = cloud.state['gateway_ip']
+    bmc_dir = cloud.path('libvirt', 'bmc')
+    os.makedirs(bmc_dir, exist_ok=True)
+    redfish = [vm for vm in cloud.state['vm_nodes'].values()
+               if vm['bmc'] == 'redfish']
+    ipmi = [vm for vm in cloud.state['vm_nodes'].values()
+            if vm['bmc'] == 'ipmi']
+    if redfish:
+        htpasswd = os.path.join(bmc_dir, 'htpasswd')
+        subprocess.run(
+            [os.path.join(venv, 'bin', 'python'), '-c',
+             'import bcrypt, sys; sys.stdout.write("%s:%s\\n" % (sys.argv[1],'
+             ' bcrypt.hashpw(sys.argv[2].encode(), bcrypt.gensalt())'
+             '.decode()))', v['bmc_user'], v['bmc_password']],
+            check=True, stdout=open(htpasswd, 'w'))
+        conf = os.path.join(bmc_dir, 'sushy.conf')
+        with open(conf, 'w') as f:
+            f.write(textwrap.dedent('''\
+                SUSHY_EMULATOR_LISTEN_IP = %r
+                SUSHY_EMULATOR_LISTEN_PORT = %d
+                SUSHY_EMULATOR_LIBVIRT_URI = %r
+                SUSHY_EMULATOR_AUTH_FILE = %r
+                SUSHY_EMULATOR_ALLOWED_INSTANCES = %r
+                SUSHY_EMULATOR_IGNORE_BOOT_DEVICE = False
+                ''') % (gw, REDFISH_PORT, v['libvirt_uri'], htpasswd,
+                        [vm['domain_uuid'] for vm in redfish]))
+        log = cloud.path('logs', 'sushy-emulator.log')
+        proc = cloud.start_service(
+            lab, 'sushy-emulator',
+            [os.path.join(venv, 'bin', 'sushy-emulator'), '--config', conf],
+            log)
+        procs.wait_port(gw, REDFISH_PORT, timeout=60, proc=proc,
+                        log_path=log)
+    if ipmi:
+        conf = os.path.join(bmc_dir, 'virtualbmc.conf')
+        with open(conf, 'w') as f:
+            f.write(textwrap.dedent('''\
+                [default]
+                config_dir = %s
+                pid_file = %s
+                server_port = %d
+                [log]
+                logfile = %s
+                debug = true
+                ''') % (os.path.join(bmc_dir, 'vbmc'),
+                        os.path.join(bmc_dir, 'vbmcd.pid'),
+                        VBMC_CONTROL_PORT,
+                        cloud.path('logs', 'vbmc.log')))
+        env = {'VIRTUALBMC_CONFIG': conf}
+        log = cloud.path('logs', 'vbmcd.log')
+        proc = cloud.start_service(
+            lab, 'vbmcd', [os.path.join(venv, 'bin', 'vbmcd'),
+                           '--foreground'], log, env=env)
+        procs.wait_port('127.0.0.1', VBMC_CONTROL_PORT, timeout=60,
+                        proc=proc, log_path=log)
+        vbmc = os.path.join(venv, 'bin', 'vbmc')
+        for vm in ipmi:
+            for args in (['add', '--username', v['bmc_user'], '--password',
+                          v['bmc_password'], '--port', str(vm['ipmi_port']),
+                          '--address', gw, '--libvirt-uri', v['libvirt_uri'],
+                          vm['name']],
+                         ['start', vm['name']]):
+                result = subprocess.run(
+                    [vbmc] + args, capture_output=True, text=True,
+                    env=dict(os.environ, **env))
+                if result.returncode:
+                    raise VmLabError('vbmc %s %s failed: %s (see %s)'
+                                     % (args[0], vm['name'],
+                                        result.stderr.strip(), log))
+
+
+def ironic_sections(cloud):
+    """What ironic needs to boot the VMs' ramdisk and drive their BMCs."""
+    gw = cloud.state['gateway_ip']
+    return {
+        'DEFAULT': {
+            'enabled_hardware_types':
+                'fake-hardware,bittorrent-redfish,bittorrent-ipmi',
+            'enabled_boot_interfaces': 'fake,ipxe',
+            'enabled_power_interfaces': 'fake,redfish,ipmitool',
+            'enabled_management_interfaces': 'fake,noop,redfish,ipmitool',
+        },
+        # Ironic boots the ramdisk of the VMs (fake boot does nothing for
+        # the namespace nodes, whose agents the lab starts).
+        'agent': {'manage_agent_boot': True},
+        'deploy': {'default_boot_mode': 'bios'},
+        'pxe': {'kernel_append_params': KERNEL_APPEND,
+                'ipxe_timeout': 120},
+        'conductor': {
+            'file_url_allowed_paths': '%s,%s' % (
+                cloud.path('http'),
+                os.path.dirname(cloud.state['vms']['kernel'])),
+            # Power states are polled from the BMCs: often, so that a VM
+            # that lost power is seen soon.
+            'sync_power_state_interval': 10,
+        },
+        'redfish': {'connection_attempts': 5, 'connection_retry_interval': 2},
+        'ipmi': {'command_retry_timeout': 30, 'min_command_interval': 1},
+        'api': {'host_ip': gw},
+    }
+
+
+def enrol(cloud, deploy_interface):
+    """Enrol the VMs; manage and provide them (no cleaning in the lab)."""
+    bm = cloud.conn.baremetal
+    v = cloud.state['vms']
+    gw = cloud.state['gateway_ip']
+    uuids = []
+    for name in sorted(cloud.state['vm_nodes'],
+                       key=lambda n: cloud.state['vm_nodes'][n]['index']):
+        vm = cloud.state['vm_nodes'][name]
+        driver_info = {'deploy_kernel': 'file://%s' % v['kernel'],
+                       'deploy_ramdisk': 'file://%s' % v['initramfs']}
+        if vm['bmc'] == 'redfish':
+            driver = 'bittorrent-redfish'
+            driver_info.update(
+                redfish_address=v['redfish_url'],
+                redfish_system_id='/redfish/v1/Systems/%s'
+                % vm['domain_uuid'],
+                redfish_username=v['bmc_user'],
+                redfish_password=v['bmc_password'])
+            interfaces = {'power_interface': 'redfish',
+                          'management_interface': 'redfish'}
+        else:
+            driver = 'bittorrent-ipmi'
+            driver_info.update(
+                ipmi_address=gw, ipmi_port=vm['ipmi_port'],
+                ipmi_username=v['bmc_user'], ipmi_password=v['bmc_password'])
+            interfaces = {'power_interface': 'ipmitool',
+                          'management_interface': 'ipmitool'}
+        node = bm.create_node(
+            name=name, driver=driver, boot_interface='ipxe',
+            deploy_interface=deploy_interface, network_interface='noop',
+            driver_info=driver_info,
+            properties={'capabilities': 'boot_mode:bios',
+                        'cpu_arch': 'x86_64'},
+            **interfaces)
+        vm['uuid'] = node.id
+        bm.create_port(node_id=node.id, address=vm['mac'], pxe_enabled=True)
+        uuids.append(node.id)
+    cloud.save()
+    for uuid_ in uuids:
+        bm.set_node_provision_state(uuid_, 'manage')
+    bm.wait_for_nodes_provision_state(uuids, 'manageable', timeout=300)
+    for uuid_ in uuids:
+        bm.set_node_provision_state(uuid_, 'provide')
+    bm.wait_for_nodes_provision_state(uuids, 'available', timeout=300)
+    return uuids
