@@ -11,7 +11,7 @@
 # devstack plugin contract defined at:
 # https://docs.openstack.org/devstack/latest/plugins.html
 
-echo_summary "ironic-bt devstack plugin.sh called: $1/$2"
+echo_summary "ironic-bt devstack plugin.sh called: $1/${2:-}"
 source $DEST/ironic/devstack/lib/ironic
 
 # Save trace setting

@@ -48,6 +48,7 @@ software emulation (see :func:`tests.lab.vms.accelerator`).
 """
 
 import hashlib
+import json
 import os
 import secrets
 import shutil
@@ -57,6 +58,9 @@ import textwrap
 import time
 import uuid
 
+from tests.lab import cloud_conf
+from tests.lab import disks
+from tests.lab import images
 from tests.lab import procs
 from tests.lab import ramdisk as lab_ramdisk
 from tests.lab import vms
@@ -499,3 +503,147 @@ def enrol(cloud, deploy_interface):
         bm.set_node_provision_state(uuid_, 'provide')
     bm.wait_for_nodes_provision_state(uuids, 'available', timeout=300)
     return uuids
+
+
+# -- deploying ---------------------------------------------------------------
+
+#: Where a deploy ends.
+_TERMINAL = ('active', 'deploy failed')
+
+
+def prepare_image(cloud, path):
+    """Serve an image from the lab's HTTP server: (Image, its URL)."""
+    os.makedirs(cloud.path('http', 'images'), exist_ok=True)
+    dest = cloud.path('http', 'images', os.path.basename(path))
+    if not os.path.exists(dest):
+        try:
+            os.link(path, dest)
+        except OSError:
+            subprocess.run(['cp', '--sparse=always', path, dest], check=True)
+    size = os.path.getsize(dest)
+    if size > DISK_BYTES:
+        raise VmLabError('the image (%d bytes) does not fit the VMs\' disks '
+                         '(%d bytes)' % (size, DISK_BYTES))
+    img = images.Image(dest, size, disks.sha256_region(dest, size))
+    return img, '%s/images/%s' % (cloud.state['http_url'],
+                                  os.path.basename(dest))
+
+
+def _console_offset(vm):
+    try:
+        return os.path.getsize(vm['console'])
+    except FileNotFoundError:
+        return 0
+
+
+def _console_since(vm, offset):
+    try:
+        with open(vm['console'], 'rb') as f:
+            f.seek(offset)
+            return f.read().decode(errors='replace')
+    except FileNotFoundError:
+        return ''
+
+
+def deploy(cloud, osc_env, names, interface, image, hostnames,
+           timeout=1800, power_cut=None, log=print):
+    """Deploy VMs with ``openstack baremetal node deploy``; watch them boot.
+
+    :param osc_env: the openstack CLI's environment for this cloud.
+    :param image: ``(Image, url)`` from :func:`prepare_image`.
+
+    Each node gets a config drive whose ``meta_data`` names its host
+    ``hostnames[name]``; a node is done when it is ``active`` and its
+    serial console shows ``<hostname> login:`` (the instance booted from
+    the disk and read the config drive).
+
+    :param power_cut: ``(name, seconds)``: pull that VM's plug that long
+        after its agent started writing the image.
+    :returns: {name: {'state', 'last_error', 'active_s', 'booted_s'}}.
+    """
+    bm = cloud.conn.baremetal
+    img, url = image
+    vm_nodes = cloud.state['vm_nodes']
+    for name in names:
+        bm.update_node(vm_nodes[name]['uuid'], deploy_interface=interface,
+                       instance_info={'image_source': url,
+                                      'image_os_hash_algo': 'sha256',
+                                      'image_os_hash_value': img.sha256,
+                                      'image_disk_format': 'raw'})
+    offsets = {n: _console_offset(vm_nodes[n]) for n in names}
+    started = time.monotonic()
+    for name in names:
+        drive = json.dumps({'meta_data': {'hostname': hostnames[name],
+                                          'uuid': vm_nodes[name]['uuid']}})
+        cmd = [os.path.join(cloud_conf.BINDIR, 'openstack'), 'baremetal',
+               'node', 'deploy', '--config-drive', drive,
+               vm_nodes[name]['uuid']]
+        proc = subprocess.run(cmd, env=osc_env,
+                              capture_output=True, text=True)
+        if proc.returncode:
+            raise VmLabError('openstack baremetal node deploy %s failed: %s'
+                             % (name, proc.stderr.strip()
+                                or proc.stdout.strip()))
+    log('deploying %s with %s: %s (%d bytes)' % (
+        ', '.join(names), interface, url, img.size))
+    result = {n: {'state': None, 'last_error': None, 'active_s': None,
+                  'booted_s': None} for n in names}
+    cut_at = None
+    deadline = time.monotonic() + timeout
+    while True:
+        now = time.monotonic()
+        for name in names:
+            r = result[name]
+            if r['booted_s'] is not None or (
+                    r['state'] == 'deploy failed' and r['last_error']):
+                continue
+            node = bm.get_node(vm_nodes[name]['uuid'])
+            if node.provision_state != r['state']:
+                log('%6.1f s  %s: %s' % (now - started, name,
+                                         node.provision_state))
+            r['state'], r['last_error'] = (node.provision_state,
+                                           node.last_error)
+            if power_cut and power_cut[0] == name and cut_at is None and \
+                    (node.deploy_step or {}).get('step') == \
+                    'write_image_bittorrent':
+                cut_at = now + power_cut[1]
+            if cut_at is not None and now >= cut_at and name == power_cut[0]:
+                power_off(cloud, name)
+                log('%6.1f s  %s: power cut (virsh destroy)'
+                    % (now - started, name))
+                cut_at = float('inf')
+            if node.provision_state == 'active':
+                if r['active_s'] is None:
+                    r['active_s'] = now - started
+                if '%s login:' % hostnames[name] in _console_since(
+                        vm_nodes[name], offsets[name]):
+                    r['booted_s'] = now - started
+                    log('%6.1f s  %s: instance booted as %s'
+                        % (now - started, name, hostnames[name]))
+        if all(r['booted_s'] is not None
+               or (r['state'] == 'deploy failed' and r['last_error'])
+               for r in result.values()):
+            return result
+        if now > deadline:
+            raise VmLabError('timed out after %d s: %s' % (timeout, {
+                n: r['state'] for n, r in result.items()}))
+        time.sleep(2)
+
+
+def power_off_all(cloud, names, timeout=300):
+    """Power the nodes off through ironic and wait for their guests."""
+    bm = cloud.conn.baremetal
+    for name in names:
+        bm.set_node_power_state(cloud.state['vm_nodes'][name]['uuid'],
+                                'power off')
+    procs.wait_for(lambda: all(domain_state(cloud, n) == 'shut off'
+                               for n in names),
+                   timeout, 2, 'the VMs %s to be off' % ', '.join(names))
+
+
+def undeploy(cloud, names, timeout=900):
+    bm = cloud.conn.baremetal
+    uuids = [cloud.state['vm_nodes'][n]['uuid'] for n in names]
+    for uuid_ in uuids:
+        bm.set_node_provision_state(uuid_, 'deleted')
+    bm.wait_for_nodes_provision_state(uuids, 'available', timeout=timeout)

@@ -16,7 +16,7 @@ diskimage-builder builds the root file system (``debian-minimal`` with the
 lab's ``lab-instance`` element: cloud-init reading the config drive) as a
 tarball. diskimage-builder's own disk images map partitions with
 device-mapper (kpartx), which the lab's kernel may lack, so the disk is
-put together here with a partitioned loop device instead:
+put together here with a loop device over the partition instead:
 
 * a GPT with one ext4 partition from 1 MiB, marked legacy-BIOS bootable
   (Ironic's agent adds the config drive as a partition after it);
@@ -83,8 +83,17 @@ def _assemble(tarball, image, work, log):
          input=b'label: gpt\nstart=2048, '
          b'type=0FC63DAF-8483-4772-8E79-3D69D8477DE4, '
          b'attrs="LegacyBIOSBootable"\n')
+    table = json.loads(subprocess.run(
+        ['sfdisk', '--json', image], check=True, capture_output=True,
+        text=True).stdout)['partitiontable']
+    (part,) = table['partitions']
+    sector = table.get('sectorsize', 512)
+    # A loop device over the partition's bytes: partition scanning of loop
+    # devices gives no partition node on some kernels (this lab's).
     device = subprocess.run(
-        ['losetup', '--find', '--show', '--partscan', image],
+        ['losetup', '--find', '--show', '--offset',
+         str(part['start'] * sector), '--sizelimit',
+         str(part['size'] * sector), image],
         check=True, capture_output=True, text=True).stdout.strip()
     mnt = os.path.join(work, 'mnt')
     os.makedirs(mnt)
@@ -96,13 +105,8 @@ def _assemble(tarball, image, work, log):
         if os.path.realpath(backing) != os.path.realpath(image):
             raise InstanceError('%s is backed by %s, not by %s'
                                 % (device, backing, image))
-        part = device + 'p1'
-        for _ in range(50):
-            if os.path.exists(part):
-                break
-            time.sleep(0.1)
-        _run(['mkfs.ext4', '-q', '-L', LABEL, part], log)
-        _run(['mount', part, mnt], log)
+        _run(['mkfs.ext4', '-q', '-L', LABEL, device], log)
+        _run(['mount', device, mnt], log)
         try:
             _run(['tar', '-C', mnt, '--numeric-owner', '-xpf', tarball], log)
             kernels = sorted(n for n in os.listdir(os.path.join(mnt, 'boot'))
