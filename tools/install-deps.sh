@@ -2,7 +2,8 @@
 # Install what ironic-bt's tests, demo and benchmark need on a fresh Debian
 # machine, as root: system tools for namespaces, loop devices and disk
 # images, and tox in its own virtualenv (.venv-tox). With --vms, also what
-# tox -e vms needs: diskimage-builder's tools and QEMU.
+# tox -e vms needs: diskimage-builder's tools, QEMU and libvirt, dnsmasq and
+# iPXE, ipmitool, syslinux, and the headers the libvirt bindings build with.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -14,9 +15,13 @@ PACKAGES=(
     rabbitmq-server genisoimage mariadb-server mariadb-client udev
     python3 python3-venv python3-pip git
 )
-# tox -e vms: the deploy ramdisk's build (diskimage-builder) and QEMU.
+# tox -e vms: the deploy ramdisk's and the instance image's builds
+# (diskimage-builder, syslinux), and the VM lab (tests/lab/cloud_vms.py).
 if [[ "${1:-}" == "--vms" ]]; then
-    PACKAGES+=(debootstrap sudo cpio qemu-utils qemu-system-x86)
+    PACKAGES+=(debootstrap sudo cpio qemu-utils qemu-system-x86
+               libvirt-daemon-system libvirt-clients libvirt-dev python3-dev
+               pkg-config gcc dnsmasq-base ipxe ipmitool
+               extlinux syslinux-common)
 fi
 missing=()
 for pkg in "${PACKAGES[@]}"; do

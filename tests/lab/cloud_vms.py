@@ -71,7 +71,8 @@ BMC_TOOLS = ('sushy-tools==2.2.0', 'virtualbmc==3.3.0',
              'libvirt-python==9.0.0')
 #: Debian packages of the VM lab (tools/install-deps.sh --vms).
 PACKAGES = ('libvirt-daemon-system', 'libvirt-clients', 'libvirt-dev',
-            'python3-dev', 'dnsmasq-base', 'ipxe', 'ipmitool')
+            'python3-dev', 'pkg-config', 'gcc', 'dnsmasq-base', 'ipxe',
+            'ipmitool')
 REDFISH_PORT = 8000
 #: virtualbmc's first IPMI port (UDP); one port per IPMI node.
 IPMI_PORT = 6230
