@@ -174,14 +174,16 @@ class Redial:
     """Dial again an agent lost to a simultaneous open, from one side only.
 
     Two agents that learn of each other from the tracker at the same moment
-    dial each other at once. libtorrent keeps one of the two connections
-    by comparing peer ids, but seen in the Nova lab (2 runs of 10) each end
-    closed its incoming connection ("duplicate peer-id"), which was the
-    other end's outgoing one, so no connection was left; libtorrent tries a
-    failed peer again only after ``min_reconnect_time`` (60 s), longer than
-    a deploy. The two never traded a piece, and the seeder sent each of
-    them the pieces it owned (1.33 and 1.37 copies for three nodes instead
-    of 1.2).
+    dial each other at once. libtorrent keeps one of the two connections,
+    and for both ends to keep the same one it compares the listening ports
+    (peer_list.cpp, "DUPLICATE_PEER_RESOLUTION"); agents all listen on the
+    port the conductor gives them, so the ports are equal and each end
+    picks at random. When the picks differ, each end closes the other's
+    outgoing connection ("duplicate peer-id") and none is left; libtorrent
+    tries a failed peer again only after ``min_reconnect_time`` (60 s),
+    longer than a deploy. Seen in 2 Nova lab runs of 11: the two never
+    traded a piece, and the seeder sent each the pieces the other owned
+    (1.33 and 1.37 copies for three nodes instead of about 1.2).
 
     So when a connection to an agent ends as a duplicate and no other one
     to that address is left, the agent with the lower address dials it
