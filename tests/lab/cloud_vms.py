@@ -390,6 +390,7 @@ def start_bmcs(cloud, lab):
         procs.wait_port(gw, REDFISH_PORT, timeout=60, proc=proc,
                         log_path=log)
     if ipmi:
+        os.makedirs(os.path.join(bmc_dir, 'vbmc'), exist_ok=True)
         conf = os.path.join(bmc_dir, 'virtualbmc.conf')
         with open(conf, 'w') as f:
             f.write(textwrap.dedent('''\
