@@ -10,7 +10,11 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""The ``[bittorrent]`` option group of the conductor side."""
+"""The option groups of the conductor side.
+
+``[bittorrent]``: the deploy interface. ``[bittorrent-redfish]``: what
+ironic looks up by the name of the ``bittorrent-redfish`` hardware type.
+"""
 
 from oslo_config import cfg
 
@@ -235,9 +239,31 @@ opts = [
 ]
 
 
+#: ironic looks up a Redfish node's CA bundle in the option group named
+#: after the node's hardware type (ironic.drivers.utils.get_verify_ca); with
+#: no group of that name, checking a bittorrent-redfish node's power
+#: credentials failed with "no such option bittorrent-redfish in group
+#: [DEFAULT]". The option defaults to [redfish]verify_ca (see
+#: ironic_bt.hardware.BitTorrentRedfishHardware).
+REDFISH_GROUP = cfg.OptGroup(
+    'bittorrent-redfish',
+    title=_('bittorrent-redfish hardware type options'),
+    help=_('Options ironic looks up by the name of the bittorrent-redfish '
+           'hardware type.'))
+
+redfish_opts = [
+    cfg.StrOpt('verify_ca',
+               help=_('The CA bundle that verifies the Redfish BMC of '
+                      'bittorrent-redfish nodes whose redfish_verify_ca is '
+                      'missing or True. Defaults to [redfish]verify_ca.')),
+]
+
+
 def register_opts(conf):
     conf.register_group(GROUP)
     conf.register_opts(opts, group=GROUP)
+    conf.register_group(REDFISH_GROUP)
+    conf.register_opts(redfish_opts, group=REDFISH_GROUP)
 
 
 def list_opts():
@@ -245,7 +271,7 @@ def list_opts():
 
     :returns: a list of (group, options) tuples.
     """
-    return [(GROUP, opts)]
+    return [(GROUP, opts), (REDFISH_GROUP, redfish_opts)]
 
 
 CONF = cfg.CONF

@@ -20,8 +20,12 @@ interface whenever it is enabled.
 
 from ironic.drivers import ipmi
 from ironic.drivers import redfish
+from oslo_config import cfg
 
+from ironic_bt import conf
 from ironic_bt import deploy
+
+CONF = cfg.CONF
 
 
 class BitTorrentIPMIHardware(ipmi.IPMIHardware):
@@ -35,6 +39,13 @@ class BitTorrentIPMIHardware(ipmi.IPMIHardware):
 
 class BitTorrentRedfishHardware(redfish.RedfishHardware):
     """Redfish hardware type deploying with BitTorrent by default."""
+
+    def __init__(self):
+        super().__init__()
+        # ironic reads [<hardware type>]verify_ca: ours follows [redfish]
+        # unless set (see ironic_bt.conf.REDFISH_GROUP).
+        CONF.set_default('verify_ca', CONF.redfish.verify_ca,
+                         group=conf.REDFISH_GROUP.name)
 
     @property
     def supported_deploy_interfaces(self):
