@@ -63,6 +63,7 @@ from tests.lab import cloud_vms
 from tests.lab import disks
 from tests.lab import faulty
 from tests.lab import images
+from tests.lab import instance as lab_instance
 from tests.lab import net
 from tests.lab import procs
 
@@ -1273,6 +1274,8 @@ def _up(args):
 
 
 def _deploy(cloud, args, names=None):
+    if cloud.state.get('vms'):
+        return _deploy_vms(cloud, args, names)
     if args.rate_mbit is not None and args.command == 'deploy':
         _reshape(cloud, args.rate_mbit)
     report = cloud.deploy(
@@ -1283,6 +1286,20 @@ def _deploy(cloud, args, names=None):
         strict=args.strict_verify)
     # With --kill-agent, "ok" means the killed node failed (with an
     # error) and every other node is active and verified.
+    return report['ok']
+
+
+def _deploy_vms(cloud, args, names=None):
+    names = names or sorted(cloud.state['vm_nodes'])
+    unknown = set(names) - set(cloud.state['vm_nodes'])
+    if unknown:
+        raise CloudError('unknown VMs: %s' % ', '.join(sorted(unknown)))
+    image = args.image or lab_instance.get()[0]
+    report = cloud_vms.run(
+        cloud, osc_env(cloud), names,
+        args.interface or cloud.state['default_interface'], image,
+        timeout=args.timeout, log=lambda msg: _log('%s', msg))
+    print(json.dumps(report, sort_keys=True))
     return report['ok']
 
 

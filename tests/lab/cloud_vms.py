@@ -59,6 +59,7 @@ import time
 import uuid
 
 from tests.lab import cloud_conf
+from tests.lab import configdrive
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import procs
@@ -649,3 +650,78 @@ def undeploy(cloud, names, timeout=900):
     for uuid_ in uuids:
         bm.set_node_provision_state(uuid_, 'deleted')
     bm.wait_for_nodes_provision_state(uuids, 'available', timeout=timeout)
+
+
+def reset(cloud, names, timeout=900):
+    """Bring deployed (or failed) VMs back to ``available``."""
+    bm = cloud.conn.baremetal
+    busy = []
+    for name in names:
+        uuid_ = cloud.state['vm_nodes'][name]['uuid']
+        state = bm.get_node(uuid_).provision_state
+        if state in _TERMINAL:
+            bm.set_node_provision_state(uuid_, 'deleted')
+            busy.append(uuid_)
+        elif state != 'available':
+            raise VmLabError('%s is %s; cannot deploy it' % (name, state))
+    if busy:
+        bm.wait_for_nodes_provision_state(busy, 'available', timeout=timeout)
+
+
+def check_disk(cloud, name, image_path, hostname, work_dir):
+    """A VM's disk holds the image and a config drive naming its host.
+
+    Read from the host, with the guest off.
+
+    :raises configdrive.DiskMismatch: naming the disk and what differs.
+    """
+    vm = cloud.state['vm_nodes'][name]
+    if domain_state(cloud, name) != 'shut off':
+        raise VmLabError('%s is running: its disk is checked with the guest '
+                         'off' % name)
+    drive = configdrive.check_disk(vm['disk'], image_path)
+    iso = configdrive.config_drive_file(
+        vm['disk'], drive, os.path.join(work_dir, '%s-config.iso' % name))
+    meta = configdrive.read_json(iso, '/openstack/latest/meta_data.json')
+    if meta.get('hostname') != hostname or meta.get('uuid') != vm['uuid']:
+        raise configdrive.DiskMismatch(
+            '%s: the config drive names %s (%s), not %s (%s)'
+            % (vm['disk'], meta.get('hostname'), meta.get('uuid'), hostname,
+               vm['uuid']))
+
+
+def run(cloud, osc_env, names, interface, image_path, timeout=1800,
+        power_cut=None, log=print):
+    """Deploy VMs, watch the instances boot, check the disks with them off.
+
+    :returns: a report: per node its state, error, times and disk check,
+        the last times, and ``ok`` (every node booted its instance and
+        holds the image, except a ``power_cut`` node, which must fail).
+    """
+    reset(cloud, names)
+    image = prepare_image(cloud, image_path)
+    hostnames = {n: '%s-%s' % (n, interface) for n in names}
+    nodes = deploy(cloud, osc_env, names, interface, image, hostnames,
+                   timeout=timeout, power_cut=power_cut, log=log)
+    booted = [n for n in names if nodes[n]['booted_s'] is not None]
+    power_off_all(cloud, booted)
+    for name in booted:
+        try:
+            check_disk(cloud, name, image[0].path, hostnames[name],
+                       cloud.path('libvirt'))
+            nodes[name]['disk'] = 'image and config drive'
+        except configdrive.DiskMismatch as e:
+            nodes[name]['disk'] = str(e)
+    victim = power_cut[0] if power_cut else None
+    ok = all((nodes[n]['state'] == 'deploy failed' and nodes[n]['last_error'])
+             if n == victim else
+             nodes[n].get('disk') == 'image and config drive'
+             for n in names)
+    report = {'interface': interface, 'ok': ok, 'image_bytes': image[0].size,
+              'accelerator': cloud.state['vms']['accel'], 'nodes': nodes}
+    if booted:
+        report['last_active_s'] = round(max(nodes[n]['active_s']
+                                            for n in booted), 1)
+        report['last_booted_s'] = round(max(nodes[n]['booted_s']
+                                            for n in booted), 1)
+    return report
