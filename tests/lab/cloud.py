@@ -227,7 +227,7 @@ class Cloud:
     # -- up ------------------------------------------------------------------
 
     def up(self, nodes=3, rate_mbit=None, disk_mib=256, subnet=None,
-           interfaces='auto', callback_timeout=90, heartbeat_timeout=30,
+           interfaces='auto', callback_timeout=None, heartbeat_timeout=30,
            conductors=1, tracker='builtin', nova=False, database='sqlite',
            vms=0, ipmi_vms=0):
         """Build the lab, start ironic and the agents, enrol the nodes.
@@ -242,6 +242,9 @@ class Cloud:
             (see :mod:`tests.lab.cloud_nova`).
         :param database: ironic's database, ``sqlite`` or ``mariadb``
             (:mod:`tests.lab.cloud_mariadb`; always with Nova).
+        :param callback_timeout: ``[conductor]deploy_callback_timeout``:
+            90 s by default, 600 s with VMs (which boot the ramdisk first,
+            in minutes under software emulation).
         :param vms: virtual machines as nodes, beside the ``nodes``
             namespaces (see :mod:`tests.lab.cloud_vms`); the last
             ``ipmi_vms`` of them behind IPMI, the others behind Redfish.
@@ -259,6 +262,8 @@ class Cloud:
             if conductors > 1:
                 raise CloudError('Nova in front of several conductors is '
                                  'not supported by the harness yet')
+        if callback_timeout is None:
+            callback_timeout = cloud_vms.CALLBACK_TIMEOUT if vms else 90
         if vms:
             missing = cloud_vms.available()
             if missing:
@@ -1171,9 +1176,10 @@ def _add_up_args(parser):
                         default='sqlite',
                         help='ironic\'s database (default sqlite; always '
                              'MariaDB with --nova)')
-    parser.add_argument('--callback-timeout', type=int, default=90,
+    parser.add_argument('--callback-timeout', type=int,
                         help='[conductor]deploy_callback_timeout: how long '
-                             'a dead agent goes unnoticed (default 90)')
+                             'a dead agent goes unnoticed (default 90, or '
+                             '600 with --vms)')
 
 
 def _add_deploy_args(parser):

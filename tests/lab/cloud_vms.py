@@ -84,6 +84,9 @@ DISK_BYTES = 5 * 1024 ** 3
 #: The ramdisk unpacks into memory: 1.1 GB unpacked.
 MEMORY_MIB = 3072
 IPXE_DIR = '/usr/lib/ipxe'
+#: [conductor]deploy_callback_timeout of a cloud with VMs: from power on,
+#: the ramdisk takes 2 to 5 minutes to boot under software emulation.
+CALLBACK_TIMEOUT = 600
 #: Kernel parameters of the deploy ramdisk: the serial console, and no
 #: wait for a network that glean configures anyway.
 KERNEL_APPEND = ('console=ttyS0,115200 '
@@ -431,7 +434,6 @@ def start_bmcs(cloud, lab):
 
 def ironic_sections(cloud):
     """What ironic needs to boot the VMs' ramdisk and drive their BMCs."""
-    gw = cloud.state['gateway_ip']
     return {
         'DEFAULT': {
             'enabled_hardware_types':
@@ -454,9 +456,11 @@ def ironic_sections(cloud):
             # that lost power is seen soon.
             'sync_power_state_interval': 10,
         },
+        # The API address ironic writes into the ramdisk's kernel command
+        # line (ipa-api-url): no Keystone catalog in the lab.
+        'service_catalog': {'endpoint_override': cloud.state['api_url']},
         'redfish': {'connection_attempts': 5, 'connection_retry_interval': 2},
         'ipmi': {'command_retry_timeout': 30, 'min_command_interval': 1},
-        'api': {'host_ip': gw},
     }
 
 
