@@ -873,6 +873,59 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
                                          'pct': progress['percent'],
                                          'left': progress['left']})
 
+    @periodics.node_periodic(
+        purpose='checking the power of nodes whose agent went silent',
+        spacing=lambda: CONF.bittorrent.progress_record_interval,
+        enabled=lambda: CONF.bittorrent.progress_record_interval > 0,
+        filters={'provision_state': states.DEPLOYWAIT},
+        predicate_extra_fields=('deploy_step',),
+        predicate=lambda n: ((n.deploy_step or {}).get('step') == STEP
+                             and n.uuid in publisher.get_publisher().nodes()))
+    def _check_power_lost(self, task, manager, context):
+        """Fail at once the deploy of a node that lost power mid-write.
+
+        Its agent stops announcing to the built-in tracker. After two
+        announce intervals of silence the conductor asks the node's BMC;
+        if it reports the power off, the deploy fails now, naming the
+        power, rather than after [conductor]deploy_callback_timeout as
+        "waiting for callback". (With an external tracker the conductor
+        hears no announces, and only the callback timeout applies.)
+
+        :param task: a TaskManager instance with a shared lock.
+        :param manager: the conductor manager.
+        :param context: an admin context.
+        """
+        node = task.node
+        progress = publisher.get_publisher().progress(node.uuid)
+        if (progress is None or progress['seconds_since_seen']
+                <= 2 * CONF.bittorrent.announce_interval):
+            return
+        try:
+            power = task.driver.power.get_power_state(task)
+        except Exception as e:
+            LOG.warning('Node %(node)s: its agent has not announced for '
+                        '%(s)d s, and its power state could not be read: '
+                        '%(err)s', {'node': node.uuid,
+                                    's': progress['seconds_since_seen'],
+                                    'err': e})
+            return
+        if power != states.POWER_OFF:
+            return
+        # NodeLocked from here just skips this round (node_periodic).
+        task.upgrade_lock(retry=False)
+        if (task.node.provision_state != states.DEPLOYWAIT
+                or (task.node.deploy_step or {}).get('step') != STEP):
+            return
+        msg = (_('Node %(node)s lost power while writing the image over '
+                 'BitTorrent: its BMC reports the power off, and its agent '
+                 'last announced %(s)d s ago, with %(pct).1f%% of the image '
+                 'downloaded. Check the node\'s power supply and its BMC '
+                 'event log, then deploy again.')
+               % {'node': node.uuid, 's': progress['seconds_since_seen'],
+                  'pct': progress['percent']})
+        LOG.error(msg)
+        deploy_utils.set_failed_state(task, msg, collect_logs=False)
+
     @periodics.periodic(
         spacing=lambda: CONF.bittorrent.finish_check_interval,
         enabled=lambda: CONF.bittorrent.finish_check_interval > 0)

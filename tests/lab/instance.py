@@ -43,8 +43,8 @@ import time
 from tests.lab import ramdisk as lab_ramdisk
 
 ELEMENTS = ('lab-instance',)
-#: The raw image's size: the root file system (about 570 MB) and room.
-SIZE_BYTES = 1024 ** 3
+#: The raw image's size: the root file system (about 420 MB) and room.
+SIZE_BYTES = 768 * 1024 ** 2
 LABEL = 'instance-root'
 MBR = '/usr/lib/syslinux/mbr/gptmbr.bin'
 PACKAGES = ('extlinux', 'syslinux-common', 'e2fsprogs', 'fdisk')

@@ -1322,6 +1322,75 @@ class ProgressTestCase(DeployTestCase):
         self.assertNotIn(deploy.PROGRESS, self.node.driver_internal_info)
 
 
+@mock.patch.object(publisher.Publisher, 'progress', autospec=True)
+@mock.patch.object(publisher.Publisher, 'nodes', autospec=True)
+class PowerLostTestCase(DeployTestCase):
+    """A node that loses power mid-write fails at once, naming the power."""
+
+    def setUp(self):
+        super().setUp()
+        self.config(announce_interval=10, group='bittorrent')
+        self.update_node(provision_state=states.DEPLOYWAIT,
+                         power_state=states.POWER_OFF,
+                         deploy_step={'interface': 'deploy',
+                                      'step': deploy.STEP, 'priority': 80,
+                                      'args': {}})
+        self.manager = mock.Mock(spec=['iter_nodes'])
+        self.manager.iter_nodes.return_value = [
+            (self.node.uuid, self.node.driver, self.node.conductor_group,
+             self.node.deploy_step)]
+
+    def run_periodic(self):
+        deploy.BitTorrentDeploy()._check_power_lost(self.manager,
+                                                    self.context)
+        self.node.refresh()
+
+    def silent_for(self, nodes_mock, progress_mock, seconds):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = dict(ProgressTestCase.PROGRESS,
+                                          seconds_since_seen=seconds)
+
+    def test_silent_and_off_fails_the_deploy(self, nodes_mock,
+                                             progress_mock):
+        self.silent_for(nodes_mock, progress_mock, 25)
+        self.run_periodic()
+        self.assertEqual(states.DEPLOYFAIL, self.node.provision_state)
+        self.assertIn('Node %s lost power while writing the image over '
+                      'BitTorrent: its BMC reports the power off'
+                      % self.node.uuid, self.node.last_error)
+        self.assertIn('66.7% of the image downloaded', self.node.last_error)
+
+    def test_silent_but_powered_on(self, nodes_mock, progress_mock):
+        self.update_node(power_state=states.POWER_ON)
+        self.silent_for(nodes_mock, progress_mock, 25)
+        self.run_periodic()
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+        self.assertIsNone(self.node.last_error)
+
+    def test_announcing_nodes_are_not_asked(self, nodes_mock, progress_mock):
+        self.silent_for(nodes_mock, progress_mock, 15)
+        with mock.patch.object(fake.FakePower, 'get_power_state',
+                               autospec=True) as power_mock:
+            self.run_periodic()
+        power_mock.assert_not_called()
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+
+    def test_unreadable_power_leaves_it_to_the_callback_timeout(
+            self, nodes_mock, progress_mock):
+        self.silent_for(nodes_mock, progress_mock, 25)
+        with mock.patch.object(fake.FakePower, 'get_power_state',
+                               autospec=True) as power_mock:
+            power_mock.side_effect = exception.IPMIFailure(cmd='power status')
+            self.run_periodic()
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+
+    def test_never_announced(self, nodes_mock, progress_mock):
+        nodes_mock.return_value = [self.node.uuid]
+        progress_mock.return_value = None
+        self.run_periodic()
+        self.assertEqual(states.DEPLOYWAIT, self.node.provision_state)
+
+
 class ValidateTestCase(DeployTestCase):
 
     def validate(self):
