@@ -153,6 +153,11 @@ def image_sha256(node):
     return None
 
 
+def _on_write_step(node):
+    """Whether the node's current deploy step is our write step."""
+    return (node.deploy_step or {}).get('step') == STEP
+
+
 def _waiting_for_write(node):
     """Whether the node waits for its agent to finish our in-band step."""
     return (node.provision_state == states.DEPLOYWAIT
@@ -864,7 +869,7 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         # NodeLocked from here just skips this round (node_periodic).
         task.upgrade_lock(retry=False)
         if (task.node.provision_state != states.DEPLOYWAIT
-                or (task.node.deploy_step or {}).get('step') != STEP):
+                or not _on_write_step(task.node)):
             return
         task.node.set_driver_internal_info(PROGRESS, progress)
         task.node.save()
@@ -879,8 +884,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         enabled=lambda: CONF.bittorrent.progress_record_interval > 0,
         filters={'provision_state': states.DEPLOYWAIT},
         predicate_extra_fields=('deploy_step',),
-        predicate=lambda n: ((n.deploy_step or {}).get('step') == STEP
-                             and n.uuid in publisher.get_publisher().nodes()))
+        predicate=lambda n: (_on_write_step(n) and
+                             n.uuid in publisher.get_publisher().nodes()))
     def _check_power_lost(self, task, manager, context):
         """Fail at once the deploy of a node that lost power mid-write.
 
@@ -914,7 +919,7 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         # NodeLocked from here just skips this round (node_periodic).
         task.upgrade_lock(retry=False)
         if (task.node.provision_state != states.DEPLOYWAIT
-                or (task.node.deploy_step or {}).get('step') != STEP):
+                or not _on_write_step(task.node)):
             return
         msg = (_('Node %(node)s lost power while writing the image over '
                  'BitTorrent: its BMC reports the power off, and its agent '
@@ -993,9 +998,8 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
         enabled=lambda: CONF.bittorrent.resume_check_interval > 0,
         filters={'provision_state': states.DEPLOYWAIT},
         predicate_extra_fields=('deploy_step',),
-        predicate=lambda n: ((n.deploy_step or {}).get('step') == STEP
-                             and n.uuid not in
-                             publisher.get_publisher().nodes()))
+        predicate=lambda n: (_on_write_step(n) and
+                             n.uuid not in publisher.get_publisher().nodes()))
     def _resume_publications(self, task, manager, context):
         """Seed again for the agents still downloading.
 

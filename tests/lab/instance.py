@@ -161,14 +161,8 @@ def build(given, key, log_path):
             os.makedirs(staged)
             _assemble(rootfs + '.tar', os.path.join(staged, 'instance.raw'),
                       work, log)
-            seconds = time.monotonic() - start
-            with open(os.path.join(staged, 'build.json'), 'w') as f:
-                json.dump({'inputs': given, 'seconds': round(seconds, 1),
-                           'built': time.strftime('%Y-%m-%dT%H:%M:%SZ',
-                                                  time.gmtime())}, f,
-                          indent=1, sort_keys=True)
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(staged, final)
+            lab_ramdisk.install(staged, final, given,
+                                time.monotonic() - start)
     finally:
         lab_ramdisk.unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)

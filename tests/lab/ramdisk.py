@@ -291,17 +291,22 @@ def build(given, key, log_path):
             for suffix in ('kernel', 'initramfs'):
                 os.rename('%s.%s' % (output, suffix),
                           os.path.join(staged, 'ipa.%s' % suffix))
-            with open(os.path.join(staged, 'build.json'), 'w') as f:
-                json.dump({'inputs': given, 'seconds': round(seconds, 1),
-                           'built': time.strftime('%Y-%m-%dT%H:%M:%SZ',
-                                                  time.gmtime())}, f,
-                          indent=1, sort_keys=True)
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(staged, final)
+            install(staged, final, given, seconds)
         return seconds
     finally:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def install(staged, final, given, seconds):
+    """Record how a build was made, and move it into the cache."""
+    with open(os.path.join(staged, 'build.json'), 'w') as f:
+        json.dump({'inputs': given, 'seconds': round(seconds, 1),
+                   'built': time.strftime('%Y-%m-%dT%H:%M:%SZ',
+                                          time.gmtime())}, f,
+                  indent=1, sort_keys=True)
+    shutil.rmtree(final, ignore_errors=True)
+    os.rename(staged, final)
 
 
 def unmount_under(directory):
