@@ -566,7 +566,8 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
 
     :param power_cut: ``(name, seconds)``: pull that VM's plug that long
         after its agent started writing the image.
-    :returns: {name: {'state', 'last_error', 'active_s', 'booted_s'}}.
+    :returns: {name: {'state', 'last_error', 'active_s', 'booted_s',
+        'failed_s'}}, times in seconds from the deploy command.
     """
     bm = cloud.conn.baremetal
     img, url = image
@@ -594,7 +595,7 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
     log('deploying %s with %s: %s (%d bytes)' % (
         ', '.join(names), interface, url, img.size))
     result = {n: {'state': None, 'last_error': None, 'active_s': None,
-                  'booted_s': None} for n in names}
+                  'booted_s': None, 'failed_s': None} for n in names}
     cut_at = None
     deadline = time.monotonic() + timeout
     while True:
@@ -610,6 +611,9 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
                                          node.provision_state))
             r['state'], r['last_error'] = (node.provision_state,
                                            node.last_error)
+            if node.provision_state == 'deploy failed' and \
+                    r['failed_s'] is None:
+                r['failed_s'] = now - started
             if power_cut and power_cut[0] == name and cut_at is None and \
                     (node.deploy_step or {}).get('step') == \
                     'write_image_bittorrent':
