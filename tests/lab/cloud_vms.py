@@ -564,8 +564,8 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
     serial console shows ``<hostname> login:`` (the instance booted from
     the disk and read the config drive).
 
-    :param power_cut: ``(name, seconds)``: pull that VM's plug that long
-        after its agent started writing the image.
+    :param power_cut: ``(name, percent)``: pull that VM's plug once the
+        conductor has seen it download that much of the image.
     :returns: {name: {'state', 'last_error', 'active_s', 'booted_s',
         'failed_s'}}, times in seconds from the deploy command.
     """
@@ -596,7 +596,7 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
         ', '.join(names), interface, url, img.size))
     result = {n: {'state': None, 'last_error': None, 'active_s': None,
                   'booted_s': None, 'failed_s': None} for n in names}
-    cut_at = None
+    cut = False
     deadline = time.monotonic() + timeout
     while True:
         now = time.monotonic()
@@ -614,15 +614,14 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
             if node.provision_state == 'deploy failed' and \
                     r['failed_s'] is None:
                 r['failed_s'] = now - started
-            if power_cut and power_cut[0] == name and cut_at is None and \
-                    (node.deploy_step or {}).get('step') == \
-                    'write_image_bittorrent':
-                cut_at = now + power_cut[1]
-            if cut_at is not None and now >= cut_at and name == power_cut[0]:
+            progress = (node.driver_internal_info or {}).get(
+                'bittorrent_progress') or {}
+            if power_cut and power_cut[0] == name and not cut and \
+                    progress.get('percent', 0) >= power_cut[1]:
                 power_off(cloud, name)
-                log('%6.1f s  %s: power cut (virsh destroy)'
-                    % (now - started, name))
-                cut_at = float('inf')
+                cut = True
+                log('%6.1f s  %s: power cut at %.1f%% (virsh destroy)'
+                    % (now - started, name, progress['percent']))
             if node.provision_state == 'active':
                 if r['active_s'] is None:
                     r['active_s'] = now - started

@@ -91,7 +91,7 @@ def test_vms_boot_the_instance_written_over_bittorrent(cloud):
 def test_vm_losing_power_mid_download_fails_alone(cloud):
     names = sorted(cloud.state['vm_nodes'])[:3]
     victim = names[0]
-    report = _run(cloud, names, 'bittorrent', power_cut=(victim, 5))
+    report = _run(cloud, names, 'bittorrent', power_cut=(victim, 20))
     failed = report['nodes'][victim]
     assert failed['state'] == 'deploy failed', failed
     # Named for what happened, well before the callback timeout.
