@@ -995,6 +995,18 @@ class Cloud:
                 'disk': self.nodes[name]['device'],
                 'last_error': node.last_error or '',
             })
+        for name, vm in sorted((self.state.get('vm_nodes') or {}).items()):
+            node = self.conn.baremetal.get_node(vm['uuid'])
+            rows.append({
+                'node': name, 'uuid': node.id,
+                'provision_state': node.provision_state,
+                'power_state': node.power_state,
+                'deploy_interface': node.deploy_interface,
+                'agent': 'VM %s (%s)' % (cloud_vms.domain_state(self, name),
+                                         node.driver),
+                'ip': vm['ip'], 'disk': vm['disk'],
+                'last_error': node.last_error or '',
+            })
         cloud_report.print_table(rows, out=out)
         return rows
 
@@ -1196,7 +1208,9 @@ def _add_deploy_args(parser):
     parser.add_argument('--kill-delay', type=float, default=0.0,
                         help='seconds after the write step starts before '
                              'the kill (default 0)')
-    parser.add_argument('--timeout', type=int, default=900)
+    parser.add_argument('--timeout', type=int,
+                        help='seconds for the deploy (default 900, or 3600 '
+                             'with VMs)')
     parser.add_argument('--keep-disks', action='store_true',
                         help='do not discard the disks before deploying')
     parser.add_argument('--strict-verify', action='store_true',
@@ -1288,7 +1302,7 @@ def _deploy(cloud, args, names=None):
         interface=args.interface, image=args.image,
         image_size_mib=args.image_size_mib, names=names,
         kill_agent=args.kill_agent, kill_delay=args.kill_delay,
-        timeout=args.timeout, wipe=not args.keep_disks,
+        timeout=args.timeout or 900, wipe=not args.keep_disks,
         strict=args.strict_verify)
     # With --kill-agent, "ok" means the killed node failed (with an
     # error) and every other node is active and verified.
@@ -1304,7 +1318,7 @@ def _deploy_vms(cloud, args, names=None):
     report = cloud_vms.run(
         cloud, osc_env(cloud), names,
         args.interface or cloud.state['default_interface'], image,
-        timeout=args.timeout, log=lambda msg: _log('%s', msg))
+        timeout=args.timeout or 3600, log=lambda msg: _log('%s', msg))
     print(json.dumps(report, sort_keys=True))
     return report['ok']
 
@@ -1350,7 +1364,7 @@ def _demo(args):
             # Through Nova, as its users deploy: servers of the flavor.
             return 0 if cloud_servers.demo(
                 cloud, image_size_mib=args.image_size_mib,
-                timeout=args.timeout) else 1
+                timeout=args.timeout or cloud_servers.BOOT_TIMEOUT) else 1
         if args.interface is None and \
                 'bittorrent' not in cloud.state['deploy_interfaces']:
             _log('note: deploying with direct: %s',
