@@ -87,9 +87,11 @@ IPXE_DIR = '/usr/lib/ipxe'
 #: [conductor]deploy_callback_timeout of a cloud with VMs: from power on,
 #: the ramdisk takes 2 to 5 minutes to boot under software emulation.
 CALLBACK_TIMEOUT = 600
-#: Kernel parameters of the deploy ramdisk: the serial console, and no
-#: wait for a network that glean configures anyway.
+#: Kernel parameters of the deploy ramdisk: the serial console, with the
+#: journal (the agent's log) on it too, and no wait for a network that
+#: glean configures anyway.
 KERNEL_APPEND = ('console=ttyS0,115200 '
+                 'systemd.journald.forward_to_console=1 '
                  'systemd.mask=systemd-networkd-wait-online.service '
                  'ipa-debug=1')
 #: Where libvirtd keeps its state, bind-mounted from the cloud's.
@@ -443,8 +445,9 @@ def ironic_sections(cloud):
             'enabled_management_interfaces': 'fake,noop,redfish,ipmitool',
         },
         # Ironic boots the ramdisk of the VMs (fake boot does nothing for
-        # the namespace nodes, whose agents the lab starts).
-        'agent': {'manage_agent_boot': True},
+        # the namespace nodes, whose agents the lab starts), and keeps the
+        # agents' logs (journal included) in logs/deploy.
+        'agent': {'manage_agent_boot': True, 'deploy_logs_collect': 'always'},
         'deploy': {'default_boot_mode': 'bios'},
         'pxe': {'kernel_append_params': KERNEL_APPEND,
                 'ipxe_timeout': 120},
