@@ -555,8 +555,18 @@ def _console_since(vm, offset):
         return ''
 
 
+#: Deploy steps added to every VM deploy: once the image and the config
+#: drive are written (priority 80), power the guest off and hold, so that
+#: the disk is read from the host before the instance boots (and mounts,
+#: and so changes) it; "unhold" then lets the deploy boot the instance.
+HOLD_STEPS = [{'interface': 'power', 'step': 'power_off', 'priority': 75,
+               'args': {}},
+              {'interface': 'deploy', 'step': 'hold', 'priority': 74,
+               'args': {}}]
+
+
 def deploy(cloud, osc_env, names, interface, image, hostnames,
-           timeout=1800, power_cut=None, log=print):
+           timeout=1800, power_cut=None, on_hold=None, log=print):
     """Deploy VMs with ``openstack baremetal node deploy``; watch them boot.
 
     :param osc_env: the openstack CLI's environment for this cloud.
@@ -569,6 +579,9 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
 
     :param power_cut: ``(name, percent)``: pull that VM's plug once the
         conductor has seen it download that much of the image.
+    :param on_hold: called with a node's name when it holds, powered off,
+        with the image and config drive written (see HOLD_STEPS); the
+        deploy then goes on. None: no hold.
     :returns: {name: {'state', 'last_error', 'active_s', 'booted_s',
         'failed_s'}}, times in seconds from the deploy command.
     """
@@ -587,8 +600,10 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
         drive = json.dumps({'meta_data': {'hostname': hostnames[name],
                                           'uuid': vm_nodes[name]['uuid']}})
         cmd = [os.path.join(cloud_conf.BINDIR, 'openstack'), 'baremetal',
-               'node', 'deploy', '--config-drive', drive,
-               vm_nodes[name]['uuid']]
+               'node', 'deploy', '--config-drive', drive]
+        if on_hold is not None:
+            cmd += ['--deploy-steps', json.dumps(HOLD_STEPS)]
+        cmd.append(vm_nodes[name]['uuid'])
         proc = subprocess.run(cmd, env=osc_env,
                               capture_output=True, text=True)
         if proc.returncode:
@@ -625,6 +640,9 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
                 cut = True
                 log('%6.1f s  %s: power cut at %.1f%% (virsh destroy)'
                     % (now - started, name, progress['percent']))
+            if node.provision_state == 'deploy hold' and on_hold:
+                on_hold(name)
+                bm.set_node_provision_state(vm_nodes[name]['uuid'], 'unhold')
             if node.provision_state == 'active':
                 if r['active_s'] is None:
                     r['active_s'] = now - started
@@ -641,17 +659,6 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
             raise VmLabError('timed out after %d s: %s' % (timeout, {
                 n: r['state'] for n, r in result.items()}))
         time.sleep(2)
-
-
-def power_off_all(cloud, names, timeout=300):
-    """Power the nodes off through ironic and wait for their guests."""
-    bm = cloud.conn.baremetal
-    for name in names:
-        bm.set_node_power_state(cloud.state['vm_nodes'][name]['uuid'],
-                                'power off')
-    procs.wait_for(lambda: all(domain_state(cloud, n) == 'shut off'
-                               for n in names),
-                   timeout, 2, 'the VMs %s to be off' % ', '.join(names))
 
 
 def undeploy(cloud, names, timeout=900):
@@ -702,7 +709,11 @@ def check_disk(cloud, name, image_path, hostname, work_dir):
 
 def run(cloud, osc_env, names, interface, image_path, timeout=1800,
         power_cut=None, log=print):
-    """Deploy VMs, watch the instances boot, check the disks with them off.
+    """Deploy VMs, check their disks with them off, watch the instances boot.
+
+    Each disk is read from the host once the image and the config drive
+    are written and the guest is off (:data:`HOLD_STEPS`): once the
+    instance boots, it changes its file system.
 
     :returns: a report: per node its state, error, times and disk check,
         the last times, and ``ok`` (every node booted its instance and
@@ -711,21 +722,31 @@ def run(cloud, osc_env, names, interface, image_path, timeout=1800,
     reset(cloud, names)
     image = prepare_image(cloud, image_path)
     hostnames = {n: '%s-%s' % (n, interface) for n in names}
-    nodes = deploy(cloud, osc_env, names, interface, image, hostnames,
-                   timeout=timeout, power_cut=power_cut, log=log)
-    booted = [n for n in names if nodes[n]['booted_s'] is not None]
-    power_off_all(cloud, booted)
-    for name in booted:
+    checked = {}
+
+    def on_hold(name):
+        procs.wait_for(lambda: domain_state(cloud, name) == 'shut off', 120,
+                       1, '%s to be off' % name)
         try:
             check_disk(cloud, name, image[0].path, hostnames[name],
                        cloud.path('libvirt'))
-            nodes[name]['disk'] = 'image and config drive'
+            checked[name] = 'image and config drive'
         except configdrive.DiskMismatch as e:
-            nodes[name]['disk'] = str(e)
+            checked[name] = str(e)
+        log('%s: disk read from the host, guest off: %s'
+            % (name, checked[name]))
+
+    nodes = deploy(cloud, osc_env, names, interface, image, hostnames,
+                   timeout=timeout, power_cut=power_cut, on_hold=on_hold,
+                   log=log)
+    for name in names:
+        nodes[name]['disk'] = checked.get(name)
+    booted = [n for n in names if nodes[n]['booted_s'] is not None]
     victim = power_cut[0] if power_cut else None
     ok = all((nodes[n]['state'] == 'deploy failed' and nodes[n]['last_error'])
              if n == victim else
-             nodes[n].get('disk') == 'image and config drive'
+             (nodes[n]['disk'] == 'image and config drive'
+              and nodes[n]['booted_s'] is not None)
              for n in names)
     report = {'interface': interface, 'ok': ok, 'image_bytes': image[0].size,
               'accelerator': cloud.state['vms']['accel'], 'nodes': nodes}
