@@ -517,6 +517,8 @@ def enrol(cloud, deploy_interface):
 
 # -- deploying ---------------------------------------------------------------
 
+#: The disk check's verdict when the disk holds what it should.
+DISK_OK = 'image (root file system aside) and config drive'
 #: Where a deploy ends.
 _TERMINAL = ('active', 'deploy failed')
 
@@ -555,18 +557,8 @@ def _console_since(vm, offset):
         return ''
 
 
-#: Deploy steps added to every VM deploy: once the image and the config
-#: drive are written (priority 80), power the guest off and hold, so that
-#: the disk is read from the host before the instance boots (and mounts,
-#: and so changes) it; "unhold" then lets the deploy boot the instance.
-HOLD_STEPS = [{'interface': 'power', 'step': 'power_off', 'priority': 75,
-               'args': {}},
-              {'interface': 'deploy', 'step': 'hold', 'priority': 74,
-               'args': {}}]
-
-
 def deploy(cloud, osc_env, names, interface, image, hostnames,
-           timeout=1800, power_cut=None, on_hold=None, log=print):
+           timeout=1800, power_cut=None, log=print):
     """Deploy VMs with ``openstack baremetal node deploy``; watch them boot.
 
     :param osc_env: the openstack CLI's environment for this cloud.
@@ -579,9 +571,6 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
 
     :param power_cut: ``(name, percent)``: pull that VM's plug once the
         conductor has seen it download that much of the image.
-    :param on_hold: called with a node's name when it holds, powered off,
-        with the image and config drive written (see HOLD_STEPS); the
-        deploy then goes on. None: no hold.
     :returns: {name: {'state', 'last_error', 'active_s', 'booted_s',
         'failed_s'}}, times in seconds from the deploy command.
     """
@@ -601,8 +590,6 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
                                           'uuid': vm_nodes[name]['uuid']}})
         cmd = [os.path.join(cloud_conf.BINDIR, 'openstack'), 'baremetal',
                'node', 'deploy', '--config-drive', drive]
-        if on_hold is not None:
-            cmd += ['--deploy-steps', json.dumps(HOLD_STEPS)]
         cmd.append(vm_nodes[name]['uuid'])
         proc = subprocess.run(cmd, env=osc_env,
                               capture_output=True, text=True)
@@ -640,9 +627,6 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
                 cut = True
                 log('%6.1f s  %s: power cut at %.1f%% (virsh destroy)'
                     % (now - started, name, progress['percent']))
-            if node.provision_state == 'deploy hold' and on_hold:
-                on_hold(name)
-                bm.set_node_provision_state(vm_nodes[name]['uuid'], 'unhold')
             if node.provision_state == 'active':
                 if r['active_s'] is None:
                     r['active_s'] = now - started
@@ -659,6 +643,17 @@ def deploy(cloud, osc_env, names, interface, image, hostnames,
             raise VmLabError('timed out after %d s: %s' % (timeout, {
                 n: r['state'] for n, r in result.items()}))
         time.sleep(2)
+
+
+def power_off_all(cloud, names, timeout=300):
+    """Power the nodes off through ironic and wait for their guests."""
+    bm = cloud.conn.baremetal
+    for name in names:
+        bm.set_node_power_state(cloud.state['vm_nodes'][name]['uuid'],
+                                'power off')
+    procs.wait_for(lambda: all(domain_state(cloud, n) == 'shut off'
+                               for n in names),
+                   timeout, 2, 'the VMs %s to be off' % ', '.join(names))
 
 
 def undeploy(cloud, names, timeout=900):
@@ -688,7 +683,8 @@ def reset(cloud, names, timeout=900):
 def check_disk(cloud, name, image_path, hostname, work_dir):
     """A VM's disk holds the image and a config drive naming its host.
 
-    Read from the host, with the guest off.
+    Read from the host, with the guest off, leaving out the contents of the
+    root file system, which the booted instance has changed.
 
     :raises configdrive.DiskMismatch: naming the disk and what differs.
     """
@@ -696,7 +692,9 @@ def check_disk(cloud, name, image_path, hostname, work_dir):
     if domain_state(cloud, name) != 'shut off':
         raise VmLabError('%s is running: its disk is checked with the guest '
                          'off' % name)
-    drive = configdrive.check_disk(vm['disk'], image_path)
+    # The instance's root file system: the image's first partition.
+    root = configdrive.gpt_entries(image_path)[:1]
+    drive = configdrive.check_disk(vm['disk'], image_path, skip=root)
     iso = configdrive.config_drive_file(
         vm['disk'], drive, os.path.join(work_dir, '%s-config.iso' % name))
     meta = configdrive.read_json(iso, '/openstack/latest/meta_data.json')
@@ -709,11 +707,13 @@ def check_disk(cloud, name, image_path, hostname, work_dir):
 
 def run(cloud, osc_env, names, interface, image_path, timeout=1800,
         power_cut=None, log=print):
-    """Deploy VMs, check their disks with them off, watch the instances boot.
+    """Deploy VMs, watch the instances boot, check the disks with them off.
 
-    Each disk is read from the host once the image and the config drive
-    are written and the guest is off (:data:`HOLD_STEPS`): once the
-    instance boots, it changes its file system.
+    The instance mounts its root file system and so changes it: that
+    partition's bytes are left out of the comparison (the agent read them
+    back and checked the image's sha256 before the instance booted; a hold
+    between the write and the boot would let the host read them too, but
+    ironic's deploy steps do not take its reserved "hold" step).
 
     :returns: a report: per node its state, error, times and disk check,
         the last times, and ``ok`` (every node booted its instance and
@@ -722,30 +722,24 @@ def run(cloud, osc_env, names, interface, image_path, timeout=1800,
     reset(cloud, names)
     image = prepare_image(cloud, image_path)
     hostnames = {n: '%s-%s' % (n, interface) for n in names}
-    checked = {}
-
-    def on_hold(name):
-        procs.wait_for(lambda: domain_state(cloud, name) == 'shut off', 120,
-                       1, '%s to be off' % name)
+    nodes = deploy(cloud, osc_env, names, interface, image, hostnames,
+                   timeout=timeout, power_cut=power_cut, log=log)
+    booted = [n for n in names if nodes[n]['booted_s'] is not None]
+    power_off_all(cloud, booted)
+    for name in names:
+        nodes[name]['disk'] = None
+    for name in booted:
         try:
             check_disk(cloud, name, image[0].path, hostnames[name],
                        cloud.path('libvirt'))
-            checked[name] = 'image and config drive'
+            nodes[name]['disk'] = DISK_OK
         except configdrive.DiskMismatch as e:
-            checked[name] = str(e)
-        log('%s: disk read from the host, guest off: %s'
-            % (name, checked[name]))
-
-    nodes = deploy(cloud, osc_env, names, interface, image, hostnames,
-                   timeout=timeout, power_cut=power_cut, on_hold=on_hold,
-                   log=log)
-    for name in names:
-        nodes[name]['disk'] = checked.get(name)
+            nodes[name]['disk'] = str(e)
     booted = [n for n in names if nodes[n]['booted_s'] is not None]
     victim = power_cut[0] if power_cut else None
     ok = all((nodes[n]['state'] == 'deploy failed' and nodes[n]['last_error'])
              if n == victim else
-             (nodes[n]['disk'] == 'image and config drive'
+             (nodes[n]['disk'] == DISK_OK
               and nodes[n]['booted_s'] is not None)
              for n in names)
     report = {'interface': interface, 'ok': ok, 'image_bytes': image[0].size,

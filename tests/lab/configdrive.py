@@ -63,8 +63,12 @@ def gpt_entries(path):
     return entries
 
 
-def check_disk(device, image_path):
+def check_disk(device, image_path, skip=()):
     """Check that ``device`` holds the image, plus one config drive.
+
+    :param skip: partition entries (first LBA, last LBA, raw entry) of the
+        image whose contents are not compared: a root file system that the
+        instance has mounted since.
 
     :returns: the config drive's partition entry (first LBA, last LBA,
         raw entry).
@@ -86,6 +90,10 @@ def check_disk(device, image_path):
     disk = _reader(device)(0, end)
     ranges = [(0, _MBR_RECORD[0]), (_MBR_RECORD[1], SECTOR),
               (_PRIMARY_GPT_END, end)]
+    for first, last, _raw in sorted(skip):
+        ranges = [piece for start, stop in ranges for piece in (
+            (start, min(stop, first * SECTOR)),
+            (max(start, (last + 1) * SECTOR), stop)) if piece[0] < piece[1]]
     for start, stop in ranges:
         if disk[start:stop] != image[start:stop]:
             first = next(i for i in range(start, stop)

@@ -75,7 +75,7 @@ def test_vms_boot_the_instance_written_over_bittorrent(cloud):
             # The instance booted from the disk and read its config drive.
             assert node['booted_s'] is not None, (name, node)
             # Read from the host with the guest off.
-            assert node['disk'] == 'image and config drive', (name, node)
+            assert node['disk'] == cloud_vms.DISK_OK, (name, node)
         assert report['ok']
     print(json.dumps({'vm_lab': {
         'vms': VMS, 'ipmi_vms': IPMI_VMS,
@@ -101,4 +101,4 @@ def test_vm_losing_power_mid_download_fails_alone(cloud):
     for name in names[1:]:
         node = report['nodes'][name]
         assert node['state'] == 'active', (name, node)
-        assert node['disk'] == 'image and config drive', (name, node)
+        assert node['disk'] == cloud_vms.DISK_OK, (name, node)
