@@ -37,7 +37,6 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
 from tests.lab import ramdisk as lab_ramdisk
@@ -143,10 +142,7 @@ def build(given, key, log_path):
                             '(tools/install-deps.sh --vms)'
                             % (', '.join(missing), ' '.join(
                                 PACKAGES + lab_ramdisk.PACKAGES)))
-    final = os.path.join(lab_ramdisk.cache_root(), 'instance', key)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    work = tempfile.mkdtemp(prefix='build-%s-' % key,
-                            dir=os.path.dirname(final))
+    final, work = lab_ramdisk.build_dirs('instance', key)
     start = time.monotonic()
     try:
         with open(log_path, 'ab') as log:

@@ -257,10 +257,7 @@ def build(given, key, log_path):
         raise RamdiskError('%s not found: install the Debian packages %s '
                            '(tools/install-deps.sh --vms)'
                            % (', '.join(missing), ' '.join(PACKAGES)))
-    final = os.path.join(cache_root(), 'ramdisk', key)
-    os.makedirs(os.path.dirname(final), exist_ok=True)
-    work = tempfile.mkdtemp(prefix='build-%s-' % key,
-                            dir=os.path.dirname(final))
+    final, work = build_dirs('ramdisk', key)
     start = time.monotonic()
     try:
         with open(log_path, 'ab') as log:
@@ -296,6 +293,19 @@ def build(given, key, log_path):
     finally:
         unmount_under(work)
         shutil.rmtree(work, ignore_errors=True)
+
+
+def build_dirs(kind, key):
+    """Where a build of ``kind`` goes in the cache, and a work directory.
+
+    The work directory is beside it, on the same file system, so that
+    :func:`install` can rename the result into place.
+    """
+    final = os.path.join(cache_root(), kind, key)
+    os.makedirs(os.path.dirname(final), exist_ok=True)
+    work = tempfile.mkdtemp(prefix='build-%s-' % key,
+                            dir=os.path.dirname(final))
+    return final, work
 
 
 def install(staged, final, given, seconds):
