@@ -419,3 +419,34 @@ def test_threads_do_not_install_signal_handlers(tmp_path):
     thread.join(60)
     assert not errors
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_taps_and_detached_processes_go_with_the_lab(tmp_path):
+    """What a VM lab adds: a tap on the bridge, a daemon's detached child."""
+    lab = net.Lab(str(tmp_path), subnet=net.free_subnet()).up()
+    sleeper = [sys.executable, '-c', 'import time; time.sleep(300)']
+    try:
+        tap = lab.add_tap('vm0')
+        assert tap.dev in _out(['ip', '-o', 'link', 'show', 'master',
+                                lab.bridge])
+        pidfile = tmp_path / 'guest.pid'
+        # Detached (its own session), as libvirtd leaves its guests.
+        guest = subprocess.Popen(sleeper + ['guest=vm0'],
+                                 start_new_session=True)
+        other = subprocess.Popen(sleeper, start_new_session=True)
+        pidfile.write_text('%d\n' % guest.pid)
+        lab.register_pidfile(str(pidfile), 'guest=vm0')
+        # A PID file naming a process without the token: not ours.
+        (tmp_path / 'other.pid').write_text('%d\n' % other.pid)
+        lab.register_pidfile(str(tmp_path / 'other.pid'), 'guest=vm1')
+    finally:
+        problems = lab.teardown()
+    try:
+        assert problems == []
+        assert guest.wait(timeout=10) == -signal.SIGTERM
+        assert other.poll() is None
+        assert tap.dev not in _out(['ip', '-o', 'link', 'show'])
+    finally:
+        for proc in (guest, other):
+            proc.kill()
+            proc.wait()

@@ -1021,22 +1021,29 @@ class Lab:
             return
         LOG.warning('lab: killing processes left in lab namespaces: %s',
                     sorted(stray))
+        self._kill_started(stray)
 
-        def stray_signal(signum):
-            for pid, start in stray.items():
-                stat = _proc_stat(pid)
-                if _alive(stat) and stat['starttime'] == start:
+    def _kill_started(self, started):
+        """SIGTERM, then SIGKILL, processes known by {pid: start time}.
+
+        A PID whose start time changed is someone else's now: left alone.
+
+        :returns: the PIDs still alive after SIGKILL.
+        """
+        def ours(pid, start):
+            stat = _proc_stat(pid)
+            return _alive(stat) and stat['starttime'] == start
+
+        for signum, grace in ((signal.SIGTERM, KILL_GRACE),
+                              (signal.SIGKILL, 2)):
+            for pid, start in started.items():
+                if ours(pid, start):
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signum)
-
-        def stray_alive():
-            stats = [(_proc_stat(p), s) for p, s in stray.items()]
-            return [_alive(st) and st['starttime'] == s
-                    for st, s in stats]
-        stray_signal(signal.SIGTERM)
-        if not self._wait_gone(stray_alive, KILL_GRACE):
-            stray_signal(signal.SIGKILL)
-            self._wait_gone(stray_alive, 2)
+            if self._wait_gone(lambda: [ours(p, s)
+                                        for p, s in started.items()], grace):
+                return []
+        return [p for p, s in started.items() if ours(p, s)]
 
     def _kill_pidfiles(self, state, problems):
         targets = {}
@@ -1052,22 +1059,9 @@ class Lab:
             if record['token'] in cmdline:
                 targets[pid] = _proc_stat(pid)['starttime']
 
-        def alive():
-            return [_alive(st) and st['starttime'] == start
-                    for st, start in ((_proc_stat(p), s)
-                                      for p, s in targets.items())]
-
-        for signum, grace in ((signal.SIGTERM, KILL_GRACE),
-                              (signal.SIGKILL, 2)):
-            for pid, start in targets.items():
-                stat = _proc_stat(pid)
-                if _alive(stat) and stat['starttime'] == start:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signum)
-            if self._wait_gone(alive, grace):
-                return
-        problems.append('processes survived SIGKILL: %s' % [
-            p for p, a in zip(targets, alive()) if a])
+        survivors = self._kill_started(targets)
+        if survivors:
+            problems.append('processes survived SIGKILL: %s' % survivors)
 
     def _detach_loops(self, state, problems):
         mounts = state.get('mounts', [])

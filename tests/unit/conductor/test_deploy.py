@@ -1330,11 +1330,8 @@ class PowerLostTestCase(DeployTestCase):
     def setUp(self):
         super().setUp()
         self.config(announce_interval=10, group='bittorrent')
-        self.update_node(provision_state=states.DEPLOYWAIT,
-                         power_state=states.POWER_OFF,
-                         deploy_step={'interface': 'deploy',
-                                      'step': deploy.STEP, 'priority': 80,
-                                      'args': {}})
+        self.wait_on_write_step()
+        self.update_node(power_state=states.POWER_OFF)
         self.manager = mock.Mock(spec=['iter_nodes'])
         self.manager.iter_nodes.return_value = [
             (self.node.uuid, self.node.driver, self.node.conductor_group,
