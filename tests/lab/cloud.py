@@ -1244,6 +1244,12 @@ def _parse(argv):
 
     sub.add_parser('status', help='list nodes, states and errors')
 
+    p = sub.add_parser('ssh', help='a shell (or a command) in a VM\'s '
+                                   'ramdisk, as root, with the cloud\'s key')
+    p.add_argument('vm', help='the VM, e.g. vm0')
+    p.add_argument('remote', nargs=argparse.REMAINDER,
+                   help='a command to run instead of a shell')
+
     p = sub.add_parser('down', help='tear everything down')
     p.add_argument('--purge', action='store_true',
                    help='also remove the logs and the state directory')
@@ -1344,7 +1350,10 @@ def main(argv=None):
             return 0
         if args.command == 'deploy':
             return 0 if _deploy(cloud, args, args.nodes) else 1
-    except (CloudError, net.LabError, TimeoutError) as e:
+        if args.command == 'ssh':
+            cmd = cloud_vms.ssh_command(cloud, args.vm, args.remote)
+            return subprocess.run(cmd).returncode
+    except (cloud_vms.VmLabError, CloudError, net.LabError, TimeoutError) as e:
         _log('error: %s', e)
         return 2
     except KeyboardInterrupt:

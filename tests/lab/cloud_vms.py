@@ -156,7 +156,41 @@ def plan(cloud, count, ipmi):
         'redfish_url': 'http://%s:%d' % (cloud.state['gateway_ip'],
                                          REDFISH_PORT),
         'ipmi': ipmi,
+        'ssh_key': _ssh_key(cloud),
     }
+
+
+def _ssh_key(cloud):
+    """The cloud's SSH key pair, for ``tools/cloud ssh`` into a ramdisk.
+
+    Only its public half leaves the state directory, on the ramdisk's
+    kernel command line (see lab_ramdisk.DIB_ELEMENTS).
+    """
+    path = cloud.path('vms-ssh-key')
+    if not os.path.exists(path):
+        subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '',
+                        '-C', 'ironic-bt-lab', '-f', path], check=True)
+    return path
+
+
+def kernel_append(cloud):
+    """The ramdisk's kernel parameters: KERNEL_APPEND and the lab key."""
+    with open(cloud.state['vms']['ssh_key'] + '.pub') as f:
+        public = f.read().strip()
+    return '%s sshkey="%s"' % (KERNEL_APPEND, public)
+
+
+def ssh_command(cloud, name, command=()):
+    """ssh into the ramdisk (or instance) of VM ``name``, as root."""
+    vm = cloud.state.get('vm_nodes', {}).get(name)
+    if vm is None:
+        raise VmLabError('%s is not a VM of this cloud (VMs: %s)'
+                         % (name, ', '.join(cloud.state.get('vm_nodes', {}))
+                            or 'none'))
+    return ['ssh', '-i', cloud.state['vms']['ssh_key'],
+            '-o', 'StrictHostKeyChecking=no',
+            '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR',
+            '-o', 'ConnectTimeout=10', 'root@%s' % vm['ip']] + list(command)
 
 
 def start(cloud, lab):
@@ -449,7 +483,7 @@ def ironic_sections(cloud):
         # agents' logs (journal included) in logs/deploy.
         'agent': {'manage_agent_boot': True, 'deploy_logs_collect': 'always'},
         'deploy': {'default_boot_mode': 'bios'},
-        'pxe': {'kernel_append_params': KERNEL_APPEND,
+        'pxe': {'kernel_append_params': kernel_append(cloud),
                 'ipxe_timeout': 120},
         'conductor': {
             'file_url_allowed_paths': '%s,%s' % (

@@ -60,6 +60,12 @@ RELEASE = 'bookworm'
 DISTRO = 'debian-minimal'
 #: Extra elements: ironic-bt's (the devstack plugin's too) and the lab's.
 ELEMENTS = ('ironic-bt', 'pip-host-ca')
+#: diskimage-builder's own elements the lab adds (pinned with TOOLS):
+#: dynamic-login puts a public key given on the kernel command line
+#: (``sshkey=``) into root's authorized keys, and does nothing without it.
+#: The lab's VMs get the cloud's key, so ``tools/cloud ssh`` can look
+#: inside a ramdisk at work.
+DIB_ELEMENTS = ('dynamic-login',)
 ELEMENT_DIRS = (os.path.join(REPO, 'devstack', 'elements'),
                 os.path.join(HERE, 'elements'))
 CONSTRAINTS = os.path.join(HERE, 'ramdisk-constraints.txt')
@@ -137,7 +143,7 @@ def inputs():
         'ipa': '%s==%s' % IPA,
         'release': RELEASE,
         'distro': DISTRO,
-        'elements': list(ELEMENTS),
+        'elements': list(ELEMENTS) + list(DIB_ELEMENTS),
         'element_files': {e: hash_files(element_dir(e)) for e in ELEMENTS},
         'constraints': constraints,
         'ironic_bt': {p: _git('rev-parse', 'HEAD:%s' % p) for p in present},
@@ -279,7 +285,7 @@ def build(given, key, log_path):
             output = os.path.join(work, 'out', 'ipa')
             cmd = ['ironic-python-agent-builder', '-o', output,
                    '--release', RELEASE]
-            for element in ELEMENTS:
+            for element in ELEMENTS + DIB_ELEMENTS:
                 cmd += ['-e', element]
             run(cmd + [DISTRO], log, env=env, timeout=BUILD_TIMEOUT)
             seconds = time.monotonic() - start
