@@ -27,7 +27,6 @@ ALERT_MASK = (lt.alert_category.error
               | lt.alert_category.tracker
               | lt.alert_category.storage)
 
-_VERSION = getattr(ironic_bt, '__version__', '0')
 #: The peer id of every ironic-bt session starts with this (BEP 20 style
 #: fingerprint), so that agents tell each other from standard clients.
 PEER_ID_PREFIX = b'-IB'
@@ -67,7 +66,7 @@ def _base():
         'announce_to_all_trackers': True,
         'announce_to_all_tiers': True,
         'alert_mask': int(ALERT_MASK),
-        'user_agent': 'ironic-bt/%s libtorrent/%s' % (_VERSION,
+        'user_agent': 'ironic-bt/%s libtorrent/%s' % (ironic_bt.__version__,
                                                       lt.__version__),
         'peer_fingerprint': AGENT_FINGERPRINT,
         # Every peer is a trusted member of the same deployment: unchoke all

@@ -229,20 +229,34 @@ def cmd_tracker(args):
         tracker.stop()
 
 
-def _mounted(target):
-    """Mount points of the target or of its partitions."""
+def _mounted(target, mounts='/proc/mounts', sys_block='/sys/class/block'):
+    """Mount points of the target or of its partitions.
+
+    The partitions are the kernel's (``/sys/class/block/DISK/PART``): a
+    prefix of the name would take ``/dev/loop10`` for a partition of
+    ``/dev/loop1``.
+    """
     real = os.path.realpath(target)
-    mounts = []
+    devices = {real}
+    if real.startswith('/dev/'):
+        disk = os.path.join(sys_block, os.path.basename(real))
+        try:
+            devices.update(
+                os.path.join('/dev', entry) for entry in os.listdir(disk)
+                if os.path.exists(os.path.join(disk, entry, 'partition')))
+        except OSError:
+            pass
+    found = []
     try:
-        with open('/proc/mounts') as f:
+        with open(mounts) as f:
             for line in f:
                 source, mountpoint = line.split()[:2]
-                if source == real or (real.startswith('/dev/')
-                                      and source.startswith(real)):
-                    mounts.append(mountpoint)
+                if source.startswith('/') and \
+                        os.path.realpath(source) in devices:
+                    found.append(mountpoint)
     except OSError:
         pass
-    return mounts
+    return found
 
 
 def cmd_write(args):

@@ -127,11 +127,15 @@ def _pick_interfaces(interfaces):
     """Deploy interfaces to enable, and a note if bittorrent is not."""
     if interfaces == 'auto':
         ok, why = bittorrent_loadable()
-        if ok:
-            return ['direct', 'bittorrent'], None
-        return ['direct'], ('the bittorrent deploy interface is not loadable '
-                            '(%s); only direct is enabled'
-                            % (why or 'no entry point'))
+        if not ok:
+            # The cloud exists to show bittorrent: a cloud that quietly
+            # deployed with direct instead would pass for a working one.
+            raise CloudError(
+                'the bittorrent deploy interface cannot load in ironic '
+                '(%s): check that ironic-bt is installed next to ironic '
+                '(tox -e py3 installs both), or pass --interfaces direct '
+                'for a cloud without it' % (why or 'no entry point'))
+        return ['direct', 'bittorrent'], None
     enabled = [i.strip() for i in interfaces.split(',') if i.strip()]
     if not enabled:
         raise CloudError('no deploy interface to enable')
@@ -1170,8 +1174,8 @@ def _add_up_args(parser):
                              'the first free /24)')
     parser.add_argument('--interfaces', default='auto',
                         help='enabled deploy interfaces, comma-separated, '
-                             'or "auto" (direct, plus bittorrent if it '
-                             'loads)')
+                             'or "auto" (direct and bittorrent; an error '
+                             'if bittorrent cannot load)')
     parser.add_argument('--conductors', type=int, default=1,
                         help='conductors sharing the nodes, each on an '
                              'address of its own (default 1)')

@@ -261,10 +261,11 @@ def verify(cloud, name, image):
 def verified(result, strict=False):
     """Whether a verification result counts as a good disk.
 
-    Both interfaces finish like IPA's standby extension: when sgdisk is
-    installed, the backup GPT is moved to the end of a disk bigger than
-    the image, after the image was verified. That is accepted unless
-    ``strict``, and always reported.
+    ``direct`` finishes like IPA's standby extension: when sgdisk is
+    installed, it moves the backup GPT to the end of a disk bigger than the
+    image, after the image was verified. That is accepted unless
+    ``strict``, and always reported. ``bittorrent`` leaves the disk byte
+    for byte the image (its deploys are checked with ``strict``).
     """
     return result == 'exact' or (result == 'gpt-relocated' and not strict)
 

@@ -73,3 +73,13 @@ def test_plain_torrent_is_added_as_it_is():
     assert not flags[0] & lt.torrent_flags.paused
     handle.set_ssl_certificate_buffer.assert_not_called()
     handle.resume.assert_not_called()
+
+
+def test_user_agent_names_the_installed_release():
+    # Trackers and peers see which release an agent or seeder runs: the
+    # package's own version, never a placeholder.
+    from importlib import metadata
+    session = swarm.make_session('127.0.0.1', 0)
+    agent = session.get_settings()['user_agent']
+    assert agent.startswith('ironic-bt/%s ' % metadata.version('ironic-bt'))
+    assert metadata.version('ironic-bt') not in ('0', '')
