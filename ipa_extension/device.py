@@ -26,6 +26,19 @@ sequence), so :meth:`Target.flush` turns a failing disk into an error that
 names the device and the errno, instead of a piece that fails its hash and
 a seeder banned for it.
 
+Those per-block closes would also each wake systemd-udevd, which watches
+the disk's device node for ``IN_CLOSE_WRITE``: on every one it re-reads the
+partition table (the image's partitions come and go under the writer) and
+probes the disk and each partition again. On a real ramdisk that is tens of
+thousands of events per image, udevd busy reading the disk throughout, and
+``udevadm settle`` (partprobe) waiting minutes for the queue afterwards. So
+libtorrent writes through a device node of its own (:attr:`Target.
+write_path`): the same device, another inode, which udevd does not watch.
+The target itself is held under an exclusive BSD lock while it is written,
+as systemd's block device locking protocol asks of partitioners and
+``mkfs``, so that udevd does not probe a half-written disk, and its one
+close at the end brings the one change event that a ``dd`` would.
+
 :class:`ReadBack` reads the image region back from the device behind the
 download front, with O_DIRECT, while the download goes on, computing the
 sha256 of the region (and, without the image's sha256, checking each piece
@@ -34,6 +47,7 @@ seconds and the write-back that O_DIRECT reads force bring a failed write
 to light within about a second of the kernel writing it.
 """
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -45,8 +59,12 @@ import struct
 import threading
 import time
 
+from oslo_log import log
+
 from ipa_extension import errors
 from ironic_bt.i18n import _
+
+LOG = log.getLogger(__name__)
 
 _BLKGETSIZE64 = 0x80081272
 _BLKZEROOUT = 0x127f
@@ -56,6 +74,9 @@ _FALLOC_FL_PUNCH_HOLE = 0x02
 #: bounded memory.
 READ_CHUNK = 4 * 1024 * 1024
 ALIGN = 4096
+#: Seconds to wait for udevd to finish probing the target (it holds a
+#: shared lock meanwhile) before writing without the exclusive lock.
+LOCK_WAIT = 10.0
 
 
 def describe_os_error(error):
@@ -153,7 +174,13 @@ class Target:
         self.size = target_size(path, create=create)
         self.is_block = self.size is not None
         self._fd = None
+        self._node = None
         self._flush_error = None
+
+    @property
+    def write_path(self):
+        """The path libtorrent opens for each block: see the module."""
+        return self._node or self.path
 
     def check_fits(self, meta):
         """Refuse an image larger than the device, before writing.
@@ -178,9 +205,59 @@ class Target:
                 raise errors.TargetError(
                     _('Cannot open target %(t)s for writing: %(e)s')
                     % {'t': self.path, 'e': describe_os_error(e)})
+            if self.is_block:
+                self._lock()
+                self._make_node()
         return self
 
+    def _lock(self):
+        """Take the exclusive BSD lock of systemd's locking protocol."""
+        deadline = time.monotonic() + LOCK_WAIT
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except OSError as e:
+                if e.errno not in (errno.EAGAIN, errno.EWOULDBLOCK) \
+                        or time.monotonic() > deadline:
+                    LOG.warning('Cannot lock %(t)s against udev probing '
+                                '(%(e)s): writing anyway; udev may probe '
+                                'the disk while it is written',
+                                {'t': self.path, 'e': describe_os_error(e)})
+                    return
+            time.sleep(0.1)
+
+    def _make_node(self):
+        """Make the device node libtorrent writes through (see the module).
+
+        It sits next to the target's own node (device file systems allow
+        nodes; /run and /tmp are often ``nodev``), readable by root only,
+        and goes in :meth:`close`. Where nodes cannot be made (no
+        CAP_MKNOD), libtorrent uses the target's path, and udevd re-probes
+        the disk after every block.
+        """
+        real = os.path.realpath(self.path)
+        node = os.path.join(os.path.dirname(real),
+                            '.ironic-bt-%s' % os.path.basename(real))
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(node)
+            os.mknod(node, stat.S_IFBLK | 0o600,
+                     os.fstat(self._fd).st_rdev)
+        except OSError as e:
+            LOG.warning('Cannot make a device node for %(t)s at %(n)s '
+                        '(%(e)s): libtorrent writes through %(t)s, and udev '
+                        'probes the disk after each block it writes',
+                        {'t': self.path, 'n': node,
+                         'e': describe_os_error(e)})
+            return
+        self._node = node
+
     def close(self):
+        if self._node is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._node)
+            self._node = None
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None

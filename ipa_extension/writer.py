@@ -237,8 +237,8 @@ class _Download:
                                           **overrides)
         params = lt.add_torrent_params()
         params.ti = meta.torrent_info()
-        params.save_path = device.save_path(target.path)
-        params.renamed_files = {0: device.file_name(target.path)}
+        params.save_path = device.save_path(target.write_path)
+        params.renamed_files = {0: device.file_name(target.write_path)}
         # The zero pieces were just zeroed: declare them present and skip
         # reading the whole target to check it, which on a fresh disk would
         # find nothing and cost a full read of the device.

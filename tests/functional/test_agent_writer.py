@@ -17,11 +17,16 @@ writer downloads it into a file or into a loop device made for the test.
 """
 
 import contextlib
+import ctypes
 import errno
+import fcntl
 import hashlib
 import os
+import select
 import shutil
+import struct
 import subprocess
+import threading
 import time
 
 import libtorrent as lt
@@ -432,3 +437,100 @@ def test_progress_counts_bytes_on_disk_and_never_decreases(tmp_path, image):
     assert values[0] >= meta.zero_bytes
     assert values[-1] == SIZE
     assert values == sorted(values)
+
+
+class _CloseWrites:
+    """Counts IN_CLOSE_WRITE on a device node: what wakes udevd.
+
+    systemd-udevd watches block device nodes for this event, and on each
+    one re-reads the disk's partition table and probes it again. Events are
+    read as they come, since inotify merges one into the last unread one.
+    """
+
+    _IN_CLOSE_WRITE = 0x08
+
+    def __init__(self, path):
+        self._libc = ctypes.CDLL(None, use_errno=True)
+        self._fd = self._libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+        assert self._fd >= 0, os.strerror(ctypes.get_errno())
+        wd = self._libc.inotify_add_watch(self._fd, path.encode(),
+                                          self._IN_CLOSE_WRITE)
+        assert wd >= 0, os.strerror(ctypes.get_errno())
+        self.count = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while not self._stop.is_set():
+            if select.select([self._fd], [], [], 0.01)[0]:
+                self._drain()
+
+    def _drain(self):
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return
+        offset = 0
+        while offset < len(data):
+            _wd, mask, _cookie, length = struct.unpack_from('iIII', data,
+                                                            offset)
+            if mask & self._IN_CLOSE_WRITE:
+                self.count += 1
+            offset += 16 + length
+
+    def close(self):
+        self._stop.set()
+        self._thread.join()
+        self._drain()
+        os.close(self._fd)
+
+
+class _LockProbe(writer.Observer):
+    """Tries udevd's shared lock on the target while the download runs."""
+
+    def __init__(self, target):
+        self.target = target
+        self.lock_refused = []
+
+    def progress(self, present, size):
+        fd = os.open(self.target, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            self.lock_refused.append(False)
+        except BlockingIOError:
+            self.lock_refused.append(True)
+        finally:
+            os.close(fd)
+
+
+@requires_root
+def test_udev_hears_of_the_write_once_and_never_probes_it_midway(tmp_path):
+    # libtorrent opens and closes its file for every 16 KiB block; through
+    # the disk's own node each close would make udevd re-read the
+    # partition table and probe the disk (thousands of times per image on
+    # a real ramdisk). The writer gives libtorrent a node of its own and
+    # holds the disk under systemd's exclusive lock, so udevd sees one
+    # close, at the end, and cannot probe a half-written disk.
+    path, data, meta = _bigger_image(tmp_path)
+    backing = backing_file(tmp_path / 'loop.img', len(data))
+    with seeding(meta, path) as peer, loop_device(backing) as dev:
+        closes = _CloseWrites(dev)
+        probe = _LockProbe(dev)
+        try:
+            result = write(meta, dev, [peer], expected_sha256=sha256(data),
+                           observer=probe)
+        finally:
+            closes.close()
+        assert result.sha256 == sha256(data)
+        assert sha256(read(dev, len(data))) == sha256(data)
+        assert closes.count == 1
+        assert probe.lock_refused and all(probe.lock_refused)
+        # The private node is gone, and udevd may lock the disk again.
+        assert not [n for n in os.listdir('/dev')
+                    if n == '.ironic-bt-%s' % os.path.basename(dev)]
+        fd = os.open(dev, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        finally:
+            os.close(fd)
