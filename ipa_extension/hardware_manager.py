@@ -45,6 +45,7 @@ from oslo_log import log
 
 from ipa_extension import device as bt_device
 from ipa_extension import keys
+from ipa_extension import secrets_filter
 from ipa_extension import writer
 from ironic_bt import certs
 from ironic_bt.i18n import _
@@ -52,6 +53,10 @@ from ironic_bt import torrent
 from ironic_bt.tracker import publication
 
 LOG = log.getLogger(__name__)
+
+# IPA loads this module at start: from then on, its request log masks the
+# agent token.
+secrets_filter.install()
 
 STEP_NAME = 'write_image_bittorrent'
 

@@ -99,6 +99,12 @@ def test_bittorrent_swarm(cloud):
     _assert_no_key_material(cloud, report)
 
 
+#: An agent token that is not masked: ``agent_token=`` or a JSON or Python
+#: dict item, followed by something other than asterisks.
+AGENT_TOKEN = re.compile(
+    rb'agent_(?:secret_)?token(?:=|["\']?\s*:\s*["\'])(?!\*)[^\s&"\']+')
+
+
 def _assert_no_key_material(cloud, report):
     """No swarm secret in any log of the deploy, nor in the database.
 
@@ -129,8 +135,15 @@ def _assert_no_key_material(cloud, report):
         for secret_text in secrets:
             assert secret_text.encode() not in data, (
                 '%s holds swarm key material' % path)
+        # The agent token, in IPA's request log (the conductor's
+        # commands carry it in the query string) or anywhere else.
+        leaked = AGENT_TOKEN.search(data)
+        assert leaked is None, '%s holds an agent token: %r' % (
+            path, leaked.group(0)[:24])
     # The places exist and the deploy's argument reached them.
     assert searched > 0
+    assert b'agent_token=***' in b''.join(
+        open(p, 'rb').read() for p in places if p.endswith('.log'))
     assert b'sealed_announce_key' in b''.join(
         open(p, 'rb').read() for p in places if p.endswith('.log'))
 
