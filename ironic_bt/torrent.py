@@ -225,9 +225,14 @@ def load(data, source='<torrent>'):
               'torrents, so that peers come from its tracker alone.')
             % source)
     if info.num_files() != 1:
+        # Hybrid torrents align each file to a piece with pad files: name
+        # only the files a user put there.
+        files = info.files()
+        count = sum(1 for i in range(files.num_files())
+                    if not files.file_flags(i) & lt.file_storage.flag_pad_file)
         raise InvalidTorrent(
             _('%(src)s holds %(n)d files; a disk image torrent holds '
-              'exactly one.') % {'src': source, 'n': info.num_files()})
+              'exactly one.') % {'src': source, 'n': count})
     pieces = decoded[b'info'][b'pieces']
     v1 = [pieces[i:i + 20] for i in range(0, len(pieces), 20)]
     size = info.total_size()
