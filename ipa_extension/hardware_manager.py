@@ -42,6 +42,7 @@ from ironic_python_agent.extensions import base as ext_base
 from ironic_python_agent import hardware
 from ironic_python_agent import partition_utils
 from oslo_log import log
+from oslo_utils import netutils
 
 from ipa_extension import device as bt_device
 from ipa_extension import keys
@@ -389,7 +390,12 @@ def _provisioning_address(peers, trackers):
     known by name only (no address literal) would need a DNS lookup: then
     every address is used.
     """
-    hosts = [p.rpartition(':')[0].strip('[]') for p in peers or ()]
+    hosts = []
+    for peer in peers or ():
+        try:
+            hosts.append(netutils.parse_host_port(peer)[0])
+        except ValueError:
+            continue     # the writer refuses it, naming it
     hosts += [parse.urlsplit(url).hostname or '' for url in trackers or ()]
     for host in hosts:
         try:

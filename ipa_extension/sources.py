@@ -26,6 +26,8 @@ This module is pure logic, so it is tested without libtorrent.
 
 from urllib import parse
 
+from oslo_utils import netutils
+
 from ironic_bt.i18n import _
 
 
@@ -38,9 +40,7 @@ def redact(url, path=True):
         (the conductor's web seed in SSL swarms is an unguessable name).
     """
     parts = parse.urlsplit(url)
-    host = parts.hostname or ''
-    if ':' in host:
-        host = '[%s]' % host
+    host = netutils.escape_ipv6(parts.hostname or '')
     if parts.port:
         host = '%s:%d' % (host, parts.port)
     return parse.urlunsplit((parts.scheme, host,

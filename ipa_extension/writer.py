@@ -47,6 +47,7 @@ from urllib import parse
 
 import libtorrent as lt
 from oslo_log import log
+from oslo_utils import netutils
 
 from ipa_extension import device
 from ipa_extension import errors
@@ -153,10 +154,13 @@ class WriteResult:
 
 
 def _parse_peer(peer):
-    host, sep, port = peer.rpartition(':')
-    if not sep or not port.isdigit():
+    try:
+        host, port = netutils.parse_host_port(peer)
+    except ValueError:
+        port = None
+    if not host or port is None or not 0 < port <= 65535:
         raise DownloadError(_('Peer "%s" is not HOST:PORT.') % peer)
-    return host.strip('[]'), int(port)
+    return host, port
 
 
 #: Seconds between looks at the peers while a connection is in its

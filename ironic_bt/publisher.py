@@ -53,6 +53,7 @@ import urllib.parse
 
 from ironic.conf import CONF   # [deploy]http_root and http_url too
 from oslo_log import log
+from oslo_utils import netutils
 
 from ironic_bt import certs
 from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
@@ -134,9 +135,7 @@ def _ip(host):
 
 
 def _host_port(host, port):
-    if ':' in host and not host.startswith('['):
-        host = '[%s]' % host
-    return '%s:%d' % (host, port)
+    return '%s:%d' % (netutils.escape_ipv6(host), port)
 
 
 def _overlap(host_a, host_b):

@@ -27,6 +27,7 @@ import urllib.request
 
 from oslo_config import cfg
 from oslo_log import log
+from oslo_utils import netutils
 
 from ironic_bt.i18n import _
 
@@ -38,17 +39,14 @@ class CommandError(Exception):
 
 
 def _host_port(value, default_port=None):
-    host, sep, port = value.rpartition(':')
-    if not sep:
-        host, port = value, default_port
     try:
-        port = int(port)
-        if not 0 <= port <= 65535:
-            raise ValueError
-    except (TypeError, ValueError):
+        host, port = netutils.parse_host_port(value, default_port)
+        if port is None or not 0 <= port <= 65535:
+            raise ValueError(value)
+    except ValueError:
         raise argparse.ArgumentTypeError(
             _('"%s" is not HOST:PORT with a port from 0 to 65535') % value)
-    return host.strip('[]') or '0.0.0.0', port
+    return host or '0.0.0.0', port
 
 
 def _positive_int(value):

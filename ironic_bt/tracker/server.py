@@ -44,6 +44,7 @@ import socket
 import threading
 
 from oslo_log import log
+from oslo_utils import netutils
 
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import udp
@@ -384,9 +385,8 @@ class TrackerServer:
 
         :param host: address or name clients use; IPv6 gets brackets.
         """
-        if ':' in host and not host.startswith('['):
-            host = '[%s]' % host
-        return 'http://%s:%d/announce' % (host, self.port)
+        return 'http://%s:%d/announce' % (netutils.escape_ipv6(host),
+                                          self.port)
 
     # -- called from the loop --------------------------------------------
 

@@ -31,6 +31,8 @@ import struct
 import time
 import urllib.parse
 
+from oslo_utils import netutils
+
 from ironic_bt.i18n import _
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import publication
@@ -188,9 +190,7 @@ def _url_data(options):
 
 def announce_url(host, port, node=None):
     """The ``udp://`` announce URL of a tracker, with the node's label."""
-    if ':' in host and not host.startswith('['):
-        host = '[%s]' % host
-    url = 'udp://%s:%d/announce' % (host, port)
+    url = 'udp://%s:%d/announce' % (netutils.escape_ipv6(host), port)
     if node:
         url += '?' + urllib.parse.urlencode({'node': node})
     return url

@@ -10,7 +10,11 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""``ironic-bt write`` refuses a disk in use, and only a disk in use."""
+"""The command line: addresses, and a disk in use (and only one) refused."""
+
+import argparse
+
+import pytest
 
 from ironic_bt.cmd import cli
 
@@ -53,3 +57,18 @@ def test_other_disk_with_a_longer_name_is_not_this_one(tmp_path):
     mounts = _mounts(tmp_path, [('/dev/loop10', '/mnt/a'),
                                 ('/dev/loop10p1', '/mnt/b')])
     assert cli._mounted('/dev/loop1', mounts, sys_block) == []
+
+
+def test_host_port_forms():
+    assert cli._host_port('198.18.0.1:6881') == ('198.18.0.1', 6881)
+    assert cli._host_port('[fd00::1]:6969') == ('fd00::1', 6969)
+    assert cli._host_port(':6881') == ('0.0.0.0', 6881)
+    assert cli._host_port('198.18.0.1', default_port=6969) == (
+        '198.18.0.1', 6969)
+
+
+def test_host_port_refusals_name_the_value():
+    for value in ('198.18.0.1', '198.18.0.1:x', '198.18.0.1:70000'):
+        with pytest.raises(argparse.ArgumentTypeError) as e:
+            cli._host_port(value)
+        assert '"%s" is not HOST:PORT' % value in str(e.value)
