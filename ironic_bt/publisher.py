@@ -863,19 +863,13 @@ class Publisher:
             image = self._images.get(info_hash) if info_hash else None
         if table is None or image is None:
             return None
-        for swarm in table.status()['swarms']:
-            if info_hash not in swarm['info_hashes']:
-                continue
-            for peer in swarm['peers']:
-                if peer.get('node') == node_uuid:
-                    size = image.meta.size
-                    left = min(int(peer['left']), size)
-                    return {'percent': round(100.0 * (size - left) / size, 1),
-                            'left': left,
-                            'downloaded': peer['downloaded'],
-                            'uploaded': peer['uploaded'],
-                            'seconds_since_seen': peer['seconds_since_seen']}
-        return None
+        peer = table.peer_progress(image.meta.info_hash_v1, node_uuid)
+        if peer is None:
+            return None
+        size = image.meta.size
+        left = min(int(peer['left']), size)
+        return dict(peer, left=left,
+                    percent=round(100.0 * (size - left) / size, 1))
 
     def status(self):
         """A JSON-serialisable snapshot for operators.

@@ -902,6 +902,31 @@ class SwarmTable:
                 files[key] = (complete, swarm.torrent.downloaded, incomplete)
         return files
 
+    def peer_progress(self, info_hash, node):
+        """What ``node`` last announced in the swarm of ``info_hash``.
+
+        :param info_hash: any of the torrent's info-hashes (20 bytes).
+        :param node: the node label of its announce URL.
+        :returns: a dict with ``left``, ``uploaded``, ``downloaded`` and
+            ``seconds_since_seen``, from the node's latest announce; None
+            if the torrent is not published or the node has not announced.
+        """
+        now = self._clock()
+        with self._lock:
+            self._drop_dead_locked(now)
+            swarm = self._swarms.get(bytes(info_hash))
+            if swarm is None:
+                return None
+            for each in swarm.torrent.swarms:
+                each.expire(now, self._ttls)
+            for peer, _event, label in swarm.torrent.peers():
+                if label == node:
+                    return {'left': peer.left, 'uploaded': peer.uploaded,
+                            'downloaded': peer.downloaded,
+                            'seconds_since_seen': round(
+                                now - peer.last_seen, 1)}
+        return None
+
     def status(self):
         """Return a JSON-serialisable snapshot for operators.
 

@@ -629,3 +629,28 @@ def test_seeders_with_a_publication_key_need_no_announce_key(keyed):
     key = publication.make_key('s3cret', [V1, V2], 4096)
     reply = keyed.announce(request(publish=key, left='0'))
     assert b'failure' not in reply
+
+
+def test_peer_progress_is_the_nodes_last_announce(table, clock):
+    assert table.peer_progress(V1, 'node-2') is None
+    table.announce(request(ip='198.18.0.2', node='node-2', left='3000',
+                           downloaded='1000'))
+    clock.now += 4
+    table.announce(request(ip='198.18.0.3', node='node-3'))
+    # Under the v2 key too: one torrent, one record per address.
+    table.announce(request(ip='198.18.0.2', node='node-2', info_hash=V2,
+                           left='1000', downloaded='3000', uploaded='512'))
+    clock.now += 1.5
+    assert table.peer_progress(V1, 'node-2') == {
+        'left': 1000, 'downloaded': 3000, 'uploaded': 512,
+        'seconds_since_seen': 1.5}
+    assert table.peer_progress(V2, 'node-2') == table.peer_progress(
+        V1, 'node-2')
+    assert table.peer_progress(V1, 'node-9') is None
+    assert table.peer_progress(OTHER, 'node-2') is None
+
+
+def test_peer_progress_forgets_a_silent_node(table, clock):
+    table.announce(request(ip='198.18.0.2', node='node-2'))
+    clock.now += 31   # past the default ttl of three intervals
+    assert table.peer_progress(V1, 'node-2') is None
