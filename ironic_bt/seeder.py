@@ -114,6 +114,11 @@ def request_queue(nodes, shared=False):
     return max(2, min(_IN_FLIGHT, -(-_IN_FLIGHT // nodes)))
 
 
+#: Seconds the alert reader waits for an alert before looking whether the
+#: seeder is closing.
+ALERT_WAIT = 0.5
+
+
 class Seeder:
     """A libtorrent session seeding raw images."""
 
@@ -161,6 +166,14 @@ class Seeder:
                 % {'host': listen_host, 'port': listen_port})
         LOG.info('Seeder listening on port %(port)d%(ssl)s',
                  {'port': self.port, 'ssl': ' (SSL)' if ssl else ''})
+        # Errors (a file that cannot be read, a tracker that refuses) are
+        # logged when they happen, not at the next stats() call.
+        self._alerts_lock = threading.Lock()
+        self._closing = threading.Event()
+        self._alert_reader = threading.Thread(
+            target=self._read_alerts, args=(self._session,),
+            name='ironic-bt-seeder-alerts', daemon=True)
+        self._alert_reader.start()
 
     def expect_nodes(self, nodes):
         """Size the request queue for ``nodes`` nodes downloading at once.
@@ -302,8 +315,17 @@ class Seeder:
         if handle is not None:
             handle.connect_peer((host, int(port)))
 
+    def _read_alerts(self, session):
+        while not self._closing.is_set():
+            if session.wait_for_alert(int(ALERT_WAIT * 1000)):
+                self.pump_alerts()
+
     def pump_alerts(self):
-        for alert in self._session.pop_alerts():
+        """Log the errors libtorrent reported since the last call."""
+        with self._alerts_lock:
+            session = self._session
+            alerts = session.pop_alerts() if session is not None else []
+        for alert in alerts:
             if isinstance(alert, lt.tracker_alert):
                 if not alert.category() & lt.alert_category.error:
                     continue
@@ -322,6 +344,8 @@ class Seeder:
                 LOG.warning('Seeder: %s', alert.message())
 
     def close(self):
+        self._closing.set()
+        self._alert_reader.join(ALERT_WAIT + 5)
         with self._lock:
             for handle in self._handles.values():
                 self._session.remove_torrent(handle)

@@ -1,0 +1,67 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The conductor's seeder, a real libtorrent session on 127.0.0.1."""
+
+import logging
+import socket
+import threading
+import time
+
+from ironic_bt import seeder
+from ironic_bt import torrent
+
+
+def _closed_port():
+    """A local TCP port nothing listens on: connections are refused."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_tracker_errors_are_logged_when_they_happen(tmp_path, caplog):
+    # Nothing asks the seeder for its stats: the error still reaches the
+    # conductor's log within seconds, naming the tracker without the key
+    # its announce URL carries.
+    image = tmp_path / 'image.raw'
+    image.write_bytes(b'ironic-bt' * 10000)
+    meta = torrent.build(str(image))
+    url = 'http://127.0.0.1:%d/announce' % _closed_port()
+    seed = seeder.Seeder('127.0.0.1', 0)
+    try:
+        with caplog.at_level(logging.WARNING, logger='ironic_bt.seeder'):
+            seed.add(meta, str(image), trackers=[url + '?auth=S3cretKey'],
+                     verified=True)
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not any(
+                    url in r.getMessage() for r in caplog.records):
+                time.sleep(0.1)
+    finally:
+        seed.close()
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == 'ironic_bt.seeder']
+    assert any(line.startswith('Seeder: tracker %s: ' % url)
+               for line in lines), lines
+    assert not any('S3cretKey' in line for line in lines)
+
+
+def _alert_readers():
+    return [t for t in threading.enumerate()
+            if t.name == 'ironic-bt-seeder-alerts']
+
+
+def test_close_stops_the_alert_reader():
+    before = len(_alert_readers())
+    seed = seeder.Seeder('127.0.0.1', 0)
+    assert len(_alert_readers()) == before + 1
+    seed.close()
+    assert len(_alert_readers()) == before
