@@ -195,6 +195,22 @@ def with_trackers(data, trackers):
     return lt.bencode(decoded)
 
 
+def bdecode(data, source):
+    """Decode a bencoded dictionary (a tracker reply) with libtorrent.
+
+    :param source: where it came from, for the error message.
+    :raises: ValueError naming ``source`` if ``data`` is not one.
+    """
+    try:
+        value = lt.bdecode(bytes(data))
+    except RuntimeError:    # malformed, as opposed to empty
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(_('%s did not send a bencoded dictionary.')
+                         % source)
+    return value
+
+
 def load(data, source='<torrent>'):
     """Parse and check a .torrent for deployment.
 

@@ -328,7 +328,7 @@ def _render_status(status, sizes):
 
 def _scrape_status(tracker, metas):
     """A status from BEP 48 scrape counts, for trackers without /status."""
-    from ironic_bt.tracker import bencode
+    from ironic_bt import torrent
 
     base = tracker.split('?')[0]
     if not base.endswith('/announce'):
@@ -338,7 +338,7 @@ def _scrape_status(tracker, metas):
         meta.info_hash_v1, safe='') for meta in metas)
     with urllib.request.urlopen(url + ('?' + query if query else ''),
                                 timeout=10) as resp:
-        reply = bencode.decode(resp.read())
+        reply = torrent.bdecode(resp.read(), url)
     if b'failure reason' in reply:
         raise ValueError(reply[b'failure reason'].decode('utf-8', 'replace'))
     names = {meta.info_hash_v1: meta for meta in metas}

@@ -24,7 +24,7 @@ import sys
 import pytest
 
 from ironic_bt import torrent
-from ironic_bt.tracker import bencode
+from tests import bencode
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import swarm as lab_swarm

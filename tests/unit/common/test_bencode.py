@@ -14,7 +14,7 @@
 
 import pytest
 
-from ironic_bt.tracker import bencode
+from tests import bencode
 
 
 def test_encode_tracker_reply_with_sorted_keys():
@@ -86,3 +86,15 @@ def test_decode_malformed(data, message):
 def test_decode_refuses_text():
     with pytest.raises(TypeError, match='needs bytes'):
         bencode.decode('4:spam')
+
+
+def test_product_decodes_tracker_replies_with_libtorrent():
+    from ironic_bt import torrent
+    reply = {b'files': {b'\x01' * 20: {b'complete': 2, b'downloaded': 1,
+                                       b'incomplete': 5}}}
+    assert torrent.bdecode(bencode.encode(reply), 'tracker') == reply
+    for junk in (b'<html>', b'', b'i3e'):
+        with pytest.raises(ValueError) as e:
+            torrent.bdecode(junk, 'http://198.18.0.1:6969/scrape')
+        assert 'http://198.18.0.1:6969/scrape did not send a bencoded ' \
+               'dictionary' in str(e.value)

@@ -18,9 +18,9 @@ import urllib.parse
 
 import pytest
 
-from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import publication
+from tests import bencode
 
 # Bytes that need escaping in a query string: '%', '&', '+', '=' and ' '.
 V1 = bytes(range(0x20, 0x34))

@@ -14,9 +14,9 @@
 
 import pytest
 
-from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import publication
+from tests import bencode
 from tests.unit.common.test_tracker_protocol import Clock
 from tests.unit.common.test_tracker_protocol import request
 from tests.unit.common.test_tracker_protocol import V1

@@ -22,9 +22,9 @@ import urllib.request
 import libtorrent as lt
 import pytest
 
-from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
+from tests import bencode
 from tests.unit.common import hybrid
 
 V1 = bytes(range(0x20, 0x34))

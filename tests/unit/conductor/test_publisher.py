@@ -27,10 +27,10 @@ from ironic_bt import exception
 from ironic_bt import publisher
 from ironic_bt import seeder
 from ironic_bt import torrent
-from ironic_bt.tracker import bencode
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import publication
 from ironic_bt.tracker import server
+from tests import bencode
 from tests.unit.conductor import base
 
 NODE_A = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
