@@ -10,16 +10,21 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""Keep the agent token out of ironic-python-agent's request log.
+"""Keep the agent token out of ironic-python-agent's log.
 
-IPA 13 logs every API request at INFO with its query string, and the
-conductor's commands carry the node's agent token there
-(``GET /v1/commands/?agent_token=...``). The token is what lets a caller
-command the agent, and the agent's log leaves the node: the conductor
-collects it (``[agent]deploy_logs_collect``), and it goes to the console
-and the journal. The agent side of ironic-bt runs in IPA's process, so
-when IPA loads it, it masks secrets in that logger's records with
-oslo.utils' ``mask_password``, the masking ironic and IPA use elsewhere.
+IPA 13 writes the node's agent token to its log twice:
+
+* every API request at INFO, with its query string, and the conductor's
+  commands carry the token there (``GET /v1/commands/?agent_token=...``);
+* the lookup reply at DEBUG (``Received lookup results: {... 'config':
+  {'agent_token': ...}}``).
+
+The token is what lets a caller command the agent, and the agent's log
+leaves the node: the conductor collects it (``[agent]deploy_logs_collect``),
+and it goes to the console and the journal. The agent side of ironic-bt
+runs in IPA's process and is loaded before the lookup, so it masks secrets
+in those loggers' records with oslo.utils' ``mask_password``, the masking
+ironic and IPA use elsewhere.
 """
 
 import logging
@@ -28,6 +33,8 @@ from oslo_utils import strutils
 
 #: The logger IPA's request log middleware writes to.
 REQUEST_LOGGER = 'ironic_python_agent.api'
+#: The logger of IPA's lookup (and heartbeat) loop.
+AGENT_LOGGER = 'ironic_python_agent.agent'
 
 
 class MaskSecrets(logging.Filter):
@@ -41,8 +48,9 @@ class MaskSecrets(logging.Filter):
         return True
 
 
-def install(name=REQUEST_LOGGER):
-    """Add the filter to the logger ``name``, once."""
-    logger = logging.getLogger(name)
-    if not any(isinstance(f, MaskSecrets) for f in logger.filters):
-        logger.addFilter(MaskSecrets())
+def install(names=(REQUEST_LOGGER, AGENT_LOGGER)):
+    """Add the filter to each logger of ``names``, once."""
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, MaskSecrets) for f in logger.filters):
+            logger.addFilter(MaskSecrets())

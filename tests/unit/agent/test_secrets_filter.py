@@ -55,9 +55,24 @@ def test_request_without_secrets_is_logged_as_it_was(caplog):
                                '- 200 (')
 
 
+def test_lookup_reply_masks_the_agent_token(caplog):
+    # What IPA 13 logs at DEBUG once the conductor answered its lookup.
+    from oslo_log import log
+    reply = {'node': {'uuid': '1be26c0b'},
+             'config': {'heartbeat_timeout': 300, 'agent_token': TOKEN}}
+    with caplog.at_level(logging.DEBUG, logger=secrets_filter.AGENT_LOGGER):
+        log.getLogger(secrets_filter.AGENT_LOGGER).debug(
+            'Received lookup results: %s', reply)
+    lines = [r.getMessage() for r in caplog.records
+             if r.name == secrets_filter.AGENT_LOGGER]
+    assert len(lines) == 1
+    assert TOKEN not in lines[0]
+    assert "'agent_token': '***'" in lines[0]
+
+
 def test_installed_once():
     secrets_filter.install()
     secrets_filter.install()
-    logger = logging.getLogger(secrets_filter.REQUEST_LOGGER)
-    assert sum(isinstance(f, secrets_filter.MaskSecrets)
-               for f in logger.filters) == 1
+    for name in (secrets_filter.REQUEST_LOGGER, secrets_filter.AGENT_LOGGER):
+        assert sum(isinstance(f, secrets_filter.MaskSecrets)
+                   for f in logging.getLogger(name).filters) == 1
