@@ -110,11 +110,13 @@ def _status_token():
     return os.environ.get('IRONIC_BT_STATUS_TOKEN') or None
 
 
-def _start_tracker(listen, interval, metas, names=None, on_clients=None):
+def _start_tracker(listen, interval, metas, names=None, on_clients=None,
+                   announce_secret=None):
     from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
 
-    table = protocol.SwarmTable(interval=interval, on_clients=on_clients)
+    table = protocol.SwarmTable(interval=interval, on_clients=on_clients,
+                                announce_secret=announce_secret)
     for meta, name in zip(metas, names or [m.info_hash for m in metas]):
         table.publish(meta.tracker_keys, name, size=meta.size)
     tracker = server.TrackerServer(table, host=listen[0], port=listen[1],
@@ -125,6 +127,26 @@ def _start_tracker(listen, interval, metas, names=None, on_clients=None):
 
 def _announce_host(host):
     return '127.0.0.1' if host in ('0.0.0.0', '') else host
+
+
+def _announce_secret(authority):
+    """The secret of the announce keys, shared with the conductors."""
+    from ironic_bt.tracker import publication
+
+    return authority.derive_secret(publication.ANNOUNCE_SECRET_PURPOSE)
+
+
+def _keyed(url, secret, node, meta):
+    """``url`` with the announce key of ``node`` ('' for a seeder)."""
+    from ironic_bt.tracker import publication
+
+    if secret is None:
+        return url
+    if node:
+        url = publication.with_query(url, {'node': node})
+    return publication.with_query(url, {
+        publication.ANNOUNCE_PARAM: publication.announce_key(
+            secret, node, meta.tracker_keys[0])})
 
 
 def cmd_seed(args):
@@ -145,11 +167,12 @@ def cmd_seed(args):
                           'ts': meta.size})
     trackers = list(args.tracker)
     tracker = None
-    credentials = None
+    credentials = secret = None
     if args.ssl_authority:
         authority = _authority(args.ssl_authority)
         credentials = authority.credentials(
             'seeder', datetime.timedelta(seconds=SEEDER_LIFETIME))
+        secret = _announce_secret(authority)
     seed = seeder.Seeder(args.listen[0], args.listen[1],
                          upload_rate_limit=args.upload_rate,
                          nodes=args.nodes, ssl=credentials is not None)
@@ -157,9 +180,10 @@ def cmd_seed(args):
         if args.with_tracker:
             tracker = _start_tracker(args.with_tracker, args.interval, [meta],
                                      [os.path.basename(args.image)],
-                                     on_clients=seed.serve_clients)
-            trackers.append(tracker.announce_url(
-                _announce_host(args.with_tracker[0])))
+                                     on_clients=seed.serve_clients,
+                                     announce_secret=secret)
+            trackers.append(_keyed(tracker.announce_url(
+                _announce_host(args.with_tracker[0])), secret, '', meta))
         seed.add(meta, args.image, trackers=trackers,
                  verified=args.trust_image, credentials=credentials)
         print(json.dumps({'info_hash': meta.info_hash,
@@ -199,8 +223,21 @@ def cmd_certificate(args):
     except OSError as e:
         raise CommandError(_('Cannot write %(o)s: %(e)s')
                            % {'o': args.output, 'e': e})
-    print(json.dumps({'credentials': args.output, 'name': args.name,
-                      'lifetime': args.lifetime}), flush=True)
+    result = {'credentials': args.output, 'name': args.name,
+              'lifetime': args.lifetime}
+    if args.announce_url:
+        # The tracker URL this node announces with: its label and its key
+        # for the torrent (see "ironic-bt tracker --ssl-authority").
+        from ironic_bt import torrent
+
+        meta = torrent.load_file(args.torrent) if args.torrent else None
+        if meta is None:
+            raise CommandError(_('--announce-url needs --torrent: an '
+                                 'announce key is for one torrent.'))
+        result['announce_url'] = _keyed(args.announce_url,
+                                        _announce_secret(authority),
+                                        args.name, meta)
+    print(json.dumps(result), flush=True)
 
 
 def _credentials(path):
@@ -216,11 +253,15 @@ def cmd_tracker(args):
     from ironic_bt import torrent
 
     metas = [torrent.load_file(path) for path in args.torrent]
+    secret = (_announce_secret(_authority(args.ssl_authority))
+              if args.ssl_authority else None)
     tracker = _start_tracker(args.listen, args.interval, metas,
-                             [os.path.basename(p) for p in args.torrent])
+                             [os.path.basename(p) for p in args.torrent],
+                             announce_secret=secret)
     try:
         print(json.dumps({
             'announce': tracker.announce_url(_announce_host(args.listen[0])),
+            'announce_keys': secret is not None,
             'info_hashes': [m.info_hash for m in metas]}), flush=True)
         _wait_for_signal()
     finally:
@@ -490,6 +531,13 @@ def build_parser():
                    metavar='SECONDS',
                    help=_('seconds until the certificate expires (default '
                           '3600)'))
+    p.add_argument('--announce-url', metavar='URL',
+                   help=_('also print this tracker URL with the node\'s '
+                          'label and announce key for --torrent, for '
+                          '"ironic-bt write --tracker" against a tracker '
+                          'run with --ssl-authority'))
+    p.add_argument('--torrent', metavar='FILE.torrent',
+                   help=_('the torrent the announce key is for'))
     p.set_defaults(func=cmd_certificate)
 
     p = sub.add_parser('tracker', help=_('run the tracker standalone'),
@@ -504,6 +552,12 @@ def build_parser():
                    help=_('serve this torrent (repeatable)'))
     p.add_argument('--interval', type=int, default=10, metavar='SECONDS',
                    help=_('announce interval asked of peers'))
+    p.add_argument('--ssl-authority', metavar='DIR',
+                   help=_('serve only announcers with a key of the swarm '
+                          'authority in DIR, as the conductors sharing it '
+                          'hand their nodes (see "ironic-bt certificate '
+                          '--announce-url"); others get a failure reply '
+                          'and no peers'))
     p.set_defaults(func=cmd_tracker)
 
     p = sub.add_parser('write', help=_('download a torrent straight to a '

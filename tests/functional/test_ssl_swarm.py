@@ -28,6 +28,8 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
+import urllib.request
 
 import libtorrent as lt
 import pytest
@@ -37,6 +39,7 @@ from ironic_bt import certs
 from ironic_bt import seeder
 from ironic_bt import swarm
 from ironic_bt import torrent
+from tests import bencode
 from tests.functional import test_agent_writer as helpers
 
 HOUR = datetime.timedelta(hours=1)
@@ -322,3 +325,85 @@ def test_cli_ssl_swarm(tmp_path, image):
     finally:
         seed.terminate()
         seed.wait(30)
+
+
+def _raw_announce(url, meta, port=51413):
+    """A standard client's announce: what an outsider can send."""
+    query = urllib.parse.urlencode({
+        'info_hash': meta.info_hash_v1, 'peer_id': b'-XX0000-000000051413',
+        'port': port, 'uploaded': 0, 'downloaded': 0, 'left': meta.size,
+        'compact': 1})
+    sep = '&' if '?' in url else '?'
+    with urllib.request.urlopen(url + sep + query, timeout=10) as response:
+        return bencode.decode(response.read())
+
+
+def test_cli_tracker_serves_only_keyed_announcers(tmp_path, image):
+    """seed --ssl-authority --with-tracker, certificate --announce-url."""
+    path, data, meta = image
+    torrent_file = tmp_path / 'image.torrent'
+    torrent_file.write_bytes(meta.data)
+    authority = tmp_path / 'authority'
+    port, tracker_port = _free_port(), _free_port()
+    tracker = 'http://127.0.0.1:%d/announce' % tracker_port
+    seed = subprocess.Popen(
+        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'seed',
+         str(torrent_file), path, '--listen', '127.0.0.1:%d' % port,
+         '--trust-image', '--ssl-authority', str(authority),
+         '--with-tracker', '127.0.0.1:%d' % tracker_port, '--interval', '2',
+         '--duration', '60'], stdout=subprocess.PIPE, text=True)
+    try:
+        ready = json.loads(seed.stdout.readline())
+        # The seeder announces with its own key, never shown without one.
+        assert all('auth=' in url for url in ready['trackers'])
+        creds = tmp_path / 'node-1.pem'
+        out = _cli('certificate', str(authority), 'node-1', '-o', str(creds),
+                   '--announce-url', tracker, '--torrent', str(torrent_file))
+        assert out.returncode == 0, out.stderr
+        node_url = json.loads(out.stdout)['announce_url']
+        assert 'node=node-1' in node_url and 'auth=' in node_url
+        # An outsider with the info-hash gets a failure and no peers.
+        reply = _raw_announce(tracker, meta)
+        assert b'failure reason' in reply and b'peers' not in reply
+        # So does one that borrows another node's key.
+        reply = _raw_announce(node_url.replace('node=node-1', 'node=node-2'),
+                              meta)
+        assert b'failure reason' in reply and b'peers' not in reply
+        # The node with its key finds the seeder through the tracker alone.
+        target = tmp_path / 'disk'
+        out = _cli('write', str(torrent_file), str(target), '--create',
+                   '--tracker', node_url, '--listen', '127.0.0.1:0',
+                   '--linger', '0', '--json', '--ssl-credentials', str(creds))
+        assert out.returncode == 0, out.stderr
+        assert helpers.read(str(target), len(data)) == data
+    finally:
+        seed.terminate()
+        seed.wait(30)
+
+
+def test_cli_standalone_tracker_with_authority(tmp_path, image):
+    _path, _data, meta = image
+    torrent_file = tmp_path / 'image.torrent'
+    torrent_file.write_bytes(meta.data)
+    authority = tmp_path / 'authority'
+    port = _free_port()
+    tracker = subprocess.Popen(
+        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'tracker', '--listen',
+         '127.0.0.1:%d' % port, '--torrent', str(torrent_file),
+         '--ssl-authority', str(authority)], stdout=subprocess.PIPE,
+        text=True)
+    try:
+        ready = json.loads(tracker.stdout.readline())
+        assert ready['announce_keys'] is True
+        url = ready['announce']
+        reply = _raw_announce(url, meta)
+        assert b'failure reason' in reply and b'peers' not in reply
+        out = _cli('certificate', str(authority), 'node-7', '-o',
+                   str(tmp_path / 'node-7.pem'), '--announce-url', url,
+                   '--torrent', str(torrent_file))
+        assert out.returncode == 0, out.stderr
+        reply = _raw_announce(json.loads(out.stdout)['announce_url'], meta)
+        assert b'failure reason' not in reply and b'peers' in reply
+    finally:
+        tracker.terminate()
+        tracker.wait(30)
