@@ -62,7 +62,7 @@ import time
 from oslo_log import log
 
 from ipa_extension import errors
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 LOG = log.getLogger(__name__)
 
@@ -363,7 +363,7 @@ class ReadBack:
     against the torrent as it is read.
 
     :param target: an open :class:`Target`.
-    :param meta: a :class:`ironic_bt.torrent.Metainfo`.
+    :param meta: a :class:`ironic_bt.common.torrent.Metainfo`.
     :param expected_sha256: hex sha256 of the image, if known.
     :param flush_interval: seconds between flushes; 0 disables them.
     """

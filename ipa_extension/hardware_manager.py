@@ -48,10 +48,10 @@ from ipa_extension import device as bt_device
 from ipa_extension import keys
 from ipa_extension import secrets_filter
 from ipa_extension import writer
-from ironic_bt import certs
-from ironic_bt.i18n import _
-from ironic_bt import torrent
-from ironic_bt.tracker import publication
+from ironic_bt.common import certs
+from ironic_bt.common.i18n import _
+from ironic_bt.common import publication
+from ironic_bt.common import torrent
 
 LOG = log.getLogger(__name__)
 
@@ -270,7 +270,7 @@ class BitTorrentHardwareManager(hardware.HardwareManager):
         :param ssl_certificate: PEM of the certificate the conductor issued
             for a key this agent made (``bittorrent.swarm_key``).
         :param sealed_announce_key: the node's tracker announce key, sealed
-            for that key (:func:`ironic_bt.certs.seal`); added to the
+            for that key (:func:`ironic_bt.common.certs.seal`); added to the
             tracker URLs.
         :param sealed_web_seeds: more web seed URLs (a JSON list), sealed
             the same way: the conductor's, an unguessable URL.

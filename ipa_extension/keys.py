@@ -25,8 +25,8 @@ import threading
 
 from cryptography import x509
 
-from ironic_bt import certs
-from ironic_bt.i18n import _
+from ironic_bt.common import certs
+from ironic_bt.common.i18n import _
 
 #: Keys kept at once: a step restarted by the conductor asks for a new one.
 MAX_KEYS = 4
@@ -74,8 +74,8 @@ def credentials(node_uuid, ca, certificate):
 def unseal(node_uuid, credentials, sealed, purpose):
     """Open a secret the conductor sealed for our swarm key.
 
-    :param purpose: what it is (:data:`ironic_bt.certs.ANNOUNCE_KEY`,
-        :data:`ironic_bt.certs.WEB_SEEDS`).
+    :param purpose: what it is (:data:`ironic_bt.common.certs.ANNOUNCE_KEY`,
+        :data:`ironic_bt.common.certs.WEB_SEEDS`).
     :raises: certs.CertificateError naming the node and the purpose.
     """
     return _open(node_uuid, certs.load_private_key(credentials.private_key),

@@ -22,7 +22,7 @@ import ipaddress
 
 import libtorrent as lt
 
-from ironic_bt import swarm
+from ironic_bt.common import swarm
 
 
 SEEDER = 'seeder'
@@ -58,7 +58,7 @@ class PeerBytes:
 
         Agents, seeders and other clients are told apart by the peer id
         libtorrent sends in the handshake (BEP 20: it starts with the
-        client's fingerprint, see :mod:`ironic_bt.swarm`); until the
+        client's fingerprint, see :mod:`ironic_bt.common.swarm`); until the
         handshake is done it is all zeroes. A seeder is any conductor's:
         where conductors share a swarm, their seeders reach us through the
         tracker.

@@ -38,7 +38,7 @@ import time
 
 from ipa_extension import device
 from ipa_extension import errors
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 #: Pieces read to decide whether a full check is worth it.
 SAMPLES = 32
@@ -98,7 +98,7 @@ def present_pieces(path, meta, samples=SAMPLES):
     """The non-zero pieces of ``meta`` that ``path`` already holds.
 
     :param path: the target (block device or file), not written meanwhile.
-    :param meta: a :class:`ironic_bt.torrent.Metainfo`.
+    :param meta: a :class:`ironic_bt.common.torrent.Metainfo`.
     :param samples: pieces to sample before reading everything; 0 skips
         the check (nothing is taken as present).
     :raises: TargetError if the target cannot be read.

@@ -28,7 +28,7 @@ from urllib import parse
 
 from oslo_utils import netutils
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 
 def redact(url, path=True):

@@ -55,9 +55,9 @@ from ipa_extension import peers as peer_kinds
 from ipa_extension import pieces
 from ipa_extension import resume
 from ipa_extension import sources
-from ironic_bt import certs
-from ironic_bt.i18n import _
-from ironic_bt import swarm
+from ironic_bt.common import certs
+from ironic_bt.common.i18n import _
+from ironic_bt.common import swarm
 
 LOG = log.getLogger(__name__)
 
@@ -101,7 +101,7 @@ class Tuning:
     #: Seconds an agent may leave our requests unanswered before the piece
     #: plan takes it for gone (see :class:`ipa_extension.peers.Silence`).
     agent_silence: float = 1.5
-    #: Extra libtorrent settings (see :mod:`ironic_bt.swarm`).
+    #: Extra libtorrent settings (see :mod:`ironic_bt.common.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
 
 
@@ -258,7 +258,7 @@ class _Download:
         params.tracker_tiers = list(range(len(params.trackers)))
         # With credentials, only peers with a certificate of the
         # deployment's authority exchange a byte with us: see
-        # ironic_bt.swarm.secure.
+        # ironic_bt.common.swarm.secure.
         self.handle = swarm.add_torrent(self.session, params, credentials)
         self.peers = list(peers)
         self.bytes = peer_kinds.PeerBytes(
@@ -676,7 +676,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
           credentials=None):
     """Download ``meta`` into ``target``, verify it, linger, and stop.
 
-    :param meta: a :class:`ironic_bt.torrent.Metainfo`.
+    :param meta: a :class:`ironic_bt.common.torrent.Metainfo`.
     :param target: a block device or a regular file path.
     :param trackers: announce URLs.
     :param peers: ``HOST:PORT`` strings to connect to directly.
@@ -686,8 +686,8 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     :param progress_interval: seconds between progress log lines.
     :param stall_timeout: seconds without progress before giving up.
     :param expected_sha256: hex sha256 of the image, checked if given.
-    :param settings: extra libtorrent settings (see ironic_bt.swarm), on top
-        of ``tuning.settings``.
+    :param settings: extra libtorrent settings (see
+        :mod:`ironic_bt.common.swarm`), on top of ``tuning.settings``.
     :param create: create ``target`` as a regular file if it is missing.
     :param share_pieces: agree with the other agents on who fetches which
         piece from the seeder (:mod:`ipa_extension.pieces`).
@@ -700,7 +700,7 @@ def write(meta, target, trackers=(), peers=(), listen_host='0.0.0.0',
     :param unreachable_timeout: seconds without any connected source (no
         seeder, peer or web seed) and no progress after which the write
         fails, naming every source and what happened to it.
-    :param credentials: :class:`ironic_bt.certs.Credentials`: join the
+    :param credentials: :class:`ironic_bt.common.certs.Credentials`: join the
         swarm over SSL only, with this certificate (None: plain torrent).
     :raises: TargetError (the disk), DownloadError (the swarm),
         VerifyError (what the disk holds is not the image).

@@ -18,7 +18,7 @@ ironic looks up by the name of the ``bittorrent-redfish`` hardware type.
 
 from oslo_config import cfg
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 GROUP = cfg.OptGroup(
     'bittorrent',

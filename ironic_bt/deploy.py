@@ -80,9 +80,9 @@ from ironic import objects
 from oslo_config import cfg
 from oslo_log import log
 
-from ironic_bt import certs
+from ironic_bt.common import certs
+from ironic_bt.common.i18n import _
 from ironic_bt import exception as bt_exception
-from ironic_bt.i18n import _
 from ironic_bt import publisher
 
 CONF = cfg.CONF

@@ -22,7 +22,7 @@ attempted, what went wrong and what to check.
 
 from ironic.common import exception
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 
 class InvalidBitTorrentConfig(exception.InvalidParameterValue):

@@ -55,14 +55,14 @@ from ironic.conf import CONF   # [deploy]http_root and http_url too
 from oslo_log import log
 from oslo_utils import netutils
 
-from ironic_bt import certs
+from ironic_bt.common import certs
+from ironic_bt.common.i18n import _
+from ironic_bt.common import publication
+from ironic_bt.common import torrent
 from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
 from ironic_bt import exception
-from ironic_bt.i18n import _
 from ironic_bt import seeder as seeder_mod
-from ironic_bt import torrent
 from ironic_bt.tracker import protocol
-from ironic_bt.tracker import publication
 from ironic_bt.tracker import server
 
 LOG = log.getLogger(__name__)
@@ -84,7 +84,7 @@ SEEDER_CERTIFICATE_LIFETIME = 24 * 3600
 class Publication:
     """What a node's agent needs to join the swarm of its image."""
 
-    #: The :class:`ironic_bt.torrent.Metainfo` of the image.
+    #: The :class:`ironic_bt.common.torrent.Metainfo` of the image.
     meta: torrent.Metainfo
     #: Announce URLs for the agent.
     trackers: list
@@ -94,11 +94,11 @@ class Publication:
     #: for the agent's fallback when the seeder is out of reach; secret in
     #: SSL swarms (an unguessable name).
     web_seeds: list = dataclasses.field(default_factory=list, repr=False)
-    #: The :class:`ironic_bt.certs.Authority` of an SSL swarm, which
+    #: The :class:`ironic_bt.common.certs.Authority` of an SSL swarm, which
     #: issues the node's certificate; None for a plain torrent.
     authority: certs.Authority = None
     #: The node's announce key (a secret: the agent adds it to its tracker
-    #: URLs, see :func:`ironic_bt.tracker.publication.announce_key`).
+    #: URLs, see :func:`ironic_bt.common.publication.announce_key`).
     announce_key: str = dataclasses.field(default=None, repr=False)
     #: HTTP URL of the .torrent (not a secret), or None: then the torrent
     #: goes to the agent inline.
@@ -503,7 +503,7 @@ class Publisher:
             secret = CONF.bittorrent.tracker_secret
             if meta is not None and secret:
                 # Publishes the image on another conductor's built-in
-                # tracker (see ironic_bt.tracker.publication); other
+                # tracker (see ironic_bt.common.publication); other
                 # trackers ignore the parameter.
                 url = publication.with_query(url, {publication.PARAM: (
                     publication.make_key(secret, meta.tracker_keys,

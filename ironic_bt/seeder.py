@@ -29,8 +29,8 @@ import urllib.parse
 import libtorrent as lt
 from oslo_log import log
 
-from ironic_bt.i18n import _
-from ironic_bt import swarm
+from ironic_bt.common.i18n import _
+from ironic_bt.common import swarm
 
 LOG = log.getLogger(__name__)
 
@@ -128,8 +128,8 @@ class Seeder:
         """Start the session.
 
         :param ssl: serve SSL torrents only, on an SSL listener (see
-            :func:`ironic_bt.swarm.secure`); every :meth:`add` then needs
-            credentials.
+            :func:`ironic_bt.common.swarm.secure`); every :meth:`add` then
+            needs credentials.
         :param shared: whether other conductors share the tracker, and so
             may seed the same swarms (see :func:`request_queue`).
         """
@@ -234,13 +234,14 @@ class Seeder:
     def add(self, meta, path, trackers=(), verified=False, credentials=None):
         """Seed ``path`` as the torrent ``meta``; idempotent.
 
-        :param meta: a :class:`ironic_bt.torrent.Metainfo` built from path.
+        :param meta: a :class:`ironic_bt.common.torrent.Metainfo` built from
+            ``path``.
         :param path: the raw image file to seed.
         :param trackers: announce URLs the seeder announces to.
         :param verified: whether the caller hashed this very file into
             ``meta`` and knows it unchanged since; if not, each piece is
             hashed the first time it is sent.
-        :param credentials: :class:`ironic_bt.certs.Credentials` of the
+        :param credentials: :class:`ironic_bt.common.certs.Credentials` of the
             seeder in the torrent's swarm: required if the seeder serves
             SSL torrents, refused if not.
         :raises: SeederError if the credentials do not fit the seeder.

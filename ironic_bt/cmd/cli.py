@@ -29,7 +29,7 @@ from oslo_config import cfg
 from oslo_log import log
 from oslo_utils import netutils
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 LOG = log.getLogger(__name__)
 
@@ -81,7 +81,7 @@ def _wait_for_signal(duration=None):
 
 
 def cmd_create(args):
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     meta = torrent.build(args.image, piece_size=args.piece_size)
     output = args.output or os.path.basename(args.image) + '.torrent'
@@ -131,14 +131,14 @@ def _announce_host(host):
 
 def _announce_secret(authority):
     """The secret of the announce keys, shared with the conductors."""
-    from ironic_bt.tracker import publication
+    from ironic_bt.common import publication
 
     return authority.derive_secret(publication.ANNOUNCE_SECRET_PURPOSE)
 
 
 def _keyed(url, secret, node, meta):
     """``url`` with the announce key of ``node`` ('' for a seeder)."""
-    from ironic_bt.tracker import publication
+    from ironic_bt.common import publication
 
     if secret is None:
         return url
@@ -150,8 +150,8 @@ def _keyed(url, secret, node, meta):
 
 
 def cmd_seed(args):
+    from ironic_bt.common import torrent
     from ironic_bt import seeder
-    from ironic_bt import torrent
 
     meta = torrent.load_file(args.torrent)
     try:
@@ -205,7 +205,7 @@ SEEDER_LIFETIME = 7 * 24 * 3600
 
 
 def _authority(directory):
-    from ironic_bt import certs
+    from ironic_bt.common import certs
 
     try:
         return certs.Authority.load_or_create(directory)
@@ -228,7 +228,7 @@ def cmd_certificate(args):
     if args.announce_url:
         # The tracker URL this node announces with: its label and its key
         # for the torrent (see "ironic-bt tracker --ssl-authority").
-        from ironic_bt import torrent
+        from ironic_bt.common import torrent
 
         meta = torrent.load_file(args.torrent) if args.torrent else None
         if meta is None:
@@ -241,7 +241,7 @@ def cmd_certificate(args):
 
 
 def _credentials(path):
-    from ironic_bt import certs
+    from ironic_bt.common import certs
 
     try:
         return certs.Credentials.load(path)
@@ -250,7 +250,7 @@ def _credentials(path):
 
 
 def cmd_tracker(args):
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     metas = [torrent.load_file(path) for path in args.torrent]
     secret = (_announce_secret(_authority(args.ssl_authority))
@@ -300,7 +300,7 @@ def _mounted(target, mounts='/proc/mounts', sys_block='/sys/class/block'):
 
 def cmd_write(args):
     from ipa_extension import writer
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     meta = torrent.load_file(args.torrent)
     mounts = _mounted(args.target)
@@ -369,7 +369,7 @@ def _render_status(status, sizes):
 
 def _scrape_status(tracker, metas):
     """A status from BEP 48 scrape counts, for trackers without /status."""
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     base = tracker.split('?')[0]
     if not base.endswith('/announce'):
@@ -417,7 +417,7 @@ def _read_status(tracker, metas):
 
 
 def cmd_status(args):
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     sizes = {}
     metas = []
@@ -641,8 +641,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     _setup_logging(args)
     from ipa_extension import writer
+    from ironic_bt.common import torrent
     from ironic_bt import seeder
-    from ironic_bt import torrent
     try:
         args.func(args)
     except (CommandError, torrent.InvalidTorrent, writer.WriterError,

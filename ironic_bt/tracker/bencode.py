@@ -15,7 +15,7 @@
 Pure functions, no I/O. :func:`encode` accepts ``bytes``, ``str`` (encoded
 as UTF-8), ``int``, ``list``/``tuple`` and ``dict`` with ``bytes`` or
 ``str`` keys, and writes the one canonical encoding. The product decodes
-with libtorrent (:func:`ironic_bt.torrent.bdecode`); the tests check the
+with libtorrent (:func:`ironic_bt.common.torrent.bdecode`); the tests check the
 tracker's replies with a strict decoder (``tests/bencode.py``).
 """
 

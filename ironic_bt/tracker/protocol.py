@@ -30,9 +30,9 @@ import threading
 import time
 import urllib.parse
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
+from ironic_bt.common import publication
 from ironic_bt.tracker import bencode
-from ironic_bt.tracker import publication
 
 DEFAULT_NUMWANT = 50
 MAX_NUMWANT = 200
@@ -291,8 +291,8 @@ def failure(reason):
 FOREIGN_PEER_TTL = 900
 
 #: How the peer id of an ironic-bt session starts (the fingerprint set in
-#: :mod:`ironic_bt.swarm`, which this module does not import: the tracker
-#: has no business with libtorrent).
+#: :mod:`ironic_bt.common.swarm`, which this module does not import: the
+#: tracker has no business with libtorrent).
 PEER_ID_PREFIX = b'-IB'
 
 #: ironic-bt's agents and seeders (that peer id, or a ``node`` label), and

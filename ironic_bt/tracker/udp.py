@@ -33,9 +33,9 @@ import urllib.parse
 
 from oslo_utils import netutils
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
+from ironic_bt.common import publication
 from ironic_bt.tracker import protocol
-from ironic_bt.tracker import publication
 
 PROTOCOL_ID = 0x41727101980
 CONNECT, ANNOUNCE, SCRAPE, ERROR = 0, 1, 2, 3

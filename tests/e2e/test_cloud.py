@@ -28,9 +28,9 @@ import textwrap
 
 import pytest
 
-from ironic_bt import certs
-from ironic_bt import torrent
-from ironic_bt.tracker import publication
+from ironic_bt.common import certs
+from ironic_bt.common import publication
+from ironic_bt.common import torrent
 from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_report
 from tests.lab import images

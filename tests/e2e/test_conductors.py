@@ -33,7 +33,7 @@ import re
 
 import pytest
 
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 from tests.lab import cloud as lab_cloud
 from tests.lab import cloud_conductors
 from tests.lab import images

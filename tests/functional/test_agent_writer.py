@@ -34,8 +34,8 @@ import pytest
 
 from ipa_extension import device
 from ipa_extension import writer
+from ironic_bt.common import torrent
 from ironic_bt import seeder
-from ironic_bt import torrent
 from tests.lab import faulty
 
 MiB = 1024 * 1024

@@ -25,7 +25,7 @@ import time
 
 import pytest
 
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import procs

@@ -17,8 +17,8 @@ import socket
 import threading
 import time
 
+from ironic_bt.common import torrent
 from ironic_bt import seeder
-from ironic_bt import torrent
 
 
 def _closed_port():

@@ -35,10 +35,10 @@ import libtorrent as lt
 import pytest
 
 from ipa_extension import writer
-from ironic_bt import certs
+from ironic_bt.common import certs
+from ironic_bt.common import swarm
+from ironic_bt.common import torrent
 from ironic_bt import seeder
-from ironic_bt import swarm
-from ironic_bt import torrent
 from tests import bencode
 from tests.functional import test_agent_writer as helpers
 

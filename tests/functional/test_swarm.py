@@ -23,7 +23,7 @@ import sys
 
 import pytest
 
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 from tests import bencode
 from tests.lab import disks
 from tests.lab import images

@@ -59,7 +59,7 @@ import sys
 import tempfile
 import time
 
-from ironic_bt import certs
+from ironic_bt.common import certs
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import procs

@@ -45,7 +45,7 @@ SECRET = b'bench announce secret, 32 bytes!'
 
 
 def _key(peer):
-    from ironic_bt.tracker import publication
+    from ironic_bt.common import publication
     return publication.announce_key(SECRET, 'n%d' % peer, INFO_HASH)
 
 

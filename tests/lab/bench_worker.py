@@ -143,8 +143,8 @@ def cmd_seed(args):
 
     import libtorrent as lt
 
+    from ironic_bt.common import torrent
     from ironic_bt import seeder
-    from ironic_bt import torrent
 
     _setup_logging(args.debug)
     meta = torrent.load_file(args.torrent)
@@ -156,7 +156,7 @@ def cmd_seed(args):
     if args.ssl_authority:
         import datetime
 
-        from ironic_bt import certs
+        from ironic_bt.common import certs
         credentials = certs.Authority.load_or_create(
             args.ssl_authority).credentials('seeder',
                                             datetime.timedelta(hours=2))
@@ -204,7 +204,7 @@ def cmd_seed(args):
 def cmd_write(args):
     from ipa_extension import writer
     from ironic_bt.cmd import cli
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     _report(event='ready', at=time.time())
     _wait_start(args.start_file)
@@ -246,13 +246,13 @@ def cmd_write(args):
         if block_log:
             import libtorrent as lt
 
-            from ironic_bt import swarm
+            from ironic_bt.common import swarm
             tuning.settings['alert_mask'] = int(
                 swarm.ALERT_MASK | lt.alert_category.block_progress)
         observer = _bench_observer(args.diag, block_log)
         credentials = None
         if args.ssl_credentials:
-            from ironic_bt import certs
+            from ironic_bt.common import certs
             credentials = certs.Credentials.load(args.ssl_credentials)
         try:
             result = writer.write(
@@ -274,14 +274,14 @@ def cmd_write(args):
 
 def _stripes_write(args):
     """The study writer of tests.lab.stripes (several sessions)."""
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
     from tests.lab import stripes
 
     _setup_logging(args.debug)
     host, port = _host_port(args.listen)
     credentials = None
     if args.ssl_credentials:
-        from ironic_bt import certs
+        from ironic_bt.common import certs
         credentials = certs.Credentials.load(args.ssl_credentials)
     try:
         result = stripes.write(
@@ -485,7 +485,7 @@ def _timed(func):
 
 def cmd_publish(args):
     """Torrent creation against sha256sum, then the publisher's cache."""
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     image = args.image
     sha256sum = lambda: subprocess.run(  # noqa: E731
@@ -544,7 +544,7 @@ def cmd_publish(args):
 def cmd_zero(args):
     """Time the writer's zeroing of the all-zero pieces, both ways."""
     from ipa_extension import device
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
 
     meta = torrent.load_file(args.torrent)
     runs = device.zero_runs(meta)

@@ -26,7 +26,7 @@ import shutil
 import textwrap
 import time
 
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 from tests.lab import procs
 
 CLIENT_PORT = 6891

@@ -38,7 +38,7 @@ import signal
 import sys
 import time
 
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 from tests.lab import cloud_conf
 from tests.lab import net
 from tests.lab import procs

@@ -34,7 +34,7 @@ import time
 import libtorrent as lt
 
 from ipa_extension import device
-from ironic_bt import swarm
+from ironic_bt.common import swarm
 
 _CHUNK = 4 * 1024 * 1024
 

@@ -26,7 +26,7 @@ import json
 import pytest
 import requests
 
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 from tests.lab import cloud_conductors
 from tests.lab import cloud_neutron
 from tests.lab import cloud_nova

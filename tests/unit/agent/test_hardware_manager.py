@@ -38,8 +38,8 @@ from ipa_extension import extension
 from ipa_extension import hardware_manager
 from ipa_extension import keys
 from ipa_extension import writer
-from ironic_bt import certs
-from ironic_bt import torrent
+from ironic_bt.common import certs
+from ironic_bt.common import torrent
 
 NODE_UUID = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
 IMAGE = 'a0f2a9a4-0e6c-4b8e-a2b1-0c0ffee00001'

@@ -16,7 +16,7 @@ import os
 from unittest import mock
 
 from ipa_extension import resume
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 
 PIECE = torrent.MIN_PIECE_SIZE
 

@@ -89,7 +89,7 @@ def test_decode_refuses_text():
 
 
 def test_product_decodes_tracker_replies_with_libtorrent():
-    from ironic_bt import torrent
+    from ironic_bt.common import torrent
     reply = {b'files': {b'\x01' * 20: {b'complete': 2, b'downloaded': 1,
                                        b'incomplete': 5}}}
     assert torrent.bdecode(bencode.encode(reply), 'tracker') == reply

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography import x509
 import testtools
 
-from ironic_bt import certs
+from ironic_bt.common import certs
 
 HOUR = datetime.timedelta(hours=1)
 

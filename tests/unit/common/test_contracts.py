@@ -27,7 +27,7 @@ import libtorrent as lt
 import pytest
 
 from ipa_extension import pieces
-from ironic_bt import torrent
+from ironic_bt.common import torrent
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -16,8 +16,8 @@ from unittest import mock
 
 import libtorrent as lt
 
-from ironic_bt import certs
-from ironic_bt import swarm
+from ironic_bt.common import certs
+from ironic_bt.common import swarm
 
 CREDENTIALS = certs.Credentials(ca=b'ca', certificate=b'cert',
                                 private_key=b'key')

@@ -18,8 +18,8 @@ import urllib.parse
 
 import pytest
 
+from ironic_bt.common import publication
 from ironic_bt.tracker import protocol
-from ironic_bt.tracker import publication
 from tests import bencode
 
 # Bytes that need escaping in a query string: '%', '&', '+', '=' and ' '.
@@ -519,7 +519,7 @@ def test_status_shows_each_node_progress(table, clock):
 
 
 def test_peer_id_prefix_is_the_sessions_fingerprint():
-    from ironic_bt import swarm
+    from ironic_bt.common import swarm
     assert protocol.PEER_ID_PREFIX == swarm.PEER_ID_PREFIX
     assert swarm.session_settings()['peer_fingerprint'].encode().startswith(
         protocol.PEER_ID_PREFIX)

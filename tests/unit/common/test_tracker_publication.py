@@ -14,8 +14,8 @@
 
 import pytest
 
+from ironic_bt.common import publication
 from ironic_bt.tracker import protocol
-from ironic_bt.tracker import publication
 from tests import bencode
 from tests.unit.common.test_tracker_protocol import Clock
 from tests.unit.common.test_tracker_protocol import request

@@ -19,7 +19,7 @@ import time
 import libtorrent as lt
 import pytest
 
-from ironic_bt import swarm
+from ironic_bt.common import swarm
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 from ironic_bt.tracker import udp

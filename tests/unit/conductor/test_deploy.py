@@ -36,11 +36,11 @@ from ironic.drivers import utils as driver_utils
 from ironic.tests.unit.objects import utils as obj_utils
 from oslo_config import cfg
 
-from ironic_bt import certs
+from ironic_bt.common import certs
+from ironic_bt.common import torrent
 from ironic_bt import deploy
 from ironic_bt import exception as bt_exception
 from ironic_bt import publisher
-from ironic_bt import torrent
 from tests.unit.conductor import base
 from tests.unit.conductor import test_publisher
 

@@ -23,12 +23,12 @@ import urllib.request
 
 import testtools
 
+from ironic_bt.common import publication
+from ironic_bt.common import torrent
 from ironic_bt import exception
 from ironic_bt import publisher
 from ironic_bt import seeder
-from ironic_bt import torrent
 from ironic_bt.tracker import protocol
-from ironic_bt.tracker import publication
 from ironic_bt.tracker import server
 from tests import bencode
 from tests.unit.conductor import base

@@ -153,7 +153,7 @@ def secure(params, credentials):
     deterministic.
 
     :param params: ``lt.add_torrent_params``.
-    :param credentials: :class:`ironic_bt.certs.Credentials`.
+    :param credentials: :class:`ironic_bt.common.certs.Credentials`.
     """
     params.root_certificate = credentials.ca
 
@@ -183,7 +183,7 @@ def add_torrent(session, params, credentials=None):
 
     :param session: ``lt.session``.
     :param params: ``lt.add_torrent_params``.
-    :param credentials: :class:`ironic_bt.certs.Credentials` for an SSL
+    :param credentials: :class:`ironic_bt.common.certs.Credentials` for an SSL
         torrent (see :func:`secure`), or None.
     :returns: the ``lt.torrent_handle``.
     """

@@ -14,10 +14,10 @@
 
 An SSL torrent accepts only peers whose certificate chains to the torrent's
 root certificate; every other connection is dropped before a byte of the
-image moves (see :mod:`ironic_bt.swarm`). The root is an :class:`Authority`
-the conductors keep. Each member of a swarm (a seeder, an agent) holds a
-private key that never leaves the host that made it, and a short-lived
-certificate the authority issued for its public key.
+image moves (see :mod:`ironic_bt.common.swarm`). The root is an
+:class:`Authority` the conductors keep. Each member of a swarm (a seeder, an
+agent) holds a private key that never leaves the host that made it, and a
+short-lived certificate the authority issued for its public key.
 
 This module imports neither ironic nor ironic-python-agent: agents make
 their keys with it, conductors issue certificates with it.
@@ -41,7 +41,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 #: libtorrent checks that a peer's certificate names the torrent (its
 #: name, or ``*``) in a SubjectAltName DNS entry. Every torrent of a
@@ -465,7 +465,7 @@ class Authority:
 
         Conductors that share the authority share it too, with nothing
         more to configure: the announce keys of their nodes
-        (:func:`ironic_bt.tracker.publication.announce_key`) use it.
+        (:func:`ironic_bt.common.publication.announce_key`) use it.
 
         :param purpose: bytes naming what the secret is for.
         """

@@ -31,7 +31,7 @@ import hmac
 import re
 import urllib.parse
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 #: The announce parameter (and BEP 41 URL data key) carrying the key.
 PARAM = 'publish'
@@ -100,7 +100,7 @@ def check_key(secret, value):
 #: The announce parameter carrying an announcer's key.
 ANNOUNCE_PARAM = 'auth'
 #: What the announce keys' secret is derived for from the swarm
-#: authority's key (:meth:`ironic_bt.certs.Authority.derive_secret`).
+#: authority's key (:meth:`ironic_bt.common.certs.Authority.derive_secret`).
 ANNOUNCE_SECRET_PURPOSE = b'tracker announce keys'
 _ANNOUNCE_CONTEXT = b'ironic-bt announce v1\0'
 _ANNOUNCE_BYTES = 16
@@ -110,7 +110,7 @@ def announce_key(secret, node, info_hash):
     """The key that lets one node announce one torrent.
 
     :param secret: bytes that only the conductors hold (derived from the
-        swarm authority's key, :meth:`ironic_bt.certs.Authority.
+        swarm authority's key, :meth:`ironic_bt.common.certs.Authority.
         derive_secret`).
     :param node: the announcer's label (a node UUID; '' for a seeder).
     :param info_hash: the torrent's first (v1) 20-byte info-hash.

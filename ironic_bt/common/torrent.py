@@ -33,7 +33,7 @@ import tempfile
 
 import libtorrent as lt
 
-from ironic_bt.i18n import _
+from ironic_bt.common.i18n import _
 
 #: The name of the single file inside every torrent. The agent renames it to
 #: the install device; the seeder to its hard link.
