@@ -6,4 +6,6 @@ set -euo pipefail
 
 cd "$(dirname "$0")/.."
 bash tools/install-deps.sh
-exec .venv-tox/bin/tox -e demo -- "$@"
+# The test environment, .tox/py3 (kept between runs), then the demo in it.
+.venv-tox/bin/tox -e py3 --notest
+exec .tox/py3/bin/python -m tests.lab.cloud demo "$@"
