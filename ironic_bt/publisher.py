@@ -46,7 +46,6 @@ import errno
 import ipaddress
 import os
 import secrets
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -62,19 +61,15 @@ from ironic_bt.common import torrent
 from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
 from ironic_bt import exception
 from ironic_bt import seeder as seeder_mod
+from ironic_bt import torrent_cache
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 
 LOG = log.getLogger(__name__)
 
 SEEDING_DIR = 'seeding'
-TORRENT_DIR = 'torrents'
 #: Sub-directory of [deploy]http_root holding the web seed links.
 WEB_SEED_DIR = 'bittorrent'
-#: Cached .torrent files unused for this long are removed. A cache entry
-#: only saves re-hashing an image that is still in ironic's image cache,
-#: whose entries expire after a week by default ([pxe]image_cache_ttl).
-TORRENT_CACHE_TTL = 7 * 24 * 3600
 #: Seconds the seeder's certificate in SSL swarms is valid; it is renewed
 #: when half of that has passed. Its key never leaves the conductor.
 SEEDER_CERTIFICATE_LIFETIME = 24 * 3600
@@ -122,11 +117,6 @@ class _Image:
     torrent_file: str = None
 
 
-def _cache_key(st):
-    return '%d-%d-%d-%d' % (st.st_dev, st.st_ino, st.st_size,
-                            st.st_mtime_ns)
-
-
 def _ip(host):
     try:
         return ipaddress.ip_address(host.strip('[]'))
@@ -145,29 +135,6 @@ def _overlap(host_a, host_b):
             b is not None and b.is_unspecified):
         return True
     return host_a == host_b
-
-
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        LOG.warning('Cannot remove %(path)s: %(err)s',
-                    {'path': path, 'err': e})
-
-
-def _write_atomic(path, data, mode=None):
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            f.write(data)
-        if mode is not None:
-            os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        _unlink_quiet(tmp)
-        raise
 
 
 def check_config(node_uuid):
@@ -228,7 +195,7 @@ class Publisher:
         self._images = {}       # hex v1 info-hash -> _Image
         self._nodes = {}        # node UUID -> hex v1 info-hash
         self._stopped = {}      # node UUID -> when its agent announced stop
-        self._building = {}     # cache key -> [lock, waiters]
+        self._torrents = torrent_cache.TorrentCache(lambda: self._data_dir)
 
     # Paths are read from the options on use, so that tests (and a
     # publisher started after a configuration reload) see current values.
@@ -256,9 +223,6 @@ class Publisher:
         return '/'.join((CONF.deploy.http_url.rstrip('/'), WEB_SEED_DIR,
                          os.path.basename(path)))
 
-    def _torrent_path(self, key):
-        return os.path.join(self._data_dir, TORRENT_DIR, key + '.torrent')
-
     @property
     def started(self):
         return self._seeder is not None
@@ -271,8 +235,7 @@ class Publisher:
         try:
             os.makedirs(os.path.join(self._data_dir, SEEDING_DIR),
                         exist_ok=True)
-            os.makedirs(os.path.join(self._data_dir, TORRENT_DIR),
-                        exist_ok=True)
+            os.makedirs(self._torrents.directory, exist_ok=True)
         except OSError as e:
             raise exception.PublisherStartFailed(
                 image=image_path, node=node_uuid, service=_('seeder'),
@@ -399,91 +362,24 @@ class Publisher:
         if start:
             seeding = os.path.join(self._data_dir, SEEDING_DIR)
             for entry in os.scandir(seeding):
-                _unlink_quiet(entry.path)
+                torrent_cache.unlink_quiet(entry.path)
             web = self._http_dir()
             if web is not None and os.path.isdir(web):
                 for entry in os.scandir(web):
-                    _unlink_quiet(entry.path)
-        cutoff = time.time() - TORRENT_CACHE_TTL
-        for entry in os.scandir(os.path.join(self._data_dir, TORRENT_DIR)):
-            try:
-                stale = entry.stat().st_mtime < cutoff
-            except FileNotFoundError:
-                continue
-            if stale or entry.name.endswith('.tmp'):
-                _unlink_quiet(entry.path)
-
-    @contextlib.contextmanager
-    def _build_lock(self, key):
-        with self._lock:
-            entry = self._building.setdefault(key, [threading.Lock(), 0])
-            entry[1] += 1
-        try:
-            with entry[0]:
-                yield
-        finally:
-            with self._lock:
-                entry[1] -= 1
-                if not entry[1]:
-                    del self._building[key]
-
-    def _metainfo(self, node_uuid, image_path, key):
-        """The torrent of the image, from the cache or freshly built."""
-        path = self._torrent_path(key)
-        with self._build_lock(key):
-            try:
-                with open(path, 'rb') as f:
-                    data = f.read()
-            except FileNotFoundError:
-                pass
-            except OSError as e:
-                LOG.warning('Cannot read cached torrent %(path)s, building '
-                            'it again: %(err)s', {'path': path, 'err': e})
-            else:
-                try:
-                    meta = torrent.load(data, source=path)
-                except torrent.InvalidTorrent as e:
-                    LOG.warning('Ignoring cached torrent: %s', e)
-                else:
-                    with contextlib.suppress(OSError):
-                        os.utime(path)
-                    return meta
-
-            LOG.info('Hashing image %(image)s of node %(node)s to publish '
-                     'it', {'image': image_path, 'node': node_uuid})
-            started = time.monotonic()
-            try:
-                meta = torrent.build(image_path)
-            except torrent.InvalidTorrent as e:
-                raise exception.ImagePublishFailed(
-                    image=image_path, node=node_uuid, reason=e)
-            LOG.info('Built torrent %(ih)s of image %(image)s: %(size)d '
-                     'bytes, %(pieces)d pieces of %(plen)d bytes, %(zero)d '
-                     'all-zero, in %(secs).1f s',
-                     {'ih': meta.info_hash, 'image': image_path,
-                      'size': meta.size, 'pieces': meta.num_pieces,
-                      'plen': meta.piece_length,
-                      'zero': len(meta.zero_pieces),
-                      'secs': time.monotonic() - started})
-            try:
-                _write_atomic(path, meta.data)
-            except OSError as e:
-                # Only costs a re-hash on the next publication.
-                LOG.warning('Cannot cache torrent %(path)s: %(err)s',
-                            {'path': path, 'err': e})
-            return meta
+                    torrent_cache.unlink_quiet(entry.path)
+        self._torrents.sweep()
 
     def _link(self, node_uuid, image_path, link):
         with contextlib.suppress(FileNotFoundError):
             if os.path.samefile(image_path, link):
                 return
         tmp = link + '.tmp'
-        _unlink_quiet(tmp)
+        torrent_cache.unlink_quiet(tmp)
         try:
             os.link(image_path, tmp)
             os.replace(tmp, link)
         except OSError as e:
-            _unlink_quiet(tmp)
+            torrent_cache.unlink_quiet(tmp)
             if e.errno == errno.EXDEV:
                 raise exception.DataDirCrossDevice(
                     image=image_path, node=node_uuid,
@@ -593,7 +489,7 @@ class Publisher:
                 self._table.publish(meta.tracker_keys, name, size=meta.size)
         except Exception as e:
             self._seeder.remove(meta.info_hash)
-            _unlink_quiet(link)
+            torrent_cache.unlink_quiet(link)
             raise exception.ImagePublishFailed(
                 image=image_path, node=node_uuid, reason=e)
         LOG.info('Published image %(name)s as torrent %(ih)s (%(size)d '
@@ -621,7 +517,7 @@ class Publisher:
         try:
             os.makedirs(directory, exist_ok=True)
             # Readable by the web server, as the images ironic serves.
-            _write_atomic(path, meta.data, mode=0o644)
+            torrent_cache.write_atomic(path, meta.data, mode=0o644)
         except OSError as e:
             LOG.warning('Node %(node)s: cannot write the torrent of %(ih)s '
                         'into [deploy]http_root, so agents get it inline: '
@@ -656,7 +552,7 @@ class Publisher:
         tmp = path + '.tmp'
         try:
             os.makedirs(directory, exist_ok=True)
-            _unlink_quiet(tmp)
+            torrent_cache.unlink_quiet(tmp)
             try:
                 os.link(link, tmp)
             except OSError as e:
@@ -665,7 +561,7 @@ class Publisher:
                 os.symlink(link, tmp)
             os.replace(tmp, path)
         except OSError as e:
-            _unlink_quiet(tmp)
+            torrent_cache.unlink_quiet(tmp)
             LOG.warning('Node %(node)s: cannot link image %(ih)s into '
                         '[deploy]http_root for the HTTP fallback, so agents '
                         'get no web seed: %(err)s. Check that %(dir)s is '
@@ -693,11 +589,11 @@ class Publisher:
         with self._lock:
             self._start_locked(node_uuid, image_path)
         try:
-            st = os.stat(image_path)
+            key = self._torrents.key(image_path)
         except OSError as e:
             raise exception.ImagePublishFailed(
                 image=image_path, node=node_uuid, reason=e)
-        meta = self._metainfo(node_uuid, image_path, _cache_key(st))
+        meta = self._torrents.get(node_uuid, image_path, key)
         with self._lock:
             if not self.started:
                 raise exception.ImagePublishFailed(
@@ -801,11 +697,11 @@ class Publisher:
         self._seeder.remove(info_hash)
         if self._table is not None:
             self._table.unpublish(image.meta.info_hash_v1)
-        _unlink_quiet(image.link)
+        torrent_cache.unlink_quiet(image.link)
         if image.web_link is not None:
-            _unlink_quiet(image.web_link)
+            torrent_cache.unlink_quiet(image.web_link)
         if image.torrent_file is not None:
-            _unlink_quiet(image.torrent_file)
+            torrent_cache.unlink_quiet(image.torrent_file)
         self._sweep()
         LOG.info('Unpublished image %(name)s (torrent %(ih)s) after node '
                  '%(node)s, the last to need it, released it; the seeder '

@@ -28,6 +28,7 @@ from ironic_bt.common import torrent
 from ironic_bt import exception
 from ironic_bt import publisher
 from ironic_bt import seeder
+from ironic_bt import torrent_cache
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 from tests import bencode
@@ -346,7 +347,7 @@ class PublisherTestCase(base.TestCase):
         for path in (old, recent):
             with open(path, 'wb') as f:
                 f.write(b'd4:infode')
-        week_ago = time.time() - publisher.TORRENT_CACHE_TTL - 60
+        week_ago = time.time() - torrent_cache.TTL - 60
         os.utime(old, (week_ago, week_ago))
         self.publisher.publish(NODE_A, self.image)
         self.assertFalse(os.path.exists(old))
