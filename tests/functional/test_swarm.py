@@ -65,6 +65,11 @@ def test_three_writers_get_identical_disks(swarm):
     # it to every node, and peers traded pieces among themselves.
     assert all(n.downloaded_bytes >= image.size for n in result.nodes)
     assert sum(n.uploaded_bytes for n in result.nodes) > 0
+    # The piece plan's promise: each piece leaves the seeder about once
+    # (every byte at least once: no node had any of it).
+    assert image.size <= result.seeder_uploaded_bytes <= 1.3 * image.size, (
+        'the seeder sent %.2f copies' % (
+            result.seeder_uploaded_bytes / image.size))
 
 
 def test_sparse_image_zero_pieces_never_cross_the_wire(swarm):
