@@ -60,7 +60,7 @@ def _positive_int(value):
     return number
 
 
-def _setup_logging(args):
+def setup_logging(args):
     conf = cfg.ConfigOpts()
     log.register_options(conf)
     conf([], project='ironic-bt')
@@ -110,8 +110,8 @@ def _status_token():
     return os.environ.get('IRONIC_BT_STATUS_TOKEN') or None
 
 
-def _start_tracker(listen, interval, metas, names=None, on_clients=None,
-                   announce_secret=None):
+def start_tracker(listen, interval, metas, names=None, on_clients=None,
+                  announce_secret=None):
     from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
 
@@ -178,10 +178,10 @@ def cmd_seed(args):
                          nodes=args.nodes, ssl=credentials is not None)
     try:
         if args.with_tracker:
-            tracker = _start_tracker(args.with_tracker, args.interval, [meta],
-                                     [os.path.basename(args.image)],
-                                     on_clients=seed.serve_clients,
-                                     announce_secret=secret)
+            tracker = start_tracker(args.with_tracker, args.interval, [meta],
+                                    [os.path.basename(args.image)],
+                                    on_clients=seed.serve_clients,
+                                    announce_secret=secret)
             trackers.append(_keyed(tracker.announce_url(
                 _announce_host(args.with_tracker[0])), secret, '', meta))
         seed.add(meta, args.image, trackers=trackers,
@@ -255,9 +255,9 @@ def cmd_tracker(args):
     metas = [torrent.load_file(path) for path in args.torrent]
     secret = (_announce_secret(_authority(args.ssl_authority))
               if args.ssl_authority else None)
-    tracker = _start_tracker(args.listen, args.interval, metas,
-                             [os.path.basename(p) for p in args.torrent],
-                             announce_secret=secret)
+    tracker = start_tracker(args.listen, args.interval, metas,
+                            [os.path.basename(p) for p in args.torrent],
+                            announce_secret=secret)
     try:
         print(json.dumps({
             'announce': tracker.announce_url(_announce_host(args.listen[0])),
@@ -639,7 +639,7 @@ def build_parser():
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
-    _setup_logging(args)
+    setup_logging(args)
     from ipa_extension import writer
     from ironic_bt.common import torrent
     from ironic_bt import seeder

@@ -131,7 +131,7 @@ def _torrent(swarm, name, image):
 
 def _seeder_uploaded(swarm, seeder):
     swarm.stop(seeder)
-    lines = lab_swarm._json_lines(swarm.log('seeder'))
+    lines = lab_swarm.json_lines(swarm.log('seeder'))
     return lines[-1]['uploaded_bytes']
 
 
@@ -149,7 +149,7 @@ def test_writer_killed_and_restarted_fetches_only_the_rest(swarm4, image4):
         first.wait()
         second = swarm4.start_writer(host, torrent_path, linger=0)
         assert second.wait(120) == 0, procs.tail_log(swarm4.log(host.name))
-        result = lab_swarm._json_lines(swarm4.log(host.name))[-1]
+        result = lab_swarm.json_lines(swarm4.log(host.name))[-1]
     finally:
         uploaded = _seeder_uploaded(swarm4, seeder)
 
@@ -190,7 +190,7 @@ def test_corrupt_peer_is_banned_and_the_disk_is_exact(swarm4, image4):
     finally:
         swarm4.stop(seeder)
         swarm4.stop(liar)
-    result = lab_swarm._json_lines(swarm4.log(host.name))[-1]
+    result = lab_swarm.json_lines(swarm4.log(host.name))[-1]
     with open(swarm4.log(host.name)) as f:
         log = f.read()
     with open(stats) as f:

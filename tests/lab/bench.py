@@ -128,7 +128,7 @@ def cpu_busy(before, after):
             'iowait': round(delta['iowait'] / total, 3)}
 
 
-def _read_int(path):
+def read_int(path):
     try:
         with open(path) as f:
             return int(f.read())
@@ -145,16 +145,16 @@ def wire_counters(hosts):
     out = {}
     for host in hosts:
         base = '/sys/class/net/%s/statistics/' % host.veth_root
-        out[host.name] = (_read_int(base + 'tx_bytes'),
-                          _read_int(base + 'rx_bytes'))
+        out[host.name] = (read_int(base + 'tx_bytes'),
+                          read_int(base + 'rx_bytes'))
     return out
 
 
-def _events(path):
-    return lab_swarm._json_lines(path)
+def read_events(path):
+    return lab_swarm.json_lines(path)
 
 
-def _event(events, name):
+def find_event(events, name):
     for ev in events:
         if ev.get('event') == name:
             return ev
@@ -474,7 +474,7 @@ class Bench:
     def _go(self, clients, start_file):
         """Once every client is ready, tell them all when to start."""
         procs.wait_for(
-            lambda: all(_event(_events(log), 'ready') is not None
+            lambda: all(find_event(read_events(log), 'ready') is not None
                         or proc.poll() is not None
                         for proc, log in clients.values()),
             timeout=120, interval=0.05, what='clients ready')
@@ -526,7 +526,7 @@ class Bench:
                     continue
                 if rss is not None:
                     peak[name] = max(peak.get(name, 0), _vmrss(proc.pid))
-                ev = _event(_events(log), 'verified')
+                ev = find_event(read_events(log), 'verified')
                 if ev is not None:
                     done[name] = ev['at']
                 elif proc.poll() is not None:
@@ -588,9 +588,9 @@ class Bench:
         nodes = []
         for host in hosts:
             proc, log = clients[host.name]
-            events = _events(log)
-            ev = _event(events, 'verified') or {}
-            usage = _event(events, 'usage') or {}
+            events = read_events(log)
+            ev = find_event(events, 'verified') or {}
+            usage = find_event(events, 'usage') or {}
             nodes.append({
                 'name': host.name,
                 'ok': bool(ev.get('ok')) and verified[host.name]
@@ -743,18 +743,18 @@ class Bench:
             for proc, _log in clients.values():
                 self._stop(proc)
             self._stop(seeder)
-        seed_events = _events(seed_log)
+        seed_events = read_events(seed_log)
         done = [e for e in seed_events
                 if 'uploaded_bytes' in e] or [{}]
-        seed_usage = _event(seed_events, 'usage') or {}
+        seed_usage = find_event(seed_events, 'usage') or {}
         verified = self._verify(hosts)
         nodes = []
         for host in hosts:
             proc, log = clients[host.name]
-            events = _events(log)
-            ev = _event(events, 'verified')
+            events = read_events(log)
+            ev = find_event(events, 'verified')
             res = _result(events) or {}
-            usage = _event(events, 'usage') or {}
+            usage = find_event(events, 'usage') or {}
             nodes.append({
                 'name': host.name,
                 'ok': bool(ev) and bool(res) and verified[host.name]
@@ -793,7 +793,7 @@ class Bench:
         torrent, _info = self.torrent(None)
         proc = host.popen(WORKER + ['zero', torrent, dev], log)
         proc.wait(self.timeout)
-        return _event(_events(log), 'zero') or {
+        return find_event(read_events(log), 'zero') or {
             'error': procs.tail_log(log, 10)}
 
     def run_publish(self):
@@ -804,9 +804,9 @@ class Bench:
                       '%s:%d' % (self.seed_host.ip, SEED_PORT),
                       '--data-dir', data_dir], log)
         proc.wait(self.timeout)
-        events = _events(log)
-        return {'create': _event(events, 'create'),
-                'publish': _event(events, 'publish'),
+        events = read_events(log)
+        return {'create': find_event(events, 'create'),
+                'publish': find_event(events, 'publish'),
                 'error': '' if proc.returncode == 0
                 else procs.tail_log(log, 10)}
 
@@ -851,7 +851,7 @@ def _vmrss(pid):
 
 # -- reporting ----------------------------------------------------------------
 
-def _fmt(value, spec='%.2f'):
+def fmt(value, spec='%.2f'):
     return '-' if value is None else spec % value
 
 
@@ -879,11 +879,11 @@ def format_table(rows):
         'cpu uni', 'cpu bt')]
     for r in rows:
         lines.append('%5d %10s %12s %10s %10s %8s %8s' % (
-            r['nodes'], _fmt(r['unicast_seconds']),
-            _fmt(r['bittorrent_seconds']),
-            _fmt(r['unicast_over_bittorrent']),
-            _fmt(r['bittorrent_over_wire']),
-            _fmt(r['unicast_cpu_busy']), _fmt(r['bittorrent_cpu_busy'])))
+            r['nodes'], fmt(r['unicast_seconds']),
+            fmt(r['bittorrent_seconds']),
+            fmt(r['unicast_over_bittorrent']),
+            fmt(r['bittorrent_over_wire']),
+            fmt(r['unicast_cpu_busy']), fmt(r['bittorrent_cpu_busy'])))
     return '\n'.join(lines)
 
 
@@ -960,7 +960,7 @@ def plot(rows, image_size, rate_mbit, path, title_extra=''):
                  'target 1.25 x F/B')])
 
 
-def _write_json(path, data):
+def write_json(path, data):
     with open(path, 'w') as f:
         json.dump(data, f, indent=1, sort_keys=True)
         f.write('\n')
@@ -968,7 +968,7 @@ def _write_json(path, data):
 
 # -- modes --------------------------------------------------------------------
 
-def _tmp_dir(args, need):
+def tmp_dir(args, need):
     """Where the lab's files go: tmpfs if it has room, unless told.
 
     The N lab nodes share this machine's one disk, which no real
@@ -985,15 +985,15 @@ def _tmp_dir(args, need):
     return tempfile.gettempdir()
 
 
-def _state_dir(args, need=0):
+def lab_state_dir(args, need=0):
     if args.state_dir:
         os.makedirs(args.state_dir, exist_ok=True)
         return args.state_dir, False
     return tempfile.mkdtemp(prefix='ironic-bt-bench-',
-                            dir=_tmp_dir(args, need)), True
+                            dir=tmp_dir(args, need)), True
 
 
-def _base_variant(args):
+def base_variant(args):
     variant = Variant(
         name='default', settings=dict(args.setting),
         writer_settings=dict(args.writer_setting),
@@ -1011,7 +1011,7 @@ def _progress_line(n, method, res):
     failed = ['%s: %s' % (x['name'], x['error'][-300:])
               for x in res['nodes'] if not x['ok']]
     return 'N=%-3d %-10s %s s (cpu busy %.0f%%, ours %.0f%%)%s' % (
-        n, method, _fmt(res['seconds']), 100 * res['cpu']['busy'],
+        n, method, fmt(res['seconds']), 100 * res['cpu']['busy'],
         100 * (res['own_cpu_share'] or 0),
         '  FAILED: ' + '; '.join(failed) if failed else '')
 
@@ -1020,9 +1020,9 @@ def run_scaling(args, out):
     image_size = args.image_size_mib * MiB
     methods = args.methods
     # The image, and a loop device a little larger for each node.
-    state_dir, temporary = _state_dir(
+    state_dir, temporary = lab_state_dir(
         args, (max(args.nodes) + 1) * (image_size + 16 * MiB))
-    variant = _base_variant(args)
+    variant = base_variant(args)
     report = {'mode': 'scaling', 'machine': machine(),
               'config': {'nodes': args.nodes, 'image_size': image_size,
                          'rate_mbit': args.rate_mbit,
@@ -1098,7 +1098,7 @@ def run_scaling(args, out):
     if report.get('publish'):
         print_publish(report['publish'])
     os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, 'results.json'), report)
+    write_json(os.path.join(out, 'results.json'), report)
     if rows:
         plot(rows, image_size, args.rate_mbit,
              os.path.join(out, 'bench.png'),
@@ -1160,7 +1160,7 @@ def print_publish(pub):
 
 def run_levers(args, out):
     image_size = args.image_size_mib * MiB
-    state_dir, temporary = _state_dir(
+    state_dir, temporary = lab_state_dir(
         args, (max(args.nodes) + 1) * (image_size + 16 * MiB))
     if args.variants_file:
         with open(args.variants_file) as f:
@@ -1188,7 +1188,7 @@ def run_levers(args, out):
                         report['runs'].append(res)
                         print('N=%-3d %-30s %7s s  cpu %3.0f%%  seeder up '
                               '%.2f x F%s' % (
-                                  n, variant.name, _fmt(res['seconds']),
+                                  n, variant.name, fmt(res['seconds']),
                                   100 * res['cpu']['busy'],
                                   (res['seeder_uploaded_bytes'] or 0)
                                   / image_size,
@@ -1236,12 +1236,12 @@ def run_levers(args, out):
         'own s', 'settings'))
     for s in summary:
         print('%4d %-30s %8s %7s %6s %6s %5s %6s  %s' % (
-            s['nodes'], s['variant'], _fmt(s['median']),
-            _fmt(s['over_baseline'], '%.3f'), _fmt(s['over_wire']),
-            _fmt(s['seeder_up_over_image']), _fmt(s['cpu_busy']),
-            _fmt(s['own_cpu_seconds'], '%.1f'), s['detail']))
+            s['nodes'], s['variant'], fmt(s['median']),
+            fmt(s['over_baseline'], '%.3f'), fmt(s['over_wire']),
+            fmt(s['seeder_up_over_image']), fmt(s['cpu_busy']),
+            fmt(s['own_cpu_seconds'], '%.1f'), s['detail']))
     os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, 'levers.json'), report)
+    write_json(os.path.join(out, 'levers.json'), report)
     print('wrote %s (%.0f s)' % (os.path.join(out, 'levers.json'),
                                  report['seconds']))
     return 0
@@ -1255,8 +1255,8 @@ def run_rss(args, out):
     # disk queue, the worst case for its memory.
     if not args.tmp_dir:
         args.tmp_dir = tempfile.gettempdir()
-    state_dir, temporary = _state_dir(args)
-    variant = _base_variant(args)
+    state_dir, temporary = lab_state_dir(args)
+    variant = base_variant(args)
     report = {'mode': 'rss', 'machine': machine(),
               'config': {'image_size': size, 'variant': variant.describe()}}
     started = time.monotonic()
@@ -1292,7 +1292,7 @@ def run_rss(args, out):
     print('target agent peak RSS <= 200 MiB writing %d GiB: %s' % (
         args.rss_image_gib, 'met' if ok else 'NOT met'))
     os.makedirs(out, exist_ok=True)
-    _write_json(os.path.join(out, 'rss.json'), report)
+    write_json(os.path.join(out, 'rss.json'), report)
     return 0 if node['ok'] else 1
 
 

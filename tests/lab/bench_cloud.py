@@ -166,7 +166,7 @@ def cloud_rows(runs, image_size, rate_mbit):
 
 
 def format_table(rows):
-    fmt = bench._fmt
+    fmt = bench.fmt
     lines = ['%5s %9s %12s %10s %9s %11s %11s %7s %7s' % (
         'N', 'direct s', 'bittorrent s', 'direct/bt', 'bt/(F/B)',
         'MiB cond d', 'MiB cond bt', 'cpu d', 'cpu bt')]
@@ -219,8 +219,8 @@ def _say(msg, *args):
 
 def _bridge_tx(lab):
     """Bytes the root namespace (the conductor) sent into the lab."""
-    return bench._read_int('/sys/class/net/%s/statistics/tx_bytes'
-                           % lab.bridge)
+    return bench.read_int('/sys/class/net/%s/statistics/tx_bytes'
+                          % lab.bridge)
 
 
 def shaping(lab, names):
@@ -319,10 +319,10 @@ def _progress(n, method, res):
               if r['state'] != 'active' or not r['verified']]
     return ('N=%-3d %-10s %s s (wall %s s; conductor sent %s MiB, peers %s '
             'MiB; cpu busy %.0f%%)%s' % (
-                n, method, bench._fmt(res['seconds'], '%.1f'),
-                bench._fmt(res['wall_seconds'], '%.1f'),
-                bench._fmt(_mib(res['from_conductor']), '%.1f'),
-                bench._fmt(_mib(res['from_peers']), '%.1f'),
+                n, method, bench.fmt(res['seconds'], '%.1f'),
+                bench.fmt(res['wall_seconds'], '%.1f'),
+                bench.fmt(_mib(res['from_conductor']), '%.1f'),
+                bench.fmt(_mib(res['from_peers']), '%.1f'),
                 100 * (res['cpu'] or {}).get('busy', 0),
                 '  FAILED: ' + '; '.join(failed) if failed else ''))
 
@@ -404,7 +404,7 @@ def run(args):
     else:
         state_dir, temporary = tempfile.mkdtemp(
             prefix='ironic-bt-bench-cloud-',
-            dir=bench._tmp_dir(args, need)), True
+            dir=bench.tmp_dir(args, need)), True
     bound = bench.wire_seconds(image_size, rate)
     report = {'mode': 'cloud', 'machine': bench.machine(),
               'source': source(),
@@ -493,7 +493,7 @@ def run(args):
     _say('%s', format_table(rows))
     _say('seconds of each node (node order):')
     _say('%s', format_nodes(runs))
-    bench._write_json(os.path.join(out, 'results.json'), report)
+    bench.write_json(os.path.join(out, 'results.json'), report)
     png = os.path.join(out, 'bench.png')
     if any(r['direct_seconds'] or r['bittorrent_seconds'] for r in rows):
         plot(rows, image_size, rate, png)

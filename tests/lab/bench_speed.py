@@ -51,7 +51,7 @@ def _server_usage(b):
     """Usage of the HTTP server since it started (it is stopped here)."""
     log = b.log('http')
     b.close_http()
-    return bench._event(bench._events(log), 'done') or {}
+    return bench.find_event(bench.read_events(log), 'done') or {}
 
 
 def _per_gib(cpu, written):
@@ -84,7 +84,8 @@ def _summary(res, size, server_hwm):
 
 def run_case(args, label, n, size_mib, rate, variant):
     size = size_mib * MiB
-    state_dir, temporary = bench._state_dir(args, (n + 1) * (size + 16 * MiB))
+    state_dir, temporary = bench.lab_state_dir(
+        args, (n + 1) * (size + 16 * MiB))
     try:
         with bench.Bench(state_dir, n, size, rate) as b:
             hosts = b.swarm.hosts[:n]
@@ -145,18 +146,18 @@ def format_rows(rows):
         for method in ('http', 'bittorrent'):
             m = row[method]
             lines.append('%-15s %-10s %7s %6s %9s %9s %7sM %7sM %4.0f%%' % (
-                row['case'], method, bench._fmt(m['seconds']),
-                bench._fmt(row.get('bt_over_http'))
+                row['case'], method, bench.fmt(m['seconds']),
+                bench.fmt(row.get('bt_over_http'))
                 if method == 'bittorrent' else '',
-                bench._fmt(m['writer_cpu_per_gib']),
-                bench._fmt(m['server_cpu_per_gib']),
+                bench.fmt(m['writer_cpu_per_gib']),
+                bench.fmt(m['server_cpu_per_gib']),
                 m['writer_peak_rss_mib'], m['server_peak_rss_mib'],
                 100 * (m['cpu_busy'] or 0)))
     return '\n'.join(lines)
 
 
 def run(args, out):
-    variant = bench._base_variant(args)
+    variant = bench.base_variant(args)
     cases = [c for c in CASES if not args.nodes or c[1] in args.nodes]
     report = {'mode': 'speed', 'machine': bench.machine(),
               'config': {'cases': cases, 'variant': variant.describe()}}
@@ -167,10 +168,10 @@ def run(args, out):
         rows.append(row)
         print('%-15s http %s s, bittorrent %s s (download %s s, verify '
               'after it %s s)%s' % (
-                  label, bench._fmt(row['http']['seconds']),
-                  bench._fmt(row['bittorrent']['seconds']),
-                  bench._fmt(row['bittorrent']['download_seconds']),
-                  bench._fmt(row['bittorrent']['verify_seconds']),
+                  label, bench.fmt(row['http']['seconds']),
+                  bench.fmt(row['bittorrent']['seconds']),
+                  bench.fmt(row['bittorrent']['download_seconds']),
+                  bench.fmt(row['bittorrent']['verify_seconds']),
                   ''.join('  FAILED: ' + e for e in
                           row['http']['errors']
                           + row['bittorrent']['errors'])),

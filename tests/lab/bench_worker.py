@@ -111,7 +111,7 @@ def _settings(value):
 
 def _setup_logging(debug=False):
     from ironic_bt.cmd import cli
-    cli._setup_logging(argparse.Namespace(debug=debug))
+    cli.setup_logging(argparse.Namespace(debug=debug))
 
 
 def _stop_event():
@@ -149,8 +149,8 @@ def cmd_seed(args):
     _setup_logging(args.debug)
     meta = torrent.load_file(args.torrent)
     host, port = _host_port(args.listen)
-    tracker = cli._start_tracker(_host_port(args.tracker_listen),
-                                 args.interval, [meta])
+    tracker = cli.start_tracker(_host_port(args.tracker_listen),
+                                args.interval, [meta])
     trackers = [tracker.announce_url(_host_port(args.tracker_listen)[0])]
     credentials = None
     if args.ssl_authority:

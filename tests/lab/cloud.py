@@ -412,7 +412,7 @@ class Cloud:
 
     def _spawn(self, lab_or_host, key, cmd, log, env=None):
         proc = lab_or_host.popen(cmd, log, env=env)
-        stat = net._proc_stat(proc.pid)
+        stat = net.proc_stat(proc.pid)
         return proc, {'pid': proc.pid,
                       'starttime': stat['starttime'] if stat else None,
                       'log': log, 'name': key}
@@ -526,12 +526,12 @@ class Cloud:
         """
         record = self.state['services']['ironic']
         start = time.monotonic()
-        stat = net._proc_stat(record['pid'])
+        stat = net.proc_stat(record['pid'])
         if stat is not None and stat['starttime'] == record['starttime']:
             os.killpg(record['pid'], signum)
 
             def gone():
-                st = net._proc_stat(record['pid'])
+                st = net.proc_stat(record['pid'])
                 return st is None or st['state'] in ('Z', 'X')
             try:
                 procs.wait_for(gone, timeout, 0.2, 'ironic to exit')
@@ -608,7 +608,7 @@ class Cloud:
         record = self.nodes[name].get('agent')
         if not record:
             return False
-        stat = net._proc_stat(record['pid'])
+        stat = net.proc_stat(record['pid'])
         return (stat is not None and stat['starttime'] == record['starttime']
                 and stat['state'] not in ('Z', 'X'))
 

@@ -146,7 +146,7 @@ def allow_torrent(cloud, image_path):
         f.write(''.join('%s\n' % key for key in wanted
                         if key not in known))
     record = cloud.state['services']['opentracker']
-    stat = net._proc_stat(record['pid'])
+    stat = net.proc_stat(record['pid'])
     if stat is None or stat['starttime'] != record['starttime']:
         raise RuntimeError('opentracker (pid %d) is gone; see %s'
                            % (record['pid'], record['log']))

@@ -60,7 +60,7 @@ def create_loop(lab_or_state, backing_path, size_bytes):
         raise ValueError('size must be a positive multiple of 512: %r'
                          % size_bytes)
     path = os.path.abspath(os.fspath(backing_path))
-    if not net._inside(path, lab.state_dir):
+    if not net.inside(path, lab.state_dir):
         raise ValueError('backing file %s is not inside the lab state '
                          'directory %s' % (path, lab.state_dir))
     # O_EXCL: the file is provably new, so it is ours to delete later.
@@ -72,7 +72,7 @@ def create_loop(lab_or_state, backing_path, size_bytes):
     # Recorded before attaching: teardown finds the device by its backing
     # file even if we crash before recording the device name.
     lab.register_loop(path)
-    proc = net._run(['losetup', '--find', '--show', path])
+    proc = net.run(['losetup', '--find', '--show', path])
     dev = proc.stdout.strip()
     lab.register_loop(path, dev)
     return dev
@@ -80,7 +80,7 @@ def create_loop(lab_or_state, backing_path, size_bytes):
 
 def loop_backing_file(dev):
     """The backing file of loop device ``dev`` (sysfs), or None."""
-    return net._loop_backing(dev)
+    return net.loop_backing(dev)
 
 
 def assert_lab_loop(dev, lab):
@@ -111,13 +111,13 @@ def assert_lab_loop(dev, lab):
         raise AssertionError('%s: unknown to sysfs: %s' % (dev, exc))
     if not _LOOP_NAME_RE.match(name):
         raise AssertionError('%s (%s) is not a loop device' % (dev, name))
-    backing = net._loop_backing(name)
+    backing = net.loop_backing(name)
     if not backing:
         raise AssertionError('%s is not attached to a file' % dev)
     if backing.endswith(_DELETED):
         raise AssertionError('%s: backing file %s was deleted'
                              % (dev, backing))
-    if not net._inside(backing, state_dir):
+    if not net.inside(backing, state_dir):
         raise AssertionError(
             'refusing %s: its backing file %s is not inside the lab '
             'directory %s' % (dev, backing, state_dir))
@@ -139,7 +139,7 @@ def assert_lab_target(path, lab):
     if st is not None and not stat.S_ISREG(st.st_mode):
         raise AssertionError('%s is neither a file nor a block device'
                              % path)
-    if not net._inside(path, _state_dir(lab)):
+    if not net.inside(path, _state_dir(lab)):
         raise AssertionError('refusing %s: not inside the lab directory %s'
                              % (path, _state_dir(lab)))
     return os.path.realpath(path)

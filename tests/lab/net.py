@@ -97,7 +97,7 @@ class LabError(RuntimeError):
     """A lab operation failed (the message names the command)."""
 
 
-def _run(cmd, check=True, **kwargs):
+def run(cmd, check=True, **kwargs):
     """Run a command, capturing its output; raise :class:`LabError`."""
     kwargs.setdefault('capture_output', True)
     kwargs.setdefault('text', True)
@@ -117,7 +117,7 @@ def _ip(netns, *args, check=True):
     cmd = ['ip']
     if netns:
         cmd += ['-n', netns]
-    return _run(cmd + list(args), check=check)
+    return run(cmd + list(args), check=check)
 
 
 def _links(netns=None, kind=None):
@@ -144,8 +144,8 @@ def _netns_names():
 
 def _routed_networks():
     """Every IPv4 network this machine has a route or address for."""
-    proc = _run(['ip', '-j', '-4', 'route', 'show', 'table', 'all'],
-                check=False)
+    proc = run(['ip', '-j', '-4', 'route', 'show', 'table', 'all'],
+               check=False)
     nets = []
     if proc.returncode != 0:
         return nets
@@ -186,7 +186,7 @@ def _mac(labid, index, root_side=False):
         first, labid[0:2], labid[2:4], (index >> 8) & 0xff, index & 0xff)
 
 
-def _proc_stat(pid):
+def proc_stat(pid):
     """Fields of ``/proc/<pid>/stat`` we need, or None if it is gone."""
     try:
         with open('/proc/%d/stat' % pid) as f:
@@ -211,7 +211,7 @@ def _session_members(sid, min_starttime):
     for entry in os.listdir('/proc'):
         if not entry.isdigit():
             continue
-        stat = _proc_stat(int(entry))
+        stat = proc_stat(int(entry))
         if (_alive(stat) and stat['session'] == sid
                 and stat['starttime'] >= min_starttime):
             pids.append(int(entry))
@@ -247,7 +247,7 @@ def _ethtool_offloads_off(netns, dev):
     cmd = ['ethtool', '-K', dev, 'tso', 'off', 'gso', 'off', 'gro', 'off']
     if netns:
         cmd = ['ip', 'netns', 'exec', netns] + cmd
-    return _run(cmd, check=False).returncode == 0
+    return run(cmd, check=False).returncode == 0
 
 
 def tbf_params(rate_mbit):
@@ -580,7 +580,7 @@ class Lab:
         """
         self._update(lambda s: s['links'].append(record))
         try:
-            _run(create_cmd)
+            run(create_cmd)
         except BaseException:
             self._update(lambda s: s['links'].remove(record))
             raise
@@ -666,7 +666,7 @@ class Lab:
                 s['netns'].append({'name': host.netns, 'mac': host.mac})
             self._update(reserve)
             try:
-                _run(['ip', 'netns', 'add', host.netns])
+                run(['ip', 'netns', 'add', host.netns])
             except BaseException:
                 self._update(lambda s: s['netns'].remove(
                     {'name': host.netns, 'mac': host.mac}))
@@ -682,7 +682,7 @@ class Lab:
         # Disable IPv6 in the namespace before eth0 appears, so that it
         # inherits "default" and never sends DAD or router solicitations.
         if os.path.isdir('/proc/sys/net/ipv6'):
-            _run(host.exec_prefix + [
+            run(host.exec_prefix + [
                 'sh', '-c',
                 'echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6 && '
                 'echo 1 > /proc/sys/net/ipv6/conf/default/disable_ipv6'])
@@ -748,7 +748,7 @@ class Lab:
         PID is never hit.
         """
         path = os.path.realpath(path)
-        if not _inside(path, self.state_dir):
+        if not inside(path, self.state_dir):
             raise LabError('PID file %s is not inside the lab state '
                            'directory %s' % (path, self.state_dir))
         record = {'path': path, 'token': token}
@@ -786,11 +786,11 @@ class Lab:
                 kbit, burst = tbf_params(rate_mbit)
                 if self.disable_offloads:
                     _ethtool_offloads_off(netns, dev)
-                _run(tc + ['qdisc', 'replace', 'dev', dev, 'root', 'tbf',
-                           'rate', '%dkbit' % kbit, 'burst', str(burst),
-                           'latency', _TBF_LATENCY])
+                run(tc + ['qdisc', 'replace', 'dev', dev, 'root', 'tbf',
+                          'rate', '%dkbit' % kbit, 'burst', str(burst),
+                          'latency', _TBF_LATENCY])
             else:
-                _run(tc + ['qdisc', 'del', 'dev', dev, 'root'], check=False)
+                run(tc + ['qdisc', 'del', 'dev', dev, 'root'], check=False)
 
         def record(state):
             if isinstance(target, str) and target == 'gateway':
@@ -836,7 +836,7 @@ class Lab:
 
     def track_pid(self, pid, cmd=None, netns=None, log=None):
         """Record a process started elsewhere so teardown kills it."""
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is None:
             raise LabError('process %d does not exist' % pid)
         record = {'pid': pid, 'starttime': stat['starttime'],
@@ -864,7 +864,7 @@ class Lab:
         loop devices, which a FUSE file may back.
         """
         mountpoint = os.path.realpath(mountpoint)
-        if not _inside(mountpoint, self.state_dir):
+        if not inside(mountpoint, self.state_dir):
             raise LabError('mount point %s is not inside the lab state '
                            'directory %s' % (mountpoint, self.state_dir))
 
@@ -946,7 +946,7 @@ class Lab:
     def _signal_record(self, record, signum):
         """Signal a recorded process (group); True if something was hit."""
         pid, start = record['pid'], record['starttime']
-        stat = _proc_stat(pid)
+        stat = proc_stat(pid)
         if stat is not None and stat['starttime'] != start:
             return False  # the PID was reused: not ours any more
         if _alive(stat):
@@ -968,7 +968,7 @@ class Lab:
         return hit
 
     def _record_alive(self, record):
-        stat = _proc_stat(record['pid'])
+        stat = proc_stat(record['pid'])
         if stat is not None and stat['starttime'] != record['starttime']:
             return False
         if _alive(stat):
@@ -1011,10 +1011,10 @@ class Lab:
         # PIDs are ours by construction; they are signalled by PID too.
         stray = {}
         for ns in self._owned_namespaces(state):
-            proc = _run(['ip', 'netns', 'pids', ns], check=False)
+            proc = run(['ip', 'netns', 'pids', ns], check=False)
             for pid in proc.stdout.split():
                 if pid.isdigit() and int(pid) != os.getpid():
-                    stat = _proc_stat(int(pid))
+                    stat = proc_stat(int(pid))
                     if _alive(stat):
                         stray[int(pid)] = stat['starttime']
         if not stray:
@@ -1031,7 +1031,7 @@ class Lab:
         :returns: the PIDs still alive after SIGKILL.
         """
         def ours(pid, start):
-            stat = _proc_stat(pid)
+            stat = proc_stat(pid)
             return _alive(stat) and stat['starttime'] == start
 
         for signum, grace in ((signal.SIGTERM, KILL_GRACE),
@@ -1057,7 +1057,7 @@ class Lab:
             except (OSError, ValueError, IndexError):
                 continue  # no file, or the process is gone
             if record['token'] in cmdline:
-                targets[pid] = _proc_stat(pid)['starttime']
+                targets[pid] = proc_stat(pid)['starttime']
 
         survivors = self._kill_started(targets)
         if survivors:
@@ -1068,41 +1068,41 @@ class Lab:
         for loop in state['loops']:
             backing = loop['backing']
             devices = set()
-            if loop.get('device') and _loop_backing(
+            if loop.get('device') and loop_backing(
                     loop['device']) == backing:
                 devices.add(loop['device'])
             # Also catch a device attached just before a crash, before
             # it could be recorded.
-            proc = _run(['losetup', '--list', '--noheadings', '--output',
-                         'NAME', '--associated', backing], check=False)
+            proc = run(['losetup', '--list', '--noheadings', '--output',
+                        'NAME', '--associated', backing], check=False)
             for dev in proc.stdout.split():
-                if _loop_backing(dev) == backing:
+                if loop_backing(dev) == backing:
                     devices.add(dev)
             for dev in sorted(devices):
-                res = _run(['losetup', '--detach', dev], check=False)
+                res = run(['losetup', '--detach', dev], check=False)
                 if res.returncode != 0:
                     problems.append('losetup -d %s: %s'
                                     % (dev, res.stderr.strip()))
             # A file on a test's FUSE file system goes with its mount.
-            if _inside(backing, self.state_dir) and not any(
-                    _inside(backing, m) for m in mounts):
+            if inside(backing, self.state_dir) and not any(
+                    inside(backing, m) for m in mounts):
                 with contextlib.suppress(FileNotFoundError):
                     os.unlink(backing)
 
     def _unmount(self, state, problems):
         mounted = _mount_points()
         for mountpoint in state.get('mounts', []):
-            if mountpoint not in mounted or not _inside(mountpoint,
-                                                        self.state_dir):
+            if mountpoint not in mounted or not inside(mountpoint,
+                                                       self.state_dir):
                 continue
             # The loop device may let go of its file a moment after it
             # was detached; a FUSE daemon exits once unmounted.
             for _attempt in range(20):
-                if _run(['umount', mountpoint], check=False).returncode == 0:
+                if run(['umount', mountpoint], check=False).returncode == 0:
                     break
                 time.sleep(0.1)
             else:
-                res = _run(['umount', '-l', mountpoint], check=False)
+                res = run(['umount', '-l', mountpoint], check=False)
                 if res.returncode != 0:
                     problems.append('umount -l %s: %s'
                                     % (mountpoint, res.stderr.strip()))
@@ -1146,7 +1146,7 @@ class Lab:
         # process we could not kill still pins the namespace.
         self._delete_links(state, 'veth', problems)
         for ns in self._owned_namespaces(state):
-            res = _run(['ip', 'netns', 'delete', ns], check=False)
+            res = run(['ip', 'netns', 'delete', ns], check=False)
             if res.returncode != 0:
                 problems.append('ip netns delete %s: %s'
                                 % (ns, res.stderr.strip()))
@@ -1174,7 +1174,7 @@ class Lab:
                 _write_sysfs(path, values['prev'])
 
 
-def _inside(path, directory):
+def inside(path, directory):
     """True if ``path`` (resolved) is inside ``directory`` (resolved)."""
     path = os.path.realpath(path)
     directory = os.path.realpath(directory)
@@ -1194,7 +1194,7 @@ def _mount_points():
     return points
 
 
-def _loop_backing(dev):
+def loop_backing(dev):
     """Backing file of loop device ``dev`` per sysfs, or None."""
     name = os.path.basename(dev)
     try:

@@ -82,7 +82,7 @@ class SwarmResult:
         return dataclasses.asdict(self)
 
 
-def _json_lines(path):
+def json_lines(path):
     out = []
     try:
         with open(path, errors='replace') as f:
@@ -270,7 +270,7 @@ def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
                 proc.wait(remaining)
             except Exception:
                 swarm.stop(proc)
-            lines = _json_lines(swarm.log(host.name))
+            lines = json_lines(swarm.log(host.name))
             res = lines[-1] if lines and 'sha256' in lines[-1] else None
             error = '' if res else procs.tail_log(swarm.log(host.name), 5)
             ok = bool(res) and proc.returncode == 0 and swarm.verify(
@@ -299,7 +299,7 @@ def run_bittorrent(swarm, image, linger=30, timeout=600, web_seed=False,
         swarm.stop(seeder)
         if http is not None:
             swarm.stop(http)
-    seeder_lines = _json_lines(swarm.log('seeder'))
+    seeder_lines = json_lines(swarm.log('seeder'))
     uploaded = seeder_lines[-1].get('uploaded_bytes', 0) if seeder_lines \
         else 0
     return SwarmResult(
