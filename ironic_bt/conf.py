@@ -35,10 +35,10 @@ opts = [
                       '.torrent files. It must be on the same file system '
                       'as the image cache ([pxe]instance_master_path and '
                       '[pxe]images_path) so that a hard link can be made.')),
-    cfg.StrOpt('seeder_listen_host',
-               default='0.0.0.0',
-               help=_('Address the conductor\'s seeder listens on for '
-                      'peer connections.')),
+    cfg.IPOpt('seeder_listen_host',
+              default='0.0.0.0',
+              help=_('Address the conductor\'s seeder listens on for '
+                     'peer connections.')),
     cfg.PortOpt('seeder_port',
                 default=6881,
                 help=_('TCP port the conductor\'s seeder listens on.')),
@@ -67,9 +67,9 @@ opts = [
                       'the built-in tracker serves only the images of its '
                       'own conductor. Not needed with an external tracker '
                       'such as opentracker.')),
-    cfg.StrOpt('tracker_listen_host',
-               default='0.0.0.0',
-               help=_('Address the built-in tracker listens on.')),
+    cfg.IPOpt('tracker_listen_host',
+              default='0.0.0.0',
+              help=_('Address the built-in tracker listens on.')),
     cfg.PortOpt('tracker_port',
                 default=6969,
                 help=_('TCP port of the built-in tracker.')),
@@ -117,10 +117,11 @@ opts = [
                       'where ironic does not clean up a deploy, such as a '
                       'node left in "deploy failed" or deleted in '
                       'maintenance mode. 0 disables the check.')),
-    cfg.IntOpt('agent_listen_port',
-               default=6881,
-               min=1, max=65535,
-               help=_('TCP port the agents listen on for peer connections.')),
+    cfg.PortOpt('agent_listen_port',
+                default=6881,
+                min=1,
+                help=_('TCP port the agents listen on for peer '
+                       'connections.')),
     cfg.IntOpt('linger_timeout',
                default=300, min=0,
                help=_('Most seconds an agent keeps seeding after it has '

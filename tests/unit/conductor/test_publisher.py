@@ -563,6 +563,17 @@ class CheckConfigTestCase(base.TestCase):
             self.assertInvalid('tracker_url', url,
                                'http://, https:// or udp://')
 
+    def test_listen_hosts_are_addresses(self):
+        # The seeder and the tracker bind numeric addresses: oslo.config
+        # refuses anything else when the option is set.
+        for option in ('seeder_listen_host', 'tracker_listen_host'):
+            for value in ('conductor.example', '[::]', ''):
+                self.assertRaises(ValueError, self.config,
+                                  group='bittorrent', **{option: value})
+            self.config(group='bittorrent', **{option: '::'})
+        self.assertRaises(ValueError, self.config, group='bittorrent',
+                          agent_listen_port=0)
+
     def test_seeder_and_tracker_on_one_port(self):
         self.config(group='bittorrent', seeder_port=7000, tracker_port=7000,
                     seeder_listen_host='0.0.0.0')
