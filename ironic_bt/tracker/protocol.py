@@ -72,8 +72,6 @@ class AnnounceRequest:
     compact: bool = True
     no_peer_id: bool = False
     node: str | None = None
-    #: The client's opaque ``key`` (any bytes, at most MAX_KEY_LENGTH).
-    key: bytes | None = None
     #: A conductor's publication key (see :mod:`.publication`), as sent.
     publish: bytes | None = None
     #: The announcer's announce key (:func:`.publication.announce_key`).
@@ -256,8 +254,6 @@ def parse_announce(query, remote_ip):
         compact=params.get('compact', b'1') != b'0',
         no_peer_id=params.get('no_peer_id', b'0') == b'1',
         node=_text(params, 'node', MAX_NODE_LENGTH),
-        # An opaque token: aria2 sends raw bytes.
-        key=_opaque(params, 'key', MAX_KEY_LENGTH),
         publish=_opaque(params, publication.PARAM, publication.MAX_LENGTH),
         auth=_opaque(params, publication.ANNOUNCE_PARAM, MAX_KEY_LENGTH),
     )

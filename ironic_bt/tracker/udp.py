@@ -116,7 +116,7 @@ class UdpTracker:
                 _('announce of %d bytes; it needs %d')
                 % (len(data), _ANNOUNCE.size))
         (_cid, _action, _txid, info_hash, peer_id, downloaded, left,
-         uploaded, event, _ip, key, numwant, port) = _ANNOUNCE.unpack_from(
+         uploaded, event, _ip, _key, numwant, port) = _ANNOUNCE.unpack_from(
             data)
         if event not in EVENTS:
             raise protocol.TrackerError(_('invalid event %d') % event)
@@ -136,7 +136,6 @@ class UdpTracker:
             numwant=(protocol.DEFAULT_NUMWANT if numwant < 0
                      else min(numwant, protocol.MAX_NUMWANT)),
             node=protocol.node_label(params.get('node')),
-            key=key.to_bytes(4, 'big'),
             publish=params.get(publication.PARAM),
             auth=params.get(publication.ANNOUNCE_PARAM))
         complete, incomplete, peers = self.table.record(req)

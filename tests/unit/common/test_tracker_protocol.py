@@ -87,14 +87,13 @@ def test_parse_announce_decodes_binary_values():
         info_hash=V1, peer_id=b'-LT2110-abcdefghijkl', ip='198.18.0.2',
         port=6881, uploaded=5, downloaded=7, left=0, event='started',
         numwant=20, compact=True,
-        node='1be26c0b-03f2-4d2d-ae87-c02d7f33c123', key=b'a1b2c3d4')
+        node='1be26c0b-03f2-4d2d-ae87-c02d7f33c123')
 
 
 def test_parse_announce_defaults():
     req = request(uploaded=None, downloaded=None, compact=None)
     assert (req.uploaded, req.downloaded, req.event, req.numwant,
-            req.compact, req.node, req.key) == (0, 0, '', 50, True, None,
-                                                None)
+            req.compact, req.node) == (0, 0, '', 50, True, None)
 
 
 def test_parse_announce_clamps_numwant():
@@ -113,13 +112,12 @@ def test_parse_announce_clamps_huge_counts():
         request(left='9' * 65)
 
 
-def test_parse_announce_key_is_opaque():
-    # aria2 sends raw bytes as its key.
-    assert request(key=b'\xff\x00\x9c').key == b'\xff\x00\x9c'
-    with pytest.raises(protocol.TrackerError,
-                       match='invalid parameter key: must be at most 64 '
-                             'bytes'):
-        request(key=b'k' * 65)
+def test_parse_announce_ignores_the_clients_key():
+    # BEP 3's "key" proves nothing here (announce keys do, see
+    # publication): whatever a client sends, aria2's raw bytes or more, the
+    # announce is read as without it.
+    for key in (b'\xff\x00\x9c', b'k' * 65):
+        assert request(key=key) == request()
 
 
 def test_parse_announce_ignores_ip_parameter():
