@@ -159,6 +159,8 @@ class Seeder:
         self._lock = threading.Lock()
         self._handles = {}
         self._credentials = {}
+        #: The port last seen listening: see :attr:`port`.
+        self._port = 0
         if not self._session.is_listening():
             raise SeederError(
                 _('The seeder cannot listen on %(host)s:%(port)s. Check '
@@ -225,7 +227,17 @@ class Seeder:
 
     @property
     def port(self):
-        return swarm.listen_port(self._session, self._ssl)
+        """The port the seeder accepts peers on, which the agents dial.
+
+        libtorrent closes and reopens its listen sockets when the host's
+        network changes (a link going down or up, as a VM's tap does when
+        the VM powers off), and meanwhile reports port 0; it reopens them
+        on the same port, so that one is the answer.
+        """
+        port = swarm.listen_port(self._session, self._ssl)
+        if port:
+            self._port = port
+        return self._port
 
     @property
     def ssl(self):

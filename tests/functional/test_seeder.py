@@ -95,3 +95,21 @@ def test_upload_rate_limit_holds_for_peers_on_private_addresses(tmp_path):
     # time the bytes take at the limit (libtorrent's quota may let the
     # first second's worth through at once).
     assert seconds >= (size - limit) / limit, seconds
+
+
+def test_port_survives_libtorrent_reopening_its_sockets():
+    # While libtorrent reopens its listen sockets after a network change it
+    # reports port 0; the conductor must still hand agents the real one.
+    from unittest import mock
+
+    from ironic_bt.common import swarm
+
+    seed = seeder.Seeder('127.0.0.1', 0)
+    try:
+        port = seed.port
+        assert port > 0
+        with mock.patch.object(swarm, 'listen_port', autospec=True,
+                               return_value=0):
+            assert seed.port == port
+    finally:
+        seed.close()
