@@ -78,6 +78,17 @@ class AnnounceRequest:
     auth: bytes | None = None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class NodeProgress:
+    """The last announce of a node (an agent announcing its label)."""
+
+    left: int
+    uploaded: int
+    downloaded: int
+    #: When it came (the table's clock).
+    seen: float
+
+
 @dataclasses.dataclass(slots=True)
 class Peer:
     """What the table knows about one peer of one swarm."""
@@ -463,6 +474,19 @@ class _Torrent:
         #: With announce keys: node label -> (address, when last seen) of
         #: the one address its key is served to.
         self.announcers = {}
+        #: Node label -> its last announce (:class:`NodeProgress`), kept
+        #: after its peer record expires: how long a node has been silent
+        #: is what the conductor asks about a node that lost power.
+        self.progress = {}
+
+    def note_progress(self, req, now, limit):
+        """Keep what a node's announce says of its progress."""
+        if req.node not in self.progress and len(self.progress) >= limit:
+            oldest = min(self.progress, key=lambda n: self.progress[n].seen)
+            del self.progress[oldest]
+        self.progress[req.node] = NodeProgress(
+            left=req.left, uploaded=req.uploaded,
+            downloaded=req.downloaded, seen=now)
 
     def alive(self, now, ttl):
         """Whether anybody still publishes it.
@@ -759,6 +783,8 @@ class SwarmTable:
                 requester = None
             else:
                 requester = self._update(swarm, address, req, now)
+            if req.node:
+                swarm.torrent.note_progress(req, now, 2 * self.max_peers)
             chosen = swarm.sample(self._random, requester, req.numwant,
                                   seed=req.left == 0)
             complete, incomplete = swarm.counts()
@@ -901,27 +927,25 @@ class SwarmTable:
     def peer_progress(self, info_hash, node):
         """What ``node`` last announced in the swarm of ``info_hash``.
 
+        Kept while the torrent is published, also after the node's peer
+        record expired: a node that stopped announcing (it lost power, its
+        agent died) is reported with the time since, which grows.
+
         :param info_hash: any of the torrent's info-hashes (20 bytes).
         :param node: the node label of its announce URL.
         :returns: a dict with ``left``, ``uploaded``, ``downloaded`` and
-            ``seconds_since_seen``, from the node's latest announce; None
-            if the torrent is not published or the node has not announced.
+            ``seconds_since_seen``; None if the torrent is not published or
+            the node never announced.
         """
         now = self._clock()
         with self._lock:
-            self._drop_dead_locked(now)
             swarm = self._swarms.get(bytes(info_hash))
-            if swarm is None:
-                return None
-            for each in swarm.torrent.swarms:
-                each.expire(now, self._ttls)
-            for peer, _event, label in swarm.torrent.peers():
-                if label == node:
-                    return {'left': peer.left, 'uploaded': peer.uploaded,
-                            'downloaded': peer.downloaded,
-                            'seconds_since_seen': round(
-                                now - peer.last_seen, 1)}
-        return None
+            last = swarm.torrent.progress.get(node) if swarm else None
+        if last is None:
+            return None
+        return {'left': last.left, 'uploaded': last.uploaded,
+                'downloaded': last.downloaded,
+                'seconds_since_seen': round(now - last.seen, 1)}
 
     def status(self):
         """Return a JSON-serialisable snapshot for operators.

@@ -648,7 +648,27 @@ def test_peer_progress_is_the_nodes_last_announce(table, clock):
     assert table.peer_progress(OTHER, 'node-2') is None
 
 
-def test_peer_progress_forgets_a_silent_node(table, clock):
-    table.announce(request(ip='198.18.0.2', node='node-2'))
+def test_peer_progress_of_a_silent_node_grows_old_but_stays(table, clock):
+    # A node that lost power stops announcing: its peer record expires
+    # (nobody is handed a dead address), and its last progress stays, with
+    # the time since, which is what tells the conductor to ask its BMC.
+    table.announce(request(ip='198.18.0.2', node='node-2', left='1000'))
     clock.now += 31   # past the default ttl of three intervals
+    assert peers_of(table.announce(request(ip='198.18.0.3'))) == set()
+    assert table.peer_progress(V1, 'node-2') == {
+        'left': 1000, 'uploaded': 0, 'downloaded': 0,
+        'seconds_since_seen': 31.0}
+    table.unpublish(V1)
     assert table.peer_progress(V1, 'node-2') is None
+
+
+def test_peer_progress_keeps_a_bounded_number_of_nodes(clock):
+    table = protocol.SwarmTable(interval=10, clock=clock, max_peers=2)
+    table.publish([V1, V2], 'image-a', size=4096)
+    for i in range(6):
+        clock.now += 1
+        table.announce(request(ip='198.18.0.%d' % (10 + i),
+                               node='node-%d' % i))
+    known = [i for i in range(6)
+             if table.peer_progress(V1, 'node-%d' % i) is not None]
+    assert known == [2, 3, 4, 5]
