@@ -533,6 +533,10 @@ class _Download:
         seeders sent 1.6 copies of the image).
         """
         blocked = set(self.bytes.other_seeders) - self.bytes.seeder_ips
+        if not self.bytes.seeder_ips:
+            # Given no seeder of our own ("ironic-bt write --tracker"
+            # alone), the seeders the tracker hands out are the sources.
+            blocked = set()
         self._blocked_seeders = set(self.bytes.other_seeders)
         if self.plan is not None and blocked:
             self.plan.shared = True

@@ -344,18 +344,19 @@ def test_cli_tracker_serves_only_keyed_announcers(tmp_path, image):
     torrent_file = tmp_path / 'image.torrent'
     torrent_file.write_bytes(meta.data)
     authority = tmp_path / 'authority'
-    port, tracker_port = _free_port(), _free_port()
-    tracker = 'http://127.0.0.1:%d/announce' % tracker_port
+    # Port 0: the seeder and its tracker bind free ports and say which.
     seed = subprocess.Popen(
         [sys.executable, '-m', 'ironic_bt.cmd.cli', 'seed',
-         str(torrent_file), path, '--listen', '127.0.0.1:%d' % port,
+         str(torrent_file), path, '--listen', '127.0.0.1:0',
          '--trust-image', '--ssl-authority', str(authority),
-         '--with-tracker', '127.0.0.1:%d' % tracker_port, '--interval', '2',
+         '--with-tracker', '127.0.0.1:0', '--interval', '2',
          '--duration', '60'], stdout=subprocess.PIPE, text=True)
     try:
         ready = json.loads(seed.stdout.readline())
+        assert ready['info_hash'] == meta.info_hash
         # The seeder announces with its own key, never shown without one.
         assert all('auth=' in url for url in ready['trackers'])
+        tracker = ready['trackers'][0].split('?')[0]
         creds = tmp_path / 'node-1.pem'
         out = _cli('certificate', str(authority), 'node-1', '-o', str(creds),
                    '--announce-url', tracker, '--torrent', str(torrent_file))
@@ -386,15 +387,15 @@ def test_cli_standalone_tracker_with_authority(tmp_path, image):
     torrent_file = tmp_path / 'image.torrent'
     torrent_file.write_bytes(meta.data)
     authority = tmp_path / 'authority'
-    port = _free_port()
     tracker = subprocess.Popen(
         [sys.executable, '-m', 'ironic_bt.cmd.cli', 'tracker', '--listen',
-         '127.0.0.1:%d' % port, '--torrent', str(torrent_file),
+         '127.0.0.1:0', '--torrent', str(torrent_file),
          '--ssl-authority', str(authority)], stdout=subprocess.PIPE,
         text=True)
     try:
         ready = json.loads(tracker.stdout.readline())
         assert ready['announce_keys'] is True
+        assert ready['info_hashes'] == [meta.info_hash]
         url = ready['announce']
         reply = _raw_announce(url, meta)
         assert b'failure reason' in reply and b'peers' not in reply
