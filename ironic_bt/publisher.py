@@ -409,9 +409,8 @@ class Publisher:
             url = self._tracker.announce_url(CONF.bittorrent.advertise_host)
             if meta is not None and self._announce_secret is not None:
                 # The seeder's own announce key (no node label).
-                url = publication.with_query(url, {
-                    publication.ANNOUNCE_PARAM: publication.announce_key(
-                        self._announce_secret, '', meta.tracker_keys[0])})
+                url = publication.keyed_url(url, self._announce_secret, '',
+                                            meta.tracker_keys[0])
             return [url]
         return []
 

@@ -142,11 +142,7 @@ def _keyed(url, secret, node, meta):
 
     if secret is None:
         return url
-    if node:
-        url = publication.with_query(url, {'node': node})
-    return publication.with_query(url, {
-        publication.ANNOUNCE_PARAM: publication.announce_key(
-            secret, node, meta.tracker_keys[0])})
+    return publication.keyed_url(url, secret, node, meta.tracker_keys[0])
 
 
 def cmd_seed(args):

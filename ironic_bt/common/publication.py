@@ -122,6 +122,19 @@ def announce_key(secret, node, info_hash):
                     hashlib.sha256).digest()[:_ANNOUNCE_BYTES].hex()
 
 
+def keyed_url(url, secret, node, info_hash):
+    """``url`` with the label and announce key of ``node``.
+
+    :param node: the announcer's label; '' for a seeder, which announces
+        with no label.
+    :param info_hash: the torrent's first (v1) 20-byte info-hash.
+    """
+    if node:
+        url = with_query(url, {'node': node})
+    return with_query(url, {ANNOUNCE_PARAM: announce_key(secret, node,
+                                                         info_hash)})
+
+
 def check_announce_key(secret, node, info_hash, value):
     """Whether ``value`` (bytes, as received) is that node's key."""
     if value is None:

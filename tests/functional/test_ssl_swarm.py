@@ -327,6 +327,21 @@ def test_cli_ssl_swarm(tmp_path, image):
         seed.wait(30)
 
 
+@contextlib.contextmanager
+def _cli_service(*args):
+    """Run an ironic-bt command that serves until stopped.
+
+    :yields: the JSON line it prints once it is ready.
+    """
+    proc = subprocess.Popen([sys.executable, '-m', 'ironic_bt.cmd.cli']
+                            + list(args), stdout=subprocess.PIPE, text=True)
+    try:
+        yield json.loads(proc.stdout.readline())
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
 def _raw_announce(url, meta, port=51413):
     """A standard client's announce: what an outsider can send."""
     query = urllib.parse.urlencode({
@@ -345,14 +360,10 @@ def test_cli_tracker_serves_only_keyed_announcers(tmp_path, image):
     torrent_file.write_bytes(meta.data)
     authority = tmp_path / 'authority'
     # Port 0: the seeder and its tracker bind free ports and say which.
-    seed = subprocess.Popen(
-        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'seed',
-         str(torrent_file), path, '--listen', '127.0.0.1:0',
-         '--trust-image', '--ssl-authority', str(authority),
-         '--with-tracker', '127.0.0.1:0', '--interval', '2',
-         '--duration', '60'], stdout=subprocess.PIPE, text=True)
-    try:
-        ready = json.loads(seed.stdout.readline())
+    with _cli_service('seed', str(torrent_file), path, '--listen',
+                      '127.0.0.1:0', '--trust-image', '--ssl-authority',
+                      str(authority), '--with-tracker', '127.0.0.1:0',
+                      '--interval', '2', '--duration', '60') as ready:
         assert ready['info_hash'] == meta.info_hash
         # The seeder announces with its own key, never shown without one.
         assert all('auth=' in url for url in ready['trackers'])
@@ -377,9 +388,6 @@ def test_cli_tracker_serves_only_keyed_announcers(tmp_path, image):
                    '--linger', '0', '--json', '--ssl-credentials', str(creds))
         assert out.returncode == 0, out.stderr
         assert helpers.read(str(target), len(data)) == data
-    finally:
-        seed.terminate()
-        seed.wait(30)
 
 
 def test_cli_standalone_tracker_with_authority(tmp_path, image):
@@ -387,13 +395,9 @@ def test_cli_standalone_tracker_with_authority(tmp_path, image):
     torrent_file = tmp_path / 'image.torrent'
     torrent_file.write_bytes(meta.data)
     authority = tmp_path / 'authority'
-    tracker = subprocess.Popen(
-        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'tracker', '--listen',
-         '127.0.0.1:0', '--torrent', str(torrent_file),
-         '--ssl-authority', str(authority)], stdout=subprocess.PIPE,
-        text=True)
-    try:
-        ready = json.loads(tracker.stdout.readline())
+    with _cli_service('tracker', '--listen', '127.0.0.1:0', '--torrent',
+                      str(torrent_file), '--ssl-authority',
+                      str(authority)) as ready:
         assert ready['announce_keys'] is True
         assert ready['info_hashes'] == [meta.info_hash]
         url = ready['announce']
@@ -405,6 +409,3 @@ def test_cli_standalone_tracker_with_authority(tmp_path, image):
         assert out.returncode == 0, out.stderr
         reply = _raw_announce(json.loads(out.stdout)['announce_url'], meta)
         assert b'failure reason' not in reply and b'peers' in reply
-    finally:
-        tracker.terminate()
-        tracker.wait(30)
