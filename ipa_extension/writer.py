@@ -157,7 +157,7 @@ def _parse_peer(peer):
     try:
         host, port = netutils.parse_host_port(peer)
     except ValueError:
-        port = None
+        host, port = None, None
     if not host or port is None or not 0 < port <= 65535:
         raise DownloadError(_('Peer "%s" is not HOST:PORT.') % peer)
     return host, port
