@@ -48,32 +48,40 @@ nothing arrived for ``grace`` seconds, it is dropped for good and the agent
 fetches everything missing from anyone, the seeder included. Pieces of a
 member that disconnects are re-owned by the others at once.
 
+A swarm larger than the tracker's peer list (:data:`HANDOUT` peers) is
+not one an agent can see whole: each agent is connected to its handout and
+to the agents that got it in theirs, a bounded number. Rendezvous hashing
+among the agents one sees would make every agent the owner of the pieces
+it ranks best among its neighbours, and the seeder would send each piece
+once per neighbourhood. So once a tracker answers with a full peer list
+(``partial``), an agent ranks on the ring instead
+(:mod:`ironic_bt.common.ring`): a piece belongs to the first member
+clockwise from it, which an agent can tell from the members just before
+its own points, and the tracker puts those first in every handout. No
+piece is left without an owner when a neighbour is missing: the agent
+then claims a wider arc, and the piece is fetched twice. On the ring an
+agent fetches no runner-up pieces (``backup``): its runner-up ranks are
+not known, and with a swarm that large the seeder's link is kept busy by
+the owners alone.
+
 This module is pure logic, so it is tested without libtorrent.
 """
 
-import zlib
+from ironic_bt.common import ring as ring_
 
 OWN = 7
 BACKUP = 6
 NORMAL = 4
 WAIT = 0
 
-_M64 = (1 << 64) - 1
+#: Peers a tracker hands out per announce, and so the peers an agent asks
+#: for (libtorrent's ``num_want``): a reply that full means the swarm is
+#: larger than what the agent sees (the built-in tracker's default is the
+#: same, :data:`ironic_bt.tracker.protocol.DEFAULT_NUMWANT`).
+HANDOUT = 50
 
-
-def member_key(address):
-    """A stable 64-bit key for a member's address (same on every agent)."""
-    return zlib.crc32(address.encode('utf-8')) * 0x9E3779B97F4A7C15 & _M64
-
-
-def weight(piece, key):
-    """The rank of ``piece`` for the member with ``key`` (splitmix64)."""
-    x = (piece * 0xBF58476D1CE4E5B9 + key) & _M64
-    x ^= x >> 30
-    x = (x * 0xBF58476D1CE4E5B9) & _M64
-    x ^= x >> 27
-    x = (x * 0x94D049BB133111EB) & _M64
-    return x ^ (x >> 31)
+member_key = ring_.member_key
+weight = ring_.weight
 
 
 class PiecePlan:
@@ -114,6 +122,11 @@ class PiecePlan:
         #: conductors, six nodes: the seeders sent 1.39 copies without
         #: runner-ups against 1.53-1.60 with them, same request queue).
         self.shared = False
+        #: whether this agent sees only part of the swarm (a tracker
+        #: handed out a sample of it): rank on the ring, no runner-ups.
+        #: Once set, it stays: ownership must not flap as views change.
+        self.partial = False
+        self._ring = None     # the ring the ranks were computed on
         self._me = None
         self._members = set()
         self._top = None      # per piece: [(weight, address)], best first
@@ -125,7 +138,11 @@ class PiecePlan:
 
     def _assign(self, members, me):
         """Rank ``members`` (a set of addresses) for every piece."""
-        if me != self._me or not members >= self._members:
+        if self.partial:
+            self._assign_on_ring(members, me)
+            return
+        if (me != self._me or not members >= self._members
+                or self._top is None):
             # A member left (or we learnt our address): rank again.
             self._top = [[] for _i in range(self.num_pieces)]
             added = members
@@ -144,10 +161,23 @@ class PiecePlan:
                     del ranks[depth:]
         self._rank = [next((i for i, (_w, a) in enumerate(ranks) if a == me),
                            depth) for ranks in top]
+        self._ring = None
+        self._me = me
+        self._members = set(members)
+
+    def _assign_on_ring(self, members, me):
+        ring = ring_.Ring(members)
+        depth = self.DEPTH
+        self._top = None
+        self._ring = ring
+        self._rank = [ring.rank(ring_.piece_point(piece), me, depth)
+                      for piece in range(self.num_pieces)]
         self._me = me
         self._members = set(members)
 
     def owner(self, piece):
+        if self._ring is not None:
+            return self._ring.successors(ring_.piece_point(piece), 1)[0]
         return self._top[piece][0][1] if self._top else None
 
     def rank(self, piece):
@@ -183,7 +213,8 @@ class PiecePlan:
             return self._normal()
         members = set(agents)
         members.add(me)
-        if members != self._members or me != self._me:
+        if (members != self._members or me != self._me
+                or self.partial != (self._ring is not None)):
             self._assign(members, me)
         rank = self._rank
         # Pieces only the seeder has, by our rank for them.
@@ -191,7 +222,7 @@ class PiecePlan:
         for piece in range(self.num_pieces):
             if not (have[piece] or availability[piece]):
                 counts[rank[piece]] += 1
-        backups = not (self.over_http or self.shared)
+        backups = not (self.over_http or self.shared or self.partial)
         level = self._level if backups else 0
         while (backups and level + 1 < self.DEPTH
                and sum(counts[:level + 1]) < self.backup):

@@ -235,7 +235,11 @@ class _Download:
             # local services. These URLs come from the conductor, not from
             # a torrent file (Swift temporary URLs have a query).
             overrides['ssrf_mitigation'] = False
+        # A bounded peer list: a reply that full says the swarm is larger
+        # than this agent will see (see PiecePlan.partial).
+        overrides['num_want'] = pieces.HANDOUT
         overrides.update(tuning.settings)
+        self.num_want = overrides['num_want']
         self.session = swarm.make_session(listen_host, listen_port,
                                           ssl=credentials is not None,
                                           **overrides)
@@ -547,12 +551,24 @@ class _Download:
             ip_filter.add_rule(ip, ip, 1)
         self.session.set_ip_filter(ip_filter)
 
+    def _note_handout(self, num_peers):
+        """A full peer list: the swarm is larger than this agent sees."""
+        plan = self.plan
+        if plan is None or plan.partial or num_peers < self.num_want:
+            return
+        plan.partial = True
+        LOG.info('The tracker handed out %(n)d peers of %(ih)s, as many as '
+                 'asked for: the swarm is larger than this agent sees, so '
+                 'pieces are owned on the ring', {'n': num_peers,
+                                                 'ih': self.meta.info_hash})
+
     def pump_alerts(self):
         for alert in self.session.pop_alerts():
             self.observer.alert(alert)
             if isinstance(alert, lt.tracker_reply_alert):
                 self.sources.tracker(alert.tracker_url(), _(
                     'answered with %d peers') % alert.num_peers)
+                self._note_handout(alert.num_peers)
             elif isinstance(alert, lt.tracker_error_alert):
                 # The message holds the URL, whose query may carry the
                 # node's announce key: log the URL redacted instead.

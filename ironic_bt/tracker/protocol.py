@@ -32,6 +32,7 @@ import urllib.parse
 
 from ironic_bt.common.i18n import _
 from ironic_bt.common import publication
+from ironic_bt.common import ring
 from ironic_bt.tracker import bencode
 
 DEFAULT_NUMWANT = 50
@@ -329,6 +330,11 @@ class _Swarm:
         self.orders = (collections.OrderedDict(), collections.OrderedDict())
         self.seeds = []
         self.leechers = []
+        #: The agents that came to download, on the ring of the piece plan
+        #: (:mod:`ironic_bt.common.ring`), by address as their peers see
+        #: it; and the peers at each such address.
+        self.ring = ring.Ring()
+        self.ringed = collections.defaultdict(set)
 
     def _list(self, peer):
         return self.seeds if peer.complete else self.leechers
@@ -350,6 +356,18 @@ class _Swarm:
         self.orders[peer.kind][address] = peer
         self.census[peer.kind] += 1
         self._enlist(peer)
+        if peer.kind == _AGENT and not peer.complete:
+            # An agent that came to download (seeders announce complete).
+            self.ringed[peer.ip].add(address)
+            self.ring.add(peer.ip)
+
+    def _unring(self, address):
+        at = self.ringed.get(address[0])
+        if at is not None and address in at:
+            at.discard(address)
+            if not at:
+                del self.ringed[address[0]]
+                self.ring.remove(address[0])
 
     def touch(self, address, peer, kind):
         """Move a peer to the back of its (possibly new) recency order."""
@@ -368,6 +386,7 @@ class _Swarm:
             del self.orders[peer.kind][address]
             self.census[peer.kind] -= 1
             self._unlist(peer)
+            self._unring(address)
 
     def clear(self):
         for kind, order in enumerate(self.orders):
@@ -414,7 +433,22 @@ class _Swarm:
         rest is filled with seeds all the same, because ``left=0`` is also
         what a client sends while it still fetches the metadata (BEP 9)
         and so does not know the torrent's size.
+
+        An agent on a ring larger than ``count`` gets its predecessors,
+        with which it knows which pieces it owns, then its fingers: the
+        same peers at every announce, so that its connections stay
+        bounded (:mod:`ironic_bt.common.ring`). Its conductor gives it the
+        seeder.
         """
+        ring = self.ring
+        if (requester is None or requester.ip not in ring
+                or len(ring) <= count):
+            return self._sample(rng, requester, count, seed)
+        ips = ring.predecessors(requester.ip)[:count]
+        ips += ring.fingers(requester.ip, count - len(ips), exclude=ips)
+        return [self.peers[next(iter(self.ringed[ip]))] for ip in ips]
+
+    def _sample(self, rng, requester, count, seed):
         if seed:
             chosen = self._window(rng, [self.leechers], count + 1)
             if len(chosen) < count + 1:

@@ -20,6 +20,7 @@ import sys
 from oslotest import base
 
 from ipa_extension import pieces
+from ironic_bt.tracker import protocol
 
 N = 1024
 ME = '198.18.0.3'
@@ -234,6 +235,90 @@ class TestGrace(base.BaseTestCase):
         self.assertFalse(plan.active)
         self.assertTrue(plan.need_seeder)
         self.assertIsNone(plan.update(5.0, ME, OTHERS[:1], have, avail))
+
+
+def _bounded_views(count):
+    """Who each of ``count`` agents is connected to in a swarm that large.
+
+    Every agent announces to the built-in tracker twice (as the swarm
+    forms, then once everybody is in) asking for :data:`pieces.HANDOUT`
+    peers, dials what it is handed, and is dialled by those that got it.
+    """
+    table = protocol.SwarmTable(interval=10)
+    info_hash = bytes(range(20))
+    table.publish([info_hash], 'image', size=N * 16384)
+    agents = ['198.18.%d.%d' % (i // 200, 2 + i % 200) for i in range(count)]
+    views = {a: set() for a in agents}
+    full = 0
+    for _round in range(2):
+        for agent in agents:
+            req = protocol.AnnounceRequest(
+                info_hash=info_hash, peer_id=b'-IB0100-' + bytes(12),
+                port=6881, uploaded=0, downloaded=0, left=N * 16384,
+                event='', ip=agent, numwant=pieces.HANDOUT)
+            _c, _i, handed = table.record(req)
+            full += len(handed) == pieces.HANDOUT
+            for peer in handed:
+                views[agent].add(peer.ip)
+                views[peer.ip].add(agent)
+    return views, full
+
+
+def _claims(views, partial):
+    """Per piece, the agents that would ask the seeder for it."""
+    claims = collections.defaultdict(set)
+    for me, view in views.items():
+        plan = pieces.PiecePlan(N)
+        plan.partial = partial
+        change = plan.update(0.0, me, sorted(view), [False] * N, [0] * N)
+        for piece, prio in change:
+            if prio == pieces.OWN:
+                claims[piece].add(me)
+    return claims
+
+
+class TestBoundedViews(base.BaseTestCase):
+    """300 agents, each seeing a bounded part of the swarm."""
+
+    def setUp(self):
+        super().setUp()
+        self.views, self.full = _bounded_views(300)
+
+    def test_views_are_bounded_and_the_agents_know_it(self):
+        degrees = sorted(len(v) for v in self.views.values())
+        # About two handouts each: its own, and the agents it is in the
+        # handout of (more for the agents with the longest arcs of the
+        # ring, and for the first to come).
+        self.assertLessEqual(degrees[len(degrees) // 2], 3 * pieces.HANDOUT)
+        self.assertLessEqual(degrees[-1], 4 * pieces.HANDOUT)
+        # Once the swarm is larger than a handout, every reply is full:
+        # that is how an agent learns to rank on the ring.
+        self.assertGreaterEqual(self.full, 300)
+
+    def test_on_the_ring_each_piece_leaves_the_seeder_about_once(self):
+        claims = _claims(self.views, partial=True)
+        # Not one piece without an agent fetching it from the seeder.
+        self.assertEqual(N, len(claims))
+        copies = sum(len(c) for c in claims.values()) / N
+        self.assertLessEqual(copies, 1.1)
+
+    def test_rendezvous_among_neighbours_would_fetch_pieces_many_times(self):
+        # Why the ring: ranked among the agents it sees, every agent owns
+        # what it ranks best in its neighbourhood.
+        claims = _claims(self.views, partial=False)
+        copies = sum(len(c) for c in claims.values()) / N
+        self.assertGreater(copies, 2)
+
+    def test_no_runner_up_pieces_on_the_ring(self):
+        me = sorted(self.views)[0]
+        plan = pieces.PiecePlan(N, backup=N)
+        plan.partial = True
+        change = plan.update(0.0, me, sorted(self.views[me]),
+                             [False] * N, [0] * N)
+        prios = collections.Counter(p for _i, p in change)
+        self.assertNotIn(pieces.BACKUP, prios)
+        self.assertGreater(prios[pieces.OWN], 0)
+        self.assertGreater(prios[pieces.WAIT], prios[pieces.OWN])
 
 
 class TestHash(base.BaseTestCase):

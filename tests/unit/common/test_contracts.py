@@ -27,6 +27,7 @@ import libtorrent as lt
 import pytest
 
 from ipa_extension import pieces
+from ironic_bt.common import ring
 from ironic_bt.common import torrent
 
 KiB = 1024
@@ -123,3 +124,13 @@ def test_load_refuses_several_files(tmp_path):
 def test_load_accepts_what_build_makes(tmp_path):
     meta = torrent.build(_image(tmp_path))
     assert torrent.load(meta.data).info_hash == meta.info_hash
+
+
+def test_ring_points():
+    # Where members and pieces sit on the ring of swarms too large to see
+    # whole (ironic_bt.common.ring).
+    assert ring.VNODES == 16
+    assert ring.points('198.18.0.2')[:2] == [
+        15085117448697344775, 17689930366559531298]
+    assert [ring.piece_point(i) for i in range(3)] == [
+        6186224882254365519, 7210056345939467046, 7858493669946493337]

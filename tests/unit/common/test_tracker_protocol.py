@@ -672,3 +672,46 @@ def test_peer_progress_keeps_a_bounded_number_of_nodes(clock):
     known = [i for i in range(6)
              if table.peer_progress(V1, 'node-%d' % i) is not None]
     assert known == [2, 3, 4, 5]
+
+
+def test_a_large_swarm_hands_an_agent_its_ring_neighbours_every_time(table):
+    from ironic_bt.common import ring
+    agents = ['198.18.%d.%d' % (i // 200, 2 + i % 200) for i in range(120)]
+    for ip in agents:
+        table.record(request(ip=ip, peer_id=b'-IB0100-abcdefghijkl'))
+    table.record(request(ip='198.18.9.9', left='0', peer_id=b'-IB0100-seederxxxxxx'))
+    whole = ring.Ring(agents)
+    me = agents[7]
+    first = table.record(request(ip=me, numwant='30',
+                                 peer_id=b'-IB0100-abcdefghijkl'))[2]
+    again = table.record(request(ip=me, numwant='30',
+                                 peer_id=b'-IB0100-abcdefghijkl'))[2]
+    handed = [p.ip for p in first]
+    # What the agent needs to know which pieces it owns, first.
+    preds = whole.predecessors(me)
+    assert handed[:len(preds)] == preds
+    assert len(handed) == 30 and len(set(handed)) == 30
+    assert me not in handed and '198.18.9.9' not in handed
+    # The same peers at the next announce: its connections do not grow.
+    assert [p.ip for p in again] == handed
+
+
+def test_a_swarm_smaller_than_the_handout_is_handed_out_whole(table):
+    agents = ['198.18.0.%d' % i for i in range(2, 12)]
+    for ip in agents:
+        table.record(request(ip=ip, peer_id=b'-IB0100-abcdefghijkl'))
+    handed = table.record(request(ip=agents[0],
+                                  peer_id=b'-IB0100-abcdefghijkl'))[2]
+    assert {p.ip for p in handed} == set(agents[1:])
+
+
+def test_an_agent_leaving_leaves_the_ring(table):
+    agents = ['198.18.0.%d' % i for i in range(2, 60)]
+    for ip in agents:
+        table.record(request(ip=ip, peer_id=b'-IB0100-abcdefghijkl'))
+    table.record(request(ip=agents[3], event='stopped',
+                         peer_id=b'-IB0100-abcdefghijkl'))
+    for ip in agents[:3] + agents[4:]:
+        handed = table.record(request(ip=ip, numwant='20',
+                                      peer_id=b'-IB0100-abcdefghijkl'))[2]
+        assert agents[3] not in {p.ip for p in handed}
