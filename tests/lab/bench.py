@@ -60,6 +60,8 @@ import tempfile
 import time
 
 from ironic_bt.common import certs
+from ironic_bt.common import publication
+from ironic_bt.common import torrent as torrent_mod
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import procs
@@ -465,6 +467,21 @@ class Bench:
         authority.credentials(name, datetime.timedelta(hours=2)).save(path)
         return path
 
+    @staticmethod
+    def _tracker_url(tracker, name, authority, torrent_path):
+        """A writer's tracker URL, as the conductor hands it out.
+
+        The tracker of an SSL swarm serves only the nodes with an announce
+        key of its authority.
+        """
+        if authority is None:
+            return publication.with_query(tracker, {'node': name})
+        secret = authority.derive_secret(
+            publication.ANNOUNCE_SECRET_PURPOSE)
+        meta = torrent_mod.load_file(torrent_path)
+        return publication.keyed_url(tracker, secret, name,
+                                     meta.tracker_keys[0])
+
     def _start_file(self):
         path = os.path.join(self.state_dir, 'start')
         with contextlib.suppress(FileNotFoundError):
@@ -698,8 +715,8 @@ class Bench:
                                             self.lab)
                 cmd = WORKER + ['write', torrent, dev,
                                 '--listen', '%s:%d' % (host.ip, AGENT_PORT),
-                                '--tracker', '%s?node=%s' % (tracker,
-                                                             host.name),
+                                '--tracker', self._tracker_url(
+                                    tracker, host.name, authority, torrent),
                                 '--peer', '%s:%d' % (seed.ip, SEED_PORT),
                                 '--linger', str(self.linger),
                                 '--sha256', self.image.sha256,
