@@ -59,13 +59,14 @@ once per neighbourhood. So once a tracker answers with a full peer list
 clockwise from it, which an agent can tell from the members just before
 its own points, and the tracker puts those first in every handout. No
 piece is left without an owner when a neighbour is missing: the agent
-then claims a wider arc, and the piece is fetched twice. On the ring an
-agent fetches no runner-up pieces (``backup``): its runner-up ranks are
-not known, and with a swarm that large the seeder's link is kept busy by
-the owners alone.
+then claims a wider arc, and the piece is fetched twice. The runner-up
+pieces (``backup``) are those it ranks second for, which it can tell
+from the second predecessors the tracker hands out too.
 
 This module is pure logic, so it is tested without libtorrent.
 """
+
+import array
 
 from ironic_bt.common import ring as ring_
 
@@ -88,7 +89,7 @@ class PiecePlan:
     """Piece priorities for one agent, updated from what it sees.
 
     :param num_pieces: pieces in the torrent.
-    :param grace: seconds without a new piece after which the plan is
+    :param grace: seconds without a new piece or byte after which the plan is
         dropped and everything missing is fetched from anyone.
     :param backup: when fewer than this many of its own pieces are left to
         fetch from the seeder, an agent also fetches pieces it ranks second
@@ -127,6 +128,7 @@ class PiecePlan:
         #: Once set, it stays: ownership must not flap as views change.
         self.partial = False
         self._ring = None     # the ring the ranks were computed on
+        self._weight_cache = {}  # address -> per-piece weights
         self._me = None
         self._members = set()
         self._top = None      # per piece: [(weight, address)], best first
@@ -134,27 +136,50 @@ class PiecePlan:
         self._level = 0
         self._prios = None
         self._missing = None
+        self._received = 0
         self._progress_at = None
+
+    def _weights(self, address):
+        """Every piece's weight for ``address``, computed once per member.
+
+        Members come and go all the time in a large swarm (an agent that
+        leaves our requests waiting 1.5 s is out until it sends again), and
+        hashing every piece for every member at each change took a third
+        of an agent's CPU with 32 agents.
+        """
+        weights = self._weight_cache.get(address)
+        if weights is None:
+            key = member_key(address)
+            weights = array.array('Q', (weight(piece, key)
+                                        for piece in range(self.num_pieces)))
+            self._weight_cache[address] = weights
+        return weights
 
     def _assign(self, members, me):
         """Rank ``members`` (a set of addresses) for every piece."""
         if self.partial:
             self._assign_on_ring(members, me)
             return
-        if (me != self._me or not members >= self._members
-                or self._top is None):
-            # A member left (or we learnt our address): rank again.
-            self._top = [[] for _i in range(self.num_pieces)]
-            added = members
-        else:
-            added = members - self._members
-        top = self._top
         depth = self.DEPTH
+        if self._top is None or self._ring is not None:
+            self._top = [[] for _i in range(self.num_pieces)]
+            added, left = members, set()
+        else:
+            added, left = members - self._members, self._members - members
+        top = self._top
+        if left:
+            # Rank again only the pieces a member that left was ranked for.
+            # (Those that came are ranked below, like for every piece.)
+            stay = [(self._weights(a), a)
+                    for a in sorted(members & self._members)]
+            for piece, ranks in enumerate(top):
+                if any(a in left for _w, a in ranks):
+                    ranks[:] = sorted(((w[piece], a) for w, a in stay),
+                                      reverse=True)[:depth]
         for address in sorted(added):
-            key = member_key(address)
-            for piece in range(self.num_pieces):
-                ranks = top[piece]
-                w = weight(piece, key)
+            weights = self._weights(address)
+            for piece, ranks in enumerate(top):
+                w = weights[piece]
                 if len(ranks) < depth or w > ranks[-1][0]:
                     ranks.append((w, address))
                     ranks.sort(reverse=True)
@@ -170,8 +195,12 @@ class PiecePlan:
         depth = self.DEPTH
         self._top = None
         self._ring = ring
-        self._rank = [ring.rank(ring_.piece_point(piece), me, depth)
-                      for piece in range(self.num_pieces)]
+        known = ring_.PREDECESSORS
+        ranks = [ring.rank(ring_.piece_point(piece), me, known)
+                 for piece in range(self.num_pieces)]
+        # Past the predecessors it was handed, an agent cannot tell its
+        # rank: below the ones it keeps.
+        self._rank = [r if r < known else depth for r in ranks]
         self._me = me
         self._members = set(members)
 
@@ -184,7 +213,7 @@ class PiecePlan:
         """Our rank for ``piece``: 0 if we own it."""
         return self._rank[piece] if self._rank else None
 
-    def update(self, now, me, agents, have, availability):
+    def update(self, now, me, agents, have, availability, received=None):
         """New priorities, or None when they have not changed.
 
         :param now: a monotonic time in seconds.
@@ -194,6 +223,11 @@ class PiecePlan:
         :param have: per piece, whether this agent has it.
         :param availability: per piece, how many connected peers other than
             the seeder have it.
+        :param received: payload bytes received so far, if known. Bytes
+            arriving are progress too: in a large swarm the seeder's link
+            is shared by many owners, and a piece from it can take longer
+            than ``grace`` without anything being wrong (64 agents at
+            5 Mbit/s: about 3 s for the first).
         :returns: a list of (piece, priority) for the pieces whose priority
             changed, [] when every piece must go back to the normal
             priority, or None for no change.
@@ -201,8 +235,10 @@ class PiecePlan:
         if not self.active:
             return None
         missing = sum(1 for h in have if not h)
-        if self._missing is None or missing < self._missing:
+        if (self._missing is None or missing < self._missing
+                or (received or 0) > self._received):
             self._missing, self._progress_at = missing, now
+            self._received = received or 0
         elif now - self._progress_at >= self.grace:
             # Nothing arrived for a while: an owner may be gone, or views
             # differ. Fetch the rest from anyone.
@@ -222,9 +258,12 @@ class PiecePlan:
         for piece in range(self.num_pieces):
             if not (have[piece] or availability[piece]):
                 counts[rank[piece]] += 1
-        backups = not (self.over_http or self.shared or self.partial)
+        backups = not (self.over_http or self.shared)
+        # On the ring, the ranks an agent knows: those of the predecessors
+        # the tracker hands out.
+        depth = ring_.PREDECESSORS if self.partial else self.DEPTH
         level = self._level if backups else 0
-        while (backups and level + 1 < self.DEPTH
+        while (backups and level + 1 < depth
                and sum(counts[:level + 1]) < self.backup):
             # Our own pieces run out: rather than leave our requests to the
             # seeder idle (libtorrent would fill them with pieces other

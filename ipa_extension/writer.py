@@ -451,7 +451,8 @@ class _Download:
         change = plan.update(now, me,
                              [p.ip[0] for p in agents
                               if (p.ip[0], p.ip[1]) not in silent],
-                             st.pieces, availability)
+                             st.pieces, availability,
+                             received=st.total_payload_download)
         if change == []:
             if not plan.active:
                 LOG.info('Nothing arrived for %(s).0f s with the piece plan '

@@ -48,10 +48,11 @@ _M64 = (1 << 64) - 1
 VNODES = 16
 
 #: Predecessors handed out for each point of a member (see
-#: :meth:`Ring.predecessors`): knowing the first is enough to know which
-#: pieces it owns. Runner-up ranks would need more, and are not used on the
-#: ring (see :class:`ipa_extension.pieces.PiecePlan`).
-PREDECESSORS = 1
+#: :meth:`Ring.predecessors`): knowing the first is knowing which pieces it
+#: owns; the second, which it is the runner-up for (the pieces it helps
+#: the owners with once its own are in, see
+#: :class:`ipa_extension.pieces.PiecePlan`).
+PREDECESSORS = 2
 
 
 def member_key(address):

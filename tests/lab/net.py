@@ -703,6 +703,26 @@ class Lab:
         _ip(host.netns, 'link', 'set', 'dev', 'lo', 'up')
         _ip(host.netns, 'link', 'set', 'dev', host.veth_ns, 'up')
 
+    def pin_neighbours(self):
+        """Give every host the address of every other, without ARP.
+
+        The kernel's neighbour table is one for all namespaces, and past
+        ``gc_thresh3`` (1024 entries by default) a host cannot resolve a
+        new neighbour: sends fail with ENOBUFS. A lab of N hosts that all
+        talk to each other needs N x N entries (65 hosts: 4160). Permanent
+        entries do not count toward the threshold, and the lab's MACs are
+        known (``_mac``), so each host gets them all at once; no ARP
+        broadcast crosses the bridge either.
+        """
+        hosts = self.hosts
+        for host in hosts:
+            batch = ''.join(
+                'neigh replace %s lladdr %s dev %s nud permanent\n'
+                % (other.ip, other.mac, host.veth_ns)
+                for other in hosts if other is not host)
+            run(['ip', '-n', host.netns, '-batch', '-'], input=batch,
+                stdin=None)
+
     def add_tap(self, name):
         """Create a tap device on the bridge for a virtual machine's NIC.
 

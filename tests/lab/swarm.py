@@ -126,6 +126,7 @@ class Swarm:
                 disks.assert_lab_loop(dev, self.lab)
                 self.hosts.append(host)
                 self.devices[host.name] = dev
+            self.lab.pin_neighbours()
         except BaseException:
             self.lab.teardown()
             raise

@@ -20,6 +20,7 @@ import sys
 from oslotest import base
 
 from ipa_extension import pieces
+from ironic_bt.common import ring
 from ironic_bt.tracker import protocol
 
 N = 1024
@@ -87,6 +88,23 @@ class TestOwnership(base.BaseTestCase):
         for i in mine:
             self.assertEqual(ME, plan.owner(i))
         self.assertLessEqual(set(change), set(theirs))
+
+
+class TestMembersComingAndGoing(base.BaseTestCase):
+
+    def test_ranks_after_members_left_and_came_are_ranks_from_scratch(self):
+        plan = pieces.PiecePlan(N)
+        have, avail = [False] * N, [0] * N
+        views = [OTHERS, OTHERS[3:], OTHERS[3:] + OTHERS[:2], OTHERS[::2],
+                 OTHERS]
+        for t, view in enumerate(views):
+            plan.update(float(t) * 0.1, ME, view, have, avail)
+            fresh = pieces.PiecePlan(N)
+            fresh.update(0.0, ME, view, have, avail)
+            self.assertEqual([fresh.rank(p) for p in range(N)],
+                             [plan.rank(p) for p in range(N)])
+            self.assertEqual([fresh.owner(p) for p in range(N)],
+                             [plan.owner(p) for p in range(N)])
 
 
 class TestPriorities(base.BaseTestCase):
@@ -309,16 +327,40 @@ class TestBoundedViews(base.BaseTestCase):
         copies = sum(len(c) for c in claims.values()) / N
         self.assertGreater(copies, 2)
 
-    def test_no_runner_up_pieces_on_the_ring(self):
-        me = sorted(self.views)[0]
-        plan = pieces.PiecePlan(N, backup=N)
-        plan.partial = True
-        change = plan.update(0.0, me, sorted(self.views[me]),
-                             [False] * N, [0] * N)
-        prios = collections.Counter(p for _i, p in change)
-        self.assertNotIn(pieces.BACKUP, prios)
-        self.assertGreater(prios[pieces.OWN], 0)
-        self.assertGreater(prios[pieces.WAIT], prios[pieces.OWN])
+    def test_on_the_ring_runner_up_pieces_are_those_it_ranks_second(self):
+        whole = ring.Ring(self.views)
+        for me in sorted(self.views)[:5]:
+            plan = pieces.PiecePlan(N, backup=N)
+            plan.partial = True
+            change = dict(plan.update(0.0, me, sorted(self.views[me]),
+                                      [False] * N, [0] * N))
+            ranks = [whole.rank(ring.piece_point(p), me, 3)
+                     for p in range(N)]
+            self.assertEqual({p for p in range(N) if ranks[p] == 0},
+                             {p for p, v in change.items()
+                              if v == pieces.OWN})
+            self.assertEqual({p for p in range(N) if ranks[p] == 1},
+                             {p for p, v in change.items()
+                              if v == pieces.BACKUP})
+
+
+class TestGraceWithBytes(base.BaseTestCase):
+
+    def test_bytes_arriving_keep_the_plan(self):
+        # 64 owners share the seeder's link: a piece can take seconds to
+        # come whole while its bytes flow.
+        plan, have, avail, _prios = _plan()
+        for second in range(1, 10):
+            plan.update(float(second), ME, OTHERS, have, avail,
+                        received=second * 1000)
+        self.assertTrue(plan.active)
+
+    def test_no_bytes_for_the_grace_drops_it(self):
+        plan, have, avail, _prios = _plan()
+        plan.update(1.0, ME, OTHERS, have, avail, received=1000)
+        self.assertEqual([], plan.update(3.5, ME, OTHERS, have, avail,
+                                         received=1000))
+        self.assertFalse(plan.active)
 
 
 class TestHash(base.BaseTestCase):
