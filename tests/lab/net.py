@@ -85,7 +85,7 @@ _PREFIX_RE = re.compile(r'^[a-z][a-z0-9]*$')
 # huge limit would.
 _ASSUMED_HZ = 250
 _MIN_BURST = 32 * 1024
-_TBF_LATENCY = '50ms'
+TBF_LATENCY_MS = 50
 
 # How long processes get between SIGTERM and SIGKILL.
 KILL_GRACE = 5.0
@@ -808,7 +808,7 @@ class Lab:
                     _ethtool_offloads_off(netns, dev)
                 run(tc + ['qdisc', 'replace', 'dev', dev, 'root', 'tbf',
                           'rate', '%dkbit' % kbit, 'burst', str(burst),
-                          'latency', _TBF_LATENCY])
+                          'latency', '%dms' % TBF_LATENCY_MS])
             else:
                 run(tc + ['qdisc', 'del', 'dev', dev, 'root'], check=False)
 
