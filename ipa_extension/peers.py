@@ -140,17 +140,32 @@ class Silence:
     a new piece from it, is taken for gone until it sends again.
     """
 
+    #: A live agent serves the requests of each of its peers in turn, one
+    #: block each; allow it this many rounds before taking it for gone.
+    ROUNDS = 3
+    BLOCK = 16384
+
     def __init__(self, quiet):
-        self.quiet = quiet
+        self.quiet = self.least = quiet
         self._since = {}    # (ip, port) -> ((payload, pieces), since)
         self.silent = set()
 
-    def update(self, now, agents):
+    def update(self, now, agents, rate=None):
         """Look at the connected agents (``lt.peer_info``) once.
 
+        :param rate: our download rate (bytes/s), if known. On a slow link
+            with many peers, a live agent takes a while to come back to us:
+            its upload, about as fast as our download, serves a block to
+            each of its peers in turn (32 agents at 1 Mbit/s: 4 s a
+            round). The quiet time is then :data:`ROUNDS` such rounds, and
+            never less than the one given.
         :returns: the addresses (ip, port) of the agents taken for gone
             that were not before.
         """
+        self.quiet = self.least
+        if rate:
+            self.quiet = max(self.least,
+                             self.ROUNDS * len(agents) * self.BLOCK / rate)
         since = {}
         silent = set()
         for p in agents:

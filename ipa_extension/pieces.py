@@ -236,7 +236,12 @@ class PiecePlan:
             return None
         missing = sum(1 for h in have if not h)
         if (self._missing is None or missing < self._missing
-                or (received or 0) > self._received):
+                or (received or 0) > self._received
+                or missing == len(have) and not any(availability)):
+            # Something arrived; or nothing is there to arrive yet: in a
+            # swarm larger than the image has pieces most agents own
+            # none, and wait for the first pieces to come to their
+            # neighbours.
             self._missing, self._progress_at = missing, now
             self._received = received or 0
         elif now - self._progress_at >= self.grace:

@@ -434,7 +434,8 @@ class _Download:
         if len(availability) != self.meta.num_pieces:
             # No piece picker yet (or any more): nothing to plan.
             return True
-        for key in self.silence.update(now, agents):
+        for key in self.silence.update(now, agents,
+                                       rate=st.download_payload_rate):
             LOG.info('Agent %(ip)s of %(ih)s has not answered our requests '
                      'for %(s).1f s: the pieces only it has are fetched from '
                      'the seeder until it sends again',

@@ -186,6 +186,8 @@ class Simulation:
         self.avail = np.zeros((n, p), dtype=np.int32)
         self.requested = np.zeros((n, p), dtype=bool)
         self.prio = np.full((n, p), plan_mod.NORMAL, dtype=np.int8)
+        gen = np.random.default_rng(c.seed)
+        self.order = np.array([gen.permutation(p) for _i in range(n)])
         self.nbrs = [set() for _i in range(n)]
         self.seeder_on = np.zeros(n, dtype=bool)
         self.alive = np.zeros(n, dtype=bool)
@@ -343,8 +345,11 @@ class Simulation:
         wanted = ~(self.have[i] | self.requested[i]) & (self.prio[i] > 0)
         if not wanted.any():
             return
-        # Priority first, then the rarest among the neighbours.
-        score = self.prio[i].astype(np.int64) * 1_000_000 - self.avail[i]
+        # Priority first, then the rarest among the neighbours, then in
+        # an order of its own (libtorrent shuffles the pieces of a
+        # torrent once, so peers pick different ones among equals).
+        score = ((self.prio[i].astype(np.int64) * 1_000_000
+                  - self.avail[i]) * self.p + self.order[i])
         if self.seeder_on[i]:
             free = self.seeder_depth - self.conn.get((self.seeder, i), 0)
             if free > 0:

@@ -144,6 +144,25 @@ def test_an_agent_that_leaves_requests_unanswered_is_taken_for_gone():
     assert silence.silent == set()
 
 
+def test_on_a_slow_link_with_many_agents_a_live_one_gets_its_rounds():
+    # 32 agents, 1 Mbit/s: a block from each of its peers in turn takes a
+    # live agent about 4 s a round.
+    def swarm(second):
+        # 31 that send now and then, and one that stopped.
+        return [agent('198.18.1.%d' % i, 500 * second, 1, 3)
+                for i in range(31)] + [agent('198.18.0.9', 100, 4)]
+
+    silence = peers.Silence(quiet=1.5)
+    assert silence.update(0.0, swarm(0), rate=125000) == set()
+    assert silence.update(5.0, swarm(5), rate=125000) == set()
+    assert silence.quiet > 12
+    assert silence.update(13.0, swarm(13), rate=125000) == {
+        ('198.18.0.9', 6881)}
+    # A fast link keeps the quiet time given.
+    silence.update(13.1, swarm(14), rate=3e6)
+    assert silence.quiet == 1.5
+
+
 def test_an_agent_we_ask_nothing_or_that_sends_is_never_gone():
     silence = peers.Silence(quiet=1.5)
     for second in range(10):

@@ -355,8 +355,22 @@ class TestGraceWithBytes(base.BaseTestCase):
                         received=second * 1000)
         self.assertTrue(plan.active)
 
+    def test_nothing_anywhere_yet_is_no_stall(self):
+        # A large swarm: this agent owns no piece, and its neighbours have
+        # none yet.
+        plan, have, avail, _prios = _plan()
+        for second in range(1, 10):
+            plan.update(float(second), ME, OTHERS, have, avail)
+        self.assertTrue(plan.active)
+        # Once a neighbour has a piece, nothing arriving is a stall.
+        avail[5] = 1
+        plan.update(10.0, ME, OTHERS, have, avail)
+        self.assertEqual([], plan.update(12.5, ME, OTHERS, have, avail))
+        self.assertFalse(plan.active)
+
     def test_no_bytes_for_the_grace_drops_it(self):
         plan, have, avail, _prios = _plan()
+        avail[5] = 1    # something to fetch, which does not come
         plan.update(1.0, ME, OTHERS, have, avail, received=1000)
         self.assertEqual([], plan.update(3.5, ME, OTHERS, have, avail,
                                          received=1000))
