@@ -100,11 +100,19 @@ class PiecePlan:
     #: ranks kept per piece: owner, then two runners-up.
     DEPTH = 3
 
-    def __init__(self, num_pieces, grace=2.0, backup=16):
+    def __init__(self, num_pieces, grace=2.0, backup=16, held=False):
         self.num_pieces = num_pieces
         self.grace = grace
         self.backup = backup
         self.active = True
+        #: whether the agent waits for the tracker's first answer before
+        #: using the seeder (no priorities meanwhile; see :meth:`release`).
+        #: Before it knows the swarm, an agent can only
+        #: ask the seeder for whatever piece; with N agents that is N times
+        #: the requests the seeder lets each queue, mostly duplicates (200
+        #: nodes, 256 pieces, two requests each: 1.5 copies of the image,
+        #: in the simulator).
+        self.held = held
         #: whether this agent still needs the seeder.
         self.need_seeder = True
         #: whether the pieces only a seed has come over HTTP from web seeds
@@ -232,7 +240,7 @@ class PiecePlan:
             changed, [] when every piece must go back to the normal
             priority, or None for no change.
         """
-        if not self.active:
+        if not self.active or self.held:
             return None
         missing = sum(1 for h in have if not h)
         if (self._missing is None or missing < self._missing
@@ -297,6 +305,10 @@ class PiecePlan:
         changed = [(i, p) for i, (p, q) in enumerate(zip(prios, old))
                    if p != q]
         return changed or None
+
+    def release(self):
+        """The tracker answered (or never will): plan from now on."""
+        self.held = False
 
     def hold(self, now):
         """Do not count the time until ``now`` against the grace.

@@ -98,6 +98,9 @@ class Tuning:
     #: Pieces sampled to decide whether the target holds part of the image
     #: (see :mod:`ipa_extension.resume`); 0 never looks.
     resume_samples: int = resume.SAMPLES
+    #: Seconds to wait for the tracker's first answer before fetching
+    #: anything, when there is a tracker (see PiecePlan.held).
+    tracker_wait: float = 2.0
     #: Seconds an agent may leave our requests unanswered before the piece
     #: plan takes it for gone (see :class:`ipa_extension.peers.Silence`).
     agent_silence: float = 1.5
@@ -267,15 +270,20 @@ class _Download:
         self.peers = list(peers)
         self.bytes = peer_kinds.PeerBytes(
             {host for host, _port in self.peers})
+        # With a tracker, the seeder waits until it answers: the plan then
+        # knows the swarm (see PiecePlan.held).
+        held = bool(trackers) and share and bool(self.peers)
         for peer in self.peers:
-            self.handle.connect_peer(peer)
+            if not held:
+                self.handle.connect_peer(peer)
         self.error = None
         self.swarm_error = None
         self.hash_failures = 0
         self.present = 0
         self.plan = (pieces.PiecePlan(meta.num_pieces,
-                                      backup=tuning.plan_backup)
+                                      backup=tuning.plan_backup, held=held)
                      if share else None)
+        self._held_until = time.monotonic() + tuning.tracker_wait
         self.silence = peer_kinds.Silence(tuning.agent_silence)
         self.redial = peer_kinds.Redial(listen_port)
         self.using_seeder = True
@@ -290,6 +298,8 @@ class _Download:
         self._seeder_tried = time.monotonic()
         self.web_seeds_added = False
         self.connected = 0
+        if held:
+            self._use_seeder(False)
 
     def poll(self, downloading=True):
         """Look at the torrent once: alerts, status, peers, the plan.
@@ -404,6 +414,14 @@ class _Download:
         if plan is None or not plan.active:
             return True
         now = time.monotonic()
+        if plan.held and now >= self._held_until:
+            LOG.info('No tracker answered about %(ih)s within %(s).0f s: '
+                     'planning with the peers at hand',
+                     {'ih': self.meta.info_hash,
+                      's': self.tuning.tracker_wait})
+            plan.release()
+        if plan.held:
+            return False
         me = None
         agents = []
         seeders = 0
@@ -556,6 +574,8 @@ class _Download:
     def _note_handout(self, num_peers):
         """A full peer list: the swarm is larger than this agent sees."""
         plan = self.plan
+        if plan is not None and plan.held:
+            plan.release()
         if plan is None or plan.partial or num_peers < self.num_want:
             return
         plan.partial = True

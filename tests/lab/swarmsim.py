@@ -201,7 +201,8 @@ class Simulation:
         self.next_poll = np.array([t + self.rng.uniform(0, c.poll)
                                    for t in self.start_at])
         self.done = np.zeros(n, dtype=bool)
-        self.plans = [plan_mod.PiecePlan(p) for _i in range(n)]
+        # Held until the tracker answers, as the writer does.
+        self.plans = [plan_mod.PiecePlan(p, held=True) for _i in range(n)]
         self.tracker = protocol.SwarmTable(
             interval=int(c.interval), max_peers=max(2000, 2 * n),
             clock=lambda: self.now)
@@ -241,6 +242,8 @@ class Simulation:
             numwant=c.handout)
         _complete, _incomplete, handed = self.tracker.record(req)
         plan = self.plans[i]
+        if plan.held:
+            plan.release()
         if len(handed) >= c.handout:
             plan.partial = True
         for peer in handed:
@@ -260,7 +263,8 @@ class Simulation:
 
     def _start(self, i):
         self.started[i] = self.alive[i] = True
-        self.seeder_on[i] = True
+        # The seeder waits for the plan's first look (see PiecePlan.held).
+        self.seeder_on[i] = False
         self.dirty.add(i)
         self._announce(i)
 
@@ -301,7 +305,7 @@ class Simulation:
 
     def _poll(self, i):
         plan = self.plans[i]
-        if not plan.active or self.done_at[i] is not None:
+        if not plan.active or plan.held or self.done_at[i] is not None:
             return
         agents = [node_ip(j) for j in self.nbrs[i]]
         change = plan.update(self.now, node_ip(i) if agents else None,
