@@ -99,6 +99,9 @@ class PiecePlan:
 
     #: ranks kept per piece: owner, then two runners-up.
     DEPTH = 3
+    #: See ``rate`` in :meth:`update`.
+    ROUNDS = 3
+    BLOCK = 16384
 
     def __init__(self, num_pieces, grace=2.0, backup=16, held=False):
         self.num_pieces = num_pieces
@@ -145,6 +148,8 @@ class PiecePlan:
         self._prios = None
         self._missing = None
         self._received = 0
+        self._peak_rate = 0
+        self.waited = grace
         self._progress_at = None
 
     def _weights(self, address):
@@ -221,7 +226,8 @@ class PiecePlan:
         """Our rank for ``piece``: 0 if we own it."""
         return self._rank[piece] if self._rank else None
 
-    def update(self, now, me, agents, have, availability, received=None):
+    def update(self, now, me, agents, have, availability, received=None,
+               rate=None):
         """New priorities, or None when they have not changed.
 
         :param now: a monotonic time in seconds.
@@ -236,12 +242,26 @@ class PiecePlan:
             is shared by many owners, and a piece from it can take longer
             than ``grace`` without anything being wrong (64 agents at
             5 Mbit/s: about 3 s for the first).
+        :param rate: this agent's download rate (bytes/s), if known. On a
+            slow link among many agents, the last pieces of an owner come
+            from the seeder a block per round of its owners (64 agents at
+            1 Mbit/s: 8 s a round), and the agents waiting for them see
+            nothing arrive meanwhile. So the grace is at least
+            :data:`ROUNDS` rounds of as many blocks as there are agents, at
+            the fastest rate seen (never under ``grace``).
         :returns: a list of (piece, priority) for the pieces whose priority
             changed, [] when every piece must go back to the normal
             priority, or None for no change.
         """
         if not self.active or self.held:
             return None
+        self._peak_rate = max(self._peak_rate, rate or 0)
+        grace = self.grace
+        if self._peak_rate:
+            grace = max(grace, self.ROUNDS * len(agents) * self.BLOCK
+                        / self._peak_rate)
+        #: the grace of the last update (see ``rate``).
+        self.waited = grace
         missing = sum(1 for h in have if not h)
         if (self._missing is None or missing < self._missing
                 or (received or 0) > self._received
@@ -252,7 +272,7 @@ class PiecePlan:
             # neighbours.
             self._missing, self._progress_at = missing, now
             self._received = received or 0
-        elif now - self._progress_at >= self.grace:
+        elif now - self._progress_at >= grace:
             # Nothing arrived for a while: an owner may be gone, or views
             # differ. Fetch the rest from anyone.
             return self._stop()

@@ -471,12 +471,13 @@ class _Download:
                              [p.ip[0] for p in agents
                               if (p.ip[0], p.ip[1]) not in silent],
                              st.pieces, availability,
-                             received=st.total_payload_download)
+                             received=st.total_payload_download,
+                             rate=st.download_payload_rate)
         if change == []:
             if not plan.active:
                 LOG.info('Nothing arrived for %(s).0f s with the piece plan '
                          'of %(ih)s: fetching the rest from any peer',
-                         {'s': plan.grace, 'ih': self.meta.info_hash})
+                         {'s': plan.waited, 'ih': self.meta.info_hash})
             self.handle.prioritize_pieces(
                 [pieces.NORMAL] * self.meta.num_pieces)
         elif change:
@@ -581,8 +582,8 @@ class _Download:
         plan.partial = True
         LOG.info('The tracker handed out %(n)d peers of %(ih)s, as many as '
                  'asked for: the swarm is larger than this agent sees, so '
-                 'pieces are owned on the ring', {'n': num_peers,
-                                                 'ih': self.meta.info_hash})
+                 'pieces are owned on the ring',
+                 {'n': num_peers, 'ih': self.meta.info_hash})
 
     def pump_alerts(self):
         for alert in self.session.pop_alerts():

@@ -142,22 +142,23 @@ class Ring:
         return found
 
     def rank(self, point, address, depth):
-        """``address``'s rank for a piece at ``point``: 0 if it owns it,
-        ``depth`` if it is not among the first ``depth`` members.
+        """``address``'s rank for a piece at ``point``.
+
+        0 if it owns it, ``depth`` if it is not among the first ``depth``
+        members.
         """
         ahead = self.successors(point, depth)
         return ahead.index(address) if address in ahead else depth
 
     def fingers(self, address, count, exclude=()):
-        """``count`` other members, chosen at points derived from
-        ``address``: as good as random, and the same at every announce
-        while the members stay the same.
+        """``count`` other members, at points derived from ``address``.
 
-        An agent dials what it is handed. Random peers at every announce
-        would grow its connections with every announce; these stay put,
-        so an agent keeps about twice a handout of connections however
-        large the swarm: its own fingers, and the agents whose fingers
-        it is.
+        As good as random, and the same at every announce while the
+        members stay the same. An agent dials what it is handed: random
+        peers at every announce would grow its connections with every
+        announce; these stay put, so an agent keeps about twice a handout
+        of connections however large the swarm (its own fingers, and the
+        agents whose fingers it is).
         """
         key = member_key(address) ^ _FINGER_KEY
         found = []

@@ -368,6 +368,23 @@ class TestGraceWithBytes(base.BaseTestCase):
         self.assertEqual([], plan.update(12.5, ME, OTHERS, have, avail))
         self.assertFalse(plan.active)
 
+    def test_a_slow_link_among_many_agents_waits_rounds(self):
+        # 15 agents at 1 Mbit/s: a block each from the seeder's owners
+        # takes about 2 s a round; the grace is three of them.
+        plan, have, avail, _prios = _plan()
+        avail[5] = 1
+        plan.update(0.0, ME, OTHERS, have, avail, rate=125000)
+        self.assertIsNone(plan.update(5.5, ME, OTHERS, have, avail,
+                                      rate=0))
+        self.assertTrue(plan.active)
+        self.assertEqual([], plan.update(6.0, ME, OTHERS, have, avail))
+        self.assertFalse(plan.active)
+        # A fast link keeps the grace given.
+        plan, have, avail, _prios = _plan()
+        avail[5] = 1
+        plan.update(0.0, ME, OTHERS, have, avail, rate=3e6)
+        self.assertEqual([], plan.update(2.0, ME, OTHERS, have, avail))
+
     def test_no_bytes_for_the_grace_drops_it(self):
         plan, have, avail, _prios = _plan()
         avail[5] = 1    # something to fetch, which does not come

@@ -679,7 +679,8 @@ def test_a_large_swarm_hands_an_agent_its_ring_neighbours_every_time(table):
     agents = ['198.18.%d.%d' % (i // 200, 2 + i % 200) for i in range(120)]
     for ip in agents:
         table.record(request(ip=ip, peer_id=b'-IB0100-abcdefghijkl'))
-    table.record(request(ip='198.18.9.9', left='0', peer_id=b'-IB0100-seederxxxxxx'))
+    table.record(request(ip='198.18.9.9', left='0',
+                         peer_id=b'-IB0100-seederxxxxxx'))
     whole = ring.Ring(agents)
     me = agents[7]
     first = table.record(request(ip=me, numwant='30',
