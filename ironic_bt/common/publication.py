@@ -150,6 +150,7 @@ def with_query(url, params):
     agent adds the announce key it unsealed.
     """
     parts = urllib.parse.urlsplit(url)
-    query = '&'.join(q for q in (parts.query, urllib.parse.urlencode(params))
-                     if q)
+    # The tracker reads '+' as itself (RFC 3986), not as a space.
+    added = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
+    query = '&'.join(q for q in (parts.query, added) if q)
     return urllib.parse.urlunsplit(parts._replace(query=query))

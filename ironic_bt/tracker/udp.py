@@ -191,5 +191,6 @@ def announce_url(host, port, node=None):
     """The ``udp://`` announce URL of a tracker, with the node's label."""
     url = 'udp://%s:%d/announce' % (netutils.escape_ipv6(host), port)
     if node:
-        url += '?' + urllib.parse.urlencode({'node': node})
+        url += '?' + urllib.parse.urlencode({'node': node},
+                                            quote_via=urllib.parse.quote)
     return url

@@ -343,11 +343,15 @@ def _cli_service(*args):
 
 
 def _raw_announce(url, meta, port=51413):
-    """A standard client's announce: what an outsider can send."""
+    """A standard client's announce: what an outsider can send.
+
+    Percent-encoded as BitTorrent clients do: quote_plus would turn a 0x20
+    byte of the info-hash into '+', which the tracker reads as '+'.
+    """
     query = urllib.parse.urlencode({
         'info_hash': meta.info_hash_v1, 'peer_id': b'-XX0000-000000051413',
         'port': port, 'uploaded': 0, 'downloaded': 0, 'left': meta.size,
-        'compact': 1})
+        'compact': 1}, quote_via=urllib.parse.quote)
     sep = '&' if '?' in url else '?'
     with urllib.request.urlopen(url + sep + query, timeout=10) as response:
         return bencode.decode(response.read())

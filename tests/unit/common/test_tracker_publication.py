@@ -59,6 +59,16 @@ def test_key_round_trip():
         (V1,), 0)
 
 
+def test_labels_added_to_a_url_reach_the_tracker_unchanged():
+    # The tracker reads '+' as '+' (RFC 3986), so a space must not become
+    # one on the way: a node named 'rack 1+2' is labelled 'rack 1+2'.
+    url = publication.with_query('http://198.18.0.1:6969/announce?a=1',
+                                 {'node': 'rack 1+2', 'auth': 'k/=&'})
+    query = url.split('?', 1)[1].encode()
+    assert dict(protocol.split_query(query)) == {
+        b'a': b'1', b'node': b'rack 1+2', b'auth': b'k/=&'}
+
+
 @pytest.mark.parametrize('value, reason', [
     (key(secret='another site'), 'not signed'),
     (key().replace(b'4096', b'4097'), 'not signed'),

@@ -47,7 +47,7 @@ def announce(url, meta, port=51413, left=None, downloaded=0, auth=None):
         'left': meta.size if left is None else left}
     if auth is not None:
         params['auth'] = auth
-    query = urllib.parse.urlencode(params)
+    query = urllib.parse.urlencode(params, quote_via=urllib.parse.quote)
     sep = '&' if '?' in url else '?'
     with urllib.request.urlopen(url + sep + query, timeout=5) as response:
         return bencode.decode(response.read())
@@ -192,7 +192,7 @@ class PublisherTestCase(base.TestCase):
             'info_hash': pub.meta.info_hash_v1,
             'peer_id': b'-XX0000-000000051413', 'port': 51413,
             'uploaded': 0, 'downloaded': 0, 'left': 0, 'event': 'stopped',
-            'auth': pub.announce_key})
+            'auth': pub.announce_key}, quote_via=urllib.parse.quote)
         with urllib.request.urlopen(pub.trackers[0] + '&' + query,
                                     timeout=5) as response:
             self.assertNotIn(b'failure reason', response.read())
