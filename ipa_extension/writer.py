@@ -243,9 +243,9 @@ class _Download:
         overrides['num_want'] = pieces.HANDOUT
         overrides.update(tuning.settings)
         self.num_want = overrides['num_want']
+        self.ssl = credentials is not None
         self.session = swarm.make_session(listen_host, listen_port,
-                                          ssl=credentials is not None,
-                                          **overrides)
+                                          ssl=self.ssl, **overrides)
         params = lt.add_torrent_params()
         params.ti = meta.torrent_info()
         params.save_path = device.save_path(target.write_path)
@@ -708,6 +708,7 @@ class _Download:
             return
         self.session.remove_torrent(self.handle)
         self.handle = None
+        swarm.close_session(self.session, ssl=self.ssl)
         self.session = None
 
 

@@ -364,5 +364,6 @@ class Seeder:
                 self._session.remove_torrent(handle)
             self._handles.clear()
             self._credentials.clear()
+            swarm.close_session(self._session, ssl=self._ssl)
             # Dropping the session aborts it and closes every file handle.
             self._session = None

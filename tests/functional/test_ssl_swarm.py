@@ -20,6 +20,7 @@ info-hash, a certificate of another authority).
 
 import contextlib
 import datetime
+import hashlib
 import json
 import os
 import socket
@@ -413,3 +414,101 @@ def test_cli_standalone_tracker_with_authority(tmp_path, image):
         assert out.returncode == 0, out.stderr
         reply = _raw_announce(json.loads(out.stdout)['announce_url'], meta)
         assert b'failure reason' not in reply and b'peers' in reply
+
+
+def test_seeder_stops_cleanly_with_handshakes_in_flight(tmp_path, image):
+    """A seeder stops cleanly with TLS handshakes that never finish.
+
+    A neighbour that connects and says nothing, or an agent dialling as
+    the seeder stops, leaves a handshake pending; libtorrent 2.1.1 frees
+    its socket under it when the session is destroyed (glibc aborts with
+    "corrupted size vs. prev_size"), so close_session ends them first.
+    """
+    path, _data, meta = image
+    torrent_file = tmp_path / 'image.torrent'
+    torrent_file.write_bytes(meta.data)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'seed',
+         str(torrent_file), path, '--listen', '127.0.0.1:0', '--trust-image',
+         '--ssl-authority', str(tmp_path / 'authority'),
+         '--duration', '60'],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    silent = []
+    try:
+        ready = json.loads(proc.stdout.readline())
+        port = int(ready['listen'].rsplit(':', 1)[1])
+        silent = [socket.create_connection(('127.0.0.1', port), timeout=5)
+                  for _i in range(50)]
+        # Accepted by libtorrent (its TLS handshake now waits on them).
+        time.sleep(1)
+        proc.terminate()
+        out, err = proc.communicate(timeout=30)
+    finally:
+        for sock in silent:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err[-2000:]
+    assert 'uploaded_bytes' in out
+
+
+def _silent_connections(port, count, timeout=30):
+    """``count`` TCP connections to port that never say a word."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            first = socket.create_connection(('127.0.0.1', port), timeout=5)
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    return [first] + [socket.create_connection(('127.0.0.1', port),
+                                               timeout=5)
+                      for _i in range(count - 1)]
+
+
+def test_writer_exits_cleanly_with_handshakes_in_flight(tmp_path, image):
+    """A writer exits cleanly with TLS handshakes that never finish.
+
+    The agent side of the same: the node still writes, verifies and exits
+    0 (inside IPA, the abort would take the agent down).
+    """
+    path, data, meta = image
+    torrent_file = tmp_path / 'image.torrent'
+    torrent_file.write_bytes(meta.data)
+    authority = tmp_path / 'authority'
+    creds = tmp_path / 'node-1.pem'
+    assert _cli('certificate', str(authority), 'node-1', '-o',
+                str(creds)).returncode == 0
+    seed_port, node_port = _free_port(), _free_port()
+    target = tmp_path / 'disk'
+    # The writer starts first: it waits for its seeder while the silent
+    # connections reach it.
+    write = subprocess.Popen(
+        [sys.executable, '-m', 'ironic_bt.cmd.cli', 'write',
+         str(torrent_file), str(target), '--create', '--peer',
+         '127.0.0.1:%d' % seed_port, '--listen', '127.0.0.1:%d' % node_port,
+         '--linger', '0', '--json', '--ssl-credentials', str(creds)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    silent, seed = [], None
+    try:
+        silent = _silent_connections(node_port, 50)
+        seed = subprocess.Popen(
+            [sys.executable, '-m', 'ironic_bt.cmd.cli', 'seed',
+             str(torrent_file), path, '--listen', '127.0.0.1:%d' % seed_port,
+             '--trust-image', '--ssl-authority', str(authority),
+             '--duration', '60'], stdout=subprocess.PIPE, text=True)
+        out, err = write.communicate(timeout=120)
+    finally:
+        for sock in silent:
+            sock.close()
+        for proc in (write, seed):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                proc.wait(30)
+    assert write.returncode == 0, err[-2000:]
+    assert json.loads(out.splitlines()[-1])['sha256'] == \
+        hashlib.sha256(data).hexdigest()
+    assert helpers.read(str(target), len(data)) == data

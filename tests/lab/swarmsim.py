@@ -108,6 +108,11 @@ class Config:
     #: peers an agent uploads to at once (libtorrent's
     #: ``unchoke_slots_limit``); 0: all (the product's setting).
     unchoke: int = 0
+    #: nodes the seeder uploads to at once (its ``unchoke_slots_limit``);
+    #: 0: all that ask. A node keeps its slot while it has requests queued
+    #: at the seeder; the slot passes on ``seeder_handoff`` seconds after.
+    seeder_slots: int = 0
+    seeder_handoff: float = 0.0
     #: one-way delay of a message, seconds (a request reaching the
     #: source, a "have" reaching the neighbours): the queues of the shaped
     #: links under load (ping took 97 ms across a busy 5 Mbit/s lab link).
@@ -130,6 +135,8 @@ class Result:
     partial_nodes: int
     plans_dropped: int
     wall_seconds: float
+    #: the most nodes the seeder sent to in one step.
+    seeder_served_max: int = 0
 
     def summary(self):
         done = sorted(t for t in self.finish if t is not None)
@@ -221,6 +228,11 @@ class Simulation:
         self.conn = {}
         self.seeder_bytes = 0
         self.dirty = set()
+        # The nodes the seeder serves (seeder_slots), and when each slot
+        # that fell idle can pass on.
+        self.unchoked = set()
+        self.slot_free_at = []
+        self.seeder_served_max = 0
 
     def _grow(self, size):
         """Room for ``size`` flows in the flow arrays."""
@@ -403,14 +415,44 @@ class Simulation:
 
     # -- the wire -----------------------------------------------------------
 
+    def _seeder_choke(self):
+        """Which of the nodes asking the seeder it serves now."""
+        k = self.c.seeder_slots
+        seeder = self.seeder
+        for d in list(self.unchoked):
+            if not self.conn.get((seeder, d)):
+                self.unchoked.discard(d)
+                self.slot_free_at.append(self.now + self.c.seeder_handoff)
+        self.slot_free_at = [t for t in self.slot_free_at if t > self.now]
+        room = k - len(self.unchoked) - len(self.slot_free_at)
+        if room <= 0:
+            return
+        first = {}
+        for fid in self.by_host[seeder]:
+            d = int(self.f_dst[fid])
+            if d not in self.unchoked:
+                first[d] = min(first.get(d, math.inf), self.f_start[fid])
+        for d in sorted(first, key=first.get)[:room]:
+            self.unchoked.add(d)
+
     def _transfer(self):
         now = self.now
-        idx = np.flatnonzero(self.f_used & (self.f_start <= now))
+        used = self.f_used & (self.f_start <= now)
+        if self.c.seeder_slots:
+            self._seeder_choke()
+            choked = used & (self.f_src == self.seeder)
+            choked[choked] = ~np.isin(self.f_dst[choked],
+                                      list(self.unchoked))
+            used &= ~choked
+        idx = np.flatnonzero(used)
         if not len(idx):
             return
         src = self.f_src[idx]
         dst = self.f_dst[idx]
         size = self.n + 1
+        self.seeder_served_max = max(
+            self.seeder_served_max,
+            len(np.unique(dst[src == self.seeder])))
         n_up = np.bincount(src, minlength=size)
         n_dn = np.bincount(dst, minlength=size)
         cap = self.cap
@@ -512,6 +554,7 @@ class Simulation:
         return Result(
             config=c, finish=list(self.done_at),
             seeder_bytes=self.seeder_bytes,
+            seeder_served_max=self.seeder_served_max,
             image_bytes=c.pieces * c.piece_size, wire_bound=bound,
             degree=[len(s) for s in self.nbrs],
             partial_nodes=sum(p.partial for p in self.plans),
@@ -592,6 +635,8 @@ def main(argv=None):
     p.add_argument('--latency', type=float, default=0.0001,
                    help='one-way delay of a message, seconds (default: '
                         '0.1 ms, a data-centre network)')
+    p.add_argument('--seeder-slots', type=int, default=0)
+    p.add_argument('--seeder-handoff', type=float, default=0.0)
     p.add_argument('--seed', type=int, default=1)
     p.add_argument('--validate', metavar='RESULTS_JSON',
                    help='replay the bittorrent runs of a lab benchmark')
@@ -614,7 +659,9 @@ def main(argv=None):
                         piece_size=args.piece_size,
                         rate_bps=args.rate_mbit * 1e6, slow=slow, deaths=die,
                         start_spread=args.start_spread, latency=args.latency,
-                        handout=args.handout, seed=args.seed)
+                        handout=args.handout, seed=args.seed,
+                        seeder_slots=args.seeder_slots,
+                        seeder_handoff=args.seeder_handoff)
         result = simulate(config)
         s = result.summary()
         if slow:

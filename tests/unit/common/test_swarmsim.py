@@ -45,3 +45,15 @@ def test_a_node_that_dies_does_not_stop_the_others():
     finished = [t for i, t in enumerate(result.finish) if i != 2]
     assert all(t is not None for t in finished)
     assert result.finish[2] is None
+
+
+def test_seeder_slots_bound_the_nodes_the_seeder_sends_to():
+    # The product's seeder sends to every owner at once (each gets its
+    # share of the link, and no piece is whole until all are nearly):
+    # the simulator models a seeder that sends to a few at a time.
+    config = dict(nodes=40, pieces=64, rate_bps=25e6, latency=0.001)
+    everyone = swarmsim.simulate(swarmsim.Config(**config))
+    two = swarmsim.simulate(swarmsim.Config(seeder_slots=2, **config))
+    assert everyone.seeder_served_max > 2
+    assert two.seeder_served_max == 2
+    assert all(t is not None for t in two.finish)
