@@ -113,6 +113,8 @@ class Config:
     #: at the seeder; the slot passes on ``seeder_handoff`` seconds after.
     seeder_slots: int = 0
     seeder_handoff: float = 0.0
+    #: the plan's ``backup`` (runner-up pieces); None: the product's.
+    backup: int = None
     #: one-way delay of a message, seconds (a request reaching the
     #: source, a "have" reaching the neighbours): the queues of the shaped
     #: links under load (ping took 97 ms across a busy 5 Mbit/s lab link).
@@ -211,7 +213,9 @@ class Simulation:
                                    for t in self.start_at])
         self.done = np.zeros(n, dtype=bool)
         # Held until the tracker answers, as the writer does.
-        self.plans = [plan_mod.PiecePlan(p, held=True) for _i in range(n)]
+        plan_args = {} if c.backup is None else {'backup': c.backup}
+        self.plans = [plan_mod.PiecePlan(p, held=True, **plan_args)
+                      for _i in range(n)]
         self.tracker = protocol.SwarmTable(
             interval=int(c.interval), max_peers=max(2000, 2 * n),
             clock=lambda: self.now)
@@ -635,8 +639,14 @@ def main(argv=None):
     p.add_argument('--latency', type=float, default=0.0001,
                    help='one-way delay of a message, seconds (default: '
                         '0.1 ms, a data-centre network)')
-    p.add_argument('--seeder-slots', type=int, default=0)
-    p.add_argument('--seeder-handoff', type=float, default=0.0)
+    p.add_argument('--seeder-slots', type=int, default=0,
+                   help='nodes the seeder sends to at once (default: all)')
+    p.add_argument('--seeder-handoff', type=float, default=0.0,
+                   help='seconds a freed seeder slot takes to pass on')
+    p.add_argument('--unchoke', type=int, default=0,
+                   help='peers each agent uploads to at once (default: all)')
+    p.add_argument('--no-runner-ups', action='store_true',
+                   help='owners only: no runner-up pieces from the seeder')
     p.add_argument('--seed', type=int, default=1)
     p.add_argument('--validate', metavar='RESULTS_JSON',
                    help='replay the bittorrent runs of a lab benchmark')
@@ -661,7 +671,9 @@ def main(argv=None):
                         start_spread=args.start_spread, latency=args.latency,
                         handout=args.handout, seed=args.seed,
                         seeder_slots=args.seeder_slots,
-                        seeder_handoff=args.seeder_handoff)
+                        seeder_handoff=args.seeder_handoff,
+                        unchoke=args.unchoke,
+                        backup=0 if args.no_runner_ups else None)
         result = simulate(config)
         s = result.summary()
         if slow:
