@@ -62,8 +62,8 @@ from ironic_bt import conf  # noqa: F401 (registers [bittorrent])
 from ironic_bt import exception
 from ironic_bt import seeder as seeder_mod
 from ironic_bt import torrent_cache
-from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
+from ironic_bt.tracker import swarm_table
 
 LOG = log.getLogger(__name__)
 
@@ -312,13 +312,12 @@ class Publisher:
     def _start_tracker_locked(self):
         opts = CONF.bittorrent
         self._load_authority_locked()
-        table = protocol.SwarmTable(max_swarms=opts.max_swarms,
-                                    max_peers=opts.max_peers_per_swarm,
-                                    interval=opts.announce_interval,
-                                    on_stopped=self._agent_stopped,
-                                    on_clients=self._clients_present,
-                                    publish_secret=opts.tracker_secret,
-                                    announce_secret=self._announce_secret)
+        table = swarm_table.SwarmTable(
+            max_swarms=opts.max_swarms, max_peers=opts.max_peers_per_swarm,
+            interval=opts.announce_interval, on_stopped=self._agent_stopped,
+            on_clients=self._clients_present,
+            publish_secret=opts.tracker_secret,
+            announce_secret=self._announce_secret)
         tracker = server.TrackerServer(
             table, opts.tracker_listen_host, opts.tracker_port,
             udp_port=opts.tracker_udp_port, status_token=opts.status_token)
@@ -772,7 +771,7 @@ class Publisher:
         :returns: a dict with ``started``, ``seeder_port``, ``trackers``
             (the announce URLs), ``images`` (see :meth:`stats`, plus
             ``info_hash``) and, with the built-in tracker, ``swarms`` (see
-            :meth:`ironic_bt.tracker.protocol.SwarmTable.status`).
+            :meth:`ironic_bt.tracker.swarm_table.SwarmTable.status`).
         """
         with self._lock:
             if not self.started:

@@ -112,11 +112,11 @@ def _status_token():
 
 def start_tracker(listen, interval, metas, names=None, on_clients=None,
                   announce_secret=None):
-    from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
+    from ironic_bt.tracker import swarm_table
 
-    table = protocol.SwarmTable(interval=interval, on_clients=on_clients,
-                                announce_secret=announce_secret)
+    table = swarm_table.SwarmTable(interval=interval, on_clients=on_clients,
+                                   announce_secret=announce_secret)
     for meta, name in zip(metas, names or [m.info_hash for m in metas]):
         table.publish(meta.tracker_keys, name, size=meta.size)
     tracker = server.TrackerServer(table, host=listen[0], port=listen[1],

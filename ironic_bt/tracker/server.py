@@ -259,10 +259,12 @@ class _Router:
         if path in (b'/announce', b'/scrape'):
             try:
                 if path == b'/announce':
-                    body = table.announce(protocol.parse_announce(
-                        query, client))
+                    req = protocol.parse_announce(query, client)
+                    body = protocol.announce_reply(
+                        req, table.interval, *table.record(req))
                 else:
-                    body = table.scrape(protocol.parse_scrape(query))
+                    body = protocol.scrape_reply(table.scrape_counts(
+                        protocol.parse_scrape(query)))
             except protocol.TrackerError as e:
                 LOG.debug('Refused %(path)s from %(client)s: %(reason)s',
                           {'path': path.decode('latin-1'), 'client': client,
@@ -329,7 +331,7 @@ class TrackerServer:
                  status_token=None):
         """Bind the listening sockets.
 
-        :param table: the :class:`~ironic_bt.tracker.protocol.SwarmTable`.
+        :param table: the :class:`~ironic_bt.tracker.swarm_table.SwarmTable`.
         :param host: numeric address to listen on; IPv6 if it contains ':'.
         :param port: TCP port; 0 picks a free one (see :attr:`port`).
         :param udp_port: UDP port of the BEP 15 tracker; None for none, 0

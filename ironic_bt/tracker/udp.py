@@ -57,9 +57,10 @@ _INT32_MAX = (1 << 31) - 1
 
 
 class UdpTracker:
-    """Answers BEP 15 datagrams from a :class:`protocol.SwarmTable`.
+    """Answers BEP 15 datagrams from a swarm table.
 
-    :param table: the swarm table shared with the HTTP tracker.
+    :param table: the :class:`~ironic_bt.tracker.swarm_table.SwarmTable`
+        shared with the HTTP tracker.
     :param clock: time source (seconds), replaceable in tests.
     """
 

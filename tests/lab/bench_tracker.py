@@ -13,7 +13,7 @@
 """The tracker under load and under abuse, on loopback.
 
 The product's own tracker (:class:`ironic_bt.tracker.server.TrackerServer`
-over a :class:`~ironic_bt.tracker.protocol.SwarmTable`) runs in a child
+over a :class:`~ironic_bt.tracker.swarm_table.SwarmTable`) runs in a child
 process, as in a conductor; the load comes from this process, each client
 from an address of its own in 127.0.0.0/8, so one swarm holds ``--peers``
 distinct peers. Nothing leaves the machine.
@@ -50,12 +50,12 @@ def _key(peer):
 
 
 def _serve(port_pipe, interval, keys=False):
-    from ironic_bt.tracker import protocol
     from ironic_bt.tracker import server
+    from ironic_bt.tracker import swarm_table
     # With keys, as the conductor's tracker runs with SSL swarms (the
     # default): every announce carries its node's key, checked.
-    table = protocol.SwarmTable(interval=interval, max_peers=20000,
-                                announce_secret=SECRET if keys else None)
+    table = swarm_table.SwarmTable(interval=interval, max_peers=20000,
+                                   announce_secret=SECRET if keys else None)
     table.publish([INFO_HASH], 'bench', size=1 << 30)
     tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
                                    udp_port=0)

@@ -65,6 +65,7 @@ import numpy as np
 from ipa_extension import pieces as plan_mod
 from ironic_bt import seeder as seeder_mod
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import swarm_table
 from tests.lab import net
 
 #: Payload carried per byte on the wire: 1448 bytes of TCP payload (with
@@ -216,7 +217,7 @@ class Simulation:
         plan_args = {} if c.backup is None else {'backup': c.backup}
         self.plans = [plan_mod.PiecePlan(p, held=True, **plan_args)
                       for _i in range(n)]
-        self.tracker = protocol.SwarmTable(
+        self.tracker = swarm_table.SwarmTable(
             interval=int(c.interval), max_peers=max(2000, 2 * n),
             clock=lambda: self.now)
         self.tracker.publish([_INFO_HASH], 'image', size=p * c.piece_size)

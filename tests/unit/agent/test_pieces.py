@@ -22,6 +22,7 @@ from oslotest import base
 from ipa_extension import pieces
 from ironic_bt.common import ring
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import swarm_table
 
 N = 1024
 ME = '198.18.0.3'
@@ -262,7 +263,7 @@ def _bounded_views(count):
     forms, then once everybody is in) asking for :data:`pieces.HANDOUT`
     peers, dials what it is handed, and is dialled by those that got it.
     """
-    table = protocol.SwarmTable(interval=10)
+    table = swarm_table.SwarmTable(interval=10)
     info_hash = bytes(range(20))
     table.publish([info_hash], 'image', size=N * 16384)
     agents = ['198.18.%d.%d' % (i // 200, 2 + i % 200) for i in range(count)]

@@ -20,6 +20,7 @@ import pytest
 
 from ironic_bt.common import publication
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import swarm_table
 from tests import bencode
 
 # Bytes that need escaping in a query string: '%', '&', '+', '=' and ' '.
@@ -59,9 +60,18 @@ def clock():
 
 @pytest.fixture
 def table(clock):
-    table = protocol.SwarmTable(interval=10, clock=clock)
+    table = swarm_table.SwarmTable(interval=10, clock=clock)
     table.publish([V1, V2], 'image-a', size=4096)
     return table
+
+
+def announce(table, req):
+    """What the HTTP tracker answers: the table's choice, bencoded."""
+    return protocol.announce_reply(req, table.interval, *table.record(req))
+
+
+def scrape(table, info_hashes):
+    return protocol.scrape_reply(table.scrape_counts(info_hashes))
 
 
 def peers_of(reply, key=b'peers'):
@@ -196,44 +206,44 @@ def test_failure():
 
 def test_announce_unknown_info_hash(table):
     with pytest.raises(protocol.TrackerError) as exc:
-        table.announce(request(info_hash=OTHER))
+        announce(table, request(info_hash=OTHER))
     assert str(exc.value) == (
         'unknown info_hash ' + 'ff' * 20 + ': this tracker only serves '
         'images published by this ironic-bt deployment')
 
 
 def test_first_announce_gets_exact_empty_reply(table):
-    assert table.announce(request(event='started')) == (
+    assert announce(table, request(event='started')) == (
         b'd8:completei0e10:incompletei1e8:intervali10e'
         b'12:min intervali10e5:peers0:e')
 
 
 def test_announce_returns_other_peers_but_not_requester(table):
-    table.announce(request(ip='198.18.0.2', left='0'))
-    table.announce(request(ip='198.18.0.3'))
-    reply = table.announce(request(ip='198.18.0.4', port='7000'))
+    announce(table, request(ip='198.18.0.2', left='0'))
+    announce(table, request(ip='198.18.0.3'))
+    reply = announce(table, request(ip='198.18.0.4', port='7000'))
     decoded = bencode.decode(reply)
     assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 2)
     assert peers_of(reply) == {('198.18.0.2', 6881), ('198.18.0.3', 6881)}
     assert b'peers6' not in decoded
     # Same address, other port: another peer (several agents per host).
-    assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+    assert peers_of(announce(table, request(ip='198.18.0.4'))) == {
         ('198.18.0.2', 6881), ('198.18.0.3', 6881), ('198.18.0.4', 7000)}
 
 
 def test_seed_gets_downloading_peers_first(table):
-    table.announce(request(ip='198.18.0.2', left='0'))
-    table.announce(request(ip='198.18.0.3', left='0'))
-    table.announce(request(ip='198.18.0.4', left='5'))
+    announce(table, request(ip='198.18.0.2', left='0'))
+    announce(table, request(ip='198.18.0.3', left='0'))
+    announce(table, request(ip='198.18.0.4', left='5'))
     for _ in range(20):
-        assert peers_of(table.announce(request(
+        assert peers_of(announce(table, request(
             ip='198.18.0.1', left='0', numwant='1'))) == {
                 ('198.18.0.4', 6881)}
     # The rest of its numwant comes from the seeds: left=0 is also what a
     # client sends while it fetches the metadata, and it needs peers.
-    assert peers_of(table.announce(request(ip='198.18.0.1', left='0'))) == {
+    assert peers_of(announce(table, request(ip='198.18.0.1', left='0'))) == {
         ('198.18.0.2', 6881), ('198.18.0.3', 6881), ('198.18.0.4', 6881)}
-    assert peers_of(table.announce(request(ip='198.18.0.5', left='9'))) == {
+    assert peers_of(announce(table, request(ip='198.18.0.5', left='9'))) == {
         ('198.18.0.1', 6881), ('198.18.0.2', 6881), ('198.18.0.3', 6881),
         ('198.18.0.4', 6881)}
 
@@ -241,29 +251,29 @@ def test_seed_gets_downloading_peers_first(table):
 def test_numwant_limits_peers_to_a_random_subset(table):
     everyone = {('198.18.1.%d' % i, 6881) for i in range(1, 31)}
     for ip, _port in everyone:
-        table.announce(request(ip=ip))
+        announce(table, request(ip=ip))
     seen = set()
     for _ in range(20):
-        got = peers_of(table.announce(request(ip='198.18.0.1',
-                                              numwant='5')))
+        got = peers_of(announce(table, request(ip='198.18.0.1',
+                                               numwant='5')))
         assert len(got) == 5 and got <= everyone
         seen |= got
     # Twenty random draws of five out of thirty: not always the same five.
     assert len(seen) > 5
-    assert peers_of(table.announce(request(ip='198.18.0.1',
-                                           numwant='0'))) == set()
+    assert peers_of(announce(table, request(ip='198.18.0.1',
+                                            numwant='0'))) == set()
 
 
 def test_compact_0_gets_bep3_dictionaries(table):
-    table.announce(request(ip='198.18.0.2', peer_id=b'A' * 20))
-    table.announce(request(ip='2001:db8::2', peer_id=b'B' * 20))
-    reply = bencode.decode(table.announce(request(ip='198.18.0.3',
-                                                  compact='0')))
+    announce(table, request(ip='198.18.0.2', peer_id=b'A' * 20))
+    announce(table, request(ip='2001:db8::2', peer_id=b'B' * 20))
+    reply = bencode.decode(announce(table, request(ip='198.18.0.3',
+                                                   compact='0')))
     assert sorted(reply[b'peers'], key=lambda p: p[b'ip']) == [
         {b'peer id': b'A' * 20, b'ip': b'198.18.0.2', b'port': 6881},
         {b'peer id': b'B' * 20, b'ip': b'2001:db8::2', b'port': 6881}]
     assert b'peers6' not in reply
-    reply = bencode.decode(table.announce(request(
+    reply = bencode.decode(announce(table, request(
         ip='198.18.0.3', compact='0', no_peer_id='1')))
     assert {p[b'ip'] for p in reply[b'peers']} == {b'198.18.0.2',
                                                    b'2001:db8::2'}
@@ -274,27 +284,27 @@ def test_seeds_and_leechers_move_as_left_changes(table):
     # Counts come from the lists, not from a scan: they must follow every
     # change of "left", both ways, and departures.
     for i in range(2, 12):
-        table.announce(request(ip='198.18.0.%d' % i))
+        announce(table, request(ip='198.18.0.%d' % i))
     for i in range(2, 6):
-        table.announce(request(ip='198.18.0.%d' % i, left='0'))
-    table.announce(request(ip='198.18.0.5', left='10'))
-    table.announce(request(ip='198.18.0.11', event='stopped'))
-    reply = bencode.decode(table.announce(request(ip='198.18.0.2',
-                                                  left='0', numwant='200')))
+        announce(table, request(ip='198.18.0.%d' % i, left='0'))
+    announce(table, request(ip='198.18.0.5', left='10'))
+    announce(table, request(ip='198.18.0.11', event='stopped'))
+    reply = bencode.decode(announce(table, request(ip='198.18.0.2',
+                                                   left='0', numwant='200')))
     assert (reply[b'complete'], reply[b'incomplete']) == (3, 6)
     # A seed asking for six peers is given the six leechers and no seed.
-    assert peers_of(table.announce(request(
+    assert peers_of(announce(table, request(
         ip='198.18.0.2', left='0', numwant='6'))) == {
             ('198.18.0.%d' % i, 6881) for i in range(5, 11)}
 
 
 def test_sample_is_uniform_and_never_the_requester(table):
     for i in range(2, 22):
-        table.announce(request(ip='198.18.0.%d' % i))
+        announce(table, request(ip='198.18.0.%d' % i))
     seen = collections.Counter()
     for _ in range(2000):
-        peers = peers_of(table.announce(request(ip='198.18.0.2',
-                                                numwant='5')))
+        peers = peers_of(announce(table, request(ip='198.18.0.2',
+                                                 numwant='5')))
         assert len(peers) == 5
         assert ('198.18.0.2', 6881) not in peers
         seen.update(peers)
@@ -304,9 +314,9 @@ def test_sample_is_uniform_and_never_the_requester(table):
 
 
 def test_ipv6_peers_go_to_peers6(table):
-    table.announce(request(ip='2001:db8::2', port='6882'))
-    table.announce(request(ip='::ffff:198.18.0.3'))
-    reply = table.announce(request(ip='198.18.0.4'))
+    announce(table, request(ip='2001:db8::2', port='6882'))
+    announce(table, request(ip='::ffff:198.18.0.3'))
+    reply = announce(table, request(ip='198.18.0.4'))
     assert peers_of(reply) == {('198.18.0.3', 6881)}
     assert peers_of(reply, b'peers6') == {('2001:db8::2', 6882)}
     assert bencode.decode(reply)[b'peers6'] == (
@@ -318,17 +328,17 @@ def test_v1_and_v2_keys_have_their_own_peers(table):
     # a different peer id for each; rtorrent and aria2 only under v1. A
     # peer that announced v2 must not be handed a v1-only one: it would
     # connect with the v2 hash, and the v1-only client drops that.
-    table.announce(request(ip='198.18.0.2', info_hash=V1, left='0',
-                           peer_id=b'A' * 20))
-    table.announce(request(ip='198.18.0.2', info_hash=V2, left='0',
-                           peer_id=b'B' * 20))
-    table.announce(request(ip='198.18.0.5', info_hash=V1,
-                           peer_id=b'-lt0D80-rtorrent0001'))
-    reply = table.announce(request(ip='198.18.0.3', info_hash=V2))
+    announce(table, request(ip='198.18.0.2', info_hash=V1, left='0',
+                            peer_id=b'A' * 20))
+    announce(table, request(ip='198.18.0.2', info_hash=V2, left='0',
+                            peer_id=b'B' * 20))
+    announce(table, request(ip='198.18.0.5', info_hash=V1,
+                            peer_id=b'-lt0D80-rtorrent0001'))
+    reply = announce(table, request(ip='198.18.0.3', info_hash=V2))
     assert peers_of(reply) == {('198.18.0.2', 6881)}
     decoded = bencode.decode(reply)
     assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 1)
-    reply = table.announce(request(ip='198.18.0.3', info_hash=V1))
+    reply = announce(table, request(ip='198.18.0.3', info_hash=V1))
     assert peers_of(reply) == {('198.18.0.2', 6881), ('198.18.0.5', 6881)}
     decoded = bencode.decode(reply)
     assert (decoded[b'complete'], decoded[b'incomplete']) == (1, 2)
@@ -341,43 +351,43 @@ def test_v1_and_v2_keys_have_their_own_peers(table):
 
 def test_stopped_removes_peer(table):
     for key in (V1, V2):
-        table.announce(request(ip='198.18.0.2', info_hash=key))
-    table.announce(request(ip='198.18.0.2', info_hash=V2, event='stopped'))
-    reply = table.announce(request(ip='198.18.0.3', info_hash=V2))
+        announce(table, request(ip='198.18.0.2', info_hash=key))
+    announce(table, request(ip='198.18.0.2', info_hash=V2, event='stopped'))
+    reply = announce(table, request(ip='198.18.0.3', info_hash=V2))
     assert peers_of(reply) == set()
     assert bencode.decode(reply)[b'incomplete'] == 1
     # libtorrent stops each key of a hybrid torrent on its own.
-    assert peers_of(table.announce(request(ip='198.18.0.3'))) == {
+    assert peers_of(announce(table, request(ip='198.18.0.3'))) == {
         ('198.18.0.2', 6881)}
-    table.announce(request(ip='198.18.0.2', event='stopped'))
-    reply = table.announce(request(ip='198.18.0.3'))
+    announce(table, request(ip='198.18.0.2', event='stopped'))
+    reply = announce(table, request(ip='198.18.0.3'))
     assert peers_of(reply) == set()
     assert bencode.decode(reply)[b'incomplete'] == 1
 
 
 def test_stopped_announce_of_a_node_is_reported(clock):
     stopped = []
-    table = protocol.SwarmTable(interval=10, clock=clock,
-                                on_stopped=stopped.append)
+    table = swarm_table.SwarmTable(interval=10, clock=clock,
+                                   on_stopped=stopped.append)
     table.publish([V1, V2], 'image-a', size=4096)
     node = '1be26c0b-03f2-4d2d-ae87-c02d7f33c123'
-    table.announce(request(node=node))
-    table.announce(request(node=node, left='0', event='completed'))
-    table.announce(request(ip='198.18.0.3', event='stopped'))
+    announce(table, request(node=node))
+    announce(table, request(node=node, left='0', event='completed'))
+    announce(table, request(ip='198.18.0.3', event='stopped'))
     assert stopped == []
-    table.announce(request(node=node, event='stopped'))
+    announce(table, request(node=node, event='stopped'))
     assert stopped == [node]
 
 
 def test_silent_agents_expire(table, clock):
-    table.announce(request(ip='198.18.0.2', node='node-2'))
+    announce(table, request(ip='198.18.0.2', node='node-2'))
     clock.now += 20
-    table.announce(request(ip='198.18.0.3', node='node-3'))
+    announce(table, request(ip='198.18.0.3', node='node-3'))
     clock.now += 10   # 0.2 silent for 30 s: the default ttl, still there
-    assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+    assert peers_of(announce(table, request(ip='198.18.0.4'))) == {
         ('198.18.0.2', 6881), ('198.18.0.3', 6881)}
     clock.now += 0.5
-    reply = table.announce(request(ip='198.18.0.4'))
+    reply = announce(table, request(ip='198.18.0.4'))
     assert peers_of(reply) == {('198.18.0.3', 6881)}
     assert bencode.decode(reply)[b'incomplete'] == 2
 
@@ -385,40 +395,40 @@ def test_silent_agents_expire(table, clock):
 def test_standard_clients_stay_listed_between_300s_announces(table, clock):
     # qBittorrent (libtorrent) re-announces no more often than every 300 s
     # whatever interval it is asked for; it has no node label.
-    table.announce(request(ip='198.18.0.5', peer_id=b'-qB4500-abcdefghijkl'))
-    table.announce(request(ip='198.18.0.2', node='node-2'))
+    announce(table, request(ip='198.18.0.5', peer_id=b'-qB4500-abcdefghijkl'))
+    announce(table, request(ip='198.18.0.2', node='node-2'))
     for _ in range(2):
         clock.now += 300
-        table.announce(request(ip='198.18.0.2', node='node-2'))
-        assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+        announce(table, request(ip='198.18.0.2', node='node-2'))
+        assert peers_of(announce(table, request(ip='198.18.0.4'))) == {
             ('198.18.0.2', 6881), ('198.18.0.5', 6881)}
         assert {peer['ip'] for peer in table.status()['swarms'][0]['peers']
                 } >= {'198.18.0.5'}
-    table.announce(request(ip='198.18.0.5', peer_id=b'-qB4500-abcdefghijkl'))
-    clock.now += protocol.FOREIGN_PEER_TTL + 1
-    table.announce(request(ip='198.18.0.2', node='node-2'))
+    announce(table, request(ip='198.18.0.5', peer_id=b'-qB4500-abcdefghijkl'))
+    clock.now += swarm_table.FOREIGN_PEER_TTL + 1
+    announce(table, request(ip='198.18.0.2', node='node-2'))
     # Silent for longer than three such intervals: forgotten.
-    assert peers_of(table.announce(request(ip='198.18.0.4'))) == {
+    assert peers_of(announce(table, request(ip='198.18.0.4'))) == {
         ('198.18.0.2', 6881)}
 
 
 def test_peer_that_gains_a_node_label_expires_as_an_agent(table, clock):
-    table.announce(request(ip='198.18.0.2'))
-    table.announce(request(ip='198.18.0.2', node='node-2'))
+    announce(table, request(ip='198.18.0.2'))
+    announce(table, request(ip='198.18.0.2', node='node-2'))
     clock.now += 31
-    assert peers_of(table.announce(request(ip='198.18.0.4'))) == set()
+    assert peers_of(announce(table, request(ip='198.18.0.4'))) == set()
 
 
 def test_full_swarm_evicts_least_recently_seen(clock):
-    table = protocol.SwarmTable(max_peers=2, clock=clock)
+    table = swarm_table.SwarmTable(max_peers=2, clock=clock)
     table.publish([V1], 'image-a')
-    table.announce(request(ip='198.18.0.2'))
+    announce(table, request(ip='198.18.0.2'))
     clock.now += 1
-    table.announce(request(ip='198.18.0.3'))
+    announce(table, request(ip='198.18.0.3'))
     clock.now += 1
-    table.announce(request(ip='198.18.0.2'))
+    announce(table, request(ip='198.18.0.2'))
     clock.now += 1
-    reply = table.announce(request(ip='198.18.0.4'))
+    reply = announce(table, request(ip='198.18.0.4'))
     assert peers_of(reply) == {('198.18.0.2', 6881)}
     assert bencode.decode(reply)[b'incomplete'] == 2
 
@@ -427,11 +437,11 @@ def test_full_swarm_evicts_least_recently_seen(clock):
 
 
 def test_publish_is_bounded_and_idempotent(clock):
-    table = protocol.SwarmTable(max_swarms=1, clock=clock)
+    table = swarm_table.SwarmTable(max_swarms=1, clock=clock)
     table.publish([V1, V2], 'image-a')
-    table.announce(request())
+    announce(table, request())
     table.publish([V1, V2], 'image-a')
-    assert bencode.decode(table.announce(request(ip='198.18.0.3')))[
+    assert bencode.decode(announce(table, request(ip='198.18.0.3')))[
         b'incomplete'] == 2
     with pytest.raises(protocol.TrackerError) as exc:
         table.publish([OTHER], 'image-b')
@@ -449,16 +459,16 @@ def test_publish_refuses_overlapping_aliases(table, keys):
 @pytest.mark.parametrize('keys', [[], [V1[:19]], [V1, V2, OTHER]])
 def test_publish_refuses_bad_keys(keys):
     with pytest.raises(ValueError, match='one or two 20-byte info-hashes'):
-        protocol.SwarmTable().publish(keys, 'image-a')
+        swarm_table.SwarmTable().publish(keys, 'image-a')
 
 
 def test_unpublish_by_alias_drops_both_keys(table):
-    table.announce(request())
+    announce(table, request())
     assert table.unpublish(V2) is True
     assert table.unpublish(V1) is False
     for key in (V1, V2):
         with pytest.raises(protocol.TrackerError, match='unknown info_hash'):
-            table.announce(request(info_hash=key))
+            announce(table, request(info_hash=key))
     table.publish([V1, V2], 'image-a')
     assert table.status()['swarms'][0]['peers'] == []
 
@@ -468,35 +478,35 @@ def test_unpublish_by_alias_drops_both_keys(table):
 
 def test_scrape_counts_each_completion_once(table):
     table.publish([OTHER], 'image-b')
-    table.announce(request(ip='198.18.0.2'))
+    announce(table, request(ip='198.18.0.2'))
     for key in (V1, V2):
-        table.announce(request(ip='198.18.0.2', info_hash=key, left='0',
-                               event='completed'))
-    table.announce(request(ip='198.18.0.3'))
+        announce(table, request(ip='198.18.0.2', info_hash=key, left='0',
+                                event='completed'))
+    announce(table, request(ip='198.18.0.3'))
     unknown = b'\xee' * 20
     # 198.18.0.3 announced only the v1 key.
-    assert bencode.decode(table.scrape([V2, unknown])) == {
+    assert bencode.decode(scrape(table, [V2, unknown])) == {
         b'files': {V2: {b'complete': 1, b'downloaded': 1,
                         b'incomplete': 0}}}
-    assert bencode.decode(table.scrape([])) == {b'files': {
+    assert bencode.decode(scrape(table, [])) == {b'files': {
         V1: {b'complete': 1, b'downloaded': 1, b'incomplete': 1},
         OTHER: {b'complete': 0, b'downloaded': 0, b'incomplete': 0}}}
     # Asked only for what it does not serve: a reason, not an empty list.
     with pytest.raises(protocol.TrackerError,
                        match='unknown info_hash %s' % unknown.hex()):
-        table.scrape([unknown])
+        scrape(table, [unknown])
 
 
 def test_status_shows_each_node_progress(table, clock):
     table.publish([OTHER], 'image-b')
-    table.announce(request(ip='198.18.0.2', left='0', node='conductor'))
+    announce(table, request(ip='198.18.0.2', left='0', node='conductor'))
     clock.now += 4
-    table.announce(request(ip='2001:db8::3', port='6882', left='300',
-                           uploaded='5', downloaded='700', event='started',
-                           node='node-1'))
+    announce(table, request(ip='2001:db8::3', port='6882', left='300',
+                            uploaded='5', downloaded='700', event='started',
+                            node='node-1'))
     clock.now += 1
-    table.announce(request(ip='2001:db8::3', port='6882', left='200',
-                           info_hash=V2))
+    announce(table, request(ip='2001:db8::3', port='6882', left='200',
+                            info_hash=V2))
     clock.now += 2.5
     assert table.status() == {'swarms': [
         {'name': 'image-a', 'size': 4096,
@@ -518,13 +528,13 @@ def test_status_shows_each_node_progress(table, clock):
 
 def test_peer_id_prefix_is_the_sessions_fingerprint():
     from ironic_bt.common import swarm
-    assert protocol.PEER_ID_PREFIX == swarm.PEER_ID_PREFIX
+    assert swarm_table.PEER_ID_PREFIX == swarm.PEER_ID_PREFIX
     assert swarm.session_settings()['peer_fingerprint'].encode().startswith(
-        protocol.PEER_ID_PREFIX)
+        swarm_table.PEER_ID_PREFIX)
     # Seeders are ironic-bt peers to the tracker too, and agents tell them
     # from each other.
     seeder = swarm.SEEDER_FINGERPRINT.encode()
-    assert seeder.startswith(protocol.PEER_ID_PREFIX)
+    assert seeder.startswith(swarm_table.PEER_ID_PREFIX)
     assert seeder.startswith(swarm.SEEDER_PEER_ID_PREFIX)
     assert not swarm.AGENT_FINGERPRINT.encode().startswith(
         swarm.SEEDER_PEER_ID_PREFIX)
@@ -534,31 +544,32 @@ def test_standard_clients_are_reported(clock):
     # The seeder must know before it hands a client any peer: the announce
     # reply is what brings the client to the seeder.
     seen = []
-    table = protocol.SwarmTable(interval=10, clock=clock,
-                                on_clients=seen.append)
+    table = swarm_table.SwarmTable(interval=10, clock=clock,
+                                   on_clients=seen.append)
     table.publish([V1, V2], 'image-a')
     table.publish([OTHER], 'image-b')
     ours = b'-IB0001-abcdefghijkl'
-    table.announce(request(ip='198.18.0.2', peer_id=ours))
-    table.announce(request(ip='198.18.0.3', node='node-3'))
+    announce(table, request(ip='198.18.0.2', peer_id=ours))
+    announce(table, request(ip='198.18.0.3', node='node-3'))
     assert seen == []
     rtorrent = b'-lt0D80-abcdefghijkl'
-    table.announce(request(ip='198.18.0.5', peer_id=rtorrent))
+    announce(table, request(ip='198.18.0.5', peer_id=rtorrent))
     assert seen == [True]
-    table.announce(request(ip='198.18.0.6', peer_id=rtorrent,
-                           info_hash=OTHER))
-    table.announce(request(ip='198.18.0.5', peer_id=rtorrent, event='stopped'))
+    announce(table, request(ip='198.18.0.6', peer_id=rtorrent,
+                            info_hash=OTHER))
+    announce(table, request(ip='198.18.0.5', peer_id=rtorrent,
+                            event='stopped'))
     assert seen == [True]
-    table.announce(request(ip='198.18.0.6', peer_id=rtorrent,
-                           info_hash=OTHER, event='stopped'))
+    announce(table, request(ip='198.18.0.6', peer_id=rtorrent,
+                            info_hash=OTHER, event='stopped'))
     assert seen == [True, False]
     # Unpublishing forgets them too; expiry after FOREIGN_PEER_TTL.
-    table.announce(request(ip='198.18.0.5', peer_id=rtorrent))
+    announce(table, request(ip='198.18.0.5', peer_id=rtorrent))
     table.unpublish(V1)
-    table.announce(request(ip='198.18.0.6', peer_id=rtorrent,
-                           info_hash=OTHER))
-    clock.now += protocol.FOREIGN_PEER_TTL + 1
-    table.announce(request(ip='198.18.0.2', peer_id=ours, info_hash=OTHER))
+    announce(table, request(ip='198.18.0.6', peer_id=rtorrent,
+                            info_hash=OTHER))
+    clock.now += swarm_table.FOREIGN_PEER_TTL + 1
+    announce(table, request(ip='198.18.0.2', peer_id=ours, info_hash=OTHER))
     assert seen == [True, False, True, False, True, False]
 
 
@@ -569,9 +580,9 @@ SECRET = b'k' * 32
 
 @pytest.fixture
 def keyed(clock):
-    table = protocol.SwarmTable(interval=10, clock=clock,
-                                announce_secret=SECRET,
-                                publish_secret='s3cret')
+    table = swarm_table.SwarmTable(interval=10, clock=clock,
+                                   announce_secret=SECRET,
+                                   publish_secret='s3cret')
     table.publish([V1, V2], 'image-a', size=4096)
     return table
 
@@ -583,61 +594,61 @@ def key_of(node, info_hash=V1):
 @pytest.mark.parametrize('auth', [None, 'f' * 32, key_of('node-b'),
                                   key_of('node-a', OTHER)])
 def test_announce_without_the_nodes_key_gets_no_peers(keyed, auth):
-    keyed.announce(request(ip='198.18.0.3', node='node-b',
-                           auth=key_of('node-b')))
+    announce(keyed, request(ip='198.18.0.3', node='node-b',
+                            auth=key_of('node-b')))
     with pytest.raises(protocol.TrackerError) as exc:
-        keyed.announce(request(node='node-a', auth=auth))
+        announce(keyed, request(node='node-a', auth=auth))
     assert str(exc.value) == (
         'announce key missing or wrong for node "node-a" and info_hash '
         + V1.hex() + ': this tracker serves only the nodes this '
         'deployment deploys')
     # The refused announcer is handed to nobody.
-    reply = keyed.announce(request(ip='198.18.0.3', node='node-b',
-                                   auth=key_of('node-b')))
+    reply = announce(keyed, request(ip='198.18.0.3', node='node-b',
+                                    auth=key_of('node-b')))
     assert peers_of(reply) == set()
 
 
 def test_key_covers_both_hashes_of_a_hybrid_torrent(keyed):
     for info_hash in (V1, V2):
-        reply = keyed.announce(request(node='node-a', info_hash=info_hash,
-                                       auth=key_of('node-a')))
+        reply = announce(keyed, request(node='node-a', info_hash=info_hash,
+                                        auth=key_of('node-a')))
         assert b'failure' not in reply
 
 
 def test_key_replayed_from_another_address_is_refused(keyed, clock):
-    keyed.announce(request(ip='198.18.0.2', node='node-a',
-                           auth=key_of('node-a')))
+    announce(keyed, request(ip='198.18.0.2', node='node-a',
+                            auth=key_of('node-a')))
     with pytest.raises(protocol.TrackerError) as exc:
-        keyed.announce(request(ip='198.18.0.66', port='7000',
-                               node='node-a', auth=key_of('node-a')))
+        announce(keyed, request(ip='198.18.0.66', port='7000',
+                                node='node-a', auth=key_of('node-a')))
     assert str(exc.value) == (
         'the announce key of node "node-a" is in use from another address')
     # The node itself goes on, from its own address.
-    keyed.announce(request(ip='198.18.0.2', node='node-a',
-                           auth=key_of('node-a')))
+    announce(keyed, request(ip='198.18.0.2', node='node-a',
+                            auth=key_of('node-a')))
     # Once the node is gone (silent for its time to live, or stopped),
     # the key may move with it to a new address.
     clock.now += 31
-    reply = keyed.announce(request(ip='198.18.0.9', node='node-a',
-                                   auth=key_of('node-a')))
+    reply = announce(keyed, request(ip='198.18.0.9', node='node-a',
+                                    auth=key_of('node-a')))
     assert b'failure' not in reply
 
 
 def test_seeders_with_a_publication_key_need_no_announce_key(keyed):
     key = publication.make_key('s3cret', [V1, V2], 4096)
-    reply = keyed.announce(request(publish=key, left='0'))
+    reply = announce(keyed, request(publish=key, left='0'))
     assert b'failure' not in reply
 
 
 def test_peer_progress_is_the_nodes_last_announce(table, clock):
     assert table.peer_progress(V1, 'node-2') is None
-    table.announce(request(ip='198.18.0.2', node='node-2', left='3000',
-                           downloaded='1000'))
+    announce(table, request(ip='198.18.0.2', node='node-2', left='3000',
+                            downloaded='1000'))
     clock.now += 4
-    table.announce(request(ip='198.18.0.3', node='node-3'))
+    announce(table, request(ip='198.18.0.3', node='node-3'))
     # Under the v2 key too: one torrent, one record per address.
-    table.announce(request(ip='198.18.0.2', node='node-2', info_hash=V2,
-                           left='1000', downloaded='3000', uploaded='512'))
+    announce(table, request(ip='198.18.0.2', node='node-2', info_hash=V2,
+                            left='1000', downloaded='3000', uploaded='512'))
     clock.now += 1.5
     assert table.peer_progress(V1, 'node-2') == {
         'left': 1000, 'downloaded': 3000, 'uploaded': 512,
@@ -652,9 +663,9 @@ def test_peer_progress_of_a_silent_node_grows_old_but_stays(table, clock):
     # A node that lost power stops announcing: its peer record expires
     # (nobody is handed a dead address), and its last progress stays, with
     # the time since, which is what tells the conductor to ask its BMC.
-    table.announce(request(ip='198.18.0.2', node='node-2', left='1000'))
+    announce(table, request(ip='198.18.0.2', node='node-2', left='1000'))
     clock.now += 31   # past the default ttl of three intervals
-    assert peers_of(table.announce(request(ip='198.18.0.3'))) == set()
+    assert peers_of(announce(table, request(ip='198.18.0.3'))) == set()
     assert table.peer_progress(V1, 'node-2') == {
         'left': 1000, 'uploaded': 0, 'downloaded': 0,
         'seconds_since_seen': 31.0}
@@ -663,12 +674,12 @@ def test_peer_progress_of_a_silent_node_grows_old_but_stays(table, clock):
 
 
 def test_peer_progress_keeps_a_bounded_number_of_nodes(clock):
-    table = protocol.SwarmTable(interval=10, clock=clock, max_peers=2)
+    table = swarm_table.SwarmTable(interval=10, clock=clock, max_peers=2)
     table.publish([V1, V2], 'image-a', size=4096)
     for i in range(6):
         clock.now += 1
-        table.announce(request(ip='198.18.0.%d' % (10 + i),
-                               node='node-%d' % i))
+        announce(table, request(ip='198.18.0.%d' % (10 + i),
+                                node='node-%d' % i))
     known = [i for i in range(6)
              if table.peer_progress(V1, 'node-%d' % i) is not None]
     assert known == [2, 3, 4, 5]

@@ -16,6 +16,7 @@ import pytest
 
 from ironic_bt.common import publication
 from ironic_bt.tracker import protocol
+from ironic_bt.tracker import swarm_table
 from tests import bencode
 from tests.unit.common.test_tracker_protocol import Clock
 from tests.unit.common.test_tracker_protocol import request
@@ -39,8 +40,8 @@ def clock():
 @pytest.fixture
 def table(clock):
     # A conductor's built-in tracker; it published nothing itself.
-    return protocol.SwarmTable(interval=10, clock=clock,
-                               publish_secret=SECRET)
+    return swarm_table.SwarmTable(interval=10, clock=clock,
+                                  publish_secret=SECRET)
 
 
 def seeder_announce(table, ip='198.18.0.9', **params):
@@ -168,15 +169,15 @@ def test_key_that_overlaps_a_published_torrent_is_refused(table):
 
 
 def test_tracker_without_the_secret_takes_no_publications(clock):
-    table = protocol.SwarmTable(interval=10, clock=clock)
+    table = swarm_table.SwarmTable(interval=10, clock=clock)
     with pytest.raises(protocol.TrackerError,
                        match='no publications from other conductors'):
         seeder_announce(table)
 
 
 def test_publications_count_against_max_swarms(clock):
-    table = protocol.SwarmTable(interval=10, clock=clock, max_swarms=1,
-                                publish_secret=SECRET)
+    table = swarm_table.SwarmTable(interval=10, clock=clock, max_swarms=1,
+                                   publish_secret=SECRET)
     table.publish([b'\x01' * 20], 'ours', size=1)
     with pytest.raises(protocol.TrackerError, match='already serves'):
         seeder_announce(table)
@@ -187,7 +188,7 @@ def test_publications_count_against_max_swarms(clock):
 
 def test_http_reply_to_a_refused_key_is_a_failure_reason(table):
     with pytest.raises(protocol.TrackerError) as err:
-        table.announce(request(peer_id=SEEDER_ID, left='0',
-                               publish=key(secret='x')))
+        table.record(request(peer_id=SEEDER_ID, left='0',
+                             publish=key(secret='x')))
     reply = bencode.decode(protocol.failure(str(err.value)))
     assert b'tracker_secret' in reply[b'failure reason']

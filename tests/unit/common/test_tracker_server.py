@@ -24,6 +24,7 @@ import pytest
 
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
+from ironic_bt.tracker import swarm_table
 from tests import bencode
 from tests.unit.common import hybrid
 
@@ -33,7 +34,7 @@ V2 = bytes(range(0x3d, 0x51))
 
 @pytest.fixture
 def table():
-    table = protocol.SwarmTable(interval=10)
+    table = swarm_table.SwarmTable(interval=10)
     table.publish([V1, V2], 'image-a')
     return table
 
@@ -164,7 +165,7 @@ def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
     info, (v1, v2) = hybrid.torrent(tmp_path)
     assert v1 != v2   # a hybrid torrent, announced under both keys
 
-    table = protocol.SwarmTable(interval=10)
+    table = swarm_table.SwarmTable(interval=10)
     table.publish([v1, v2], 'image.raw')
     tracker = start(table, '127.0.0.1')
     session = lt.session({

@@ -15,6 +15,7 @@
 import socket
 import struct
 import time
+from unittest import mock
 
 import libtorrent as lt
 import pytest
@@ -22,6 +23,7 @@ import pytest
 from ironic_bt.common import swarm
 from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
+from ironic_bt.tracker import swarm_table
 from ironic_bt.tracker import udp
 from tests.unit.common import hybrid
 
@@ -39,7 +41,7 @@ class Clock:
 
 @pytest.fixture
 def table():
-    table = protocol.SwarmTable(interval=10)
+    table = swarm_table.SwarmTable(interval=10)
     table.publish([V1, V2], 'image-a')
     return table
 
@@ -184,15 +186,15 @@ def test_real_socket_beside_http(table):
 def test_libtorrent_announces_over_udp_first(tmp_path):
     """A real libtorrent client, with the UDP and HTTP URLs as tiers."""
     info, keys = hybrid.torrent(tmp_path)
-    table = protocol.SwarmTable(interval=2)
+    table = swarm_table.SwarmTable(interval=2)
     table.publish(keys, 'image.raw')
     tracker = server.TrackerServer(table, host='127.0.0.1', port=0,
                                    udp_port=0)
     tracker.start()
-    http_announces = []
-    real_announce = table.announce
-    table.announce = lambda req: (http_announces.append(req),
-                                  real_announce(req))[1]
+    # Only the HTTP tracker parses announce queries.
+    http = mock.patch.object(protocol, 'parse_announce', autospec=True,
+                             side_effect=protocol.parse_announce)
+    http_parse = http.start()
     # As the writer sets it: tiers in order of preference.
     session = swarm.make_session('127.0.0.1', 0, announce_to_all_tiers=False,
                                  announce_to_all_trackers=False)
@@ -216,16 +218,17 @@ def test_libtorrent_announces_over_udp_first(tmp_path):
         assert {req.node for req in udp_announces} == {'n1'}
         # HTTP, the second tier, was not needed.
         time.sleep(0.5)
-        assert http_announces == []
+        assert not http_parse.called
         assert handle.is_valid()
     finally:
+        http.stop()
         del session
         tracker.stop()
 
 
 def test_libtorrent_falls_back_to_http(tmp_path):
     info, keys = hybrid.torrent(tmp_path)
-    table = protocol.SwarmTable(interval=2)
+    table = swarm_table.SwarmTable(interval=2)
     table.publish(keys, 'x')
     tracker = server.TrackerServer(table, host='127.0.0.1', port=0)
     tracker.start()

@@ -29,8 +29,8 @@ from ironic_bt import exception
 from ironic_bt import publisher
 from ironic_bt import seeder
 from ironic_bt import torrent_cache
-from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
+from ironic_bt.tracker import swarm_table
 from tests import bencode
 from tests.unit.conductor import base
 
@@ -405,7 +405,7 @@ class PublisherTestCase(base.TestCase):
 
     def _other_conductors_tracker(self, secret):
         """Start another conductor's built-in tracker; point us at it."""
-        table = protocol.SwarmTable(interval=1, publish_secret=secret)
+        table = swarm_table.SwarmTable(interval=1, publish_secret=secret)
         tracker = server.TrackerServer(table, '127.0.0.1', 0)
         tracker.start()
         self.addCleanup(tracker.stop)
