@@ -42,12 +42,14 @@ opts = [
     cfg.PortOpt('seeder_port',
                 default=6881,
                 help=_('TCP port the conductor\'s seeder listens on.')),
-    cfg.StrOpt('advertise_host',
-               default='$my_ip',
-               help=_('Address of this conductor as the agents reach it on '
-                      'the provisioning network: used in the tracker URL '
-                      'and the seeder address handed to the agents.')),
-    cfg.StrOpt('tracker_url',
+    cfg.HostAddressOpt('advertise_host',
+                       default='$my_ip',
+                       help=_('Address (or host name) of this conductor as '
+                              'the agents reach it on the provisioning '
+                              'network: used in the tracker URL and the '
+                              'seeder address handed to the agents.')),
+    cfg.URIOpt('tracker_url',
+               schemes=['http', 'https', 'udp'],
                help=_('Announce URL of an external BitTorrent tracker (for '
                       'example opentracker), for sites with many '
                       'conductors. When unset, each conductor runs a '

@@ -32,6 +32,13 @@ class InvalidBitTorrentConfig(exception.InvalidParameterValue):
                  'this conductor and restart it.')
 
 
+class InvalidBitTorrentOption(exception.InvalidParameterValue):
+    _msg_fmt = _('Node %(node)s cannot be deployed with the bittorrent '
+                 'deploy interface: option [bittorrent]%(option)s is not '
+                 'valid: %(reason)s; %(hint)s. Fix it in the configuration '
+                 'of this conductor and restart it.')
+
+
 class ImagePublishFailed(exception.InstanceDeployFailure):
     _msg_fmt = _('Cannot publish image %(image)s of node %(node)s over '
                  'BitTorrent: %(reason)s')

@@ -48,9 +48,9 @@ import os
 import secrets
 import threading
 import time
-import urllib.parse
 
 from ironic.conf import CONF   # [deploy]http_root and http_url too
+from oslo_config import cfg
 from oslo_log import log
 from oslo_utils import netutils
 
@@ -119,7 +119,7 @@ class _Image:
 
 def _ip(host):
     try:
-        return ipaddress.ip_address(host.strip('[]'))
+        return ipaddress.ip_address(host)
     except ValueError:
         return None     # a host name; the agents resolve it
 
@@ -149,9 +149,16 @@ def check_config(node_uuid):
         raise exception.InvalidBitTorrentConfig(
             node=node_uuid, option=option, value=value, reason=reason)
 
-    host = (opts.advertise_host or '').strip()
-    if not host:
-        invalid('advertise_host', host,
+    def read(option, hint):
+        # oslo.config checks the value's type when it is read.
+        try:
+            return getattr(opts, option)
+        except cfg.ConfigFileValueError as e:
+            raise exception.InvalidBitTorrentOption(
+                node=node_uuid, option=option, hint=hint,
+                reason=str(e).split(' is not valid: ', 1)[-1])
+
+    host = read('advertise_host',
                 _('it must be the address the agents reach this conductor '
                   'at on the provisioning network'))
     address = _ip(host)
@@ -160,13 +167,10 @@ def check_config(node_uuid):
                 _('agents cannot connect to the unspecified address; set '
                   'it (or [DEFAULT]my_ip, its default) to the address of '
                   'this conductor on the provisioning network'))
-    if opts.tracker_url:
-        url = urllib.parse.urlsplit(opts.tracker_url)
-        if url.scheme not in ('http', 'https', 'udp') or not url.hostname:
-            invalid('tracker_url', opts.tracker_url,
-                    _('it must be an http://, https:// or udp:// announce '
-                      'URL'))
-    elif (opts.seeder_port and opts.seeder_port == opts.tracker_port
+    tracker_url = read('tracker_url', _('it must be an http://, https:// or '
+                                        'udp:// announce URL'))
+    if (not tracker_url and opts.seeder_port
+            and opts.seeder_port == opts.tracker_port
             and _overlap(opts.seeder_listen_host, opts.tracker_listen_host)):
         invalid('tracker_port', opts.tracker_port,
                 _('it is also [bittorrent]seeder_port; the built-in tracker '

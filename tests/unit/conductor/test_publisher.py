@@ -541,27 +541,59 @@ class CheckConfigTestCase(base.TestCase):
         publisher.check_config(NODE_A)
 
     def test_unspecified_advertise_host(self):
-        for host in ('0.0.0.0', '::', '[::]'):
+        for host in ('0.0.0.0', '::'):
             self.config(group='bittorrent', advertise_host=host)
             self.assertInvalid('advertise_host', host,
                                'agents cannot connect to the unspecified '
                                'address')
 
+    def assertNotValid(self, option, value, reason):
+        # As a value from ironic.conf: oslo.config checks its type when
+        # the option is read.
+        self.cfg_fixture.conf.clear_override(option, group='bittorrent')
+        self.cfg_fixture.load_raw_values(group='bittorrent',
+                                         **{option: value})
+        exc = self.assertRaises(exception.InvalidBitTorrentOption,
+                                publisher.check_config, NODE_A)
+        self.assertIn('Node %s cannot be deployed with the bittorrent deploy '
+                      'interface: option [bittorrent]%s is not valid: '
+                      % (NODE_A, option), str(exc))
+        self.assertIn(reason, str(exc))
+        self.assertIn('Fix it in the configuration of this conductor',
+                      str(exc))
+
     def test_my_ip_unspecified(self):
         # The default advertise_host is $my_ip.
         self.config(my_ip='0.0.0.0')
-        self.config(group='bittorrent', advertise_host='$my_ip')
+        self.cfg_fixture.conf.clear_override('advertise_host',
+                                             group='bittorrent')
         self.assertInvalid('advertise_host', '0.0.0.0', '[DEFAULT]my_ip')
 
-    def test_empty_advertise_host(self):
-        self.config(group='bittorrent', advertise_host='')
-        self.assertInvalid('advertise_host', '', 'must be the address')
+    def test_bad_advertise_host(self):
+        for host in ('', '[::]', 'conductor example'):
+            # Refused when set...
+            self.assertRaises(ValueError, self.config, group='bittorrent',
+                              advertise_host=host)
+        for host in ('[::]', 'conductor example'):
+            # ...and, from the configuration file, when a deploy reads it.
+            self.assertNotValid('advertise_host', host, 'must be the address')
+        self.assertNotValid('advertise_host', '[::]',
+                            '[::] is not a valid host address')
+        self.assertNotValid('advertise_host', '',
+                            'is not a valid host address')
+        # A host name is fine.
+        self.cfg_fixture.load_raw_values(group='bittorrent',
+                                         advertise_host='conductor.example')
+        publisher.check_config(NODE_A)
 
     def test_bad_tracker_url(self):
         for url in ('ftp://tracker/announce', 'tracker:6969', 'http://'):
-            self.config(group='bittorrent', tracker_url=url)
-            self.assertInvalid('tracker_url', url,
-                               'http://, https:// or udp://')
+            self.assertRaises(ValueError, self.config, group='bittorrent',
+                              tracker_url=url)
+            self.assertNotValid('tracker_url', url,
+                                'http://, https:// or udp://')
+        self.assertNotValid('tracker_url', 'ftp://tracker/announce',
+                            "scheme was required to be one of")
 
     def test_listen_hosts_are_addresses(self):
         # The seeder and the tracker bind numeric addresses: oslo.config
