@@ -89,8 +89,7 @@ class Sources:
 
 
 def _peer(host, port):
-    return '[%s]:%d' % (host, port) if ':' in host else '%s:%d' % (host,
-                                                                   port)
+    return '%s:%d' % (netutils.escape_ipv6(host), port)
 
 
 class Fallback:

@@ -183,7 +183,9 @@ def cmd_seed(args):
         seed.add(meta, args.image, trackers=trackers,
                  verified=args.trust_image, credentials=credentials)
         print(json.dumps({'info_hash': meta.info_hash,
-                          'listen': '%s:%d' % (args.listen[0], seed.port),
+                          'listen': '%s:%d' % (
+                              netutils.escape_ipv6(args.listen[0]),
+                              seed.port),
                           'trackers': trackers}), flush=True)
         _wait_for_signal(args.duration)
         stats = seed.stats().get(meta.info_hash, {})
@@ -347,7 +349,9 @@ def _render_status(status, sizes):
             swarm.get('complete', 0), swarm.get('incomplete', 0)))
         size = swarm.get('size') or sizes.get(swarm['info_hashes'][0])
         for peer in swarm.get('peers', []):
-            label = peer.get('node') or '%s:%s' % (peer['ip'], peer['port'])
+            address = '%s:%s' % (netutils.escape_ipv6(peer['ip']),
+                                 peer['port'])
+            label = peer.get('node') or address
             left = peer.get('left', 0)
             if size:
                 done = max(0.0, min(1.0, 1.0 - float(left) / size))
@@ -355,8 +359,7 @@ def _render_status(status, sizes):
             else:
                 progress = _('done') if left == 0 else (
                     _('%d bytes left') % left)
-            lines.append('  %-38s %-21s %s' % (
-                label, '%s:%s' % (peer['ip'], peer['port']), progress))
+            lines.append('  %-38s %-21s %s' % (label, address, progress))
     if status.get('source') == 'scrape':
         lines.append(_('(scrape counts only: this tracker does not show '
                        'its peers here)'))

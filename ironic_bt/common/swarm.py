@@ -23,6 +23,7 @@ import time
 
 import libtorrent as lt
 from oslo_log import log
+from oslo_utils import netutils
 import psutil
 
 import ironic_bt
@@ -108,10 +109,9 @@ def session_settings(listen_host='0.0.0.0', listen_port=6881, ssl=False,
         # networks work without configuration.
         interfaces = '0.0.0.0:%d%s,[::]:%d%s' % (listen_port, suffix,
                                                  listen_port, suffix)
-    elif ':' in listen_host:
-        interfaces = '[%s]:%d%s' % (listen_host, listen_port, suffix)
     else:
-        interfaces = '%s:%d%s' % (listen_host, listen_port, suffix)
+        interfaces = '%s:%d%s' % (netutils.escape_ipv6(listen_host),
+                                  listen_port, suffix)
     settings['listen_interfaces'] = interfaces
     settings.update(overrides)
     return settings

@@ -82,3 +82,11 @@ def test_web_seed_paths_stay_out_of_logs():
     src = sources.Sources([], [], [secret])
     src.web_seed(secret, 'HTTP 404')
     assert src.describe() == 'web seed http://198.18.0.1:8080/...: HTTP 404'
+
+
+def test_describe_brackets_ipv6_seeders():
+    state = sources.Sources([], [('fd00::1', 6881), ('198.18.0.1', 6881)],
+                            [])
+    state.seeder('fd00::1', 6881, 'refused')
+    assert state.describe() == ('seeder [fd00::1]:6881: refused; '
+                                'seeder 198.18.0.1:6881: never connected')

@@ -130,3 +130,14 @@ def test_close_session_of_a_plain_session_does_nothing():
     session = mock.create_autospec(lt.session, instance=True)
     swarm.close_session(session, ssl=False)
     assert not session.method_calls
+
+
+def test_listen_interfaces():
+    def interfaces(host, port=6881, ssl=False):
+        return swarm.session_settings(host, port, ssl=ssl)['listen_interfaces']
+    # Any address: both families.
+    assert interfaces('0.0.0.0') == '0.0.0.0:6881,[::]:6881'
+    assert interfaces('::', ssl=True) == '0.0.0.0:6881s,[::]:6881s'
+    assert interfaces('198.18.0.2', 7000) == '198.18.0.2:7000'
+    # libtorrent wants IPv6 addresses in brackets.
+    assert interfaces('fd00::2', 7000, ssl=True) == '[fd00::2]:7000s'
