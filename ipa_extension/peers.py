@@ -22,6 +22,7 @@ import ipaddress
 
 import libtorrent as lt
 
+from ipa_extension import pieces
 from ironic_bt.common import swarm
 
 
@@ -140,11 +141,6 @@ class Silence:
     a new piece from it, is taken for gone until it sends again.
     """
 
-    #: A live agent serves the requests of each of its peers in turn, one
-    #: block each; allow it this many rounds before taking it for gone.
-    ROUNDS = 3
-    BLOCK = 16384
-
     def __init__(self, quiet):
         self.quiet = self.least = quiet
         self._since = {}    # (ip, port) -> ((payload, pieces), since)
@@ -157,15 +153,15 @@ class Silence:
             with many peers, a live agent takes a while to come back to us:
             its upload, about as fast as our download, serves a block to
             each of its peers in turn (32 agents at 1 Mbit/s: 4 s a
-            round). The quiet time is then :data:`ROUNDS` such rounds, and
-            never less than the one given.
+            round). The quiet time is then
+            :func:`ipa_extension.pieces.rounds` at that rate, and never less
+            than the one given.
         :returns: the addresses (ip, port) of the agents taken for gone
             that were not before.
         """
         self.quiet = self.least
         if rate:
-            self.quiet = max(self.least,
-                             self.ROUNDS * len(agents) * self.BLOCK / rate)
+            self.quiet = max(self.least, pieces.rounds(len(agents), rate))
         since = {}
         silent = set()
         for p in agents:

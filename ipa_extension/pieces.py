@@ -85,6 +85,22 @@ member_key = ring_.member_key
 weight = ring_.weight
 
 
+#: Rounds of blocks a waiting agent allows the agents it waits on.
+ROUNDS = 3
+#: The size of a request (libtorrent's block).
+BLOCK = 16384
+
+
+def rounds(agents, rate):
+    """Seconds for :data:`ROUNDS` rounds of a block to each of ``agents``.
+
+    An agent's upload, about as fast as its peers' download, serves the
+    requests of its peers in turn, a block each: at ``rate`` bytes/s among
+    ``agents`` peers it comes back to a given peer once a round.
+    """
+    return ROUNDS * agents * BLOCK / rate
+
+
 class PiecePlan:
     """Piece priorities for one agent, updated from what it sees.
 
@@ -99,9 +115,6 @@ class PiecePlan:
 
     #: ranks kept per piece: owner, then two runners-up.
     DEPTH = 3
-    #: See ``rate`` in :meth:`update`.
-    ROUNDS = 3
-    BLOCK = 16384
 
     def __init__(self, num_pieces, grace=2.0, backup=16, held=False):
         self.num_pieces = num_pieces
@@ -247,8 +260,8 @@ class PiecePlan:
             from the seeder a block per round of its owners (64 agents at
             1 Mbit/s: 8 s a round), and the agents waiting for them see
             nothing arrive meanwhile. So the grace is at least
-            :data:`ROUNDS` rounds of as many blocks as there are agents, at
-            the fastest rate seen (never under ``grace``).
+            :func:`rounds` at the fastest rate seen (never under
+            ``grace``).
         :returns: a list of (piece, priority) for the pieces whose priority
             changed, [] when every piece must go back to the normal
             priority, or None for no change.
@@ -258,8 +271,7 @@ class PiecePlan:
         self._peak_rate = max(self._peak_rate, rate or 0)
         grace = self.grace
         if self._peak_rate:
-            grace = max(grace, self.ROUNDS * len(agents) * self.BLOCK
-                        / self._peak_rate)
+            grace = max(grace, rounds(len(agents), self._peak_rate))
         #: the grace of the last update (see ``rate``).
         self.waited = grace
         missing = sum(1 for h in have if not h)
