@@ -698,7 +698,7 @@ class Publisher:
         self._seeder_credentials.pop(info_hash, None)
         self._seeder.remove(info_hash)
         if self._table is not None:
-            self._table.unpublish(image.meta.info_hash_v1)
+            self._table.unpublish(image.meta.info_hash)
         torrent_cache.unlink_quiet(image.link)
         if image.web_link is not None:
             torrent_cache.unlink_quiet(image.web_link)
@@ -761,7 +761,7 @@ class Publisher:
             image = self._images.get(info_hash) if info_hash else None
         if table is None or image is None:
             return None
-        peer = table.peer_progress(image.meta.info_hash_v1, node_uuid)
+        peer = table.peer_progress(image.meta.info_hash, node_uuid)
         if peer is None:
             return None
         size = image.meta.size

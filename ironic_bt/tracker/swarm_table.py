@@ -94,6 +94,23 @@ class Peer:
         return self.left == 0
 
 
+
+def key(info_hash):
+    """The table's key for a torrent, from its info-hash as hex.
+
+    Outside the tracker a torrent is named by the hex of its v1 info-hash
+    (``Metainfo.info_hash``: the publisher, the seeder, the logs); inside,
+    by the 20-byte keys announces carry (the v1 info-hash and the
+    truncated v2 one, both published). The hex of either finds it.
+
+    :raises: ValueError if ``info_hash`` is not 40 hex digits.
+    """
+    raw = bytes.fromhex(info_hash)
+    if len(raw) != 20:
+        raise ValueError('an info-hash is 20 bytes (40 hex digits), not %r'
+                         % info_hash)
+    return raw
+
 class _Swarm:
     """The peers that announced one info-hash.
 
@@ -465,11 +482,11 @@ class SwarmTable:
     def unpublish(self, info_hash):
         """Stop serving a torrent and forget its peers.
 
-        :param info_hash: any of the torrent's published keys.
+        :param info_hash: the torrent's info-hash, hex (see :func:`key`).
         :returns: True if it was published.
         """
         with self._lock:
-            swarm = self._swarms.get(bytes(info_hash))
+            swarm = self._swarms.get(key(info_hash))
             if swarm is None or not swarm.torrent.local:
                 return False
             torrent = swarm.torrent
@@ -714,7 +731,7 @@ class SwarmTable:
         record expired: a node that stopped announcing (it lost power, its
         agent died) is reported with the time since, which grows.
 
-        :param info_hash: any of the torrent's info-hashes (20 bytes).
+        :param info_hash: the torrent's info-hash, hex (see :func:`key`).
         :param node: the node label of its announce URL.
         :returns: a dict with ``left``, ``uploaded``, ``downloaded`` and
             ``seconds_since_seen``; None if the torrent is not published or
@@ -722,7 +739,7 @@ class SwarmTable:
         """
         now = self._clock()
         with self._lock:
-            swarm = self._swarms.get(bytes(info_hash))
+            swarm = self._swarms.get(key(info_hash))
             last = swarm.torrent.progress.get(node) if swarm else None
         if last is None:
             return None

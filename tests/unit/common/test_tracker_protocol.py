@@ -464,8 +464,8 @@ def test_publish_refuses_bad_keys(keys):
 
 def test_unpublish_by_alias_drops_both_keys(table):
     announce(table, request())
-    assert table.unpublish(V2) is True
-    assert table.unpublish(V1) is False
+    assert table.unpublish(V2.hex()) is True
+    assert table.unpublish(V1.hex()) is False
     for key in (V1, V2):
         with pytest.raises(protocol.TrackerError, match='unknown info_hash'):
             announce(table, request(info_hash=key))
@@ -565,7 +565,7 @@ def test_standard_clients_are_reported(clock):
     assert seen == [True, False]
     # Unpublishing forgets them too; expiry after FOREIGN_PEER_TTL.
     announce(table, request(ip='198.18.0.5', peer_id=rtorrent))
-    table.unpublish(V1)
+    table.unpublish(V1.hex())
     announce(table, request(ip='198.18.0.6', peer_id=rtorrent,
                             info_hash=OTHER))
     clock.now += swarm_table.FOREIGN_PEER_TTL + 1
@@ -640,8 +640,18 @@ def test_seeders_with_a_publication_key_need_no_announce_key(keyed):
     assert b'failure' not in reply
 
 
+def test_the_table_is_keyed_by_hex_info_hashes(table):
+    # The publisher and the seeder name a torrent by its hex info-hash;
+    # bytes or a short hash are a mistake, not a torrent nobody publishes.
+    for bad in (V1, V1.hex()[:38], 'not hex' * 6):
+        with pytest.raises((ValueError, TypeError)):
+            table.peer_progress(bad, 'node-2')
+        with pytest.raises((ValueError, TypeError)):
+            table.unpublish(bad)
+
+
 def test_peer_progress_is_the_nodes_last_announce(table, clock):
-    assert table.peer_progress(V1, 'node-2') is None
+    assert table.peer_progress(V1.hex(), 'node-2') is None
     announce(table, request(ip='198.18.0.2', node='node-2', left='3000',
                             downloaded='1000'))
     clock.now += 4
@@ -650,13 +660,13 @@ def test_peer_progress_is_the_nodes_last_announce(table, clock):
     announce(table, request(ip='198.18.0.2', node='node-2', info_hash=V2,
                             left='1000', downloaded='3000', uploaded='512'))
     clock.now += 1.5
-    assert table.peer_progress(V1, 'node-2') == {
+    assert table.peer_progress(V1.hex(), 'node-2') == {
         'left': 1000, 'downloaded': 3000, 'uploaded': 512,
         'seconds_since_seen': 1.5}
-    assert table.peer_progress(V2, 'node-2') == table.peer_progress(
-        V1, 'node-2')
-    assert table.peer_progress(V1, 'node-9') is None
-    assert table.peer_progress(OTHER, 'node-2') is None
+    assert table.peer_progress(V2.hex(), 'node-2') == table.peer_progress(
+        V1.hex(), 'node-2')
+    assert table.peer_progress(V1.hex(), 'node-9') is None
+    assert table.peer_progress(OTHER.hex(), 'node-2') is None
 
 
 def test_peer_progress_of_a_silent_node_grows_old_but_stays(table, clock):
@@ -666,11 +676,11 @@ def test_peer_progress_of_a_silent_node_grows_old_but_stays(table, clock):
     announce(table, request(ip='198.18.0.2', node='node-2', left='1000'))
     clock.now += 31   # past the default ttl of three intervals
     assert peers_of(announce(table, request(ip='198.18.0.3'))) == set()
-    assert table.peer_progress(V1, 'node-2') == {
+    assert table.peer_progress(V1.hex(), 'node-2') == {
         'left': 1000, 'uploaded': 0, 'downloaded': 0,
         'seconds_since_seen': 31.0}
-    table.unpublish(V1)
-    assert table.peer_progress(V1, 'node-2') is None
+    table.unpublish(V1.hex())
+    assert table.peer_progress(V1.hex(), 'node-2') is None
 
 
 def test_peer_progress_keeps_a_bounded_number_of_nodes(clock):
@@ -681,7 +691,7 @@ def test_peer_progress_keeps_a_bounded_number_of_nodes(clock):
         announce(table, request(ip='198.18.0.%d' % (10 + i),
                                 node='node-%d' % i))
     known = [i for i in range(6)
-             if table.peer_progress(V1, 'node-%d' % i) is not None]
+             if table.peer_progress(V1.hex(), 'node-%d' % i) is not None]
     assert known == [2, 3, 4, 5]
 
 

@@ -140,7 +140,7 @@ def test_local_and_remote_publications_of_one_torrent(table):
     table.publish([V1, V2], 'image-a', size=4096)
     assert table.status()['swarms'][0]['name'] == 'image-a'
     # Our conductor is done with it; the other's nodes keep their swarm.
-    assert table.unpublish(V1)
+    assert table.unpublish(V1.hex())
     _c, _i, peers = agent_announce(table)
     assert [(p.ip, p.port) for p in peers] == [('198.18.0.9', 6881)]
     seeder_announce(table, event='stopped')
@@ -148,7 +148,7 @@ def test_local_and_remote_publications_of_one_torrent(table):
         agent_announce(table)
     # Unpublishing a torrent we never published is refused.
     seeder_announce(table)
-    assert not table.unpublish(V1)
+    assert not table.unpublish(V1.hex())
 
 
 @pytest.mark.parametrize('params, reason', [
@@ -182,7 +182,7 @@ def test_publications_count_against_max_swarms(clock):
     with pytest.raises(protocol.TrackerError, match='already serves'):
         seeder_announce(table)
     # A dead publication makes room.
-    table.unpublish(b'\x01' * 20)
+    table.unpublish('01' * 20)
     seeder_announce(table)
 
 
