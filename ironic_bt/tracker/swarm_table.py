@@ -94,7 +94,6 @@ class Peer:
         return self.left == 0
 
 
-
 def key(info_hash):
     """The table's key for a torrent, from its info-hash as hex.
 
@@ -110,6 +109,7 @@ def key(info_hash):
         raise ValueError('an info-hash is 20 bytes (40 hex digits), not %r'
                          % info_hash)
     return raw
+
 
 class _Swarm:
     """The peers that announced one info-hash.
