@@ -108,8 +108,7 @@ def _assert_gone(names):
         assert backing not in loops, 'loop %s (%s) left' % (dev, backing)
         assert not os.path.exists(backing)
     for pid, start in names['pids']:
-        stat = net.proc_stat(pid)
-        assert not (net._alive(stat) and stat['starttime'] == start), (
+        assert not procs.is_running(pid, start), (
             'process %d left running' % pid)
     assert not os.path.exists(names['state_path'])
 
@@ -251,7 +250,7 @@ def test_teardown_from_another_process_after_crash(tmp_path):
     lab = net.Lab.load(state_dir)
     names = _names(lab)
     assert len(names['pids']) == 2 and len(names['loops']) == 1
-    assert all(net._alive(net.proc_stat(pid)) for pid, _ in names['pids'])
+    assert all(procs.is_running(pid, start) for pid, start in names['pids'])
     assert lab.teardown() == []
     _assert_gone(names)
 

@@ -412,9 +412,8 @@ class Cloud:
 
     def _spawn(self, lab_or_host, key, cmd, log, env=None):
         proc = lab_or_host.popen(cmd, log, env=env)
-        stat = net.proc_stat(proc.pid)
         return proc, {'pid': proc.pid,
-                      'starttime': stat['starttime'] if stat else None,
+                      'starttime': procs.start_time(proc.pid),
                       'log': log, 'name': key}
 
     def start_service(self, lab_or_host, name, cmd, log, env=None):
@@ -526,13 +525,12 @@ class Cloud:
         """
         record = self.state['services']['ironic']
         start = time.monotonic()
-        stat = net.proc_stat(record['pid'])
-        if stat is not None and stat['starttime'] == record['starttime']:
+        if procs.is_running(record['pid'], record['starttime']):
             os.killpg(record['pid'], signum)
 
             def gone():
-                st = net.proc_stat(record['pid'])
-                return st is None or st['state'] in ('Z', 'X')
+                return not procs.is_running(record['pid'],
+                                            record['starttime'])
             try:
                 procs.wait_for(gone, timeout, 0.2, 'ironic to exit')
             except Exception:
@@ -608,9 +606,7 @@ class Cloud:
         record = self.nodes[name].get('agent')
         if not record:
             return False
-        stat = net.proc_stat(record['pid'])
-        return (stat is not None and stat['starttime'] == record['starttime']
-                and stat['state'] not in ('Z', 'X'))
+        return procs.is_running(record['pid'], record['starttime'])
 
     def stop_agent(self, name, signum=signal.SIGTERM):
         """Signal a node's agent by its recorded PID (and start time)."""

@@ -50,6 +50,8 @@ import subprocess
 import threading
 import time
 
+from tests.lab import procs
+
 LOG = logging.getLogger(__name__)
 
 #: Every lab address comes from here (RFC 2544 benchmarking range).
@@ -88,7 +90,6 @@ _MIN_BURST = 32 * 1024
 TBF_LATENCY_MS = 50
 
 # How long processes get between SIGTERM and SIGKILL.
-KILL_GRACE = 5.0
 
 _BRIDGE_NF_SYSCTL = '/proc/sys/net/bridge/bridge-nf-call-iptables'
 
@@ -184,38 +185,6 @@ def _mac(labid, index, root_side=False):
     first = 0x5a if root_side else 0x52
     return '%02x:54:%s:%s:%02x:%02x' % (
         first, labid[0:2], labid[2:4], (index >> 8) & 0xff, index & 0xff)
-
-
-def proc_stat(pid):
-    """Fields of ``/proc/<pid>/stat`` we need, or None if it is gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    except OSError:
-        return None
-    # comm (field 2) may contain spaces and parentheses: split after it.
-    rest = data[data.rindex(')') + 2:].split()
-    return {'state': rest[0], 'pgrp': int(rest[2]),
-            'session': int(rest[3]), 'starttime': int(rest[19])}
-
-
-def _alive(stat):
-    return stat is not None and stat['state'] not in ('Z', 'X')
-
-
-def _session_members(sid, min_starttime):
-    """Live PIDs of session ``sid`` started no earlier than its leader."""
-    pids = []
-    for entry in os.listdir('/proc'):
-        if not entry.isdigit():
-            continue
-        stat = proc_stat(int(entry))
-        if (_alive(stat) and stat['session'] == sid
-                and stat['starttime'] >= min_starttime):
-            pids.append(int(entry))
-    return pids
 
 
 def _write_sysfs(path, value):
@@ -856,10 +825,10 @@ class Lab:
 
     def track_pid(self, pid, cmd=None, netns=None, log=None):
         """Record a process started elsewhere so teardown kills it."""
-        stat = proc_stat(pid)
-        if stat is None:
+        started = procs.start_time(pid)
+        if started is None:
             raise LabError('process %d does not exist' % pid)
-        record = {'pid': pid, 'starttime': stat['starttime'],
+        record = {'pid': pid, 'starttime': started,
                   'cmd': list(cmd or []), 'netns': netns, 'log': log}
         self._update(lambda s: s['processes'].append(record))
 
@@ -963,68 +932,16 @@ class Lab:
             LOG.warning('lab teardown: %s', problem)
         return problems
 
-    def _signal_record(self, record, signum):
-        """Signal a recorded process (group); True if something was hit."""
-        pid, start = record['pid'], record['starttime']
-        stat = proc_stat(pid)
-        if stat is not None and stat['starttime'] != start:
-            return False  # the PID was reused: not ours any more
-        if _alive(stat):
-            try:
-                if stat['pgrp'] == pid:
-                    os.killpg(pid, signum)
-                else:
-                    os.kill(pid, signum)
-            except ProcessLookupError:
-                return False
-            return True
-        # The leader is gone (or a zombie), but members of its session
-        # (children it forked) may live on.
-        hit = False
-        for member in _session_members(pid, start):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(member, signum)
-                hit = True
-        return hit
-
-    def _record_alive(self, record):
-        stat = proc_stat(record['pid'])
-        if stat is not None and stat['starttime'] != record['starttime']:
-            return False
-        if _alive(stat):
-            return True
-        return bool(_session_members(record['pid'], record['starttime']))
-
     def _reap(self):
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
 
-    def _wait_gone(self, alive, timeout):
-        deadline = time.monotonic() + timeout
-        while True:
-            self._reap()
-            if not any(alive()):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-            time.sleep(0.05)
-
     def _kill_processes(self, state, problems):
-        records = list(state['processes'])
-        for record in records:
-            self._signal_record(record, signal.SIGTERM)
-        if not self._wait_gone(
-                lambda: [self._record_alive(r) for r in records],
-                KILL_GRACE):
-            for record in records:
-                if self._signal_record(record, signal.SIGKILL):
-                    LOG.warning('lab: SIGKILLed pid %d (%s)',
-                                record['pid'], ' '.join(record['cmd']))
-            if not self._wait_gone(
-                    lambda: [self._record_alive(r) for r in records], 2):
-                problems.append('processes survived SIGKILL: %s' % [
-                    r['pid'] for r in records if self._record_alive(r)])
+        records = {r['pid']: r['starttime'] for r in state['processes']}
+        survivors = procs.terminate(records, reap=self._reap)
+        if survivors:
+            problems.append('processes survived SIGKILL: %s' % survivors)
         # Anything still inside one of our namespaces (a process started
         # with "ip netns exec" behind our back, a daemon that left its
         # session) would keep the namespace and its veth alive. Such
@@ -1034,52 +951,23 @@ class Lab:
             proc = run(['ip', 'netns', 'pids', ns], check=False)
             for pid in proc.stdout.split():
                 if pid.isdigit() and int(pid) != os.getpid():
-                    stat = proc_stat(int(pid))
-                    if _alive(stat):
-                        stray[int(pid)] = stat['starttime']
+                    started = procs.start_time(int(pid))
+                    if started is not None and procs.is_running(
+                            int(pid), started):
+                        stray[int(pid)] = started
         if not stray:
             return
         LOG.warning('lab: killing processes left in lab namespaces: %s',
                     sorted(stray))
-        self._kill_started(stray)
-
-    def _kill_started(self, started):
-        """SIGTERM, then SIGKILL, processes known by {pid: start time}.
-
-        A PID whose start time changed is someone else's now: left alone.
-
-        :returns: the PIDs still alive after SIGKILL.
-        """
-        def ours(pid, start):
-            stat = proc_stat(pid)
-            return _alive(stat) and stat['starttime'] == start
-
-        for signum, grace in ((signal.SIGTERM, KILL_GRACE),
-                              (signal.SIGKILL, 2)):
-            for pid, start in started.items():
-                if ours(pid, start):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signum)
-            if self._wait_gone(lambda: [ours(p, s)
-                                        for p, s in started.items()], grace):
-                return []
-        return [p for p, s in started.items() if ours(p, s)]
+        survivors = procs.terminate(stray, session=False, reap=self._reap)
+        if survivors:
+            problems.append('processes survived SIGKILL: %s' % survivors)
 
     def _kill_pidfiles(self, state, problems):
-        targets = {}
-        for record in state.get('pidfiles', []):
-            try:
-                with open(record['path']) as f:
-                    pid = int(f.read().split()[0])
-                with open('/proc/%d/cmdline' % pid, 'rb') as f:
-                    cmdline = f.read().replace(b'\0', b' ').decode(
-                        errors='replace')
-            except (OSError, ValueError, IndexError):
-                continue  # no file, or the process is gone
-            if record['token'] in cmdline:
-                targets[pid] = proc_stat(pid)['starttime']
-
-        survivors = self._kill_started(targets)
+        targets = dict(filter(None, (
+            procs.pid_file_process(record['path'], record['token'])
+            for record in state.get('pidfiles', []))))
+        survivors = procs.terminate(targets, session=False, reap=self._reap)
         if survivors:
             problems.append('processes survived SIGKILL: %s' % survivors)
 

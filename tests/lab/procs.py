@@ -11,14 +11,27 @@
 #    under the License.
 
 
-"""Process helpers for lab tests: waiting and reading logs."""
+"""Process helpers for lab tests: supervision, waiting, reading logs.
 
+A process the lab starts is known by its PID and its start time: a PID the
+kernel gave to another process since has another start time, and is never
+signalled. :func:`terminate` stops processes so known (SIGTERM, then
+SIGKILL), with the children left in their session.
+"""
+
+import contextlib
+import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+
+import psutil
+
+LOG = logging.getLogger(__name__)
 
 _ERROR_RE = re.compile(r'\b(ERROR|CRITICAL|Traceback|Exception|FAILED)\b')
 
@@ -36,6 +49,144 @@ while True:
             sys.exit(1)
         time.sleep(0.1)
 '''
+
+
+#: Seconds a process has to exit after SIGTERM, before SIGKILL.
+KILL_GRACE = 5.0
+#: Seconds to wait for processes to go after SIGKILL.
+_KILL_WAIT = 2.0
+
+
+def _process(pid):
+    """(start time, alive) of ``pid``; None if there is no such process.
+
+    A zombie (exited, not yet reaped) is not alive, but still has its PID.
+    """
+    try:
+        proc = psutil.Process(pid)
+        return proc.create_time(), proc.status() not in (
+            psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return None
+
+
+def start_time(pid):
+    """The start time that identifies ``pid``; None if it is gone."""
+    found = _process(pid)
+    return found[0] if found else None
+
+
+def is_running(pid, started):
+    """Whether the process started at ``started`` as ``pid`` is alive."""
+    return _process(pid) == (started, True)
+
+
+def _sessions():
+    """{session id: [(pid, start time)]} of the live processes."""
+    sessions = {}
+    for proc in psutil.process_iter(['create_time', 'status']):
+        if proc.info['status'] in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD):
+            continue
+        with contextlib.suppress(OSError):
+            sessions.setdefault(os.getsid(proc.pid), []).append(
+                (proc.pid, proc.info['create_time'] or 0))
+    return sessions
+
+
+def session_members(sid, started, sessions=None):
+    """Live PIDs in session ``sid`` started no earlier than ``started``.
+
+    The children a session leader forked, still there when it is gone.
+
+    :param sessions: what :func:`_sessions` returned, to look once for
+        many sessions.
+    """
+    if sessions is None:
+        sessions = _sessions()
+    return [pid for pid, when in sessions.get(sid, ()) if when >= started]
+
+
+def _alive(pid, started, session, sessions):
+    if is_running(pid, started):
+        return True
+    return session and _process(pid) in (None, (started, False)) and bool(
+        session_members(pid, started, sessions))
+
+
+def _signal(pid, started, signum, session, sessions):
+    """Signal a process (its group if it leads one); True if one was hit.
+
+    With ``session``, every member of the session it leads is signalled
+    too, also those in groups of their own, and also once the leader is
+    gone.
+    """
+    found = _process(pid)
+    if found is not None and found[0] != started:
+        return False    # the PID is someone else's now
+    hit = False
+    if found is not None and found[1]:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signum)
+            else:
+                os.kill(pid, signum)
+            hit = True
+    for member in session_members(pid, started, sessions) if session else ():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(member, signum)
+            hit = True
+    return hit
+
+
+def terminate(processes, session=True, reap=None, grace=KILL_GRACE):
+    """SIGTERM, then after ``grace`` seconds SIGKILL, processes.
+
+    :param processes: {pid: start time}.
+    :param session: also stop what each one left in the session it led
+        (processes the lab started as session leaders).
+    :param reap: called while waiting, to reap the caller's children.
+    :returns: the PIDs still alive after SIGKILL.
+    """
+    def alive():
+        if reap is not None:
+            reap()
+        sessions = _sessions() if session else None
+        return [pid for pid, started in processes.items()
+                if _alive(pid, started, session, sessions)]
+
+    for signum, wait in ((signal.SIGTERM, grace),
+                         (signal.SIGKILL, _KILL_WAIT)):
+        sessions = _sessions() if session else None
+        for pid, started in processes.items():
+            if (_signal(pid, started, signum, session, sessions)
+                    and signum == signal.SIGKILL):
+                LOG.warning('lab: SIGKILLed pid %d, still there %.0f s '
+                            'after SIGTERM', pid, grace)
+        deadline = time.monotonic() + wait
+        left = alive()
+        while left and time.monotonic() < deadline:
+            time.sleep(0.05)
+            left = alive()
+        if not left:
+            return []
+    return left
+
+
+def pid_file_process(path, token):
+    """(pid, start time) of the process whose PID a daemon wrote at path.
+
+    Only if its command line holds ``token`` (so a reused PID is never
+    taken for it); None otherwise, or if there is no file.
+    """
+    try:
+        with open(path) as f:
+            pid = int(f.read().split()[0])
+        proc = psutil.Process(pid)
+        if token not in ' '.join(proc.cmdline()):
+            return None
+        return pid, proc.create_time()
+    except (OSError, ValueError, IndexError, psutil.Error):
+        return None
 
 
 def wait_for(predicate, timeout, interval=0.1, what='condition',

@@ -29,6 +29,8 @@ import signal
 import subprocess
 import time
 
+from tests.lab import procs
+
 QEMU = 'qemu-system-x86_64'
 #: Seconds a KVM guest is given to print its first kernel line.
 KVM_PROBE_SECONDS = 20
@@ -45,14 +47,6 @@ def available():
         return ('%s not found: install the Debian package qemu-system-x86 '
                 '(tools/install-deps.sh --vms)' % QEMU)
     return None
-
-
-def _proc_starttime(pid):
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return int(f.read().rsplit(')', 1)[1].split()[19])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 class Guest:
@@ -97,7 +91,7 @@ class Guest:
             self.proc = subprocess.Popen(
                 cmd, stdin=subprocess.DEVNULL, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True)
-        self.starttime = _proc_starttime(self.proc.pid)
+        self.starttime = procs.start_time(self.proc.pid)
 
     def text(self):
         try:
@@ -134,8 +128,8 @@ class Guest:
 
     def stop(self):
         """Kill the guest by its PID, if it is still the process we made."""
-        if self.proc.poll() is None and _proc_starttime(
-                self.proc.pid) == self.starttime:
+        if self.proc.poll() is None and procs.is_running(
+                self.proc.pid, self.starttime):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.proc.wait()
