@@ -63,12 +63,14 @@ import tempfile
 import time
 
 from tests.lab import bench
+from tests.lab import bench_metrics
+from tests.lab import bench_report
 from tests.lab import cloud as lab_cloud
 from tests.lab import disks
 from tests.lab import images
 from tests.lab import net
 
-MiB = bench.MiB
+MiB = bench_metrics.MiB
 QUICK = {'nodes': [1, 2, 4], 'image_size_mib': 16}
 FULL = {'nodes': [1, 2, 4, 8], 'image_size_mib': 64}
 METHODS = ('direct', 'bittorrent')
@@ -98,14 +100,14 @@ def deploy_timeout(n, image_size, rate_mbit):
 
     Generous: N x F/B (unicast from one link) plus ten minutes of Ironic.
     """
-    return int(600 + 2 * n * bench.wire_seconds(image_size, rate_mbit))
+    return int(600 + 2 * n * bench_metrics.wire_seconds(image_size, rate_mbit))
 
 
 def summarize(report, cpu=None, wire=None):
     """The figures of one deploy, from the harness's report.
 
     :param report: what :meth:`tests.lab.cloud.Cloud.deploy` returned.
-    :param cpu: :func:`tests.lab.bench.cpu_busy` over the deploy.
+    :param cpu: :func:`tests.lab.bench_metrics.cpu_busy` over the deploy.
     :param wire: bytes the conductor's link carried into the lab.
     :returns: a dict; ``seconds`` is the time to the last node active, or
         None when the deploy did not succeed.
@@ -143,7 +145,7 @@ def cloud_rows(runs, image_size, rate_mbit):
     Each method's dict is a :func:`summarize` result (``seconds`` None
     when that deploy failed); a method may be missing.
     """
-    bound = bench.wire_seconds(image_size, rate_mbit)
+    bound = bench_metrics.wire_seconds(image_size, rate_mbit)
     rows = []
     for run in runs:
         direct = run.get('direct') or {}
@@ -166,7 +168,7 @@ def cloud_rows(runs, image_size, rate_mbit):
 
 
 def format_table(rows):
-    fmt = bench.fmt
+    fmt = bench_report.fmt
     lines = ['%5s %9s %12s %10s %9s %11s %11s %7s %7s' % (
         'N', 'direct s', 'bittorrent s', 'direct/bt', 'bt/(F/B)',
         'MiB cond d', 'MiB cond bt', 'cpu d', 'cpu bt')]
@@ -198,8 +200,8 @@ def format_nodes(runs):
 
 
 def plot(rows, image_size, rate_mbit, path):
-    bound = bench.wire_seconds(image_size, rate_mbit)
-    bench.plot_scaling(
+    bound = bench_metrics.wire_seconds(image_size, rate_mbit)
+    bench_report.plot_scaling(
         path, rows,
         [('direct_seconds', 'o-', 'tab:red',
           'Ironic direct (HTTP from the conductor)'),
@@ -219,8 +221,8 @@ def _say(msg, *args):
 
 def _bridge_tx(lab):
     """Bytes the root namespace (the conductor) sent into the lab."""
-    return bench.read_int('/sys/class/net/%s/statistics/tx_bytes'
-                          % lab.bridge)
+    return bench_metrics.read_int('/sys/class/net/%s/statistics/tx_bytes'
+                                  % lab.bridge)
 
 
 def shaping(lab, names):
@@ -300,14 +302,14 @@ def _deploy(cloud, method, names, image, image_size, rate_mbit, log):
     log.write('\n==== %s, N=%d: %s\n' % (method, len(names),
                                          ', '.join(names)))
     log.flush()
-    cpu0 = bench.cpu_times()
+    cpu0 = bench_metrics.cpu_times()
     wire0 = _bridge_tx(lab)
     report = cloud.deploy(
         interface=method, image=image.path, names=names,
         timeout=deploy_timeout(len(names), image_size, rate_mbit),
         out=log)
-    res = summarize(report, bench.cpu_busy(cpu0, bench.cpu_times()),
-                    _bridge_tx(lab) - wire0)
+    cpu = bench_metrics.cpu_busy(cpu0, bench_metrics.cpu_times())
+    res = summarize(report, cpu, _bridge_tx(lab) - wire0)
     res['report'] = report
     return res
 
@@ -319,10 +321,10 @@ def _progress(n, method, res):
               if r['state'] != 'active' or not r['verified']]
     return ('N=%-3d %-10s %s s (wall %s s; conductor sent %s MiB, peers %s '
             'MiB; cpu busy %.0f%%)%s' % (
-                n, method, bench.fmt(res['seconds'], '%.1f'),
-                bench.fmt(res['wall_seconds'], '%.1f'),
-                bench.fmt(_mib(res['from_conductor']), '%.1f'),
-                bench.fmt(_mib(res['from_peers']), '%.1f'),
+                n, method, bench_report.fmt(res['seconds'], '%.1f'),
+                bench_report.fmt(res['wall_seconds'], '%.1f'),
+                bench_report.fmt(_mib(res['from_conductor']), '%.1f'),
+                bench_report.fmt(_mib(res['from_peers']), '%.1f'),
                 100 * (res['cpu'] or {}).get('busy', 0),
                 '  FAILED: ' + '; '.join(failed) if failed else ''))
 
@@ -405,8 +407,8 @@ def run(args):
         state_dir, temporary = tempfile.mkdtemp(
             prefix='ironic-bt-bench-cloud-',
             dir=bench.tmp_dir(args, need)), True
-    bound = bench.wire_seconds(image_size, rate)
-    report = {'mode': 'cloud', 'machine': bench.machine(),
+    bound = bench_metrics.wire_seconds(image_size, rate)
+    report = {'mode': 'cloud', 'machine': bench_metrics.machine(),
               'source': source(),
               'config': {'nodes': nodes, 'image_size': image_size,
                          'rate_mbit': rate, 'sparse': args.sparse,
@@ -493,7 +495,7 @@ def run(args):
     _say('%s', format_table(rows))
     _say('seconds of each node (node order):')
     _say('%s', format_nodes(runs))
-    bench.write_json(os.path.join(out, 'results.json'), report)
+    bench_report.write_json(os.path.join(out, 'results.json'), report)
     png = os.path.join(out, 'bench.png')
     if any(r['direct_seconds'] or r['bittorrent_seconds'] for r in rows):
         plot(rows, image_size, rate, png)

@@ -33,9 +33,12 @@ import shutil
 import time
 
 from tests.lab import bench
+from tests.lab import bench_metrics
+from tests.lab import bench_report
+from tests.lab import bench_runner
 
 GiB = 1024 ** 3
-MiB = bench.MiB
+MiB = bench_metrics.MiB
 
 #: (label, nodes, image MiB, link Mbit/s or None for unshaped)
 CASES = [
@@ -51,7 +54,7 @@ def _server_usage(b):
     """Usage of the HTTP server since it started (it is stopped here)."""
     log = b.log('http')
     b.close_http()
-    return bench.find_event(bench.read_events(log), 'done') or {}
+    return bench_metrics.log_event(log, 'done') or {}
 
 
 def _per_gib(cpu, written):
@@ -87,7 +90,7 @@ def run_case(args, label, n, size_mib, rate, variant):
     state_dir, temporary = bench.lab_state_dir(
         args, (n + 1) * (size + 16 * MiB))
     try:
-        with bench.Bench(state_dir, n, size, rate) as b:
+        with bench_runner.Bench(state_dir, n, size, rate) as b:
             hosts = b.swarm.hosts[:n]
             b.torrent(variant.piece_size)
             uni = b.run_unicast(hosts)
@@ -146,11 +149,11 @@ def format_rows(rows):
         for method in ('http', 'bittorrent'):
             m = row[method]
             lines.append('%-15s %-10s %7s %6s %9s %9s %7sM %7sM %4.0f%%' % (
-                row['case'], method, bench.fmt(m['seconds']),
-                bench.fmt(row.get('bt_over_http'))
+                row['case'], method, bench_report.fmt(m['seconds']),
+                bench_report.fmt(row.get('bt_over_http'))
                 if method == 'bittorrent' else '',
-                bench.fmt(m['writer_cpu_per_gib']),
-                bench.fmt(m['server_cpu_per_gib']),
+                bench_report.fmt(m['writer_cpu_per_gib']),
+                bench_report.fmt(m['server_cpu_per_gib']),
                 m['writer_peak_rss_mib'], m['server_peak_rss_mib'],
                 100 * (m['cpu_busy'] or 0)))
     return '\n'.join(lines)
@@ -159,7 +162,7 @@ def format_rows(rows):
 def run(args, out):
     variant = bench.base_variant(args)
     cases = [c for c in CASES if not args.nodes or c[1] in args.nodes]
-    report = {'mode': 'speed', 'machine': bench.machine(),
+    report = {'mode': 'speed', 'machine': bench_metrics.machine(),
               'config': {'cases': cases, 'variant': variant.describe()}}
     started = time.monotonic()
     rows = []
@@ -168,10 +171,10 @@ def run(args, out):
         rows.append(row)
         print('%-15s http %s s, bittorrent %s s (download %s s, verify '
               'after it %s s)%s' % (
-                  label, bench.fmt(row['http']['seconds']),
-                  bench.fmt(row['bittorrent']['seconds']),
-                  bench.fmt(row['bittorrent']['download_seconds']),
-                  bench.fmt(row['bittorrent']['verify_seconds']),
+                  label, bench_report.fmt(row['http']['seconds']),
+                  bench_report.fmt(row['bittorrent']['seconds']),
+                  bench_report.fmt(row['bittorrent']['download_seconds']),
+                  bench_report.fmt(row['bittorrent']['verify_seconds']),
                   ''.join('  FAILED: ' + e for e in
                           row['http']['errors']
                           + row['bittorrent']['errors'])),

@@ -18,6 +18,7 @@ import pytest
 
 from tests.lab import bench
 from tests.lab import bench_cloud
+from tests.lab import bench_metrics
 
 MiB = 1024 * 1024
 
@@ -62,7 +63,7 @@ def test_summarize_failed_deploy_has_no_time():
 def test_cloud_rows_ratios_and_bound():
     # 16 MiB at 50 Mbit/s: F/B = 2.68 s.
     size, rate = 16 * MiB, 50
-    bound = bench.wire_seconds(size, rate)
+    bound = bench_metrics.wire_seconds(size, rate)
     runs = [{'nodes': 2,
              'direct': bench_cloud.summarize(
                  _report(seconds=(30.0, 40.0)), cpu={'busy': 0.25}),
@@ -128,7 +129,7 @@ def test_deploy_timeout_grows_with_n():
     assert bench_cloud.deploy_timeout(1, size, 50) >= 600
     assert (bench_cloud.deploy_timeout(8, size, 50)
             > bench_cloud.deploy_timeout(1, size, 50)
-            + 7 * bench.wire_seconds(size, 50))
+            + 7 * bench_metrics.wire_seconds(size, 50))
 
 
 def test_default_output_dir_is_not_the_component_one():
