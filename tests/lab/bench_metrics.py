@@ -148,6 +148,21 @@ def proc_cpu(pid):
     return times.user + times.system
 
 
+def peak_rss_kib(pid):
+    """Peak resident memory of a live process, KiB (0 if it is gone).
+
+    The kernel's ``VmHWM``, which psutil does not give.
+    """
+    try:
+        with open('/proc/%d/status' % pid) as f:
+            for line in f:
+                if line.startswith('VmHWM:'):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
 def vmrss(pid):
     """Resident memory of a live process, KiB (0 if it is gone)."""
     try:

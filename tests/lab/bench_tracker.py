@@ -37,6 +37,8 @@ import sys
 import time
 import urllib.parse
 
+from tests.lab import bench_metrics
+
 INFO_HASH = bytes(range(0x20, 0x34))
 
 
@@ -63,20 +65,6 @@ def _serve(port_pipe, interval, keys=False):
     port_pipe.send((tracker.port, tracker.udp_port))
     port_pipe.recv()   # until told to stop
     tracker.stop()
-
-
-def _cpu_seconds(pid):
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(')', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
-def _rss_mib(pid):
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            if line.startswith('VmHWM:'):
-                return int(line.split()[1]) / 1024.0
-    return 0.0
 
 
 def _announce(peer, left=1000, keys=False):
@@ -205,11 +193,11 @@ async def _load_udp(port, clients, seconds, peers, keys=False):
 
 
 def _measure(name, child, run, result):
-    cpu0 = _cpu_seconds(child.pid)
+    cpu0 = bench_metrics.proc_cpu(child.pid)
     t0 = time.monotonic()
     latencies = run()
     wall = time.monotonic() - t0
-    cpu = _cpu_seconds(child.pid) - cpu0
+    cpu = bench_metrics.proc_cpu(child.pid) - cpu0
     figures = {
         'announces': len(latencies),
         'announces_per_s': round(len(latencies) / wall),
@@ -364,7 +352,8 @@ def main(argv=None):
                 'fuzzed_requests': args.fuzz,
                 'valid_announces_during_abuse': valid,
                 'slowest_valid_announce_ms': round(1000 * worst, 1),
-                'tracker_peak_rss_mib': round(_rss_mib(child.pid), 1),
+                'tracker_peak_rss_mib': round(
+                    bench_metrics.peak_rss_kib(child.pid) / 1024, 1),
                 'tracker_alive': child.is_alive(),
             })
             print('abuse: %(idle_connections_opened)d idle connections, '

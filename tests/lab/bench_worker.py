@@ -64,14 +64,8 @@ def _report(**fields):
 def _usage():
     """CPU seconds used and peak RSS (VmHWM, KiB) of this process."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    hwm = 0
-    try:
-        with open('/proc/self/status') as f:
-            for line in f:
-                if line.startswith('VmHWM:'):
-                    hwm = int(line.split()[1])
-    except OSError:
-        pass
+    # ru_maxrss is the kernel's VmHWM, in KiB on Linux.
+    hwm = ru.ru_maxrss
     return {'cpu_seconds': round(ru.ru_utime + ru.ru_stime, 3),
             'user_seconds': round(ru.ru_utime, 3),
             'system_seconds': round(ru.ru_stime, 3),

@@ -50,6 +50,8 @@ import subprocess
 import threading
 import time
 
+import psutil
+
 from tests.lab import procs
 
 LOG = logging.getLogger(__name__)
@@ -998,7 +1000,7 @@ class Lab:
                     os.unlink(backing)
 
     def _unmount(self, state, problems):
-        mounted = _mount_points()
+        mounted = mount_points()
         for mountpoint in state.get('mounts', []):
             if mountpoint not in mounted or not inside(mountpoint,
                                                        self.state_dir):
@@ -1090,16 +1092,9 @@ def inside(path, directory):
         [path, directory]) == directory
 
 
-def _mount_points():
-    """Mount points of this mount namespace (``/proc/self/mountinfo``)."""
-    points = set()
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            # Field 5; spaces and the like are octal escapes (\040).
-            field = line.split()[4]
-            points.add(re.sub(r'\\([0-7]{3})',
-                              lambda m: chr(int(m.group(1), 8)), field))
-    return points
+def mount_points():
+    """Mount points of this mount namespace."""
+    return {p.mountpoint for p in psutil.disk_partitions(all=True)}
 
 
 def loop_backing(dev):

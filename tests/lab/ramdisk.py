@@ -49,6 +49,8 @@ import tarfile
 import tempfile
 import time
 
+from tests.lab import net
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
 
@@ -328,8 +330,7 @@ def install(staged, final, given, seconds):
 def unmount_under(directory):
     """Unmount what a failed diskimage-builder run left mounted there."""
     real = os.path.realpath(directory)
-    with open('/proc/self/mountinfo') as f:
-        points = [line.split()[4] for line in f]
+    points = net.mount_points()
     for point in sorted((p for p in points
                          if p == real or p.startswith(real + '/')),
                         reverse=True):
