@@ -243,7 +243,8 @@ class Seeder:
     def ssl(self):
         return self._ssl
 
-    def add(self, meta, path, trackers=(), verified=False, credentials=None):
+    def add(self, meta, path, trackers=(), verified=False, credentials=None,
+            flags=0):
         """Seed ``path`` as the torrent ``meta``; idempotent.
 
         :param meta: a :class:`ironic_bt.common.torrent.Metainfo` built from
@@ -256,6 +257,8 @@ class Seeder:
         :param credentials: :class:`ironic_bt.common.certs.Credentials` of the
             seeder in the torrent's swarm: required if the seeder serves
             SSL torrents, refused if not.
+        :param flags: further ``lt.torrent_flags`` for the torrent, for
+            experiments (the benchmark's super-seeding variant).
         :raises: SeederError if the credentials do not fit the seeder.
         """
         if self._ssl != (credentials is not None):
@@ -285,6 +288,7 @@ class Seeder:
                 params.flags |= lt.torrent_flags.seed_mode
             params.flags &= ~lt.torrent_flags.auto_managed
             params.flags &= ~lt.torrent_flags.paused
+            params.flags |= flags
             params.trackers = list(trackers)
             handle = swarm.add_torrent(self._session, params, credentials)
             if credentials is not None:

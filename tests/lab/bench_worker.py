@@ -162,10 +162,9 @@ def cmd_seed(args):
         # The bench hashed this image into the torrent, as the conductor's
         # publisher does (it vouches for its own torrent cache).
         seed.add(meta, args.image, trackers=trackers,
-                 verified=not args.seed_mode, credentials=credentials)
-        if args.super_seed:
-            handle = seed._handles[meta.info_hash]
-            handle.set_flags(lt.torrent_flags.super_seeding)
+                 verified=not args.seed_mode, credentials=credentials,
+                 flags=lt.torrent_flags.super_seeding if args.super_seed
+                 else 0)
         _report(event='ready', info_hash=meta.info_hash, listen=args.listen,
                 trackers=trackers)
         peers = [_host_port(p) for p in args.connect]
