@@ -76,9 +76,7 @@ def test_sparse_image_zero_pieces_never_cross_the_wire(swarm):
     image = images.make_sparse_image(
         os.path.join(swarm.state_dir, 'sparse.raw'), 32 * MiB,
         nonzero_fraction=0.1, seed=3, extents=4)
-    with open(image.path, 'rb') as f:
-        nonzero = sum(1 for block in iter(lambda: f.read(4096), b'')
-                      if block.count(0) != len(block)) * 4096
+    nonzero = images.nonzero_bytes(image.path)
     # Dirty every disk first: zero pieces must be zeroed, not assumed.
     for dev in swarm.devices.values():
         with open(dev, 'r+b') as f:

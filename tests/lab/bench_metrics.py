@@ -122,16 +122,6 @@ def wipe(dev, size, lab):
         os.close(fd)
 
 
-def nonzero_bytes(path, block=4096):
-    total = 0
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(4 * MiB), b''):
-            for i in range(0, len(chunk), block):
-                if chunk[i:i + block].count(0) != len(chunk[i:i + block]):
-                    total += len(chunk[i:i + block])
-    return total
-
-
 def wire_seconds(size, rate_mbit):
     if not rate_mbit:
         return None  # unshaped: no wire bound to speak of

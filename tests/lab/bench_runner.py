@@ -72,7 +72,7 @@ class Bench:
             else:
                 self.image = images.make_random_image(
                     path, self.image_size, seed=11)
-            self.nonzero = (bench_metrics.nonzero_bytes(self.image.path)
+            self.nonzero = (images.nonzero_bytes(self.image.path)
                             if self.sparse else self.image.size)
         except BaseException:
             self.swarm.__exit__(*sys.exc_info())

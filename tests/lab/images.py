@@ -307,3 +307,18 @@ def make_disk_image(path, size_mib=64, seed=0, esp_mib=8, payload_mib=None):
         raise RuntimeError('%s changed size while being built' % path)
     return DiskImage(path, size, disks.sha256_region(path, size),
                      tuple(partitions), disk_uuid)
+
+
+def nonzero_bytes(path, block=4096):
+    """Bytes of a file in ``block``-sized blocks that are not all zero.
+
+    What a zero-aware copy must carry: the image less its zero blocks.
+    """
+    total = 0
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1024 * block), b''):
+            for i in range(0, len(chunk), block):
+                part = chunk[i:i + block]
+                if part.count(0) != len(part):
+                    total += len(part)
+    return total
