@@ -66,7 +66,6 @@ from tests.lab import bench
 from tests.lab import bench_metrics
 from tests.lab import bench_report
 from tests.lab import cloud as lab_cloud
-from tests.lab import disks
 from tests.lab import images
 from tests.lab import net
 
@@ -266,37 +265,6 @@ def cli_seconds(cloud):
     return round(time.monotonic() - start, 2)
 
 
-#: Fixed identifiers, so that the image is the same from run to run.
-_DISK_GUID = '5ec0b1e4-7a1b-4c1d-9e2f-000000000001'
-_PART_GUID = '5ec0b1e4-7a1b-4c1d-9e2f-000000000002'
-_LINUX_TYPE = '0FC63DAF-8483-4772-8E79-3D69D8477DE4'
-
-
-def make_image(path, size, sparse=False):
-    """A whole-disk image of random data (``sparse``: mostly zeros).
-
-    It carries a GPT with one partition over the data: IPA's ``direct``
-    path reads the partition table of what it wrote (``parted print``)
-    and fails a deploy of an image without one. Random, unlike the
-    harness's generated GPT + ext4 image (mostly zeros), so that
-    bittorrent's skipping of all-zero pieces does not count as speed.
-    """
-    if sparse:
-        images.make_sparse_image(path, size)
-    else:
-        images.make_random_image(path, size)
-    part = 'start=2048, type=%s, uuid=%s, name="data"' % (
-        _LINUX_TYPE, _PART_GUID)
-    table = '\n'.join(['label: gpt', 'label-id: %s' % _DISK_GUID,
-                       'unit: sectors', 'first-lba: 2048', '', part, ''])
-    subprocess.run(['sfdisk', '--quiet', '--no-reread', '--no-tell-kernel',
-                    path], input=table, text=True, check=True,
-                   capture_output=True)
-    if os.path.getsize(path) != size:
-        raise RuntimeError('%s changed size while being labelled' % path)
-    return images.Image(path, size, disks.sha256_region(path, size))
-
-
 def _deploy(cloud, method, names, image, image_size, rate_mbit, log):
     lab = cloud.lab
     log.write('\n==== %s, N=%d: %s\n' % (method, len(names),
@@ -423,7 +391,7 @@ def run(args):
     cloud = lab_cloud.Cloud(state_dir)
     try:
         with _sigterm_as_exit(), open(log_path, 'w') as log:
-            image = make_image(
+            image = images.make_labelled_image(
                 os.path.join(state_dir, 'bench-%dm.img' % size_mib),
                 image_size, args.sparse)
             report['image'] = {'size': image.size, 'sha256': image.sha256,
