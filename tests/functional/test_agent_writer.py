@@ -20,7 +20,6 @@ import contextlib
 import ctypes
 import errno
 import fcntl
-import hashlib
 import os
 import select
 import shutil
@@ -35,7 +34,7 @@ import pytest
 from ipa_extension import device
 from ipa_extension import writer
 from ironic_bt.common import torrent
-from ironic_bt import seeder
+from tests.functional import helpers
 from tests.lab import faulty
 
 MiB = 1024 * 1024
@@ -64,33 +63,6 @@ def make_image(path, size, extents):
     return bytes(data)
 
 
-def sha256(data):
-    return hashlib.sha256(data).hexdigest()
-
-
-def read(path, length, offset=0):
-    with open(path, 'rb') as f:
-        f.seek(offset)
-        return f.read(length)
-
-
-@contextlib.contextmanager
-def seeding(meta, image_path, verified=True):
-    """Seed ``image_path`` on 127.0.0.1 with the conductor's seeder.
-
-    :param verified: as the conductor's publisher, trust that the torrent
-        was hashed from this file; if not, the seeder hashes each piece on
-        its first send (``ironic-bt seed`` without ``--trust-image``).
-    :yields: the seeder's ``HOST:PORT``.
-    """
-    seed = seeder.Seeder('127.0.0.1', 0)
-    try:
-        seed.add(meta, image_path, verified=verified)
-        yield '127.0.0.1:%d' % seed.port
-    finally:
-        seed.close()
-
-
 @contextlib.contextmanager
 def loop_device(backing):
     """Attach ``backing`` to a free loop device; always detach it."""
@@ -115,14 +87,6 @@ def backing_file(path, size, fill=b'\0'):
         else:
             f.write(fill * size)
     return str(path)
-
-
-def write(meta, target, peers, **kwargs):
-    kwargs.setdefault('linger_timeout', 0)
-    kwargs.setdefault('stall_timeout', 30)
-    kwargs.setdefault('create', not target.startswith('/dev/'))
-    return writer.write(meta, target, peers=peers, listen_host='127.0.0.1',
-                        listen_port=0, progress_interval=1, **kwargs)
 
 
 def pieces_touched(extents, size):
@@ -150,12 +114,13 @@ def image(tmp_path):
 def test_write_to_file(tmp_path, image):
     path, data, meta = image
     target = str(tmp_path / 'disk.img')
-    with seeding(meta, path) as peer:
-        result = write(meta, target, [peer], expected_sha256=sha256(data))
+    with helpers.seeding(meta, path) as seed:
+        result = helpers.write_from(seed, meta, target,
+                                    expected_sha256=helpers.sha256(data))
 
     with open(target, 'rb') as f:
-        assert sha256(f.read()) == sha256(data)
-    assert result.sha256 == sha256(data)
+        assert helpers.sha256(f.read()) == helpers.sha256(data)
+    assert result.sha256 == helpers.sha256(data)
     assert result.target == target
     assert result.size == SIZE
     assert result.info_hash == meta.info_hash
@@ -173,11 +138,11 @@ def test_sparse_image_downloads_only_its_data(tmp_path):
     meta = torrent.build(path)
     target = str(tmp_path / 'disk.img')
 
-    with seeding(meta, path) as peer:
-        result = write(meta, target, [peer])
+    with helpers.seeding(meta, path) as seed:
+        result = helpers.write_from(seed, meta, target)
 
-    assert read(target, size) == data
-    assert result.sha256 == sha256(data)
+    assert helpers.read(target, size) == data
+    assert result.sha256 == helpers.sha256(data)
     touched = pieces_touched(extents, size)
     assert result.zero_bytes == size - touched
     # Every piece with data was downloaded, and nothing else: at most the
@@ -194,13 +159,14 @@ def test_write_to_loop_device(tmp_path, image):
     # Larger than the image, and full of a pattern, so the zero pieces must
     # really be zeroed and the bytes past the image must be left alone.
     backing = backing_file(tmp_path / 'loop.img', 8 * MiB, fill=PATTERN)
-    with seeding(meta, path) as peer, loop_device(backing) as device:
-        result = write(meta, device, [peer], expected_sha256=sha256(data))
+    with helpers.seeding(meta, path) as seed, loop_device(backing) as device:
+        result = helpers.write_from(seed, meta, device,
+                                    expected_sha256=helpers.sha256(data))
 
         assert result.target == device
-        assert result.sha256 == sha256(data)
-        assert sha256(read(device, SIZE)) == sha256(data)
-        assert read(device, 8 * MiB - SIZE, SIZE) == PATTERN * (
+        assert result.sha256 == helpers.sha256(data)
+        assert helpers.read(device, SIZE) == data
+        assert helpers.read(device, 8 * MiB - SIZE, SIZE) == PATTERN * (
             8 * MiB - SIZE)
         assert result.downloaded_bytes == SIZE - meta.zero_bytes
 
@@ -209,18 +175,19 @@ def test_write_to_loop_device(tmp_path, image):
 def test_write_again_over_present_image(tmp_path, image):
     path, data, meta = image
     backing = backing_file(tmp_path / 'loop.img', 4 * MiB)
-    with seeding(meta, path) as peer, loop_device(backing) as device:
-        first = write(meta, device, [peer])
+    with helpers.seeding(meta, path) as seed, loop_device(backing) as device:
+        first = helpers.write_from(seed, meta, device)
         # A sample of pieces matches the torrent: the writer finds the
         # whole image on the disk and downloads nothing.
-        second = write(meta, device, [peer], expected_sha256=sha256(data))
+        second = helpers.write_from(seed, meta, device,
+                                    expected_sha256=helpers.sha256(data))
 
         assert first.resumed_bytes == 0
         assert first.downloaded_bytes == SIZE - meta.zero_bytes
         assert second.resumed_bytes == SIZE - meta.zero_bytes
         assert second.downloaded_bytes == 0
-        assert first.sha256 == second.sha256 == sha256(data)
-        assert sha256(read(device, SIZE)) == sha256(data)
+        assert first.sha256 == second.sha256 == helpers.sha256(data)
+        assert helpers.read(device, SIZE) == data
 
 
 @requires_root
@@ -228,16 +195,16 @@ def test_loop_device_too_small(tmp_path, image):
     path, data, meta = image
     small = SIZE // 2 // 512 * 512
     backing = backing_file(tmp_path / 'small.img', small, fill=PATTERN)
-    with seeding(meta, path) as peer, loop_device(backing) as device:
+    with helpers.seeding(meta, path) as seed, loop_device(backing) as device:
         with pytest.raises(writer.TargetError) as exc:
-            write(meta, device, [peer])
+            helpers.write_from(seed, meta, device)
 
         message = str(exc.value)
         assert device in message
         assert str(SIZE) in message
         assert str(small) in message
         # Refused before writing anything.
-        assert read(device, small) == PATTERN * small
+        assert helpers.read(device, small) == PATTERN * small
 
 
 def test_corrupt_torrent_file(tmp_path, image):
@@ -258,9 +225,9 @@ def test_corrupt_torrent_file(tmp_path, image):
 def test_verify_detects_tampering(tmp_path, image):
     path, data, meta = image
     target = str(tmp_path / 'disk.img')
-    with seeding(meta, path) as peer:
-        write(meta, target, [peer])
-    assert device.verify(target, meta) == sha256(data)
+    with helpers.seeding(meta, path) as seed:
+        helpers.write_from(seed, meta, target)
+    assert device.verify(target, meta) == helpers.sha256(data)
 
     # Flip bytes in the middle of piece 2, as a failing disk might.
     offset = 2 * PIECE + PIECE // 2
@@ -275,7 +242,7 @@ def test_verify_detects_tampering(tmp_path, image):
     # With the image's sha256 the whole-region hash catches it, and the
     # error still names the piece.
     with pytest.raises(writer.VerifyError) as exc:
-        device.verify(target, meta, expected_sha256=sha256(data))
+        device.verify(target, meta, expected_sha256=helpers.sha256(data))
     assert 'Piece 2 ' in str(exc.value)
     assert target in str(exc.value)
 
@@ -291,32 +258,32 @@ def test_seeder_never_serves_an_image_changed_after_hashing(tmp_path, image):
         f.seek(PIECE)
         f.write(changed)
     target = str(tmp_path / 'disk.img')
-    with seeding(meta, path, verified=False) as peer:
+    with helpers.seeding(meta, path, verified=False) as seed:
         with pytest.raises(writer.DownloadError) as exc:
-            write(meta, target, [peer], stall_timeout=3)
+            helpers.write_from(seed, meta, target, stall_timeout=3)
     assert meta.info_hash in str(exc.value)
-    assert read(target, PIECE, PIECE) != changed
+    assert helpers.read(target, PIECE, PIECE) != changed
     # The pieces it could verify did arrive.
-    assert read(target, PIECE) == data[:PIECE]
+    assert helpers.read(target, PIECE) == data[:PIECE]
 
 
 def test_expected_sha256_mismatch(tmp_path, image):
     path, data, meta = image
-    wrong = sha256(b'another image')
-    with seeding(meta, path) as peer:
+    wrong = helpers.sha256(b'another image')
+    with helpers.seeding(meta, path) as seed:
         with pytest.raises(writer.VerifyError) as exc:
-            write(meta, str(tmp_path / 'disk.img'), [peer],
-                  expected_sha256=wrong)
+            helpers.write_from(seed, meta, str(tmp_path / 'disk.img'),
+                               expected_sha256=wrong)
     assert wrong in str(exc.value)
-    assert sha256(data) in str(exc.value)
+    assert helpers.sha256(data) in str(exc.value)
 
 
 def test_stall_without_seeder(tmp_path, image):
     _path, _data, meta = image
     # A port nobody listens on: the swarm has no one to download from.
     with pytest.raises(writer.DownloadError) as exc:
-        write(meta, str(tmp_path / 'disk.img'), ['127.0.0.1:9'],
-              stall_timeout=1)
+        helpers.write(meta, str(tmp_path / 'disk.img'), ['127.0.0.1:9'],
+                      stall_timeout=1)
     assert 'stalled' in str(exc.value)
     assert meta.info_hash in str(exc.value)
 
@@ -324,8 +291,8 @@ def test_stall_without_seeder(tmp_path, image):
 def test_verify_short_target_and_no_direct_io(tmp_path, image, monkeypatch):
     path, data, meta = image
     target = str(tmp_path / 'disk.img')
-    with seeding(meta, path) as peer:
-        write(meta, target, [peer])
+    with helpers.seeding(meta, path) as seed:
+        helpers.write_from(seed, meta, target)
 
     # A file system that refuses O_DIRECT: the page cache is dropped for
     # the region instead, and the result is the same.
@@ -336,14 +303,14 @@ def test_verify_short_target_and_no_direct_io(tmp_path, image, monkeypatch):
             raise OSError(errno.EINVAL, 'Invalid argument')
         return real_open(p, flags, *args)
     monkeypatch.setattr(os, 'open', no_direct)
-    assert device.verify(target, meta, expected_sha256=sha256(data)) == (
-        sha256(data))
+    digest = helpers.sha256(data)
+    assert device.verify(target, meta, expected_sha256=digest) == digest
     monkeypatch.undo()
 
     # A target that ends inside the image is named, with where it ends.
     os.truncate(target, len(data) // 2)
     with pytest.raises(writer.VerifyError) as exc:
-        device.verify(target, meta, expected_sha256=sha256(data))
+        device.verify(target, meta, expected_sha256=helpers.sha256(data))
     assert target in str(exc.value)
     assert 'ends at byte %d' % (len(data) // 2) in str(exc.value)
 
@@ -375,13 +342,14 @@ def _write_to_faulty_disk(tmp_path, error_class, **faults):
     """
     path, data, meta = _bigger_image(tmp_path)
     observer = _Alerts()
-    with seeding(meta, path) as peer, faulty.FaultyDisk(
+    with helpers.seeding(meta, path) as seed, faulty.FaultyDisk(
             tmp_path, 8 * MiB, **faults) as disk:
         dev = disk.device
         start = time.monotonic()
         with pytest.raises(error_class) as exc:
-            write(meta, dev, [peer], observer=observer,
-                  expected_sha256=sha256(data), stall_timeout=300)
+            helpers.write_from(seed, meta, dev, observer=observer,
+                               expected_sha256=helpers.sha256(data),
+                               stall_timeout=300)
         elapsed = time.monotonic() - start
     return dev, exc.value, elapsed, observer.bans
 
@@ -428,8 +396,9 @@ def test_progress_counts_bytes_on_disk_and_never_decreases(tmp_path, image):
             self.seen.append((present, size))
 
     observer = Progress()
-    with seeding(meta, path) as peer:
-        write(meta, str(tmp_path / 'disk.img'), [peer], observer=observer)
+    with helpers.seeding(meta, path) as seed:
+        helpers.write_from(seed, meta, str(tmp_path / 'disk.img'),
+                           observer=observer)
 
     values = [present for present, _size in observer.seen]
     assert {size for _present, size in observer.seen} == {SIZE}
@@ -514,16 +483,17 @@ def test_udev_hears_of_the_write_once_and_never_probes_it_midway(tmp_path):
     # close, at the end, and cannot probe a half-written disk.
     path, data, meta = _bigger_image(tmp_path)
     backing = backing_file(tmp_path / 'loop.img', len(data))
-    with seeding(meta, path) as peer, loop_device(backing) as dev:
+    with helpers.seeding(meta, path) as seed, loop_device(backing) as dev:
         closes = _CloseWrites(dev)
         probe = _LockProbe(dev)
         try:
-            result = write(meta, dev, [peer], expected_sha256=sha256(data),
-                           observer=probe)
+            result = helpers.write_from(
+                seed, meta, dev, expected_sha256=helpers.sha256(data),
+                observer=probe)
         finally:
             closes.close()
-        assert result.sha256 == sha256(data)
-        assert sha256(read(dev, len(data))) == sha256(data)
+        assert result.sha256 == helpers.sha256(data)
+        assert helpers.read(dev, len(data)) == data
         assert closes.count == 1
         assert probe.lock_refused and all(probe.lock_refused)
         # The private node is gone, and udevd may lock the disk again.

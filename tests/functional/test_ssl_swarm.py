@@ -41,7 +41,7 @@ from ironic_bt.common import swarm
 from ironic_bt.common import torrent
 from ironic_bt import seeder
 from tests import bencode
-from tests.functional import test_agent_writer as helpers
+from tests.functional import helpers
 
 HOUR = datetime.timedelta(hours=1)
 #: How long an outsider tries before we count what it got.
@@ -59,17 +59,6 @@ def image(tmp_path):
     data = os.urandom(24 * torrent.MIN_PIECE_SIZE + 777)
     path.write_bytes(data)
     return str(path), data, torrent.build(str(path))
-
-
-@contextlib.contextmanager
-def ssl_seeding(meta, image_path, authority):
-    seed = seeder.Seeder('127.0.0.1', 0, ssl=True)
-    try:
-        seed.add(meta, image_path, verified=True,
-                 credentials=authority.credentials('seeder', HOUR))
-        yield seed
-    finally:
-        seed.close()
 
 
 def _free_port():
@@ -149,10 +138,11 @@ def raw_leech(port, info_hash, blocks=8, timeout=ATTEMPT_SECONDS):
 
 def test_member_writes_the_image_over_ssl(tmp_path, image, authority):
     path, data, meta = image
-    with ssl_seeding(meta, path, authority) as seed:
+    with helpers.seeding(meta, path, credentials=authority.credentials(
+            'seeder', HOUR)) as seed:
         target = str(tmp_path / 'disk')
         result = helpers.write(
-            meta, target, ['127.0.0.1:%d' % seed.port],
+            meta, target, [helpers.address(seed)],
             credentials=authority.credentials('node-1', HOUR))
         assert seed.stats()[meta.info_hash]['uploaded'] == len(data)
     assert helpers.read(target, len(data)) == data
@@ -166,7 +156,8 @@ def test_outsider_gets_nothing_from_the_seeder(tmp_path, image, authority,
     stolen = None
     if holds == 'other-authority':
         stolen = certs.Authority.create('attacker').credentials('x', HOUR)
-    with ssl_seeding(meta, path, authority) as seed:
+    with helpers.seeding(meta, path, credentials=authority.credentials(
+            'seeder', HOUR)) as seed:
         outsider = tmp_path / 'outsider'
         outsider.mkdir()
         if holds == 'info-hash':
@@ -202,7 +193,7 @@ def test_member_of_another_images_swarm_gets_nothing(tmp_path, image,
                                     ssl_credentials=stolen)
         # A member of this image's swarm gets it from the same seeder.
         result = helpers.write(meta, str(tmp_path / 'disk'),
-                               ['127.0.0.1:%d' % seed.port],
+                               [helpers.address(seed)],
                                credentials=root.credentials('node-1', HOUR))
         sent = seed.stats()[meta.info_hash]['uploaded']
     finally:
@@ -222,11 +213,12 @@ def test_outsider_gets_nothing_from_a_lingering_node(tmp_path, image,
     path, data, meta = image
     port = _free_port()
     outcome = {}
-    with ssl_seeding(meta, path, authority) as seed:
+    with helpers.seeding(meta, path, credentials=authority.credentials(
+            'seeder', HOUR)) as seed:
         def node():
             outcome['result'] = writer.write(
                 meta, str(tmp_path / 'disk'),
-                peers=['127.0.0.1:%d' % seed.port],
+                peers=[helpers.address(seed)],
                 listen_host='127.0.0.1', listen_port=port, create=True,
                 linger_timeout=60, stall_timeout=30,
                 credentials=authority.credentials('node-1', HOUR))
