@@ -20,6 +20,7 @@ import time
 
 from ironic_bt.common import torrent
 from ironic_bt import seeder
+from tests.lab import procs
 
 
 def _closed_port():
@@ -42,10 +43,9 @@ def test_tracker_errors_are_logged_when_they_happen(tmp_path, caplog):
         with caplog.at_level(logging.WARNING, logger='ironic_bt.seeder'):
             seed.add(meta, str(image), trackers=[url + '?auth=S3cretKey'],
                      verified=True)
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not any(
-                    url in r.getMessage() for r in caplog.records):
-                time.sleep(0.1)
+            procs.wait_for(lambda: any(url in r.getMessage()
+                                       for r in caplog.records),
+                           20, 0.1, 'the tracker error in the log')
     finally:
         seed.close()
     lines = [r.getMessage() for r in caplog.records

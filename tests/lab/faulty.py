@@ -37,6 +37,8 @@ import subprocess
 import sys
 import time
 
+from tests.lab import procs
+
 NAME = 'disk.img'
 #: Bytes per FUSE write request; the loop device's requests are kept
 #: smaller (see FaultyDisk).
@@ -195,13 +197,9 @@ class FaultyDisk:
         root = os.path.dirname(os.path.dirname(os.path.dirname(
             os.path.abspath(__file__))))
         self._proc = subprocess.Popen(cmd, cwd=root)
-        deadline = time.monotonic() + 30
-        while not os.path.exists(self.path):
-            if self._proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError('the FUSE file system of %s did not come '
-                                   'up (exit code %s)'
-                                   % (self.path, self._proc.poll()))
-            time.sleep(0.05)
+        procs.wait_for(lambda: os.path.exists(self.path), 30, 0.05,
+                       'the FUSE file system of %s' % self.path,
+                       proc=self._proc)
         self._mounted = True
         if self.lab is not None:
             self.lab.register_loop(self.path)

@@ -26,6 +26,7 @@ from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 from ironic_bt.tracker import swarm_table
 from tests import bencode
+from tests.lab import procs
 from tests.unit.common import hybrid
 
 V1 = bytes(range(0x20, 0x34))
@@ -150,15 +151,16 @@ def test_stop_frees_the_port(table):
     server.TrackerServer(table, host='127.0.0.1', port=0).stop()
 
 
-def wait_for(session, table, alerts, condition):
-    """Poll the tracker's peers until condition holds, for 10 s at most."""
-    deadline = time.monotonic() + 10
-    while True:
+def _peers_once(session, table, alerts, condition):
+    """The tracker's peers once ``condition(peers)`` holds (10 s at most).
+
+    The session's alerts are collected into ``alerts`` meanwhile.
+    """
+    def peers():
         alerts.extend(a.message() for a in session.pop_alerts())
-        peers = table.status()['swarms'][0]['peers']
-        if condition(peers) or time.monotonic() > deadline:
-            return peers
-        time.sleep(0.05)
+        now = table.status()['swarms'][0]['peers']
+        return (now,) if condition(now) else None
+    return procs.wait_for(peers, 10, 0.05, 'the tracker\'s peers')[0]
 
 
 def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
@@ -186,15 +188,15 @@ def test_libtorrent_seed_announces_hybrid_torrent(tmp_path):
         alerts = []
         # Both announces (v1 and v2) are answered and merged into one
         # peer: the seed itself, on its listening port, with nothing left.
-        peers = wait_for(session, table, alerts, lambda peers: sum(
+        peers = _peers_once(session, table, alerts, lambda peers: sum(
             'received peers' in text for text in alerts) == 2)
         assert [(p['ip'], p['port'], p['node'], p['left'], p['event'])
                 for p in peers] == [('127.0.0.1', session.listen_port(),
                                      'seed', 0, 'started')], alerts
         # Removing the torrent announces "stopped", which drops the peer.
         session.remove_torrent(handle)
-        assert wait_for(session, table, alerts,
-                        lambda peers: not peers) == [], alerts
+        assert _peers_once(session, table, alerts,
+                           lambda peers: not peers) == [], alerts
         assert not [text for text in alerts if 'error' in text], alerts
     finally:
         del session

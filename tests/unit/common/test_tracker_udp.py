@@ -25,6 +25,7 @@ from ironic_bt.tracker import protocol
 from ironic_bt.tracker import server
 from ironic_bt.tracker import swarm_table
 from ironic_bt.tracker import udp
+from tests.lab import procs
 from tests.unit.common import hybrid
 
 V1 = bytes(range(0x20, 0x34))
@@ -211,9 +212,8 @@ def test_libtorrent_announces_over_udp_first(tmp_path):
         real_record = table.record
         table.record = lambda req: (udp_announces.append(req),
                                     real_record(req))[1]
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and len(udp_announces) < 2:
-            time.sleep(0.05)
+        procs.wait_for(lambda: len(udp_announces) >= 2, 10, 0.05,
+                       'two announces over UDP')
         # The node label came over UDP, in BEP 41 URL data.
         assert {req.node for req in udp_announces} == {'n1'}
         # HTTP, the second tier, was not needed.
@@ -247,11 +247,9 @@ def test_libtorrent_falls_back_to_http(tmp_path):
             tracker.announce_url('127.0.0.1') + '?node=n1']
         params.tracker_tiers = [0, 1]
         session.add_torrent(params)
-        deadline = time.monotonic() + 60
-        peers = []
-        while time.monotonic() < deadline and not peers:
-            peers = table.status()['swarms'][0]['peers']
-            time.sleep(0.1)
+        peers = procs.wait_for(
+            lambda: table.status()['swarms'][0]['peers'], 60, 0.1,
+            'an announce over HTTP')
         assert [p['node'] for p in peers] == ['n1']
     finally:
         del session

@@ -32,6 +32,7 @@ from ironic_bt import torrent_cache
 from ironic_bt.tracker import server
 from ironic_bt.tracker import swarm_table
 from tests import bencode
+from tests.lab import procs
 from tests.unit.conductor import base
 
 NODE_A = '1be26c0b-03f2-4d2e-ae87-c02d7f33c123'
@@ -430,20 +431,15 @@ class PublisherTestCase(base.TestCase):
             except Exception:
                 return None
             return reply.get(b'peers')
-        deadline = time.monotonic() + 20
-        while not listed() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        peers = listed()
+        peers = procs.wait_for(listed, 20, 0.2, 'the seeder in the swarm')
         self.assertEqual(socket.inet_aton('127.0.0.1')
                          + seeder_port.to_bytes(2, 'big'), peers)
         swarm, = table.status()['swarms']
         self.assertEqual(3 * base.MiB, swarm['size'])
         # Released: the seeder stops announcing, the publication ends.
         self.publisher.release(NODE_A)
-        deadline = time.monotonic() + 20
-        while table.status()['swarms'] and time.monotonic() < deadline:
-            time.sleep(0.2)
-        self.assertEqual([], table.status()['swarms'])
+        procs.wait_for(lambda: not table.status()['swarms'], 20, 0.2,
+                       'the publication to end')
 
     def test_shared_tracker_serves_before_any_deploy(self):
         self.assertFalse(self.publisher.serve_shared_tracker())
@@ -481,10 +477,10 @@ class PublisherTestCase(base.TestCase):
         with mock.patch.object(seeder.LOG, 'warning',
                                autospec=True) as warning:
             pub = self.publisher.publish(NODE_A, self.image)
-            deadline = time.monotonic() + 20
-            while not warning.called and time.monotonic() < deadline:
-                self.publisher.stats(pub.info_hash)    # pumps the alerts
-                time.sleep(0.2)
+            # stats() pumps the alerts.
+            procs.wait_for(lambda: (self.publisher.stats(pub.info_hash),
+                                    warning.called)[1], 20, 0.2,
+                           'the warning')
         logged = str(warning.call_args_list)
         self.assertIn('no publications from other conductors', logged)
         self.assertIn(url, logged)
