@@ -57,6 +57,7 @@ from ipa_extension import resume
 from ipa_extension import sources
 from ironic_bt.common import certs
 from ironic_bt.common.i18n import _
+from ironic_bt.common import sockets
 from ironic_bt.common import swarm
 
 LOG = log.getLogger(__name__)
@@ -104,6 +105,9 @@ class Tuning:
     #: Seconds an agent may leave our requests unanswered before the piece
     #: plan takes it for gone (see :class:`ipa_extension.peers.Silence`).
     agent_silence: float = 1.5
+    #: Seconds an incoming SSL connection may take to become a peer before
+    #: it is closed (see :class:`ironic_bt.common.sockets.Handshakes`).
+    handshake_limit: float = sockets.HANDSHAKE_LIMIT
     #: Extra libtorrent settings (see :mod:`ironic_bt.common.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
 
@@ -244,6 +248,8 @@ class _Download:
         overrides.update(tuning.settings)
         self.num_want = overrides['num_want']
         self.ssl = credentials is not None
+        self.handshakes = (sockets.Handshakes(tuning.handshake_limit)
+                           if self.ssl else None)
         self.session = swarm.make_session(listen_host, listen_port,
                                           ssl=self.ssl, **overrides)
         params = lt.add_torrent_params()
@@ -315,6 +321,9 @@ class _Download:
                               | lt.peer_info.handshake))
         self.bytes.update(peer_info)
         self._shut_out_seeders(peer_info)
+        if self.handshakes is not None and self.handshakes.due():
+            self.handshakes.check(swarm.listen_port(self.session, ssl=True),
+                                  {p.ip for p in peer_info})
         self.observer.peers(peer_info)
         if downloading:
             self._in_order(st, peer_info)
@@ -708,7 +717,7 @@ class _Download:
             return
         self.session.remove_torrent(self.handle)
         self.handle = None
-        swarm.close_session(self.session, ssl=self.ssl)
+        sockets.close_session(self.session, ssl=self.ssl)
         self.session = None
 
 

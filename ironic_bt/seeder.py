@@ -30,6 +30,7 @@ import libtorrent as lt
 from oslo_log import log
 
 from ironic_bt.common.i18n import _
+from ironic_bt.common import sockets
 from ironic_bt.common import swarm
 
 LOG = log.getLogger(__name__)
@@ -124,7 +125,7 @@ class Seeder:
 
     def __init__(self, listen_host='0.0.0.0', listen_port=6881,
                  upload_rate_limit=0, settings=None, nodes=None, ssl=False,
-                 shared=False):
+                 shared=False, handshake_limit=sockets.HANDSHAKE_LIMIT):
         """Start the session.
 
         :param ssl: serve SSL torrents only, on an SSL listener (see
@@ -132,6 +133,9 @@ class Seeder:
             needs credentials.
         :param shared: whether other conductors share the tracker, and so
             may seed the same swarms (see :func:`request_queue`).
+        :param handshake_limit: seconds an incoming SSL connection may take
+            to become a peer before it is closed (see
+            :class:`ironic_bt.common.sockets.Handshakes`).
         """
         self._shared = shared
         overrides = {
@@ -148,6 +152,7 @@ class Seeder:
         if upload_rate_limit:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
         self._ssl = ssl
+        self._handshakes = sockets.Handshakes(handshake_limit) if ssl else None
         self._session = swarm.make_session(listen_host, listen_port, ssl=ssl,
                                            **overrides)
         if upload_rate_limit:
@@ -336,6 +341,18 @@ class Seeder:
         while not self._closing.is_set():
             if session.wait_for_alert(int(ALERT_WAIT * 1000)):
                 self.pump_alerts()
+            if self._handshakes is not None and self._handshakes.due():
+                self._check_handshakes()
+
+    def _check_handshakes(self):
+        """Close incoming connections that never became peers."""
+        with self._lock:
+            if self._session is None:
+                return
+            peers = {p.ip for handle in self._handles.values()
+                     for p in handle.get_peer_info()}
+            port = swarm.listen_port(self._session, ssl=True)
+        self._handshakes.check(port, peers)
 
     def pump_alerts(self):
         """Log the errors libtorrent reported since the last call."""
@@ -368,6 +385,6 @@ class Seeder:
                 self._session.remove_torrent(handle)
             self._handles.clear()
             self._credentials.clear()
-            swarm.close_session(self._session, ssl=self._ssl)
+            sockets.close_session(self._session, ssl=self._ssl)
             # Dropping the session aborts it and closes every file handle.
             self._session = None

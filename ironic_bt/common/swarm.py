@@ -17,18 +17,10 @@ settings must hold on both sides of the wire, and the ramdisk does not carry
 the Ironic server stack.
 """
 
-import os
-import socket
-import time
-
 import libtorrent as lt
-from oslo_log import log
 from oslo_utils import netutils
-import psutil
 
 import ironic_bt
-
-LOG = log.getLogger(__name__)
 
 #: Alerts we act on: errors (disk, tracker), state changes, tracker replies.
 ALERT_MASK = (lt.alert_category.error
@@ -135,101 +127,6 @@ def make_session(listen_host='0.0.0.0', listen_port=6881, ssl=False,
 def listen_port(session, ssl=False):
     """The port a session accepts peers on (its SSL port if ``ssl``)."""
     return session.ssl_listen_port() if ssl else session.listen_port()
-
-
-#: A network device that cannot exist: 24 characters, and Linux names have
-#: at most 15.
-_NO_INTERFACE = 'ironic-bt-closed-session:0s'
-#: Seconds :func:`close_session` waits for libtorrent to let go of the
-#: connections it shut down.
-CLOSE_WAIT = 2.0
-
-
-def _accepted(port):
-    """File descriptors of this process's TCP connections accepted on port."""
-    proc = psutil.Process()
-    # psutil < 6 names it connections().
-    connections = getattr(proc, 'net_connections', None) or proc.connections
-    return [c.fd for c in connections(kind='tcp')
-            if c.fd >= 0 and c.laddr and c.laddr.port == port
-            and c.status != psutil.CONN_LISTEN]
-
-
-def _shut_down(fd, port):
-    """Shut down the connection on ``fd`` if it is still one on ``port``.
-
-    The descriptor is libtorrent's and may have been closed and reused
-    since it was listed: a duplicate is checked to be a TCP socket bound to
-    ``port`` before anything is done to it.
-    """
-    try:
-        sock = socket.socket(fileno=os.dup(fd))
-    except OSError:
-        return False
-    try:
-        if (sock.type != socket.SOCK_STREAM
-                or sock.getsockname()[1] != port):
-            return False
-        sock.shutdown(socket.SHUT_RDWR)
-        return True
-    except OSError:
-        # Closed by the other side or by libtorrent in the meantime.
-        return False
-    finally:
-        sock.close()
-
-
-def close_session(session, ssl=False):
-    """Make a session whose torrents were removed safe to destroy.
-
-    With SSL, libtorrent (2.1.1) destroys the sockets of incoming
-    connections still in their TLS handshake while the handshake is still
-    waiting on them, which corrupts the heap: the process aborts
-    ("corrupted size vs. prev_size"). Anyone who can reach the port holds
-    such a handshake open by connecting and sending nothing, and agents
-    that dial each other always have a few in flight (2 to 4 of 64 agents
-    aborted on exit at 1 Mbit/s). So the session first stops listening;
-    then every connection accepted on its SSL port is shut down, which ends
-    the handshakes at once, and libtorrent is given :data:`CLOSE_WAIT`
-    seconds to forget them before the session is destroyed.
-
-    The caller then drops its last reference to the session.
-
-    :param session: an ``lt.session`` whose torrents were removed.
-    :param ssl: whether the session listens for SSL peers.
-    """
-    if not ssl:
-        return
-    port = session.ssl_listen_port()
-    # An empty listen_interfaces is not applied to an SSL session (libtorrent
-    # reads the setting back as empty already); a device name no Linux
-    # interface can have (longer than IFNAMSIZ) closes every listener and
-    # opens none.
-    session.apply_settings({'listen_interfaces': _NO_INTERFACE})
-    deadline = time.monotonic() + CLOSE_WAIT
-    while session.is_listening() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not port:
-        return
-    shut = set()
-    deadline = time.monotonic() + CLOSE_WAIT
-    while time.monotonic() < deadline:
-        fds = _accepted(port)
-        if not fds:
-            break
-        shut.update(fd for fd in fds if fd not in shut
-                    and _shut_down(fd, port))
-        time.sleep(0.05)
-    else:
-        LOG.warning('%(n)d connections accepted on SSL port %(port)d were '
-                    'still open %(s).0f s after the session shut them '
-                    'down; destroying it anyway',
-                    {'n': len(_accepted(port)), 'port': port,
-                     's': CLOSE_WAIT})
-    if shut:
-        LOG.debug('Shut down %(n)d connections accepted on SSL port '
-                  '%(port)d before destroying the session',
-                  {'n': len(shut), 'port': port})
 
 
 #: Diffie-Hellman parameters for SSL peer connections: the ffdhe2048 group

@@ -22,6 +22,7 @@ import contextlib
 import datetime
 import hashlib
 import json
+import logging
 import os
 import socket
 import struct
@@ -37,11 +38,13 @@ import pytest
 
 from ipa_extension import writer
 from ironic_bt.common import certs
+from ironic_bt.common import sockets
 from ironic_bt.common import swarm
 from ironic_bt.common import torrent
 from ironic_bt import seeder
 from tests import bencode
 from tests.functional import helpers
+from tests.lab import procs
 
 HOUR = datetime.timedelta(hours=1)
 #: How long an outsider tries before we count what it got.
@@ -504,3 +507,49 @@ def test_writer_exits_cleanly_with_handshakes_in_flight(tmp_path, image):
     assert json.loads(out.splitlines()[-1])['sha256'] == \
         hashlib.sha256(data).hexdigest()
     assert helpers.read(str(target), len(data)) == data
+
+
+def test_seeder_closes_connections_that_never_finish_a_handshake(
+        tmp_path, image, authority, caplog):
+    """Silent neighbours cannot pile up connections at the seeder.
+
+    libtorrent keeps incoming SSL connections in their TLS handshake with
+    no time limit and no cap; each held a descriptor of the conductor for
+    as long as the seeder ran. The seeder closes them; a node in the
+    swarm meanwhile writes its image as ever.
+    """
+    path, data, meta = image
+    seed = seeder.Seeder('127.0.0.1', 0, ssl=True, handshake_limit=1)
+    silent = []
+    try:
+        seed.add(meta, path, verified=True,
+                 credentials=authority.credentials('seeder', HOUR))
+        silent = _silent_connections(seed.port, 20)
+        with caplog.at_level(logging.WARNING, logger='ironic_bt.common'):
+            target = str(tmp_path / 'disk')
+            result = helpers.write_from(
+                seed, meta, target,
+                credentials=authority.credentials('node-1', HOUR))
+            assert result.sha256 == helpers.sha256(data)
+
+            def all_closed():
+                return all(_closed_by_peer(sock) for sock in silent)
+            procs.wait_for(all_closed, 1 + sockets.HANDSHAKE_CHECK_INTERVAL
+                           + 5, 0.2, 'the seeder to close them')
+    finally:
+        for sock in silent:
+            sock.close()
+        seed.close()
+    warnings = [r.getMessage() for r in caplog.records
+                if 'were not peers' in r.getMessage()]
+    assert warnings and 'from 127.0.0.1' in warnings[0], warnings
+
+
+def _closed_by_peer(sock):
+    sock.setblocking(False)
+    try:
+        return sock.recv(1) == b''
+    except BlockingIOError:
+        return False
+    except ConnectionResetError:
+        return True

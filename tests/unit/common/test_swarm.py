@@ -10,14 +10,8 @@
 #    License for the specific language governing permissions and limitations
 #    under the License.
 
-"""Adding torrents, and closing sessions.
+"""Adding torrents: an SSL torrent has its certificate before it connects."""
 
-An SSL torrent has its certificate before it connects; a session closes
-its SSL connections before it is destroyed.
-"""
-
-import os
-import socket
 from unittest import mock
 
 import libtorrent as lt
@@ -89,47 +83,6 @@ def test_user_agent_names_the_installed_release():
     agent = session.get_settings()['user_agent']
     assert agent.startswith('ironic-bt/%s ' % metadata.version('ironic-bt'))
     assert metadata.version('ironic-bt') not in ('0', '')
-
-
-def _connected_pair():
-    server = socket.create_server(('127.0.0.1', 0))
-    client = socket.create_connection(server.getsockname())
-    accepted, _addr = server.accept()
-    server.close()
-    return client, accepted
-
-
-def test_shut_down_ends_an_accepted_connection_on_the_port():
-    client, accepted = _connected_pair()
-    with client, accepted:
-        port = accepted.getsockname()[1]
-        assert swarm._accepted(port) == [accepted.fileno()]
-        assert swarm._shut_down(accepted.fileno(), port)
-        # The other side sees the end of the connection.
-        assert client.recv(1) == b''
-
-
-def test_shut_down_leaves_a_reused_descriptor_alone():
-    # A descriptor listed for the port, closed by libtorrent and reused by
-    # another connection of the process (IPA's API) before it was shut
-    # down, is left alone.
-    client, accepted = _connected_pair()
-    with client, accepted:
-        other_port = accepted.getsockname()[1] + 1
-        assert not swarm._shut_down(accepted.fileno(), other_port)
-        fd = os.open(os.devnull, os.O_RDONLY)
-        try:
-            assert not swarm._shut_down(fd, other_port)
-        finally:
-            os.close(fd)
-        client.sendall(b'x')
-        assert accepted.recv(1) == b'x'
-
-
-def test_close_session_of_a_plain_session_does_nothing():
-    session = mock.create_autospec(lt.session, instance=True)
-    swarm.close_session(session, ssl=False)
-    assert not session.method_calls
 
 
 def test_listen_interfaces():

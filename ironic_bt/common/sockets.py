@@ -1,0 +1,208 @@
+#    Licensed under the Apache License, Version 2.0 (the "License"); you may
+#    not use this file except in compliance with the License. You may obtain
+#    a copy of the License at
+#
+#         http://www.apache.org/licenses/LICENSE-2.0
+#
+#    Unless required by applicable law or agreed to in writing, software
+#    distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+#    WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+#    License for the specific language governing permissions and limitations
+#    under the License.
+
+"""The connections a session accepted on its SSL port, kept in check.
+
+libtorrent (2.1.1) keeps each incoming SSL connection in a list of its own
+until its TLS handshake ends, with no time limit and no cap, and its peer
+limits do not count them. Two things follow, both handled here, from the
+outside (the sockets are the process's own, found with psutil):
+
+* a connection that never says a word holds a descriptor and memory for as
+  long as the session runs: :class:`Handshakes` shuts down those that have
+  not become peers within a time limit, so a neighbour on the provisioning
+  network cannot run the conductor out of descriptors;
+* destroying the session frees those sockets under their pending
+  handshake, which corrupts the heap: :func:`close_session` ends them
+  first.
+
+This module does not import libtorrent; sessions are passed in.
+"""
+
+import os
+import socket
+import time
+
+from oslo_log import log
+import psutil
+
+LOG = log.getLogger(__name__)
+
+#: A network device that cannot exist: 24 characters, and Linux names have
+#: at most 15.
+_NO_INTERFACE = 'ironic-bt-closed-session:0s'
+#: Seconds :func:`close_session` waits for libtorrent to let go of the
+#: connections it shut down.
+CLOSE_WAIT = 2.0
+#: Seconds an incoming connection may take to become a peer (its TLS and
+#: BitTorrent handshakes) before :class:`Handshakes` ends it. libtorrent
+#: gives the BitTorrent handshake 10 s after TLS; a peer on the slowest
+#: provisioning link finishes both in about a second.
+HANDSHAKE_LIMIT = 30.0
+#: Seconds between two looks of :class:`Handshakes`.
+HANDSHAKE_CHECK_INTERVAL = 5.0
+
+
+def _accepted(port):
+    """{fd: (ip, port)} of this process's TCP connections accepted on port.
+
+    IPv4 peers of a dual-stack socket are given as plain IPv4 addresses.
+    """
+    proc = psutil.Process()
+    # psutil < 6 names it connections().
+    connections = getattr(proc, 'net_connections', None) or proc.connections
+    accepted = {}
+    for c in connections(kind='tcp'):
+        if (c.fd < 0 or not c.laddr or c.laddr.port != port
+                or c.status == psutil.CONN_LISTEN or not c.raddr):
+            continue
+        ip = c.raddr.ip
+        if ip.startswith('::ffff:'):
+            ip = ip[len('::ffff:'):]
+        accepted[c.fd] = (ip, c.raddr.port)
+    return accepted
+
+
+def _shut_down(fd, port):
+    """Shut down the connection on ``fd`` if it is still one on ``port``.
+
+    The descriptor is libtorrent's and may have been closed and reused
+    since it was listed: a duplicate is checked to be a TCP socket bound to
+    ``port`` before anything is done to it.
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return False
+    try:
+        if (sock.type != socket.SOCK_STREAM
+                or sock.getsockname()[1] != port):
+            return False
+        sock.shutdown(socket.SHUT_RDWR)
+        return True
+    except OSError:
+        # Closed by the other side or by libtorrent in the meantime.
+        return False
+    finally:
+        sock.close()
+
+
+class Handshakes:
+    """Ends incoming connections that do not become peers in time.
+
+    :param limit: seconds a connection accepted on the SSL port may go
+        without being one of the session's peers.
+    :param interval: seconds between two looks; :meth:`check` does
+        nothing when called more often.
+    """
+
+    def __init__(self, limit=HANDSHAKE_LIMIT,
+                 interval=HANDSHAKE_CHECK_INTERVAL):
+        self.limit = limit
+        self.interval = interval
+        self._next = 0.0
+        self._since = {}    # (fd, (ip, port)) -> first seen not a peer
+
+    def due(self, now=None):
+        """Whether :meth:`check` would look now (``interval`` elapsed)."""
+        now = time.monotonic() if now is None else now
+        return now >= self._next
+
+    def check(self, port, peers, now=None):
+        """Look at the connections accepted on ``port`` once.
+
+        :param port: the session's SSL listen port (0: not listening).
+        :param peers: the (ip, port) of the session's peer connections,
+            over all its torrents (``lt.peer_info.ip``).
+        :returns: the addresses of the connections shut down.
+        """
+        now = time.monotonic() if now is None else now
+        if not port or not self.due(now):
+            return []
+        self._next = now + self.interval
+        peers = set(peers)
+        since = {}
+        ended = []
+        for fd, address in _accepted(port).items():
+            if address in peers:
+                continue
+            key = (fd, address)
+            first = self._since.get(key, now)
+            if now - first >= self.limit and _shut_down(fd, port):
+                ended.append(address)
+                continue
+            since[key] = first
+        self._since = since
+        if ended:
+            LOG.warning('Closed %(n)d incoming connections on SSL port '
+                        '%(port)d that were not peers %(s).0f s after they '
+                        'connected (a TLS handshake never finished): from '
+                        '%(who)s. Only nodes being deployed should connect '
+                        'to it; check the provisioning network for what '
+                        'else does.',
+                        {'n': len(ended), 'port': port, 's': self.limit,
+                         'who': ', '.join(sorted(
+                             {ip for ip, _port in ended})[:16])})
+        return ended
+
+
+def close_session(session, ssl=False):
+    """Make a session whose torrents were removed safe to destroy.
+
+    With SSL, libtorrent (2.1.1) destroys the sockets of incoming
+    connections still in their TLS handshake while the handshake is still
+    waiting on them, which corrupts the heap: the process aborts
+    ("corrupted size vs. prev_size"). Anyone who can reach the port holds
+    such a handshake open by connecting and sending nothing, and agents
+    that dial each other always have a few in flight (2 to 4 of 64 agents
+    aborted on exit at 1 Mbit/s). So the session first stops listening;
+    then every connection accepted on its SSL port is shut down, which ends
+    the handshakes at once, and libtorrent is given :data:`CLOSE_WAIT`
+    seconds to forget them before the session is destroyed.
+
+    The caller then drops its last reference to the session.
+
+    :param session: an ``lt.session`` whose torrents were removed.
+    :param ssl: whether the session listens for SSL peers.
+    """
+    if not ssl:
+        return
+    port = session.ssl_listen_port()
+    # An empty listen_interfaces is not applied to an SSL session (libtorrent
+    # reads the setting back as empty already); a device name no Linux
+    # interface can have (longer than IFNAMSIZ) closes every listener and
+    # opens none.
+    session.apply_settings({'listen_interfaces': _NO_INTERFACE})
+    deadline = time.monotonic() + CLOSE_WAIT
+    while session.is_listening() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not port:
+        return
+    shut = set()
+    deadline = time.monotonic() + CLOSE_WAIT
+    while time.monotonic() < deadline:
+        fds = _accepted(port)
+        if not fds:
+            break
+        shut.update(fd for fd in fds if fd not in shut
+                    and _shut_down(fd, port))
+        time.sleep(0.05)
+    else:
+        LOG.warning('%(n)d connections accepted on SSL port %(port)d were '
+                    'still open %(s).0f s after the session shut them '
+                    'down; destroying it anyway',
+                    {'n': len(_accepted(port)), 'port': port,
+                     's': CLOSE_WAIT})
+    if shut:
+        LOG.debug('Shut down %(n)d connections accepted on SSL port '
+                  '%(port)d before destroying the session',
+                  {'n': len(shut), 'port': port})
