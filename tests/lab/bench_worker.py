@@ -56,6 +56,8 @@ import sys
 import threading
 import time
 
+from oslo_utils import netutils
+
 
 def _report(**fields):
     print(json.dumps(fields, sort_keys=True), flush=True)
@@ -92,8 +94,8 @@ def _wait_start(path):
 
 
 def _host_port(value):
-    host, _sep, port = value.rpartition(':')
-    return host.strip('[]'), int(port)
+    host, port = netutils.parse_host_port(value)
+    return host, int(port)
 
 
 def _settings(value):

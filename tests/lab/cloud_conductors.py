@@ -38,6 +38,8 @@ import signal
 import sys
 import time
 
+from oslo_utils import netutils
+
 from ironic_bt.common import torrent
 from tests.lab import cloud_conf
 from tests.lab import net
@@ -246,8 +248,7 @@ def owner(cloud, uuid):
 
 def _address(hostname):
     # Ironic names a JSON-RPC conductor on a non-default port HOST:PORT.
-    return hostname.rsplit(':', 1)[0] if hostname.count(':') == 1 \
-        else hostname
+    return netutils.parse_host_port(hostname)[0]
 
 
 def seeder_uploads(cloud, info_hash):
