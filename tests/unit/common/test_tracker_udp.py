@@ -184,6 +184,24 @@ def test_real_socket_beside_http(table):
         tracker.stop()
 
 
+def _seed_in_tiers(tmp_path, info, trackers):
+    """A libtorrent seed announcing as node n1 to ``trackers``, in tiers.
+
+    As the writer sets it: each tracker a tier of its own, in order of
+    preference, the next one used only if the one before fails.
+    :returns: the session and the torrent's handle.
+    """
+    session = swarm.make_session('127.0.0.1', 0, announce_to_all_tiers=False,
+                                 announce_to_all_trackers=False)
+    params = lt.add_torrent_params()
+    params.ti = info
+    params.save_path = str(tmp_path)
+    params.flags |= lt.torrent_flags.seed_mode
+    params.trackers = [url + '?node=n1' for url in trackers]
+    params.tracker_tiers = list(range(len(trackers)))
+    return session, session.add_torrent(params)
+
+
 def test_libtorrent_announces_over_udp_first(tmp_path):
     """A real libtorrent client, with the UDP and HTTP URLs as tiers."""
     info, keys = hybrid.torrent(tmp_path)
@@ -196,31 +214,25 @@ def test_libtorrent_announces_over_udp_first(tmp_path):
     http = mock.patch.object(protocol, 'parse_announce', autospec=True,
                              side_effect=protocol.parse_announce)
     http_parse = http.start()
-    # As the writer sets it: tiers in order of preference.
-    session = swarm.make_session('127.0.0.1', 0, announce_to_all_tiers=False,
-                                 announce_to_all_trackers=False)
+    record = mock.patch.object(table, 'record', autospec=True,
+                               side_effect=table.record)
+    udp_record = record.start()
+    session = None
     try:
-        params = lt.add_torrent_params()
-        params.ti = info
-        params.save_path = str(tmp_path)
-        params.flags |= lt.torrent_flags.seed_mode
-        params.trackers = [tracker.udp_announce_url('127.0.0.1') + '?node=n1',
-                           tracker.announce_url('127.0.0.1') + '?node=n1']
-        params.tracker_tiers = [0, 1]
-        handle = session.add_torrent(params)
-        udp_announces = []
-        real_record = table.record
-        table.record = lambda req: (udp_announces.append(req),
-                                    real_record(req))[1]
-        procs.wait_for(lambda: len(udp_announces) >= 2, 10, 0.05,
+        session, handle = _seed_in_tiers(
+            tmp_path, info, [tracker.udp_announce_url('127.0.0.1'),
+                             tracker.announce_url('127.0.0.1')])
+        procs.wait_for(lambda: udp_record.call_count >= 2, 10, 0.05,
                        'two announces over UDP')
         # The node label came over UDP, in BEP 41 URL data.
-        assert {req.node for req in udp_announces} == {'n1'}
+        assert {call.args[0].node
+                for call in udp_record.call_args_list} == {'n1'}
         # HTTP, the second tier, was not needed.
         time.sleep(0.5)
         assert not http_parse.called
         assert handle.is_valid()
     finally:
+        record.stop()
         http.stop()
         del session
         tracker.stop()
@@ -235,18 +247,12 @@ def test_libtorrent_falls_back_to_http(tmp_path):
     # A UDP port nobody answers on (a firewall that drops UDP).
     closed = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     closed.bind(('127.0.0.1', 0))
-    session = swarm.make_session('127.0.0.1', 0, announce_to_all_tiers=False,
-                                 announce_to_all_trackers=False)
+    session = None
     try:
-        params = lt.add_torrent_params()
-        params.ti = info
-        params.save_path = str(tmp_path)
-        params.flags |= lt.torrent_flags.seed_mode
-        params.trackers = [
-            udp.announce_url('127.0.0.1', closed.getsockname()[1], 'n1'),
-            tracker.announce_url('127.0.0.1') + '?node=n1']
-        params.tracker_tiers = [0, 1]
-        session.add_torrent(params)
+        session, _handle = _seed_in_tiers(
+            tmp_path, info,
+            [udp.announce_url('127.0.0.1', closed.getsockname()[1]),
+             tracker.announce_url('127.0.0.1')])
         peers = procs.wait_for(
             lambda: table.status()['swarms'][0]['peers'], 60, 0.1,
             'an announce over HTTP')
