@@ -148,8 +148,7 @@ def allow_torrent(cloud, image_path):
         f.write(''.join('%s\n' % key for key in wanted
                         if key not in known))
     record = cloud.state['services']['opentracker']
-    stat = net.proc_stat(record['pid'])
-    if stat is None or stat['starttime'] != record['starttime']:
+    if not procs.is_running(record['pid'], record['starttime']):
         raise RuntimeError('opentracker (pid %d) is gone; see %s'
                            % (record['pid'], record['log']))
     # opentracker reads its whitelist again on SIGHUP, in a thread of its
