@@ -42,7 +42,6 @@ from oslo_utils import netutils
 
 from ironic_bt.common import torrent
 from tests.lab import cloud_conf
-from tests.lab import net
 from tests.lab import procs
 
 TRACKERS = ('builtin', 'opentracker')
