@@ -1013,8 +1013,7 @@ class BitTorrentDeploy(agent.CustomAgentDeploy):
 
     @periodics.periodic(
         spacing=lambda: CONF.bittorrent.resume_check_interval or 5,
-        enabled=lambda: bool(CONF.bittorrent.tracker_secret
-                             and not CONF.bittorrent.tracker_url))
+        enabled=publisher.shares_its_tracker)
     def _serve_shared_tracker(self, manager, context):
         """Run the built-in tracker that other conductors share.
 

@@ -50,7 +50,6 @@ import threading
 import time
 
 from ironic.conf import CONF   # [deploy]http_root and http_url too
-from oslo_config import cfg
 from oslo_log import log
 from oslo_utils import netutils
 
@@ -137,6 +136,26 @@ def _overlap(host_a, host_b):
     return host_a == host_b
 
 
+def shares_its_tracker():
+    """Whether this conductor runs the built-in tracker others share.
+
+    So it does with ``[bittorrent]tracker_secret`` and no ``tracker_url``.
+    A ``tracker_url`` that is not valid counts as set (the tracker is not
+    started): :func:`check_config` reports it for each node, and the
+    conductor itself still starts.
+    """
+    opts = CONF.bittorrent
+    if not opts.tracker_secret:
+        return False
+    try:
+        return not opts.tracker_url
+    except ValueError as e:
+        LOG.error('[bittorrent]tracker_url is not valid, so the built-in '
+                  'tracker that other conductors share does not start: %s',
+                  e)
+        return False
+
+
 def check_config(node_uuid):
     """Check the ``[bittorrent]`` options a deploy depends on.
 
@@ -150,10 +169,12 @@ def check_config(node_uuid):
             node=node_uuid, option=option, value=value, reason=reason)
 
     def read(option, hint):
-        # oslo.config checks the value's type when it is read.
+        # oslo.config checks the value's type when it is read; a value
+        # from a file, the environment or a default substituted from
+        # another option ($my_ip) is refused with a ValueError.
         try:
             return getattr(opts, option)
-        except cfg.ConfigFileValueError as e:
+        except ValueError as e:
             raise exception.InvalidBitTorrentOption(
                 node=node_uuid, option=option, hint=hint,
                 reason=str(e).split(' is not valid: ', 1)[-1])
@@ -344,15 +365,15 @@ class Publisher:
         :returns: True if the tracker runs after the call.
         :raises: OSError if it cannot listen.
         """
-        opts = CONF.bittorrent
-        if opts.tracker_url or not opts.tracker_secret:
+        if not shares_its_tracker():
             return False
         with self._lock:
             if self._tracker is None:
                 self._start_tracker_locked()
                 LOG.info('Built-in tracker %s started for the conductors '
                          'sharing it',
-                         self._tracker.announce_url(opts.advertise_host))
+                         self._tracker.announce_url(
+                             CONF.bittorrent.advertise_host))
             return True
 
     def _sweep(self, start=False):

@@ -984,6 +984,13 @@ class SharedTrackerTestCase(DeployTestCase):
         self.config(group='bittorrent',
                     tracker_url='http://198.51.100.1:6969/announce')
         self.assertFalse(enabled())
+        # A tracker_url that is not valid does not stop the conductor: the
+        # check says no, and check_config names it for each node.
+        self.cfg_fixture.conf.clear_override('tracker_url',
+                                             group='bittorrent')
+        self.cfg_fixture.load_raw_values(group='bittorrent',
+                                         tracker_url='ftp://tracker/x')
+        self.assertFalse(enabled())
 
 
 @mock.patch.object(deployments, 'continue_node_deploy', autospec=True)

@@ -558,6 +558,16 @@ class CheckConfigTestCase(base.TestCase):
         self.assertIn('Fix it in the configuration of this conductor',
                       str(exc))
 
+    def test_bad_my_ip(self):
+        # The default advertise_host is $my_ip, ironic's plain string.
+        self.config(my_ip='host_1')
+        self.cfg_fixture.conf.clear_override('advertise_host',
+                                             group='bittorrent')
+        exc = self.assertRaises(exception.InvalidBitTorrentOption,
+                                publisher.check_config, NODE_A)
+        self.assertIn('[bittorrent]advertise_host is not valid: host_1',
+                      str(exc))
+
     def test_my_ip_unspecified(self):
         # The default advertise_host is $my_ip.
         self.config(my_ip='0.0.0.0')
