@@ -69,6 +69,12 @@ DownloadError = errors.DownloadError
 VerifyError = errors.VerifyError
 
 
+#: Seconds a closing writer leaves its "stopped" announce to go out to a
+#: UDP tracker (one datagram on the provisioning network) before its
+#: listen sockets, which carry it, close.
+STOPPED_WAIT = 0.5
+
+
 @dataclasses.dataclass
 class Tuning:
     """Knobs of the writer's loop; the defaults are the product's."""
@@ -248,8 +254,11 @@ class _Download:
         overrides.update(tuning.settings)
         self.num_want = overrides['num_want']
         self.ssl = credentials is not None
+        self.listen_host = listen_host
         self.handshakes = (sockets.Handshakes(tuning.handshake_limit)
                            if self.ssl else None)
+        #: libtorrent announces to UDP trackers from its listen sockets.
+        self.udp_trackers = any(url.startswith('udp://') for url in trackers)
         self.session = swarm.make_session(listen_host, listen_port,
                                           ssl=self.ssl, **overrides)
         params = lt.add_torrent_params()
@@ -323,7 +332,8 @@ class _Download:
         self._shut_out_seeders(peer_info)
         if self.handshakes is not None and self.handshakes.due():
             self.handshakes.check(swarm.listen_port(self.session, ssl=True),
-                                  {p.ip for p in peer_info})
+                                  {p.ip for p in peer_info},
+                                  host=self.listen_host)
         self.observer.peers(peer_info)
         if downloading:
             self._in_order(st, peer_info)
@@ -717,7 +727,12 @@ class _Download:
             return
         self.session.remove_torrent(self.handle)
         self.handle = None
-        sockets.close_session(self.session, ssl=self.ssl)
+        # Leave the "stopped" announce a moment to leave over UDP: the
+        # tracker then releases the node at once.
+        sockets.close_session(self.session, ssl=self.ssl,
+                              host=self.listen_host,
+                              announce_wait=STOPPED_WAIT
+                              if self.udp_trackers else 0.0)
         self.session = None
 
 

@@ -153,6 +153,7 @@ class Seeder:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
         self._ssl = ssl
         self._handshakes = sockets.Handshakes(handshake_limit) if ssl else None
+        self._listen_host = listen_host
         self._session = swarm.make_session(listen_host, listen_port, ssl=ssl,
                                            **overrides)
         if upload_rate_limit:
@@ -352,7 +353,7 @@ class Seeder:
             peers = {p.ip for handle in self._handles.values()
                      for p in handle.get_peer_info()}
             port = swarm.listen_port(self._session, ssl=True)
-        self._handshakes.check(port, peers)
+        self._handshakes.check(port, peers, host=self._listen_host)
 
     def pump_alerts(self):
         """Log the errors libtorrent reported since the last call."""
@@ -385,6 +386,7 @@ class Seeder:
                 self._session.remove_torrent(handle)
             self._handles.clear()
             self._credentials.clear()
-            sockets.close_session(self._session, ssl=self._ssl)
+            sockets.close_session(self._session, ssl=self._ssl,
+                                  host=self._listen_host)
             # Dropping the session aborts it and closes every file handle.
             self._session = None

@@ -28,6 +28,7 @@ outside (the sockets are the process's own, found with psutil):
 This module does not import libtorrent; sessions are passed in.
 """
 
+import ipaddress
 import os
 import socket
 import time
@@ -52,11 +53,37 @@ HANDSHAKE_LIMIT = 30.0
 HANDSHAKE_CHECK_INTERVAL = 5.0
 
 
-def _accepted(port):
+def address(ip, port):
+    """(ip, port) as both psutil and libtorrent can be compared by.
+
+    IPv4-mapped IPv6 addresses are plain IPv4, and the scope of a
+    link-local address (``%eth0``, which only libtorrent gives) is dropped.
+    """
+    try:
+        parsed = ipaddress.ip_address(ip.split('%', 1)[0])
+    except ValueError:
+        return ip, port
+    mapped = getattr(parsed, 'ipv4_mapped', None)
+    return str(mapped or parsed), port
+
+
+def _local(host):
+    """The address a session listens on, or None for any address."""
+    try:
+        parsed = ipaddress.ip_address(host)
+    except (TypeError, ValueError):
+        return None
+    return None if parsed.is_unspecified else str(parsed)
+
+
+def _accepted(port, host=None):
     """{fd: (ip, port)} of this process's TCP connections accepted on port.
 
-    IPv4 peers of a dual-stack socket are given as plain IPv4 addresses.
+    :param host: the address the session listens on (any if None or
+        unspecified): connections to the same port on another address (a
+        tracker of this process) are not the session's.
     """
+    local = _local(host)
     proc = psutil.Process()
     # psutil < 6 names it connections().
     connections = getattr(proc, 'net_connections', None) or proc.connections
@@ -65,27 +92,34 @@ def _accepted(port):
         if (c.fd < 0 or not c.laddr or c.laddr.port != port
                 or c.status == psutil.CONN_LISTEN or not c.raddr):
             continue
-        ip = c.raddr.ip
-        if ip.startswith('::ffff:'):
-            ip = ip[len('::ffff:'):]
-        accepted[c.fd] = (ip, c.raddr.port)
+        if local is not None and address(c.laddr.ip, 0)[0] != local:
+            continue
+        accepted[c.fd] = address(*c.raddr)
     return accepted
 
 
-def _shut_down(fd, port):
-    """Shut down the connection on ``fd`` if it is still one on ``port``.
+def _shut_down(fd, port, peer=None):
+    """Shut down the connection on ``fd`` if it is still the one listed.
 
     The descriptor is libtorrent's and may have been closed and reused
     since it was listed: a duplicate is checked to be a TCP socket bound to
-    ``port`` before anything is done to it.
+    ``port`` (and connected to ``peer``, if given) before anything is done
+    to it.
     """
     try:
-        sock = socket.socket(fileno=os.dup(fd))
+        dup = os.dup(fd)
     except OSError:
         return False
     try:
+        sock = socket.socket(fileno=dup)
+    except OSError:
+        os.close(dup)   # not a socket any more
+        return False
+    try:
         if (sock.type != socket.SOCK_STREAM
-                or sock.getsockname()[1] != port):
+                or sock.getsockname()[1] != port
+                or (peer is not None
+                    and address(*sock.getpeername()[:2]) != peer)):
             return False
         sock.shutdown(socket.SHUT_RDWR)
         return True
@@ -117,28 +151,40 @@ class Handshakes:
         now = time.monotonic() if now is None else now
         return now >= self._next
 
-    def check(self, port, peers, now=None):
+    def check(self, port, peers, host=None, now=None):
         """Look at the connections accepted on ``port`` once.
+
+        Never raises: a failure to look (the process is out of
+        descriptors, /proc cannot be read) is logged, and the next look
+        tries again.
 
         :param port: the session's SSL listen port (0: not listening).
         :param peers: the (ip, port) of the session's peer connections,
             over all its torrents (``lt.peer_info.ip``).
+        :param host: the address the session listens on.
         :returns: the addresses of the connections shut down.
         """
         now = time.monotonic() if now is None else now
         if not port or not self.due(now):
             return []
         self._next = now + self.interval
-        peers = set(peers)
+        try:
+            accepted = _accepted(port, host)
+        except (OSError, psutil.Error) as e:
+            LOG.warning('Cannot list the connections to SSL port %(port)d '
+                        'to close those that never became peers: %(e)s',
+                        {'port': port, 'e': e})
+            return []
+        peers = {address(*peer) for peer in peers}
         since = {}
         ended = []
-        for fd, address in _accepted(port).items():
-            if address in peers:
+        for fd, remote in accepted.items():
+            if remote in peers:
                 continue
-            key = (fd, address)
+            key = (fd, remote)
             first = self._since.get(key, now)
-            if now - first >= self.limit and _shut_down(fd, port):
-                ended.append(address)
+            if now - first >= self.limit and _shut_down(fd, port, remote):
+                ended.append(remote)
                 continue
             since[key] = first
         self._since = since
@@ -155,7 +201,7 @@ class Handshakes:
         return ended
 
 
-def close_session(session, ssl=False):
+def close_session(session, ssl=False, host=None, announce_wait=0.0):
     """Make a session whose torrents were removed safe to destroy.
 
     With SSL, libtorrent (2.1.1) destroys the sockets of incoming
@@ -169,13 +215,29 @@ def close_session(session, ssl=False):
     the handshakes at once, and libtorrent is given :data:`CLOSE_WAIT`
     seconds to forget them before the session is destroyed.
 
-    The caller then drops its last reference to the session.
+    The caller then drops its last reference to the session. This never
+    raises: what cannot be done is logged.
 
     :param session: an ``lt.session`` whose torrents were removed.
     :param ssl: whether the session listens for SSL peers.
+    :param host: the address the session listens on (see
+        :meth:`Handshakes.check`).
+    :param announce_wait: seconds to leave the "stopped" announces of the
+        removed torrents before the listeners close: libtorrent sends UDP
+        tracker traffic from its listen sockets.
     """
     if not ssl:
         return
+    if announce_wait:
+        time.sleep(announce_wait)
+    try:
+        _end_handshakes(session, host)
+    except (OSError, psutil.Error) as e:
+        LOG.warning('Cannot close the connections of the session\'s SSL '
+                    'port before destroying it: %s', e)
+
+
+def _end_handshakes(session, host):
     port = session.ssl_listen_port()
     # An empty listen_interfaces is not applied to an SSL session (libtorrent
     # reads the setting back as empty already); a device name no Linux
@@ -190,17 +252,17 @@ def close_session(session, ssl=False):
     shut = set()
     deadline = time.monotonic() + CLOSE_WAIT
     while time.monotonic() < deadline:
-        fds = _accepted(port)
-        if not fds:
+        accepted = _accepted(port, host)
+        if not accepted:
             break
-        shut.update(fd for fd in fds if fd not in shut
-                    and _shut_down(fd, port))
+        shut.update(fd for fd, remote in accepted.items() if fd not in shut
+                    and _shut_down(fd, port, remote))
         time.sleep(0.05)
     else:
         LOG.warning('%(n)d connections accepted on SSL port %(port)d were '
                     'still open %(s).0f s after the session shut them '
                     'down; destroying it anyway',
-                    {'n': len(_accepted(port)), 'port': port,
+                    {'n': len(_accepted(port, host)), 'port': port,
                      's': CLOSE_WAIT})
     if shut:
         LOG.debug('Shut down %(n)d connections accepted on SSL port '

@@ -107,3 +107,54 @@ def test_handshakes_do_nothing_without_a_port():
     with mock.patch.object(sockets, '_accepted', autospec=True) as accepted:
         assert handshakes.check(0, set(), now=1) == []
     accepted.assert_not_called()
+
+
+def test_addresses_compare_as_both_sides_give_them():
+    assert sockets.address('::ffff:198.18.0.2', 6881) == ('198.18.0.2', 6881)
+    assert sockets.address('fe80::1%eth0', 6881) == ('fe80::1', 6881)
+    assert sockets.address('FD00::1', 1) == ('fd00::1', 1)
+
+
+def test_connections_to_another_address_on_the_port_are_not_ours():
+    # The built-in tracker may share the seeder's port on another address.
+    with _server() as (server, port):
+        client, accepted, _address = _connect(server)
+        with client, accepted:
+            assert sockets._accepted(port, host='127.0.0.1')
+            assert sockets._accepted(port, host='0.0.0.0')
+            assert not sockets._accepted(port, host='127.0.0.2')
+
+
+def test_shut_down_checks_the_connection_is_still_the_listed_one():
+    with _server() as (server, port):
+        client, accepted, address = _connect(server)
+        with client, accepted:
+            other = (address[0], address[1] + 1)
+            assert not sockets._shut_down(accepted.fileno(), port, other)
+            client.sendall(b'x')
+            assert accepted.recv(1) == b'x'
+            assert sockets._shut_down(accepted.fileno(), port, address)
+
+
+def test_handshakes_survive_a_failure_to_look():
+    handshakes = sockets.Handshakes(limit=0, interval=0)
+    with mock.patch.object(sockets, '_accepted', autospec=True,
+                           side_effect=OSError(24, 'Too many open files')), \
+            mock.patch.object(sockets.LOG, 'warning',
+                              autospec=True) as warning:
+        assert handshakes.check(6881, set(), now=1) == []
+    assert 'Too many open files' in str(warning.call_args)
+
+
+def test_close_session_never_raises():
+    # The writer closes its session in a finally: an error there would
+    # turn a verified image into a failed deploy.
+    session = mock.create_autospec(lt.session, instance=True)
+    session.ssl_listen_port.return_value = 6881
+    session.is_listening.return_value = False
+    with mock.patch.object(sockets, '_accepted', autospec=True,
+                           side_effect=OSError(24, 'Too many open files')), \
+            mock.patch.object(sockets.LOG, 'warning',
+                              autospec=True) as warning:
+        sockets.close_session(session, ssl=True)
+    assert 'Too many open files' in str(warning.call_args)
