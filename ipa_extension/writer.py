@@ -112,7 +112,7 @@ class Tuning:
     #: plan takes it for gone (see :class:`ipa_extension.peers.Silence`).
     agent_silence: float = 1.5
     #: Seconds an incoming SSL connection may take to become a peer before
-    #: it is closed (see :class:`ironic_bt.common.sockets.Handshakes`).
+    #: it is closed (see :class:`ironic_bt.common.sockets.SslPort`).
     handshake_limit: float = sockets.HANDSHAKE_LIMIT
     #: Extra libtorrent settings (see :mod:`ironic_bt.common.swarm`).
     settings: dict = dataclasses.field(default_factory=dict)
@@ -253,14 +253,14 @@ class _Download:
         overrides['num_want'] = pieces.HANDOUT
         overrides.update(tuning.settings)
         self.num_want = overrides['num_want']
-        self.ssl = credentials is not None
-        self.listen_host = listen_host
-        self.handshakes = (sockets.Handshakes(tuning.handshake_limit)
-                           if self.ssl else None)
+        ssl = credentials is not None
         #: libtorrent announces to UDP trackers from its listen sockets.
         self.udp_trackers = any(url.startswith('udp://') for url in trackers)
-        self.session = swarm.make_session(listen_host, listen_port,
-                                          ssl=self.ssl, **overrides)
+        self.session = swarm.make_session(listen_host, listen_port, ssl=ssl,
+                                          **overrides)
+        self.ssl_port = (sockets.SslPort(self.session, listen_host,
+                                         tuning.handshake_limit)
+                         if ssl else None)
         params = lt.add_torrent_params()
         params.ti = meta.torrent_info()
         params.save_path = device.save_path(target.write_path)
@@ -330,10 +330,8 @@ class _Download:
                               | lt.peer_info.handshake))
         self.bytes.update(peer_info)
         self._shut_out_seeders(peer_info)
-        if self.handshakes is not None and self.handshakes.due():
-            self.handshakes.check(swarm.listen_port(self.session, ssl=True),
-                                  {p.ip for p in peer_info},
-                                  host=self.listen_host)
+        if self.ssl_port is not None and self.ssl_port.due():
+            self.ssl_port.check({p.ip for p in peer_info})
         self.observer.peers(peer_info)
         if downloading:
             self._in_order(st, peer_info)
@@ -727,12 +725,11 @@ class _Download:
             return
         self.session.remove_torrent(self.handle)
         self.handle = None
-        # Leave the "stopped" announce a moment to leave over UDP: the
-        # tracker then releases the node at once.
-        sockets.close_session(self.session, ssl=self.ssl,
-                              host=self.listen_host,
-                              announce_wait=STOPPED_WAIT
-                              if self.udp_trackers else 0.0)
+        if self.ssl_port is not None:
+            # Leave the "stopped" announce a moment to leave over UDP: the
+            # tracker then releases the node at once.
+            self.ssl_port.close(
+                announce_wait=STOPPED_WAIT if self.udp_trackers else 0.0)
         self.session = None
 
 

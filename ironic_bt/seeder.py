@@ -135,7 +135,7 @@ class Seeder:
             may seed the same swarms (see :func:`request_queue`).
         :param handshake_limit: seconds an incoming SSL connection may take
             to become a peer before it is closed (see
-            :class:`ironic_bt.common.sockets.Handshakes`).
+            :class:`ironic_bt.common.sockets.SslPort`).
         """
         self._shared = shared
         overrides = {
@@ -152,10 +152,10 @@ class Seeder:
         if upload_rate_limit:
             overrides['upload_rate_limit'] = int(upload_rate_limit)
         self._ssl = ssl
-        self._handshakes = sockets.Handshakes(handshake_limit) if ssl else None
-        self._listen_host = listen_host
         self._session = swarm.make_session(listen_host, listen_port, ssl=ssl,
                                            **overrides)
+        self._ssl_port = (sockets.SslPort(self._session, listen_host,
+                                          handshake_limit) if ssl else None)
         if upload_rate_limit:
             # Peers on private addresses fall into libtorrent's "local" peer
             # class, which ignores rate limits; provisioning networks are
@@ -342,7 +342,7 @@ class Seeder:
         while not self._closing.is_set():
             if session.wait_for_alert(int(ALERT_WAIT * 1000)):
                 self.pump_alerts()
-            if self._handshakes is not None and self._handshakes.due():
+            if self._ssl_port is not None and self._ssl_port.due():
                 self._check_handshakes()
 
     def _check_handshakes(self):
@@ -352,8 +352,7 @@ class Seeder:
                 return
             peers = {p.ip for handle in self._handles.values()
                      for p in handle.get_peer_info()}
-            port = swarm.listen_port(self._session, ssl=True)
-        self._handshakes.check(port, peers, host=self._listen_host)
+        self._ssl_port.check(peers)
 
     def pump_alerts(self):
         """Log the errors libtorrent reported since the last call."""
@@ -386,7 +385,7 @@ class Seeder:
                 self._session.remove_torrent(handle)
             self._handles.clear()
             self._credentials.clear()
-            sockets.close_session(self._session, ssl=self._ssl,
-                                  host=self._listen_host)
+            if self._ssl_port is not None:
+                self._ssl_port.close()
             # Dropping the session aborts it and closes every file handle.
             self._session = None

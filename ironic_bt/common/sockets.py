@@ -18,11 +18,11 @@ limits do not count them. Two things follow, both handled here, from the
 outside (the sockets are the process's own, found with psutil):
 
 * a connection that never says a word holds a descriptor and memory for as
-  long as the session runs: :class:`Handshakes` shuts down those that have
-  not become peers within a time limit, so a neighbour on the provisioning
-  network cannot run the conductor out of descriptors;
+  long as the session runs: :meth:`SslPort.check` shuts down those that
+  have not become peers within a time limit, so a neighbour on the
+  provisioning network cannot run the conductor out of descriptors;
 * destroying the session frees those sockets under their pending
-  handshake, which corrupts the heap: :func:`close_session` ends them
+  handshake, which corrupts the heap: :meth:`SslPort.close` ends them
   first.
 
 This module does not import libtorrent; sessions are passed in.
@@ -41,15 +41,15 @@ LOG = log.getLogger(__name__)
 #: A network device that cannot exist: 24 characters, and Linux names have
 #: at most 15.
 _NO_INTERFACE = 'ironic-bt-closed-session:0s'
-#: Seconds :func:`close_session` waits for libtorrent to let go of the
+#: Seconds :meth:`SslPort.close` waits for libtorrent to let go of the
 #: connections it shut down.
 CLOSE_WAIT = 2.0
 #: Seconds an incoming connection may take to become a peer (its TLS and
-#: BitTorrent handshakes) before :class:`Handshakes` ends it. libtorrent
+#: BitTorrent handshakes) before :meth:`SslPort.check` ends it. libtorrent
 #: gives the BitTorrent handshake 10 s after TLS; a peer on the slowest
 #: provisioning link finishes both in about a second.
 HANDSHAKE_LIMIT = 30.0
-#: Seconds between two looks of :class:`Handshakes`.
+#: Seconds between two looks of :meth:`SslPort.check`.
 HANDSHAKE_CHECK_INTERVAL = 5.0
 
 
@@ -130,17 +130,23 @@ def _shut_down(fd, port, peer=None):
         sock.close()
 
 
-class Handshakes:
-    """Ends incoming connections that do not become peers in time.
+class SslPort:
+    """The connections a session accepted on its SSL port.
 
+    :param session: the ``lt.session``, listening for SSL peers.
+    :param host: the address it listens on (any if None or unspecified):
+        connections to the same port on another address (a tracker of
+        this process) are not the session's.
     :param limit: seconds a connection accepted on the SSL port may go
         without being one of the session's peers.
     :param interval: seconds between two looks; :meth:`check` does
         nothing when called more often.
     """
 
-    def __init__(self, limit=HANDSHAKE_LIMIT,
+    def __init__(self, session, host=None, limit=HANDSHAKE_LIMIT,
                  interval=HANDSHAKE_CHECK_INTERVAL):
+        self.session = session
+        self.host = host
         self.limit = limit
         self.interval = interval
         self._next = 0.0
@@ -151,25 +157,27 @@ class Handshakes:
         now = time.monotonic() if now is None else now
         return now >= self._next
 
-    def check(self, port, peers, host=None, now=None):
-        """Look at the connections accepted on ``port`` once.
+    def check(self, peers, now=None):
+        """End the connections that did not become peers in time.
 
-        Never raises: a failure to look (the process is out of
-        descriptors, /proc cannot be read) is logged, and the next look
-        tries again.
+        Looks at most once an ``interval``. Never raises: a failure to
+        look (the process is out of descriptors, /proc cannot be read) is
+        logged, and the next look tries again.
 
-        :param port: the session's SSL listen port (0: not listening).
         :param peers: the (ip, port) of the session's peer connections,
             over all its torrents (``lt.peer_info.ip``).
-        :param host: the address the session listens on.
         :returns: the addresses of the connections shut down.
         """
         now = time.monotonic() if now is None else now
-        if not port or not self.due(now):
+        if not self.due(now):
             return []
         self._next = now + self.interval
+        # 0 while libtorrent reopens its listen sockets.
+        port = self.session.ssl_listen_port()
+        if not port:
+            return []
         try:
-            accepted = _accepted(port, host)
+            accepted = _accepted(port, self.host)
         except (OSError, psutil.Error) as e:
             LOG.warning('Cannot list the connections to SSL port %(port)d '
                         'to close those that never became peers: %(e)s',
@@ -200,71 +208,64 @@ class Handshakes:
                              {ip for ip, _port in ended})[:16])})
         return ended
 
+    def close(self, announce_wait=0.0):
+        """Make the session, whose torrents were removed, safe to destroy.
 
-def close_session(session, ssl=False, host=None, announce_wait=0.0):
-    """Make a session whose torrents were removed safe to destroy.
+        With SSL, libtorrent (2.1.1) destroys the sockets of incoming
+        connections still in their TLS handshake while the handshake is
+        still waiting on them, which corrupts the heap: the process aborts
+        ("corrupted size vs. prev_size"). Anyone who can reach the port
+        holds such a handshake open by connecting and sending nothing, and
+        agents that dial each other always have a few in flight (2 to 4 of
+        64 agents aborted on exit at 1 Mbit/s). So the session first stops
+        listening; then every connection accepted on its SSL port is shut
+        down, which ends the handshakes at once, and libtorrent is given
+        :data:`CLOSE_WAIT` seconds to forget them.
 
-    With SSL, libtorrent (2.1.1) destroys the sockets of incoming
-    connections still in their TLS handshake while the handshake is still
-    waiting on them, which corrupts the heap: the process aborts
-    ("corrupted size vs. prev_size"). Anyone who can reach the port holds
-    such a handshake open by connecting and sending nothing, and agents
-    that dial each other always have a few in flight (2 to 4 of 64 agents
-    aborted on exit at 1 Mbit/s). So the session first stops listening;
-    then every connection accepted on its SSL port is shut down, which ends
-    the handshakes at once, and libtorrent is given :data:`CLOSE_WAIT`
-    seconds to forget them before the session is destroyed.
+        The caller then drops its last reference to the session. This
+        never raises: what cannot be done is logged.
 
-    The caller then drops its last reference to the session. This never
-    raises: what cannot be done is logged.
+        :param announce_wait: seconds to leave the "stopped" announces of
+            the removed torrents before the listeners close: libtorrent
+            sends UDP tracker traffic from its listen sockets.
+        """
+        if announce_wait:
+            time.sleep(announce_wait)
+        try:
+            self._end_handshakes()
+        except (OSError, psutil.Error) as e:
+            LOG.warning('Cannot close the connections of the session\'s '
+                        'SSL port before destroying it: %s', e)
 
-    :param session: an ``lt.session`` whose torrents were removed.
-    :param ssl: whether the session listens for SSL peers.
-    :param host: the address the session listens on (see
-        :meth:`Handshakes.check`).
-    :param announce_wait: seconds to leave the "stopped" announces of the
-        removed torrents before the listeners close: libtorrent sends UDP
-        tracker traffic from its listen sockets.
-    """
-    if not ssl:
-        return
-    if announce_wait:
-        time.sleep(announce_wait)
-    try:
-        _end_handshakes(session, host)
-    except (OSError, psutil.Error) as e:
-        LOG.warning('Cannot close the connections of the session\'s SSL '
-                    'port before destroying it: %s', e)
-
-
-def _end_handshakes(session, host):
-    port = session.ssl_listen_port()
-    # An empty listen_interfaces is not applied to an SSL session (libtorrent
-    # reads the setting back as empty already); a device name no Linux
-    # interface can have (longer than IFNAMSIZ) closes every listener and
-    # opens none.
-    session.apply_settings({'listen_interfaces': _NO_INTERFACE})
-    deadline = time.monotonic() + CLOSE_WAIT
-    while session.is_listening() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    if not port:
-        return
-    shut = set()
-    deadline = time.monotonic() + CLOSE_WAIT
-    while time.monotonic() < deadline:
-        accepted = _accepted(port, host)
-        if not accepted:
-            break
-        shut.update(fd for fd, remote in accepted.items() if fd not in shut
-                    and _shut_down(fd, port, remote))
-        time.sleep(0.05)
-    else:
-        LOG.warning('%(n)d connections accepted on SSL port %(port)d were '
-                    'still open %(s).0f s after the session shut them '
-                    'down; destroying it anyway',
-                    {'n': len(_accepted(port, host)), 'port': port,
-                     's': CLOSE_WAIT})
-    if shut:
-        LOG.debug('Shut down %(n)d connections accepted on SSL port '
-                  '%(port)d before destroying the session',
-                  {'n': len(shut), 'port': port})
+    def _end_handshakes(self):
+        session, host = self.session, self.host
+        port = session.ssl_listen_port()
+        # An empty listen_interfaces is not applied to an SSL session
+        # (libtorrent reads the setting back as empty already); a device
+        # name no Linux interface can have (longer than IFNAMSIZ) closes
+        # every listener and opens none.
+        session.apply_settings({'listen_interfaces': _NO_INTERFACE})
+        deadline = time.monotonic() + CLOSE_WAIT
+        while session.is_listening() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if not port:
+            return
+        shut = set()
+        deadline = time.monotonic() + CLOSE_WAIT
+        while time.monotonic() < deadline:
+            accepted = _accepted(port, host)
+            if not accepted:
+                break
+            shut.update(fd for fd, remote in accepted.items()
+                        if fd not in shut and _shut_down(fd, port, remote))
+            time.sleep(0.05)
+        else:
+            LOG.warning('%(n)d connections accepted on SSL port %(port)d '
+                        'were still open %(s).0f s after the session shut '
+                        'them down; destroying it anyway',
+                        {'n': len(_accepted(port, host)), 'port': port,
+                         's': CLOSE_WAIT})
+        if shut:
+            LOG.debug('Shut down %(n)d connections accepted on SSL port '
+                      '%(port)d before destroying the session',
+                      {'n': len(shut), 'port': port})

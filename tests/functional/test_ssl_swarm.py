@@ -417,7 +417,7 @@ def test_seeder_stops_cleanly_with_handshakes_in_flight(tmp_path, image):
     A neighbour that connects and says nothing, or an agent dialling as
     the seeder stops, leaves a handshake pending; libtorrent 2.1.1 frees
     its socket under it when the session is destroyed (glibc aborts with
-    "corrupted size vs. prev_size"), so close_session ends them first.
+    "corrupted size vs. prev_size"), so SslPort.close ends them first.
     """
     path, _data, meta = image
     torrent_file = tmp_path / 'image.torrent'

@@ -62,10 +62,11 @@ def test_shut_down_leaves_a_reused_descriptor_alone():
             assert accepted.recv(1) == b'x'
 
 
-def test_close_session_of_a_plain_session_does_nothing():
+def _session(port):
     session = mock.create_autospec(lt.session, instance=True)
-    sockets.close_session(session, ssl=False)
-    assert not session.method_calls
+    session.ssl_listen_port.return_value = port
+    session.is_listening.return_value = False
+    return session
 
 
 def test_handshakes_end_connections_that_never_become_peers():
@@ -73,16 +74,16 @@ def test_handshakes_end_connections_that_never_become_peers():
         silent, silent_accepted, silent_address = _connect(server)
         peer, peer_accepted, peer_address = _connect(server)
         with silent, silent_accepted, peer, peer_accepted:
-            handshakes = sockets.Handshakes(limit=10, interval=1)
+            ssl_port = sockets.SslPort(_session(port), limit=10, interval=1)
             # Young: left alone.
-            assert handshakes.check(port, {peer_address}, now=100) == []
+            assert ssl_port.check({peer_address}, now=100) == []
             # Too soon after the last look: nothing done.
-            assert handshakes.check(port, {peer_address}, now=100.5) == []
-            assert handshakes.check(port, {peer_address}, now=105) == []
+            assert ssl_port.check({peer_address}, now=100.5) == []
+            assert ssl_port.check({peer_address}, now=105) == []
             # Ten seconds without becoming a peer: ended; the peer stays.
             with mock.patch.object(sockets.LOG, 'warning',
                                    autospec=True) as warning:
-                assert handshakes.check(port, {peer_address}, now=110) == [
+                assert ssl_port.check({peer_address}, now=110) == [
                     silent_address]
             assert silent.recv(1) == b''
             assert '127.0.0.1' in str(warning.call_args)
@@ -92,20 +93,21 @@ def test_handshakes_end_connections_that_never_become_peers():
 
 def test_handshakes_time_a_connection_from_when_it_was_first_seen():
     with _server() as (server, port):
-        handshakes = sockets.Handshakes(limit=10, interval=1)
-        assert handshakes.check(port, set(), now=100) == []
+        ssl_port = sockets.SslPort(_session(port), limit=10, interval=1)
+        assert ssl_port.check(set(), now=100) == []
         # A connection that comes later gets its own ten seconds.
         client, accepted, _address = _connect(server)
         with client, accepted:
-            assert handshakes.check(port, set(), now=108) == []
-            assert handshakes.check(port, set(), now=117) == []
-            assert len(handshakes.check(port, set(), now=118)) == 1
+            assert ssl_port.check(set(), now=108) == []
+            assert ssl_port.check(set(), now=117) == []
+            assert len(ssl_port.check(set(), now=118)) == 1
 
 
 def test_handshakes_do_nothing_without_a_port():
-    handshakes = sockets.Handshakes(limit=0, interval=0)
+    # libtorrent reports port 0 while it reopens its listen sockets.
+    ssl_port = sockets.SslPort(_session(0), limit=0, interval=0)
     with mock.patch.object(sockets, '_accepted', autospec=True) as accepted:
-        assert handshakes.check(0, set(), now=1) == []
+        assert ssl_port.check(set(), now=1) == []
     accepted.assert_not_called()
 
 
@@ -137,24 +139,21 @@ def test_shut_down_checks_the_connection_is_still_the_listed_one():
 
 
 def test_handshakes_survive_a_failure_to_look():
-    handshakes = sockets.Handshakes(limit=0, interval=0)
+    ssl_port = sockets.SslPort(_session(6881), limit=0, interval=0)
     with mock.patch.object(sockets, '_accepted', autospec=True,
                            side_effect=OSError(24, 'Too many open files')), \
             mock.patch.object(sockets.LOG, 'warning',
                               autospec=True) as warning:
-        assert handshakes.check(6881, set(), now=1) == []
+        assert ssl_port.check(set(), now=1) == []
     assert 'Too many open files' in str(warning.call_args)
 
 
-def test_close_session_never_raises():
+def test_closing_never_raises():
     # The writer closes its session in a finally: an error there would
     # turn a verified image into a failed deploy.
-    session = mock.create_autospec(lt.session, instance=True)
-    session.ssl_listen_port.return_value = 6881
-    session.is_listening.return_value = False
     with mock.patch.object(sockets, '_accepted', autospec=True,
                            side_effect=OSError(24, 'Too many open files')), \
             mock.patch.object(sockets.LOG, 'warning',
                               autospec=True) as warning:
-        sockets.close_session(session, ssl=True)
+        sockets.SslPort(_session(6881)).close()
     assert 'Too many open files' in str(warning.call_args)
