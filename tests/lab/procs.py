@@ -107,10 +107,13 @@ def session_members(sid, started, sessions=None):
 
 
 def _alive(pid, started, session, sessions):
-    if is_running(pid, started):
+    """Whether the process, or (with ``session``) what it left, lives."""
+    found = _process(pid)
+    if found is not None and found[0] != started:
+        return False    # the PID is someone else's now
+    if found == (started, True):
         return True
-    return session and _process(pid) in (None, (started, False)) and bool(
-        session_members(pid, started, sessions))
+    return session and bool(session_members(pid, started, sessions))
 
 
 def _signal(pid, started, signum, session, sessions):
