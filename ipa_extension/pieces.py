@@ -106,7 +106,16 @@ class PiecePlan:
 
     :param num_pieces: pieces in the torrent.
     :param grace: seconds without a new piece or byte after which the plan is
-        dropped and everything missing is fetched from anyone.
+        dropped and everything missing is fetched from anyone. It runs
+        only once the agent needs no seed any more (its own pieces are in)
+        and waits on pieces other agents own: before that it is waiting
+        its turn at the seeder, or for the seeder to be reachable, not on
+        the plan, and dropping the plan would only queue more requests
+        there. With 64 agents at 1 Mbit/s the seeder's link gives each
+        owner a block every 8 s or so, and the agents' own loops fall
+        seconds behind on two cores: half the agents took that wait for a
+        stall and dropped the plan, and the seeder sent 1.9 copies of the
+        image.
     :param backup: when fewer than this many of its own pieces are left to
         fetch from the seeder, an agent also fetches pieces it ranks second
         (then third) for, so that its requests to the seeder keep going to
@@ -276,12 +285,12 @@ class PiecePlan:
         self.waited = grace
         missing = sum(1 for h in have if not h)
         if (self._missing is None or missing < self._missing
-                or (received or 0) > self._received
+                or (received or 0) > self._received or self.need_seeder
                 or missing == len(have) and not any(availability)):
-            # Something arrived; or nothing is there to arrive yet: in a
-            # swarm larger than the image has pieces most agents own
-            # none, and wait for the first pieces to come to their
-            # neighbours.
+            # Something arrived; or we still wait on a seed (see
+            # ``grace``); or nothing is there to arrive yet: in a swarm
+            # larger than the image has pieces most agents own none, and
+            # wait for the first pieces to come to their neighbours.
             self._missing, self._progress_at = missing, now
             self._received = received or 0
         elif now - self._progress_at >= grace:
@@ -341,15 +350,6 @@ class PiecePlan:
     def release(self):
         """The tracker answered (or never will): plan from now on."""
         self.held = False
-
-    def hold(self, now):
-        """Do not count the time until ``now`` against the grace.
-
-        Nothing that only a seed has can arrive while none is connected:
-        the wait is not the lack of progress that drops the plan.
-        """
-        if self.active and self._progress_at is not None:
-            self._progress_at = now
 
     def _normal(self):
         had_plan = self._prios is not None

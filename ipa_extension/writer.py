@@ -544,10 +544,6 @@ class _Download:
                     self.handle.remove_url_seed(url)
             self.sources.web_seeds_state(
                 _('in use') if use else _('not needed any more'))
-        if self.plan is not None and needed and not (seeder_up or web_up):
-            # Nothing arrives that only a seed has while none is connected:
-            # do not take that for an owner that died.
-            self.plan.hold(now)
 
     def _use_seeder(self, use):
         """Connect to the seeder, or leave its upload to other agents."""

@@ -193,16 +193,6 @@ class TestPriorities(base.BaseTestCase):
         self.assertEqual({pieces.NORMAL}, {change[i] for i in theirs[:20]})
         self.assertFalse(plan.need_seeder)
 
-    def test_held_while_no_seed_is_connected(self):
-        plan, have, avail, _p = _plan()
-        plan.update(1.0, ME, OTHERS, have, avail)
-        # The seeder is gone and no web seed is connected yet: waiting is
-        # not the owners' fault, the plan stays.
-        for t in (2.0, 3.0, 4.0, 5.0):
-            plan.hold(t)
-            self.assertIsNone(plan.update(t, ME, OTHERS, have, avail))
-        self.assertTrue(plan.active)
-
     def test_done_with_own_pieces_no_longer_needs_the_seeder(self):
         plan, have, avail, _p = _plan()
         _fetch_everything_ranked(plan, have)
@@ -345,12 +335,21 @@ class TestBoundedViews(base.BaseTestCase):
                               if v == pieces.BACKUP})
 
 
+def _waiting_on_others():
+    """A plan whose agent has its own pieces and waits on the others'."""
+    plan, have, avail, _prios = _plan()
+    _fetch_everything_ranked(plan, have)
+    plan.update(0.0, ME, OTHERS, have, avail)
+    assert not plan.need_seeder
+    return plan, have, avail, [i for i in range(N) if not have[i]]
+
+
 class TestGraceWithBytes(base.BaseTestCase):
 
     def test_bytes_arriving_keep_the_plan(self):
         # 64 owners share the seeder's link: a piece can take seconds to
         # come whole while its bytes flow.
-        plan, have, avail, _prios = _plan()
+        plan, have, avail, _missing = _waiting_on_others()
         for second in range(1, 10):
             plan.update(float(second), ME, OTHERS, have, avail,
                         received=second * 1000)
@@ -359,12 +358,15 @@ class TestGraceWithBytes(base.BaseTestCase):
     def test_nothing_anywhere_yet_is_no_stall(self):
         # A large swarm: this agent owns no piece, and its neighbours have
         # none yet.
-        plan, have, avail, _prios = _plan()
+        plan = pieces.PiecePlan(1, grace=2.0, backup=0)
+        have, avail = [False], [0]
+        plan.update(0.0, ME, OTHERS, have, avail)
+        self.assertFalse(plan.need_seeder)
         for second in range(1, 10):
             plan.update(float(second), ME, OTHERS, have, avail)
         self.assertTrue(plan.active)
-        # Once a neighbour has a piece, nothing arriving is a stall.
-        avail[5] = 1
+        # Once a neighbour has the piece, nothing arriving is a stall.
+        avail[0] = 1
         plan.update(10.0, ME, OTHERS, have, avail)
         self.assertEqual([], plan.update(12.5, ME, OTHERS, have, avail))
         self.assertFalse(plan.active)
@@ -372,8 +374,8 @@ class TestGraceWithBytes(base.BaseTestCase):
     def test_a_slow_link_among_many_agents_waits_rounds(self):
         # 15 agents at 1 Mbit/s: a block each from the seeder's owners
         # takes about 2 s a round; the grace is three of them.
-        plan, have, avail, _prios = _plan()
-        avail[5] = 1
+        plan, have, avail, missing = _waiting_on_others()
+        avail[missing[0]] = 1
         plan.update(0.0, ME, OTHERS, have, avail, rate=125000)
         self.assertIsNone(plan.update(5.5, ME, OTHERS, have, avail,
                                       rate=0))
@@ -381,14 +383,38 @@ class TestGraceWithBytes(base.BaseTestCase):
         self.assertEqual([], plan.update(6.0, ME, OTHERS, have, avail))
         self.assertFalse(plan.active)
         # A fast link keeps the grace given.
-        plan, have, avail, _prios = _plan()
-        avail[5] = 1
+        plan, have, avail, missing = _waiting_on_others()
+        avail[missing[0]] = 1
         plan.update(0.0, ME, OTHERS, have, avail, rate=3e6)
         self.assertEqual([], plan.update(2.0, ME, OTHERS, have, avail))
 
-    def test_no_bytes_for_the_grace_drops_it(self):
+    def test_waiting_on_the_seeder_for_its_own_pieces_is_no_stall(self):
+        # 64 agents share the seeder's link: this agent's requests there
+        # wait their turn for seconds while its neighbours already have
+        # pieces; or the seeder is gone and no web seed is connected yet.
+        # Either way the wait is not the owners' fault: the plan stays.
         plan, have, avail, _prios = _plan()
-        avail[5] = 1    # something to fetch, which does not come
+        avail[5] = 1
+        plan.update(1.0, ME, OTHERS, have, avail, received=0)
+        self.assertTrue(plan.need_seeder)
+        for second in range(2, 12):
+            self.assertIsNone(plan.update(float(second), ME, OTHERS, have,
+                                          avail, received=0))
+        self.assertTrue(plan.active)
+        # Its own pieces are in: waiting now is waiting on the others.
+        _fetch_everything_ranked(plan, have)
+        have[5] = False
+        plan.update(12.0, ME, OTHERS, have, avail, received=0)
+        self.assertFalse(plan.need_seeder)
+        self.assertIsNone(plan.update(13.0, ME, OTHERS, have, avail,
+                                      received=0))
+        self.assertEqual([], plan.update(14.5, ME, OTHERS, have, avail,
+                                         received=0))
+        self.assertFalse(plan.active)
+
+    def test_no_bytes_for_the_grace_drops_it(self):
+        plan, have, avail, missing = _waiting_on_others()
+        avail[missing[0]] = 1    # something to fetch, which does not come
         plan.update(1.0, ME, OTHERS, have, avail, received=1000)
         self.assertEqual([], plan.update(3.5, ME, OTHERS, have, avail,
                                          received=1000))
