@@ -455,8 +455,13 @@ class _Download:
                 # anybody waits for, and ranking again costs CPU.
                 agents.append(p)
                 self.redial.seen(p)
-            else:
-                # The seeder, or a web seed: both have every piece.
+            elif kind == peer_kinds.WEB_SEED or p.flags & lt.peer_info.seed:
+                # The seeder, or a web seed: both have every piece. The
+                # seeder counts in the availability only once its bitfield
+                # is in: subtracting it before made every piece another
+                # agent has look like one only a seed has, and every piece
+                # only a seed has look available (-1), so an agent of 64
+                # needed no seed and dropped the plan 8 s into the deploy.
                 seeders += 1
         for endpoint in self.redial.due(now, me,
                                         {p.ip[0] for p in peer_info}):
@@ -479,7 +484,7 @@ class _Download:
         silent = self.silence.silent
         gone = [p for p in agents if (p.ip[0], p.ip[1]) in silent]
         if seeders or gone:
-            availability = [a - seeders for a in availability]
+            availability = [max(a - seeders, 0) for a in availability]
             for p in gone:
                 # What it has cannot come from it: only from a seed.
                 availability = [a - h for a, h in zip(availability,

@@ -27,6 +27,7 @@ import pytest
 
 from ipa_extension import errors
 from ipa_extension import peers
+from ipa_extension import pieces
 from ipa_extension import sources
 from ipa_extension import writer
 from ironic_bt.common import swarm
@@ -181,3 +182,48 @@ def test_web_seeds_stand_in_for_a_lost_seeder_until_it_is_back():
     dl.handle.remove_url_seed.assert_called_once_with(WEB_SEED)
     assert not dl.web_seeds_added
     assert 'not needed any more' in dl.sources.describe()
+
+
+def _member(ip, peer_id, flags=0):
+    return types.SimpleNamespace(
+        connection_type=lt.peer_info.standard_bittorrent, ip=(ip, 6881),
+        pid=lt.sha1_hash(peer_id.ljust(20, b'x')), flags=flags,
+        total_download=0, num_pieces=0, download_queue_length=0,
+        local_endpoint=lambda: ('198.18.0.3', 6881))
+
+
+def test_a_seeder_counts_in_the_availability_once_its_bitfield_is_in():
+    # Connected, handshake done, bitfield not in yet: libtorrent's
+    # availability does not count the seeder, and neither may the plan.
+    # Taking it off anyway made the piece the other agent has look like one
+    # only a seed has, and the others look available from a peer: an
+    # agent that needed the seeder for its own pieces thought it did not.
+    num = 8
+    dl = object.__new__(writer._Download)
+    dl.meta = types.SimpleNamespace(info_hash='ab' * 20, num_pieces=num)
+    dl.tuning = writer.Tuning()
+    dl.bytes = peers.PeerBytes({SEEDER_IP})
+    dl.plan = pieces.PiecePlan(num)
+    dl._held_until = 0
+    dl.silence = peers.Silence(1.5)
+    dl.redial = peers.Redial(6881)
+    dl.handle = mock.create_autospec(lt.torrent_handle, instance=True)
+    st = types.SimpleNamespace(pieces=[False] * num, total_payload_download=0,
+                               download_payload_rate=0)
+    agent = _member('198.18.0.7', swarm.AGENT_FINGERPRINT.encode())
+    seeder = _member(SEEDER_IP, swarm.SEEDER_FINGERPRINT.encode())
+    dl.handle.piece_availability.return_value = [1] + [0] * (num - 1)
+    with mock.patch.object(writer._Download, '_use_seeder', autospec=True):
+        needed = dl._share_pieces(st, [seeder, agent])
+        prios = dict(dl.handle.prioritize_pieces.call_args.args[0])
+        assert prios[0] == pieces.NORMAL
+        mine = [p for p in range(1, num) if dl.plan.rank(p) == 0]
+        assert mine, 'two members, eight pieces: we own some'
+        assert {prios[p] for p in mine} == {pieces.OWN}
+        assert needed
+        # The bitfield is in: the seeder counts, and nothing changes.
+        seeder.flags = lt.peer_info.seed
+        dl.handle.piece_availability.return_value = [2] + [1] * (num - 1)
+        dl.handle.prioritize_pieces.reset_mock()
+        assert dl._share_pieces(st, [seeder, agent])
+        dl.handle.prioritize_pieces.assert_not_called()
