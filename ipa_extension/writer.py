@@ -241,6 +241,12 @@ class _Download:
             # the one it picked (up to 16 MiB), which other agents have:
             # one piece per request.
             'urlseed_max_request_bytes': meta.piece_length,
+            # A peer that refused a connection is dialled again only
+            # after this many seconds times its failures (libtorrent: 60):
+            # an agent that started before its seeder listened (the
+            # conductor restarting) asked for it every seeder_retry in
+            # vain, and stalled for a minute.
+            'min_reconnect_time': max(1, int(tuning.seeder_retry)),
         }
         if any(parse.urlsplit(url).query for url in web_seeds):
             # libtorrent refuses web seeds on private addresses whose URL
