@@ -16,8 +16,10 @@ own network namespace, writing to loop devices through ``ironic-bt``.
 
 import hashlib
 import ipaddress
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -176,13 +178,31 @@ def test_status_shows_each_node(swarm):
     writer = swarm.start_writer(host, torrent, linger=30)
     # Operators ask from the tracker's own host.
     operator = swarm.seed_host
+    status_url = swarm.tracker_url.rsplit('/announce', 1)[0] + '/status'
+
+    def complete():
+        out = operator.run(['curl', '-s', '--max-time', '2', status_url],
+                           capture_output=True, text=True).stdout
+        try:
+            swarms = json.loads(out)['swarms']
+        except (ValueError, KeyError):
+            return False
+        return any(peer['node'] == 'n1' and peer['left'] == 0
+                   for each in swarms for peer in each['peers'])
+
     try:
-        lab_swarm.procs.wait_for(
-            lambda: 'n1' in _cli(operator, 'status', '--tracker',
-                                 swarm.tracker_url).stdout,
-            timeout=60, what='n1 in tracker status')
-        out = _cli(operator, 'status', '--tracker', swarm.tracker_url,
-                   '--torrent', torrent).stdout
+        # Alone with the seeder, the node stops seeding (and announces it)
+        # half a second after it has the image: held still once the tracker
+        # has it complete, so that the operator's view is not a race.
+        lab_swarm.procs.wait_for(complete, timeout=60, interval=0.02,
+                                 what='n1 complete in tracker status',
+                                 proc=writer)
+        os.killpg(writer.pid, signal.SIGSTOP)
+        try:
+            out = _cli(operator, 'status', '--tracker', swarm.tracker_url,
+                       '--torrent', torrent).stdout
+        finally:
+            os.killpg(writer.pid, signal.SIGCONT)
         # A node on the provisioning network sees counts, not its
         # neighbours' addresses and progress.
         other = _cli(host, 'status', '--tracker', swarm.tracker_url,
