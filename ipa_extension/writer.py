@@ -516,13 +516,12 @@ class _Download:
     def _fall_back(self, peer_info, needed):
         """Use the web seeds while the seeder is gone, and only then."""
         now = time.monotonic()
-        seeder_up = web_up = False
+        seeder_up = False
         for p in peer_info:
             kind = self.bytes.kind(p)
             up = not p.flags & (lt.peer_info.connecting
                                 | lt.peer_info.handshake)
             seeder_up = seeder_up or (up and kind == peer_kinds.SEEDER)
-            web_up = web_up or kind == peer_kinds.WEB_SEED
         if (needed and not seeder_up and self.using_seeder
                 and now - self._seeder_tried >= self.tuning.seeder_retry):
             # The conductor may have restarted: its address stays.

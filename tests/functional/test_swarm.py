@@ -25,6 +25,7 @@ import sys
 
 import pytest
 
+from ironic_bt.cmd import cli
 from ironic_bt.common import torrent
 from tests import bencode
 from tests.lab import disks
@@ -178,7 +179,7 @@ def test_status_shows_each_node(swarm):
     writer = swarm.start_writer(host, torrent, linger=30)
     # Operators ask from the tracker's own host.
     operator = swarm.seed_host
-    status_url = swarm.tracker_url.rsplit('/announce', 1)[0] + '/status'
+    status_url = cli._status_url(swarm.tracker_url)
 
     def complete():
         out = operator.run(['curl', '-s', '--max-time', '2', status_url],
